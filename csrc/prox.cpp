@@ -1,0 +1,1 @@
+#include "prox.hpp"
