@@ -44,10 +44,13 @@ class Decomposition:
 
     Attributes:
         U: (m, r) left factor.
-        V: (r, n) right factor; the low-rank part is L = U @ V.
+        V: (r, n) right factor; the low-rank part is L = U @ V.  With ``slices = g > 1``
+            (ALDS channel slicing) U is (m, g*j) and V (g*j, n) is block-diagonal: slice i
+            uses rows [i*j, (i+1)*j) of V and only columns [i*n/g, (i+1)*n/g).
         S: (m, n) sparse part, dense storage with exact zeros off its support.
         structure: the sparsity structure S obeys.
         info: solver record.
+        slices: number of input-column slices of L (1: plain low rank).
     The arrays are torch tensors when the input weight was a tensor (same device and
     dtype) and numpy arrays when it was a numpy array.
     """
@@ -57,10 +60,12 @@ class Decomposition:
     S: Array
     structure: Structure
     info: SolveInfo
+    slices: int = 1
 
     @property
     def rank(self) -> int:
-        return int(self.U.shape[1])
+        """Rank of L per input-channel slice (the rank of L when ``slices == 1``)."""
+        return int(self.U.shape[1]) // self.slices
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -84,6 +89,9 @@ class Decomposition:
 
     @property
     def params(self) -> int:
-        """Stored values: r*(m+n) + nnz(S) (index storage not counted)."""
+        """Stored values: U, the nonzero blocks of V, and nnz(S) (index storage not counted).
+
+        For slices=1 this is r*(m+n) + nnz(S)."""
         m, n = self.shape
-        return self.rank * (m + n) + self.nnz
+        rt = int(self.U.shape[1])
+        return rt * m + rt * (n // self.slices) + self.nnz
