@@ -1,5 +1,53 @@
-"""lowrank_sparse: compress trained PyTorch networks as low-rank + structured-sparse layers."""
+"""lowrank_sparse: compress trained PyTorch networks as low-rank + structured-sparse layers.
+
+Each layer's weight W (m, n) becomes L + S, L = U @ V of rank r and S structured-sparse,
+fitted by an activation-aware ADMM (C++ core over SciPy's BLAS/LAPACK) so that the
+layer's output after its activation stays close to the original on calibration data.
+
+Public names::
+
+    decompose(W, rank, density, ...)            -> Decomposition (U, V, S, info)
+    compress(model, calibration_data, target=Budget(params=0.25)) -> (new_model, report)
+    Budget(params=..., flops=...)
+    save(model, path) / load(path)              safetensors, no pickle
+    LowRankSparseLinear, LowRankSparseConv2d    the module pair
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "decompose": ("lowrank_sparse.decompose", "decompose"),
+    "Decomposition": ("lowrank_sparse.solve.result", "Decomposition"),
+    "SolveInfo": ("lowrank_sparse.solve.result", "SolveInfo"),
+    "Structure": ("lowrank_sparse.structure", "Structure"),
+    "parse_structure": ("lowrank_sparse.structure", "parse_structure"),
+    "compress": ("lowrank_sparse.compress", "compress"),
+    "Budget": ("lowrank_sparse.budget", "Budget"),
+    "save": ("lowrank_sparse.io", "save"),
+    "load": ("lowrank_sparse.io", "load"),
+    "LowRankSparseLinear": ("lowrank_sparse.nn", "LowRankSparseLinear"),
+    "LowRankSparseConv2d": ("lowrank_sparse.nn", "LowRankSparseConv2d"),
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: `import lowrank_sparse` stays fast and does not load
+    # the C++ core, matplotlib or the models until they are needed.
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'lowrank_sparse' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
