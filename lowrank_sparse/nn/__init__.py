@@ -1,0 +1,25 @@
+"""The module pair that replaces nn.Linear / nn.Conv2d by low rank + compact sparse, and
+exact parameter / multiply-accumulate counts."""
+
+from __future__ import annotations
+
+from .conv import LowRankSparseConv2d
+from .counts import conv_output_hw, dense_flops, dense_params, model_flops, model_params
+from .linear import LowRankSparseLinear
+from .sparse import ColumnSparse, CompactSparse, CSRSparse, NMSparse, RowSparse, compact_from_dense
+
+__all__ = [
+    "LowRankSparseLinear",
+    "LowRankSparseConv2d",
+    "CompactSparse",
+    "RowSparse",
+    "ColumnSparse",
+    "CSRSparse",
+    "NMSparse",
+    "compact_from_dense",
+    "conv_output_hw",
+    "dense_params",
+    "dense_flops",
+    "model_params",
+    "model_flops",
+]

@@ -1,0 +1,293 @@
+"""LowRankSparseConv2d: a drop-in for nn.Conv2d (groups = 1) whose weight, seen as the
+matrix W (m, n) = weight.reshape(out, in*kh*kw), is L + S with L = U @ V.
+
+Low-rank path: a kh x kw conv with g*j filters (same stride / padding / dilation as the
+original; ``groups = g`` with ALDS channel slicing, slice i seeing input channels
+[i*C/g, (i+1)*C/g)), then a 1x1 conv from g*j to m channels (+ bias).
+Sparse path: see :mod:`lowrank_sparse.nn.sparse` (a conv over the kept output rows /
+input channels, or CSR / N:M products).
+
+Stored tensors (names as in ``state_dict``):
+
+* ``V``: (g*j, C/g, kh, kw), the first conv's kernel (V's zero blocks are not stored);
+* ``U``: (m, g*j), the 1x1 conv's kernel as a matrix;
+* ``sparse.*``: the compact sparse part of the (m, C*kh*kw) matrix;
+* ``bias``: (m,).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..solve.result import Decomposition
+from ..structure import Structure, parse_structure
+from .counts import _pair, conv_output_hw
+from .linear import _count, _sparse_from, as_tensor, split_block_diagonal
+from .sparse import CompactSparse, ConvGeometry, compact_from_dense
+
+__all__ = ["LowRankSparseConv2d"]
+
+_PAD_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def _resolve_padding(padding: Any, kernel: tuple[int, int], dilation: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError("padding='same' needs stride 1")
+            tot = [d * (k - 1) for k, d in zip(kernel, dilation)]
+            if any(t % 2 for t in tot):
+                raise ValueError(f"padding='same' with kernel {kernel}, dilation {dilation} is asymmetric; not supported")
+            return (tot[0] // 2, tot[1] // 2)
+        raise ValueError(f"padding must be 'same', 'valid' or ints, got {padding!r}")
+    return _pair(padding, "padding")
+
+
+class LowRankSparseConv2d(nn.Module):
+    """x (B, C, H, W) or (C, H, W) -> conv with weight (U @ V + S) reshaped to (m, C, kh, kw).
+
+    Args:
+        in_channels: C.
+        out_channels: m.
+        kernel_size, stride, padding, dilation: as for nn.Conv2d (``padding`` may be
+            "valid" or a symmetric "same").
+        padding_mode: "zeros", "reflect", "replicate" or "circular".
+        U: (m, g*j) or None (rank 0).
+        V: (g*j, C*kh*kw) (block-diagonal for slices > 1) or (g*j, C/g, kh, kw); None for
+            rank 0.
+        sparse: compact sparse part of the (m, C*kh*kw) matrix, or None.
+        bias: (m,) or None.
+        slices: g (ALDS channel slicing); must divide C.
+        structure: name of the structure of S (informational).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        *,
+        padding_mode: str = "zeros",
+        U: Tensor | None = None,
+        V: Tensor | None = None,
+        sparse: CompactSparse | None = None,
+        bias: Tensor | None = None,
+        slices: int = 1,
+        structure: str | Structure = "unstructured",
+    ) -> None:
+        super().__init__()
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.dilation = _pair(dilation, "dilation")
+        self.padding = _resolve_padding(padding, self.kernel_size, self.dilation, self.stride)
+        if padding_mode not in _PAD_MODES:
+            raise ValueError(f"padding_mode must be one of {_PAD_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        if slices < 1 or self.in_channels % slices:
+            raise ValueError(f"slices must be >= 1 and divide in_channels={in_channels}, got {slices}")
+        self.slices = int(slices)
+        kk = self.kernel_size[0] * self.kernel_size[1]
+        self.structure = parse_structure(structure, block=kk).name
+        m, C, g = self.out_channels, self.in_channels, self.slices
+        n = C * kk
+        # zero padding is done by the convs themselves; other modes pad x up front
+        pad = self.padding if padding_mode == "zeros" else (0, 0)
+        self.geom = ConvGeometry(C, self.kernel_size, self.stride, pad, self.dilation)
+
+        if (U is None) != (V is None):
+            raise ValueError("U and V must both be given or both be None")
+        if U is not None and U.shape[1] == 0:
+            U = V = None
+        if U is not None and V is not None:
+            if U.dim() != 2 or U.shape[0] != m or U.shape[1] % g:
+                raise ValueError(f"U must be (m={m}, g*j) with g={g}, got {tuple(U.shape)}")
+            gj = U.shape[1]
+            if V.dim() == 2:
+                if V.shape != (gj, n):
+                    raise ValueError(f"V must be ({gj}, {n}), got {tuple(V.shape)}")
+                if g > 1:
+                    V = split_block_diagonal(V, g)  # (g, j, n/g); n/g = (C/g)*kh*kw
+                V = V.reshape(gj, C // g, *self.kernel_size)
+            elif V.shape != (gj, C // g, *self.kernel_size):
+                raise ValueError(f"V must be ({gj}, {n}) or ({gj}, {C // g}, {self.kernel_size[0]}, {self.kernel_size[1]}), got {tuple(V.shape)}")
+            self.U = nn.Parameter(U.detach().clone())
+            self.V = nn.Parameter(V.detach().clone())
+        else:
+            self.register_parameter("U", None)
+            self.register_parameter("V", None)
+        if sparse is not None:
+            if sparse.shape != (m, n):
+                raise ValueError(f"sparse part must be ({m}, {n}), got {sparse.shape}")
+            if sparse.nnz == 0:
+                sparse = None
+        self.sparse = sparse
+        if bias is not None:
+            if bias.shape != (m,):
+                raise ValueError(f"bias must be ({m},), got {tuple(bias.shape)}")
+            self.bias = nn.Parameter(bias.detach().clone())
+        else:
+            self.register_parameter("bias", None)
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, dec: Decomposition) -> "LowRankSparseConv2d":
+        """Build from the original conv (geometry, bias) and W ~ U @ V + S of its weight
+        matrix (out, in*kh*kw).  Neither argument is modified.
+
+        Raises:
+            ValueError: conv.groups != 1 or shapes that do not match the conv.
+            TypeError: not an nn.Conv2d / Decomposition.
+        """
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
+        if not isinstance(dec, Decomposition):
+            raise TypeError(f"dec must be a Decomposition, got {type(dec).__name__}")
+        if conv.groups != 1:
+            raise ValueError(f"grouped / depthwise convs (groups={conv.groups}) are not supported")
+        w = conv.weight
+        m, C, kh, kw = w.shape
+        if dec.shape != (m, C * kh * kw):
+            raise ValueError(f"decomposition shape {dec.shape} does not match the conv weight matrix ({m}, {C * kh * kw})")
+        U = as_tensor(dec.U, like=w, name="dec.U")
+        V = as_tensor(dec.V, like=w, name="dec.V")
+        S = as_tensor(dec.S, like=w, name="dec.S")
+        if S.shape != (m, C * kh * kw):
+            raise ValueError(f"dec.S must be ({m}, {C * kh * kw}), got {tuple(S.shape)}")
+        sparse = compact_from_dense(S, dec.structure, kernel_numel=kh * kw)
+        return cls(
+            C, m, (kh, kw), conv.stride, conv.padding, conv.dilation,
+            padding_mode=conv.padding_mode, U=U, V=V, sparse=sparse,
+            bias=None if conv.bias is None else conv.bias.detach(),
+            slices=dec.slices, structure=dec.structure,
+        )  # fmt: skip
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able description; with the state tensors it rebuilds the module."""
+        return {
+            "class": type(self).__name__,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+            "dilation": list(self.dilation),
+            "padding_mode": self.padding_mode,
+            "rank": self.rank,
+            "slices": self.slices,
+            "structure": self.structure,
+            "bias": self.bias is not None,
+            "sparse": None if self.sparse is None else self.sparse.config(),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], tensors: dict[str, Tensor]) -> "LowRankSparseConv2d":
+        """Rebuild from ``config()`` and tensors named as in ``state_dict()``."""
+        return cls(
+            int(config["in_channels"]),
+            int(config["out_channels"]),
+            tuple(config["kernel_size"]),
+            tuple(config["stride"]),
+            tuple(config["padding"]),
+            tuple(config["dilation"]),
+            padding_mode=str(config.get("padding_mode", "zeros")),
+            U=tensors.get("U"),
+            V=tensors.get("V"),
+            sparse=_sparse_from(config, tensors),
+            bias=tensors.get("bias"),
+            slices=int(config.get("slices", 1)),
+            structure=str(config.get("structure", "unstructured")),
+        )
+
+    # ------------------------------------------------------------------ compute
+    @property
+    def rank(self) -> int:
+        """Rank per slice j (the rank of L when slices == 1); 0 without low-rank part."""
+        return 0 if self.U is None else int(self.U.shape[1]) // self.slices
+
+    def forward(self, x: Tensor) -> Tensor:
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+        if self.padding_mode != "zeros":
+            ph, pw = self.padding
+            x = F.pad(x, (pw, pw, ph, ph), mode=self.padding_mode)
+        out: Tensor | None = None
+        if self.U is not None:
+            h = self.geom.conv(x, self.V, None, groups=self.slices)
+            out = F.conv2d(h, self.U[:, :, None, None], self.bias)
+        if self.sparse is not None:
+            out = self.sparse.add_conv(out, x, self.geom)
+            if self.U is None and self.bias is not None:
+                out = out + self.bias.view(1, -1, 1, 1)
+        if out is None:
+            Ho, Wo = conv_output_hw((x.shape[2], x.shape[3]), self.kernel_size, self.stride, self.geom.padding, self.dilation)
+            out = x.new_zeros(x.shape[0], self.out_channels, Ho, Wo)
+            if self.bias is not None:
+                out = out + self.bias.view(1, -1, 1, 1)
+        return out.squeeze(0) if unbatched else out
+
+    def low_rank_dense(self) -> Tensor:
+        """(m, C*kh*kw) L = U @ V (zeros for rank 0)."""
+        m, n = self.out_channels, self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        if self.U is None:
+            ref = self.bias if self.bias is not None else (self.sparse.values if self.sparse is not None else None)
+            return torch.zeros(m, n) if ref is None else ref.new_zeros(m, n)
+        g = self.slices
+        V = self.V.reshape(g, self.V.shape[0] // g, -1)
+        Vd = V[0] if g == 1 else torch.block_diag(*V.unbind(0))
+        return self.U @ Vd
+
+    def to_dense_weight(self) -> Tensor:
+        """(m, C*kh*kw) U @ V + S; ``.view(m, C, kh, kw)`` is the equivalent conv kernel."""
+        W = self.low_rank_dense()
+        if self.sparse is not None:
+            W = W + self.sparse.to_dense()
+        return W
+
+    # ------------------------------------------------------------------ counts
+    def num_params(self) -> int:
+        """Stored values: factors (zero blocks of V excluded) + sparse values + bias."""
+        return _count(self)
+
+    def num_index_bytes(self) -> int:
+        """Bytes of index storage of the sparse part."""
+        return 0 if self.sparse is None else self.sparse.num_index_bytes()
+
+    def macs_per_position(self) -> int:
+        """MACs per output pixel: j*C*kh*kw + m*g*j + (stored values of S)."""
+        n = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        lr = 0 if self.U is None else self.rank * n + self.out_channels * int(self.U.shape[1])
+        return lr + (0 if self.sparse is None else self.sparse.macs_per_position())
+
+    def output_hw(self, input_hw: tuple[int, int]) -> tuple[int, int]:
+        return conv_output_hw(input_hw, self.kernel_size, self.stride, self.padding, self.dilation)
+
+    def flops(self, input_hw: tuple[int, int] | None = None) -> int:
+        """Multiply-accumulates per sample on an (H, W) input:
+        H_out*W_out * (j*C*kh*kw + m*g*j + stored values of S).
+
+        Raises:
+            ValueError: ``input_hw`` missing.
+        """
+        if input_hw is None:
+            raise ValueError("LowRankSparseConv2d.flops needs input_hw=(H, W)")
+        Ho, Wo = self.output_hw(input_hw)
+        return Ho * Wo * self.macs_per_position()
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, rank={self.rank}, slices={self.slices}, "
+            f"structure={self.structure}, bias={self.bias is not None}"
+        )

@@ -1,0 +1,172 @@
+"""Exact parameter and multiply-accumulate (MAC) counts.
+
+FLOPs here are multiply-accumulates per sample (one MAC = one multiply + one add),
+counted for the layers that carry the weights being compressed:
+
+* ``nn.Linear``: in*out per input vector (times the vectors per sample, e.g. tokens);
+* ``nn.Conv2d``: H_out*W_out * out * (in/groups) * kh*kw;
+* ``LowRankSparseLinear`` / ``LowRankSparseConv2d``: their ``flops()``.
+
+Biases, activations, normalisation, pooling and additions are not counted in
+:func:`model_flops` (they are a few per output element, the same before and after
+compression).  :func:`model_params` counts every parameter of the model (the pair
+modules store exactly their counted values).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["conv_output_hw", "dense_params", "dense_flops", "model_params", "model_flops"]
+
+
+def _pair(v: Any, name: str) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    t = tuple(int(a) for a in v)
+    if len(t) != 2:
+        raise ValueError(f"{name} must be an int or a pair, got {v!r}")
+    return t  # type: ignore[return-value]
+
+
+def conv_output_hw(
+    input_hw: tuple[int, int],
+    kernel_size: tuple[int, int] | int,
+    stride: tuple[int, int] | int = 1,
+    padding: tuple[int, int] | int | str = 0,
+    dilation: tuple[int, int] | int = 1,
+) -> tuple[int, int]:
+    """Output (H_out, W_out) of a 2-D conv on an (H, W) input.
+
+    H_out = floor((H + 2*p - d*(k-1) - 1) / s) + 1; ``padding`` may be "valid" or "same".
+
+    Raises:
+        ValueError: a non-positive output size or malformed arguments.
+    """
+    H, W = _pair(input_hw, "input_hw")
+    k, s, d = _pair(kernel_size, "kernel_size"), _pair(stride, "stride"), _pair(dilation, "dilation")
+    if isinstance(padding, str):
+        if padding == "same":
+            return (H, W)
+        if padding != "valid":
+            raise ValueError(f"padding must be 'same', 'valid' or ints, got {padding!r}")
+        p = (0, 0)
+    else:
+        p = _pair(padding, "padding")
+    out = tuple((x + 2 * pp - dd * (kk - 1) - 1) // ss + 1 for x, kk, ss, pp, dd in zip((H, W), k, s, p, d))
+    if out[0] < 1 or out[1] < 1:
+        raise ValueError(f"input {H}x{W} is too small for kernel {k}, stride {s}, padding {p}, dilation {d}")
+    return out  # type: ignore[return-value]
+
+
+def dense_params(module: nn.Module) -> int:
+    """Parameters of an nn.Linear / nn.Conv2d: weight + bias entries (groups respected,
+    as the weight already has in/groups input channels)."""
+    if not isinstance(module, (nn.Linear, nn.Conv2d)):
+        raise TypeError(f"dense_params expects nn.Linear or nn.Conv2d, got {type(module).__name__}")
+    return int(module.weight.numel()) + (0 if module.bias is None else int(module.bias.numel()))
+
+
+def dense_flops(module: nn.Module, input_hw: tuple[int, int] | None = None) -> int:
+    """MACs per input vector (Linear) / per sample (Conv2d on an (H, W) input).
+
+    Linear: in*out.  Conv2d: H_out*W_out * out * (in/groups) * kh*kw.
+
+    Raises:
+        ValueError: a Conv2d without ``input_hw``.
+        TypeError: another module type.
+    """
+    if isinstance(module, nn.Linear):
+        return module.in_features * module.out_features
+    if isinstance(module, nn.Conv2d):
+        if input_hw is None:
+            raise ValueError("dense_flops of a Conv2d needs input_hw=(H, W)")
+        Ho, Wo = conv_output_hw(input_hw, module.kernel_size, module.stride, module.padding, module.dilation)
+        kh, kw = module.kernel_size
+        return Ho * Wo * module.out_channels * (module.in_channels // module.groups) * kh * kw
+    raise TypeError(f"dense_flops expects nn.Linear or nn.Conv2d, got {type(module).__name__}")
+
+
+def _is_pair(module: nn.Module) -> bool:
+    from .conv import LowRankSparseConv2d
+    from .linear import LowRankSparseLinear
+
+    return isinstance(module, (LowRankSparseLinear, LowRankSparseConv2d))
+
+
+def model_params(model: nn.Module) -> int:
+    """Stored parameter values of the whole model: pair modules count ``num_params()``,
+    every other module its own parameters (weights, biases, BN affine, ...).  Buffers
+    (BN running statistics, sparse indices) are not parameters and are not counted."""
+    total = 0
+    for mod in model.modules():
+        if _is_pair(mod):
+            total += mod.num_params()
+            continue
+        if _inside_pair(model, mod):
+            continue
+        total += sum(int(p.numel()) for p in mod.parameters(recurse=False))
+    return total
+
+
+def _inside_pair(model: nn.Module, mod: nn.Module) -> bool:
+    # parameters of a pair's submodules (its compact sparse part) are counted by the pair
+    from .sparse import CompactSparse
+
+    return isinstance(mod, CompactSparse)
+
+
+def model_flops(
+    model: nn.Module, input_shape: tuple[int, ...], *, per_layer: bool = False
+) -> int | dict[str, int]:
+    """MACs per sample of one forward pass (Linear, Conv2d and the pair modules only).
+
+    Runs one dummy forward (a batch of 1, zeros, the model's dtype and device) with
+    forward hooks, in eval mode and without gradients; the model's train/eval flags are
+    restored afterwards.
+
+    Args:
+        model: the network.
+        input_shape: shape of one sample, without the batch dimension, e.g. (3, 32, 32).
+        per_layer: return {qualified name: MACs} instead of the total.
+    """
+    from .conv import LowRankSparseConv2d
+    from .linear import LowRankSparseLinear
+
+    counts: dict[str, int] = {}
+    hooks = []
+
+    def make_hook(name: str):
+        def hook(mod: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            x = inputs[0]
+            if isinstance(mod, (nn.Linear, LowRankSparseLinear)):
+                vectors = x.numel() // x.shape[-1] // x.shape[0] if x.dim() > 1 else 1
+                per = dense_flops(mod) if isinstance(mod, nn.Linear) else mod.flops()
+                c = vectors * per
+            else:
+                hw = (int(x.shape[-2]), int(x.shape[-1]))
+                c = dense_flops(mod, hw) if isinstance(mod, nn.Conv2d) else mod.flops(hw)
+            counts[name] = counts.get(name, 0) + c
+
+        return hook
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.Linear, nn.Conv2d, LowRankSparseLinear, LowRankSparseConv2d)):
+            hooks.append(mod.register_forward_hook(make_hook(name)))
+    flags = {m: m.training for m in model.modules()}
+    p = next(iter(model.parameters()), None)
+    dtype = p.dtype if p is not None and p.dtype.is_floating_point else torch.float32
+    device = p.device if p is not None else torch.device("cpu")
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), dtype=dtype, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, t in flags.items():
+            m.training = t
+    return dict(counts) if per_layer else sum(counts.values())
