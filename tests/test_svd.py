@@ -1,0 +1,119 @@
+"""Warm-started truncated SVD and SVT in the C++ core vs full SVDs (torch.linalg.svd, numpy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lowrank_sparse.ops as ops
+
+import reference as ref  # tests/ is on sys.path (pytest rootdir conftest, prepend mode)
+
+DTYPES = [pytest.param(np.float32, 2e-4, id="f32"), pytest.param(np.float64, 1e-9, id="f64")]
+SHAPES = [pytest.param((200, 150), id="tall"), pytest.param((120, 300), id="wide")]
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_full_svd_on_decaying_spectrum(rng, dtype, tol, shape):
+    m, n = shape
+    A, _ = ref.decaying_matrix(rng, m, n, decay=0.7, dtype=dtype)
+    A0 = A.copy()
+    r = 10
+    U, s, Vt, V = ops.truncated_svd(A, r, oversample=10, power_iters=4)
+    assert U.shape == (m, r) and s.shape == (r,) and Vt.shape == (r, n) and V.shape == (n, 20)
+    assert U.dtype == dtype and s.dtype == dtype
+    Ut, st, Vtt = torch.linalg.svd(torch.from_numpy(A.astype(np.float64)), full_matrices=False)
+    np.testing.assert_allclose(s, st[:r].numpy(), rtol=tol * 10, atol=tol)
+    assert ref.subspace_distance(U, Ut[:, :r].numpy()) < 50 * tol**0.5
+    assert ref.subspace_distance(Vt.T, Vtt[:r].T.numpy()) < 50 * tol**0.5
+    # factors are orthonormal, V is orthonormal, input untouched
+    np.testing.assert_allclose(U.T @ U, np.eye(r), atol=20 * tol)
+    np.testing.assert_allclose(V.T @ V, np.eye(20), atol=20 * tol)
+    np.testing.assert_array_equal(A, A0)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_warm_start_from_exact_subspace_converges_in_one_iteration(rng, dtype, tol):
+    A, s_true = ref.decaying_matrix(rng, 180, 140, decay=0.9, dtype=dtype)
+    r, p = 8, 12
+    _, s_ex, Vt_ex = np.linalg.svd(A.astype(np.float64), full_matrices=False)
+    V0 = np.ascontiguousarray(Vt_ex[:p].T).astype(dtype)
+    V0_copy = V0.copy()
+    U, s, Vt, V = ops.truncated_svd(A, r, V0=V0, power_iters=1)
+    np.testing.assert_allclose(s, s_ex[:r], rtol=tol, atol=tol)
+    U_ex = np.linalg.svd(A.astype(np.float64), full_matrices=False)[0][:, :r]
+    assert ref.subspace_distance(U, U_ex) < 100 * tol
+    assert ref.subspace_distance(Vt.T, Vt_ex[:r].T) < 100 * tol
+    np.testing.assert_array_equal(V0, V0_copy)  # warm start not modified in place
+
+
+def test_warm_restarts_improve_like_more_iterations(rng):
+    """k calls with power_iters=1, each warm-started from the last V, equal one call
+    with power_iters=k (same subspace iteration)."""
+    A, _ = ref.decaying_matrix(rng, 160, 130, decay=0.85)
+    _, s1, _, V = ops.truncated_svd(A, 6, power_iters=1, seed=3)
+    for _ in range(3):
+        _, s1, _, V = ops.truncated_svd(A, 6, V0=V, power_iters=1)
+    _, s4, _, _ = ops.truncated_svd(A, 6, power_iters=4, seed=3)
+    np.testing.assert_allclose(s1, s4, rtol=1e-10)
+    np.testing.assert_allclose(s1, np.linalg.svd(A, compute_uv=False)[:6], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_svt_matches_full_svd_prox(rng, dtype, tol):
+    A, s = ref.decaying_matrix(rng, 90, 110, decay=0.75, dtype=dtype)
+    tau = float(s[5] + s[6]) / 2  # 6 singular values above tau, rank budget 10 covers them
+    U, sv, Vt, V = ops.svt(A, tau, 10, power_iters=4)
+    assert sv.shape == (6,) and np.all(sv > 0)
+    np.testing.assert_allclose((U * sv) @ Vt, ref.svt(A, tau), atol=20 * tol)
+
+
+def test_svt_everything_below_tau_is_empty(rng):
+    A, s = ref.decaying_matrix(rng, 40, 30)
+    U, sv, Vt, V = ops.svt(A, float(s[0]) * 1.01, 5)
+    assert U.shape == (40, 0) and sv.shape == (0,) and Vt.shape == (0, 30) and V.shape == (30, 13)
+
+
+def test_torch_cpu_tensors_and_workspace_reuse_across_shapes(rng):
+    for shape, dtype in [((60, 50), torch.float64), ((30, 80), torch.float32), ((60, 50), torch.float64)]:
+        A = torch.from_numpy(ref.decaying_matrix(rng, *shape, decay=0.6)[0]).to(dtype)
+        U, s, Vt, V = ops.truncated_svd(A, 5, power_iters=4)
+        assert all(isinstance(t, torch.Tensor) and t.dtype == dtype for t in (U, s, Vt, V))
+        exact = torch.linalg.svdvals(A.double())[:5]
+        torch.testing.assert_close(s.double(), exact, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda A: ops.truncated_svd(A[0], 2), ValueError, "2-D"),
+        (lambda A: ops.truncated_svd(A, 0), ValueError, "rank"),
+        (lambda A: ops.truncated_svd(A, 21), ValueError, "rank"),
+        (lambda A: ops.truncated_svd(A, 2.5), TypeError, "rank must be an int"),
+        (lambda A: ops.truncated_svd(A.astype(np.int32), 2), TypeError, "float32 or float64"),
+        (lambda A: ops.truncated_svd(np.where(A > 1, np.nan, A), 2), ValueError, "NaN or Inf"),
+        (lambda A: ops.truncated_svd(A, 2, V0=np.zeros((20, 3))), ValueError, "V0 must be"),
+        (lambda A: ops.truncated_svd(A, 4, V0=np.zeros((30, 3))), ValueError, "V0 must be"),
+        (lambda A: ops.truncated_svd(A, 2, V0=np.zeros((30, 4), np.float32)), TypeError, "dtype"),
+        (lambda A: ops.truncated_svd(A, 2, power_iters=0), ValueError, "power_iters"),
+        (lambda A: ops.svt(A, -1.0, 3), ValueError, "tau"),
+    ],
+    ids=[
+        "1d", "rank-0", "rank-too-big", "rank-float", "int-dtype", "nan", "V0-rows", "V0-cols",
+        "V0-dtype", "power-iters", "svt-negative-tau",
+    ],
+)
+def test_bad_inputs(rng, call, exc, match):
+    A = rng.standard_normal((20, 30))
+    with pytest.raises(exc, match=match):
+        call(A)
+
+
+def test_core_rejects_wrong_layout(rng):
+    from lowrank_sparse import _core
+
+    A = np.asfortranarray(rng.standard_normal((20, 30)))
+    with pytest.raises(TypeError, match="A must be C-contiguous"):
+        _core.truncated_svd(A, 2, np.zeros((30, 4)), 1)
