@@ -82,6 +82,10 @@ def _check_type(x: Array, name: str) -> None:
 
 
 def _check_finite(x: Array, name: str) -> None:
+    # The C++ core checks finiteness itself (same message, no temporary): only the
+    # torch (CUDA) path needs the check here.
+    if not _use_torch(x):
+        return
     ok = bool(torch.isfinite(x).all()) if isinstance(x, torch.Tensor) else bool(np.isfinite(x).all())
     if not ok:
         raise ValueError(f"{name} contains NaN or Inf")
