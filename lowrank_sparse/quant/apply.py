@@ -2,8 +2,10 @@
 
 :func:`quantize_model` returns a copy of the model in which each selected parameter is an
 AQ reconstruction ``scale * sum_m codebooks[m, codes[:, m]]`` (flattened, tail padding
-dropped, reshaped), implemented as a ``torch.nn.utils.parametrize`` parametrization
-(:class:`AQWeight`): codes are fixed buffers, codebooks are ``nn.Parameter`` s, shared by all
+dropped, reshaped): the parameter is removed and the owning module reads the attribute from
+an :class:`AQWeight` stored in ``module.aq_slots`` (a property on a per-module subclass, the
+way ``torch.nn.utils.parametrize`` works, but without its restrictions on attribute names
+such as ``values`` and without classes shared between deep copies).  Codes are fixed buffers, codebooks are ``nn.Parameter`` s, shared by all
 tensors (``cfg.shared``) or one set per tensor.  :func:`fine_tune_codebooks` trains only the
 codebooks on a task loss (codes and scales fixed; gradients flow through the gather, no
 straight-through estimator is needed).  :func:`bake` writes the final weights as plain
@@ -41,7 +43,7 @@ _WHICH = ("factors+sparse", "all")
 
 
 class AQWeight(nn.Module):
-    """Parametrization: a tensor of ``shape`` = AQ reconstruction from fixed codes.
+    """A tensor of ``shape`` = AQ reconstruction from fixed codes and trainable codebooks.
 
     Args:
         codebooks: (M, K, d) ``nn.Parameter`` (may be shared with other AQWeight modules).
@@ -111,27 +113,49 @@ def _param_slot(model: nn.Module, qualified: str) -> tuple[nn.Module, str]:
     return model, qualified
 
 
-def _own_class(module: nn.Module) -> None:
-    """Give a parametrized module a private copy of its injected class.
+class _AQSlots(nn.Module):
+    """Holds a module's AQWeight objects, one child ``w_<param name>`` per quantized tensor."""
 
-    ``torch.nn.utils.parametrize`` keeps the parametrized attributes as properties of a class
-    created per module, and ``copy.deepcopy`` shares that class between the copies; adding or
-    removing a parametrization on one copy would then change the other.  Cloning the class
-    first keeps every model independent.
-    """
-    if not parametrize.is_parametrized(module):
-        return
-    cls = module.__class__
-    body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
-    module.__class__ = type(cls.__name__, cls.__bases__, body)
+
+_SLOTS = "aq_slots"
+
+
+def _aq_property(name: str) -> property:
+    key = "w_" + name
+
+    def get(self: nn.Module) -> Tensor:
+        return self._modules[_SLOTS]._modules[key].value()
+
+    return property(get, doc=f"AQ reconstruction of {name!r}")
 
 
 def _attach(module: nn.Module, name: str, q: AQWeight) -> None:
+    """Replace parameter ``name`` of ``module`` by the AQ reconstruction ``q`` (in place).
+
+    The parameter is removed, ``q`` is stored as ``module.aq_slots.w_<name>`` and the module's
+    class is swapped for a fresh subclass exposing ``name`` as a read-only property (a new
+    class per call: classes are never modified, so deep copies of a quantized model, which
+    share classes, stay independent).  Works for any attribute name (``torch.nn.utils.
+    parametrize`` cannot handle names such as ``values``).
+    """
     if parametrize.is_parametrized(module, name):
-        raise ValueError(f"{type(module).__name__}.{name} is already parametrized")
-    _own_class(module)
-    parametrize.register_parametrization(module, name, q, unsafe=True)
-    module.parametrizations[name].original.requires_grad_(False)
+        raise ValueError(f"{type(module).__name__}.{name} is parametrized; cannot quantize it")
+    slots = module._modules.get(_SLOTS)
+    if slots is not None and ("w_" + name) in slots._modules:
+        raise ValueError(f"{type(module).__name__}.{name} is already AQ-quantized")
+    if not isinstance(module._parameters.get(name), nn.Parameter):
+        raise ValueError(f"{type(module).__name__} has no parameter {name!r}")
+    if slots is None:
+        slots = _AQSlots()
+        module.add_module(_SLOTS, slots)
+    del module._parameters[name]
+    slots.add_module("w_" + name, q)
+    cls = type(module)
+    base = cls.__dict__.get("_aq_base_class", cls)
+    names = [*cls.__dict__.get("_aq_names", ()), name]
+    body: dict[str, Any] = {"_aq_base_class": base, "_aq_names": tuple(names), "__module__": base.__module__}
+    body.update({n: _aq_property(n) for n in names})
+    module.__class__ = type(base.__name__, (base,), body)
 
 
 def _select(model: nn.Module, which: str) -> list[str]:
@@ -145,7 +169,7 @@ def _select(model: nn.Module, which: str) -> list[str]:
                 inside_pair.add(f"{mname}.{sub}" if mname and sub else (mname or sub))
             for pname, p in mod.named_parameters():
                 full = f"{mname}.{pname}" if mname else pname
-                if pname.rsplit(".", 1)[-1] == "bias" or not p.is_floating_point() or full in seen:
+                if "parametrizations." in pname or pname.rsplit(".", 1)[-1] == "bias" or not p.is_floating_point() or full in seen:
                     continue
                 seen.add(full)
                 names.append(full)
@@ -183,6 +207,8 @@ def quantize_model(
         raise TypeError(f"cfg must be an AQConfig, got {type(cfg).__name__}")
     if which not in _WHICH:
         raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
+    if aq_entries(model)[0]:
+        raise ValueError("model is already AQ-quantized")
     names = _select(model, which)
     if not names:
         raise ValueError(f"no parameters selected for quantization (which={which!r})")
@@ -190,7 +216,7 @@ def quantize_model(
     for n in names:
         mod, attr = _param_slot(model, n)
         if parametrize.is_parametrized(mod, attr):
-            raise ValueError(f"parameter {n!r} is already parametrized (model already quantized?)")
+            raise ValueError(f"parameter {n!r} is parametrized (torch.nn.utils.parametrize); cannot quantize it")
         p = getattr(mod, attr)
         if id(p) in ids:
             raise ValueError(f"parameters {ids[id(p)]!r} and {n!r} are tied; tied weights are not supported")
@@ -235,7 +261,7 @@ def quantize_model(
 
 
 def aq_entries(model: nn.Module) -> tuple[list[tuple[str, AQWeight]], dict[int, str]]:
-    """The AQ parametrizations of a model.
+    """The AQ-quantized tensors of a model.
 
     Returns:
         (entries, groups): entries = [(qualified parameter name, AQWeight)] in module order;
@@ -244,14 +270,14 @@ def aq_entries(model: nn.Module) -> tuple[list[tuple[str, AQWeight]], dict[int, 
     entries: list[tuple[str, AQWeight]] = []
     groups: dict[int, str] = {}
     for mname, mod in model.named_modules():
-        plists = getattr(mod, "parametrizations", None)
-        if not isinstance(plists, nn.ModuleDict) or not parametrize.is_parametrized(mod):
+        slots = mod._modules.get(_SLOTS)
+        if not isinstance(slots, _AQSlots):
             continue
-        for pname, plist in plists.items():
-            for q in plist:
-                if isinstance(q, AQWeight):
-                    entries.append((f"{mname}.{pname}" if mname else pname, q))
-                    groups.setdefault(id(q.codebooks), q.group)
+        for key, q in slots._modules.items():
+            if isinstance(q, AQWeight):
+                pname = key[2:]
+                entries.append((f"{mname}.{pname}" if mname else pname, q))
+                groups.setdefault(id(q.codebooks), q.group)
     return entries, groups
 
 
@@ -332,7 +358,7 @@ def fine_tune_codebooks(
 
 
 def bake(model: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """Replace every AQ parametrization by a plain ``nn.Parameter`` holding its current value.
+    """Replace every AQ-quantized tensor by a plain ``nn.Parameter`` holding its current value.
 
     Args:
         model: a quantized model.
@@ -342,11 +368,14 @@ def bake(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         The model with float weights equal to the AQ reconstructions.
     """
     out = model if inplace else copy.deepcopy(model)
-    for name, q in aq_entries(out)[0]:
-        mod, attr = _param_slot(out, name)
+    for mod in list(out.modules()):
+        slots = mod._modules.get(_SLOTS)
+        if not isinstance(slots, _AQSlots):
+            continue
         with torch.no_grad():
-            value = q.value().detach().clone()
-        _own_class(mod)
-        parametrize.remove_parametrizations(mod, attr, leave_parametrized=False)
-        setattr(mod, attr, nn.Parameter(value))
+            values = {key[2:]: q.value().detach().clone() for key, q in slots._modules.items()}
+        mod.__class__ = type(mod).__dict__.get("_aq_base_class", type(mod))
+        del mod._modules[_SLOTS]
+        for name, v in values.items():
+            mod.register_parameter(name, nn.Parameter(v))
     return out
