@@ -1,0 +1,461 @@
+"""Per-layer error curves: relative error of every candidate configuration of a layer.
+
+All errors are relative Frobenius errors in the (optionally whitened) weight space:
+``e = ||(W - W_hat) C||_F / ||W C||_F`` where ``C C^T = G`` (Cholesky of the layer's
+input Gram, so ``||Y C||_F = ||Y G^{1/2}||_F``) or C = I without a gram.  The singular
+values of ``A = W C`` are those of ``W G^{1/2}``.
+
+* rank (Eckart-Young-Mirsky): ``e(j)^2 = sum_{i>j} s_i^2 / sum_i s_i^2``.  Singular values
+  come from ``eigvalsh`` of the smaller Gram ``A A^T`` / ``A^T A`` in float32 (about 10x
+  faster than ``svdvals`` at 4096x25088; squared values are accurate to ~1e-7 ||A||_2^2,
+  far below what matters for the curves).  With ALDS slicing (g slices) the tails of the
+  g column blocks add; with a gram, slice i uses the diagonal block G_ii (cross-slice
+  input correlations are ignored, an approximation).
+* sparse only: ``e^2 = 1 - (energy of the kept groups) / (total energy)`` with groups
+  ranked by energy (magnitude pruning).  With a gram the columns are scaled by
+  sqrt(diag G) (exact for diagonal G, the usual activation-aware saliency otherwise).
+  Layers with more than 2^18 entries estimate the energy-vs-count curve from a seeded
+  random sample of 2^18 entries / whole groups (row, column, channel group energies are
+  exact).
+* low rank + sparse (proxy, used when no ``error_fn`` is given): one alternating
+  projection step in the whitened space: L = A_r (truncated SVD), S = top-k groups of the
+  residual R = A - A_r, ``e^2 = ||R||^2 (1 - kept(R, k)) / ||A||^2``, with ||R||^2 exact
+  from the spectrum and ``kept`` measured on all columns of small layers or on a seeded
+  sample of whole column blocks (2^18 entries) of large ones.  It is evaluated on a
+  geometric grid of 16 ranks and interpolated (linearly in log rank) in between.  In the
+  data-aware case the proxy puts the sparse support in whitened coordinates (exact for a
+  diagonal G).  It upper-bounds the error of the real solver, which iterates further.
+
+A :class:`LayerCurves` holds the Pareto frontier of a layer: candidate configurations
+sorted by size with strictly decreasing error, ending with "keep dense" (size m*n,
+error 0).  ``size`` is the stored-value count (:func:`spec.layer_params`); the layer's
+MACs are ``spatial * size``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..structure import Structure
+from .spec import LayerSpec, lowrank_params, sparse_nnz
+
+#: error_fn(layer, rank, density) -> relative error (same definition as above).
+ErrorFn = Callable[[LayerSpec, int, float], float]
+
+SAMPLE_ENTRIES = 1 << 18
+RANK_GRID = 16
+
+
+# ----------------------------------------------------------------------------- cache
+@dataclass
+class CurveCache:
+    """Cache of per-layer spectra and decompositions, keyed by layer name + tensor identity.
+
+    Pass the same instance to several :func:`lowrank_sparse.budget.allocate` calls to
+    compute each layer's singular values only once.  Entries are invalidated when the
+    weight (or gram) tensor is modified in place (its version counter changes).
+    """
+
+    store: dict = field(default_factory=dict)
+    hits: int = 0
+    misses: int = 0
+
+    def key(self, layer: LayerSpec, what: str) -> tuple:
+        w = layer.weight
+        g = layer.gram
+        gk = None if g is None else (g.data_ptr(), g._version)
+        return (layer.name, w.data_ptr(), w._version, tuple(w.shape), gk, what)
+
+    def get(self, layer: LayerSpec, what: str, fn: Callable[[], object]) -> object:
+        k = self.key(layer, what)
+        if k in self.store:
+            self.hits += 1
+            return self.store[k]
+        self.misses += 1
+        v = fn()
+        self.store[k] = v
+        return v
+
+
+# ----------------------------------------------------------------------------- linear algebra
+def _chol(gram: torch.Tensor) -> torch.Tensor:
+    """(n, n) lower Cholesky factor of gram + jitter (float64)."""
+    g = gram.detach().to(torch.float64)
+    g = 0.5 * (g + g.T)
+    n = g.shape[0]
+    scale = float(torch.diagonal(g).mean().clamp_min(1e-300))
+    eye = torch.eye(n, dtype=torch.float64)
+    for p in range(-10, 0):
+        c, info = torch.linalg.cholesky_ex(g + (scale * 10.0**p) * eye)
+        if int(info) == 0:
+            return c
+    raise ValueError("gram is not positive semidefinite (Cholesky failed even with jitter)")
+
+
+def whitened(layer: LayerSpec, cols: Optional[slice] = None) -> torch.Tensor:
+    """A = W C (float32) for the whole layer or a column block (diagonal gram block)."""
+    w = layer.weight.detach().to("cpu")
+    if cols is not None:
+        w = w[:, cols]
+    if layer.gram is None:
+        return w.to(torch.float32).contiguous()
+    g = layer.gram.detach().to("cpu")
+    if cols is not None:
+        g = g[cols, cols]
+    return (w.to(torch.float64) @ _chol(g)).to(torch.float32).contiguous()
+
+
+def sq_singular_values(a: torch.Tensor) -> np.ndarray:
+    """Squared singular values of a (m, n) float32 matrix, descending, float64, length min(m,n)."""
+    m, n = a.shape
+    g = a @ a.T if m <= n else a.T @ a
+    ev = torch.linalg.eigvalsh(g).flip(0).clamp_min(0.0)
+    return ev.to(torch.float64).numpy()
+
+
+def _decomp(a: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """(squared singular values desc, U (m, p) orthonormal left singular vectors) of a."""
+    m, n = a.shape
+    if m <= n:
+        ev, u = torch.linalg.eigh(a @ a.T)
+        ev, u = ev.flip(0).clamp_min(0.0), u.flip(1)
+    else:
+        ev, v = torch.linalg.eigh(a.T @ a)
+        ev, v = ev.flip(0).clamp_min(0.0), v.flip(1)
+        tol = float(ev[0]) * 1e-10 if ev.numel() else 0.0
+        keep = int((ev > tol).sum())
+        ev, v = ev[:keep], v[:, :keep]
+        u = (a @ v) / ev.sqrt()
+    return ev.to(torch.float64).numpy(), u.contiguous()
+
+
+# ----------------------------------------------------------------------------- sparse energies
+def _sample_cols(layer: LayerSpec, st: Structure, seed: int) -> Optional[torch.Tensor]:
+    """Indices of sampled columns (whole blocks) or None for all columns."""
+    m, n = layer.m, layer.n
+    if m * n <= SAMPLE_ENTRIES:
+        return None
+    w = st.block if st.kind == "channel" else (st.m if st.kind == "nm" else 1)
+    nblocks = n // w
+    want = max(1, math.ceil(SAMPLE_ENTRIES / (m * w)))
+    if want >= nblocks:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    blocks = torch.randperm(nblocks, generator=gen)[:want].sort().values
+    return (blocks[:, None] * w + torch.arange(w)[None, :]).reshape(-1)
+
+
+def _group_energies(r: torch.Tensor, st: Structure) -> torch.Tensor:
+    """Energies (sum of squares) of the groups of st inside a (m, c) block r, float64, sorted desc.
+
+    For N:M it returns the kept energy per M-group (top N of M) and the rest, see _kept_nm."""
+    e = r.to(torch.float64).square()
+    if st.kind == "row":
+        g = e.sum(1)
+    elif st.kind == "column":
+        g = e.sum(0)
+    elif st.kind == "channel":
+        g = e.reshape(e.shape[0], -1, st.block).sum((0, 2))
+    else:
+        g = e.reshape(-1)
+    return g.sort(descending=True).values
+
+
+class _Kept:
+    """Fraction of energy kept by the top fraction q of groups (from a sorted sample)."""
+
+    def __init__(self, sorted_energies: torch.Tensor) -> None:
+        c = torch.cat([torch.zeros(1, dtype=torch.float64), sorted_energies.cumsum(0)])
+        self.c = c.numpy()
+        self.total = float(self.c[-1])
+
+    def __call__(self, q: np.ndarray | float) -> np.ndarray:
+        if self.total <= 0.0:
+            return np.ones_like(np.asarray(q, dtype=np.float64))
+        ns = len(self.c) - 1
+        x = np.clip(np.asarray(q, dtype=np.float64), 0.0, 1.0) * ns
+        return np.interp(x, np.arange(ns + 1), self.c) / self.total
+
+
+def _kept_nm(r: torch.Tensor, st: Structure) -> float:
+    """Fraction of the energy of r kept by its best N:M pattern (rows, M consecutive cols)."""
+    e = r.to(torch.float64).square()
+    tot = float(e.sum())
+    if tot <= 0.0:
+        return 1.0
+    g = e.reshape(e.shape[0], -1, st.m)
+    kept = float(g.topk(st.n, dim=2).values.sum())
+    return kept / tot
+
+
+# ----------------------------------------------------------------------------- frontier
+@dataclass
+class LayerCurves:
+    """Pareto frontier of one layer's configurations (ascending size, strictly descending error).
+
+    Arrays (all of the same length F): sizes (stored values, int64), errors (float64),
+    ranks, slices, nnz (int64), densities (float64), dense (bool: keep the original layer).
+    The last entry is always "keep dense" (size m*n, error 0).
+    """
+
+    layer: LayerSpec
+    sizes: np.ndarray
+    errors: np.ndarray
+    ranks: np.ndarray
+    slices: np.ndarray
+    nnz: np.ndarray
+    densities: np.ndarray
+    dense: np.ndarray
+
+    @property
+    def spatial(self) -> int:
+        return self.layer.spatial
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def index_for_error(self, eps: float) -> int:
+        """Smallest frontier index whose error is <= eps."""
+        # errors strictly decreasing -> searchsorted on the negated array
+        i = int(np.searchsorted(-self.errors, -eps, side="left"))
+        return min(i, len(self.sizes) - 1)
+
+    def index_for_size(self, cap: float) -> int:
+        """Largest index with size <= cap (0 if even the smallest is larger)."""
+        i = int(np.searchsorted(self.sizes, cap, side="right")) - 1
+        return max(i, 0)
+
+
+def _frontier(layer: LayerSpec, sizes, errors, ranks, slices, nnz, dens) -> LayerCurves:
+    dense_size = layer.m * layer.n
+    sizes = np.concatenate([np.asarray(sizes, dtype=np.int64).reshape(-1), [dense_size]])
+    errors = np.concatenate([np.asarray(errors, dtype=np.float64).reshape(-1), [0.0]])
+    ranks = np.concatenate([np.asarray(ranks, dtype=np.int64).reshape(-1), [0]])
+    slices = np.concatenate([np.asarray(slices, dtype=np.int64).reshape(-1), [1]])
+    nnz = np.concatenate([np.asarray(nnz, dtype=np.int64).reshape(-1), [0]])
+    dens = np.concatenate([np.asarray(dens, dtype=np.float64).reshape(-1), [0.0]])
+    dense = np.zeros(len(sizes), dtype=bool)
+    dense[-1] = True
+    ok = (sizes < dense_size) | dense
+    ok &= np.isfinite(errors)
+    idx = np.nonzero(ok)[0]
+    # sort by size, ties: lower error first, then prefer fewer slices / less sparse
+    order = idx[np.lexsort((nnz[idx], slices[idx], errors[idx], sizes[idx]))]
+    keep = []
+    best = math.inf
+    for i in order:
+        e = float(errors[i])
+        if e < best - 1e-12 * max(1.0, best if math.isfinite(best) else 1.0):
+            keep.append(i)
+            best = e
+    keep = np.asarray(keep, dtype=np.int64)
+    return LayerCurves(layer, sizes[keep], np.clip(errors[keep], 0.0, 1.0), ranks[keep], slices[keep],
+                       nnz[keep], dens[keep], dense[keep])
+
+
+def _slice_options(layer: LayerSpec, candidates: Sequence[int]) -> list[int]:
+    out = []
+    for g in candidates:
+        g = int(g)
+        if g >= 1 and layer.in_channels % g == 0 and g <= layer.in_channels and g not in out:
+            out.append(g)
+    return out or [1]
+
+
+def rank_tails(layer: LayerSpec, g: int, cache: CurveCache) -> tuple[np.ndarray, float]:
+    """(tail energies t[j] = sum over slices of sum_{i>j} s_i^2 for j = 0..jmax, total energy)."""
+
+    def compute():
+        n = layer.n
+        w = n // g
+        tails = None
+        total = 0.0
+        for i in range(g):
+            a = whitened(layer, slice(i * w, (i + 1) * w)) if g > 1 else cache.get(layer, "A", lambda: whitened(layer))
+            s2 = sq_singular_values(a)
+            tot = float(s2.sum())
+            t = tot - np.concatenate([[0.0], np.cumsum(s2)])
+            t = np.maximum(t, 0.0)
+            tails = t if tails is None else tails + t
+            total += tot
+        return tails, total
+
+    return cache.get(layer, f"tails{g}", compute)  # type: ignore[return-value]
+
+
+def _rank_configs(layer: LayerSpec, gs: Sequence[int], cache: CurveCache):
+    m, n = layer.m, layer.n
+    S, E, R, G = [], [], [], []
+    for g in gs:
+        tails, total = rank_tails(layer, g, cache)
+        jmax = len(tails) - 1
+        j = np.arange(1, jmax + 1, dtype=np.int64)
+        size = j * (g * m + n)
+        err = np.sqrt(tails[1:] / total) if total > 0 else np.zeros(jmax)
+        S.append(size); E.append(err); R.append(j); G.append(np.full(jmax, g, dtype=np.int64))
+    if not S:
+        return [np.zeros(0, np.int64)] * 3 + [np.zeros(0)]
+    return np.concatenate(S), np.concatenate(E), np.concatenate(R), np.concatenate(G)
+
+
+def _q_grid(num_groups: int) -> np.ndarray:
+    """Kept-group counts to evaluate: all when few, else a dense grid."""
+    if num_groups <= 4096:
+        return np.arange(1, num_groups, dtype=np.int64)
+    q = np.unique(np.concatenate([np.linspace(0.0, 1.0, 801)[1:-1], np.geomspace(1e-5, 2e-3, 60)]))
+    k = np.unique(np.round(q * num_groups).astype(np.int64))
+    return k[(k >= 1) & (k < num_groups)]
+
+
+def sparse_input(layer: LayerSpec) -> torch.Tensor:
+    """W with columns scaled by sqrt(diag G) (W itself without a gram), float32."""
+    w = layer.weight.detach().to("cpu", torch.float32)
+    if layer.gram is None:
+        return w
+    d = torch.diagonal(layer.gram.detach().to("cpu", torch.float64)).clamp_min(0.0).sqrt().to(torch.float32)
+    return w * d[None, :]
+
+
+def _sparse_configs(layer: LayerSpec, st: Structure, cache: CurveCache, seed: int):
+    m, n = layer.m, layer.n
+    a = sparse_input(layer)
+    if st.kind == "nm":
+        rows = a
+        if m * n > SAMPLE_ENTRIES:
+            gen = torch.Generator().manual_seed(seed)
+            nr = max(1, SAMPLE_ENTRIES // n)
+            rows = a[torch.randperm(m, generator=gen)[:nr]]
+        kept = _kept_nm(rows, st)
+        return (np.array([m * n * st.n // st.m]), np.array([math.sqrt(max(0.0, 1.0 - kept))]),
+                np.array([0]), np.array([1]), np.array([m * n * st.n // st.m]), np.array([st.n / st.m]))
+    if st.kind == "unstructured" and m * n > SAMPLE_ENTRIES:
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randint(0, m * n, (SAMPLE_ENTRIES,), generator=gen)
+        energies = a.reshape(-1)[idx].to(torch.float64).square().sort(descending=True).values
+    else:
+        energies = _group_energies(a, st)
+    kept = _Kept(energies)
+    ng = st.num_groups(m, n)
+    gs = st.group_size(m, n)
+    k = _q_grid(ng)
+    err = np.sqrt(np.maximum(0.0, 1.0 - kept(k / ng)))
+    nnz = k * gs
+    return nnz, err, np.zeros_like(k), np.ones_like(k), nnz, nnz / (m * n)
+
+
+def _ls_configs(layer: LayerSpec, st: Structure, shares: Sequence[float], cache: CurveCache, seed: int):
+    """Proxy configurations with a sparse share > 0 (g = 1)."""
+    m, n = layer.m, layer.n
+    mn = m * n
+    rmax = int(mn // (m + n))
+    shares = [float(s) for s in shares if s > 0.0]
+    if st.kind == "nm":
+        shares = [1.0]  # marker: S is the fixed N:M pattern
+    if rmax < 1 or not shares:
+        return None
+    a = cache.get(layer, "A", lambda: whitened(layer))
+    s2, u = cache.get(layer, "decomp", lambda: _decomp(a))  # type: ignore[misc]
+    total = float(s2.sum())
+    if total <= 0.0:
+        return None
+    tails = np.maximum(total - np.concatenate([[0.0], np.cumsum(s2)]), 0.0)
+    p = u.shape[1]
+    rg = np.unique(np.round(np.geomspace(1, max(1, min(rmax, p)), RANK_GRID)).astype(np.int64))
+    cols = _sample_cols(layer, st, seed)
+    a_j = a if cols is None else a[:, cols]
+    proj = u[:, : int(rg[-1])].T @ a_j  # (p', c)
+    r_res = a_j.clone()
+    prev = 0
+    ng, gsz = st.num_groups(m, n), st.group_size(m, n)
+    kept_at: list[object] = []
+    for r in rg:
+        r = int(r)
+        r_res -= u[:, prev:r] @ proj[prev:r]
+        prev = r
+        kept_at.append(_kept_nm(r_res, st) if st.kind == "nm" else _Kept(_group_energies(r_res, st)))
+    S, E, R, G, NZ, D = [], [], [], [], [], []
+    for sh in shares:
+        if st.kind == "nm":
+            nnz_of = lambda j: np.full_like(j, mn * st.n // st.m)  # noqa: E731
+        else:
+            def nnz_of(j, sh=sh):
+                d = sh / (1.0 - sh) * j * (m + n) / mn
+                k = np.clip(np.floor(d * mn / gsz + 0.5), 0, ng).astype(np.int64)
+                return k * gsz
+        # errors at the grid
+        eg = []
+        for r, kp in zip(rg, kept_at):
+            nz = int(nnz_of(np.array([r]))[0])
+            frac = kp if st.kind == "nm" else float(kp(nz / gsz / ng))  # type: ignore[operator]
+            eg.append(math.sqrt(max(0.0, tails[r] * (1.0 - frac) / total)))
+        eg = np.asarray(eg)
+        j = np.arange(1, rmax + 1, dtype=np.int64)
+        nz = nnz_of(j)
+        size = j * (m + n) + nz
+        err = np.interp(np.log(j), np.log(rg.astype(np.float64)), eg) if len(rg) > 1 else np.full(len(j), eg[0])
+        # beyond the last grid rank the proxy is extrapolated flat: never claim better than rank-only
+        rank_err = np.sqrt(tails[np.minimum(j, len(tails) - 1)] / total)
+        err = np.minimum(err, rank_err)
+        okk = (nz > 0) & (size < mn)
+        S.append(size[okk]); E.append(err[okk]); R.append(j[okk]); G.append(np.ones(int(okk.sum()), np.int64))
+        NZ.append(nz[okk]); D.append(nz[okk] / mn)
+    return (np.concatenate(S), np.concatenate(E), np.concatenate(R), np.concatenate(G),
+            np.concatenate(NZ), np.concatenate(D))
+
+
+def build_curves(layer: LayerSpec, mode: str, structure: Structure, *, slice_candidates: Sequence[int] = (1,),
+                 sparse_shares: Sequence[float] = (0.0, 0.1, 0.25, 0.5), cache: Optional[CurveCache] = None,
+                 seed: int = 0) -> LayerCurves:
+    """Frontier of a layer for ``mode`` ("rank_only" | "sparse_only" | "lowrank_sparse").
+
+    slice_candidates: ALDS slice counts to try (kept if they divide in_channels).
+    sparse_shares: fractions of the layer's budget given to S in "lowrank_sparse" mode
+        (0 = pure low rank, which also uses the slice candidates; >0 uses slices=1).
+    """
+    cache = cache if cache is not None else CurveCache()
+    parts = []
+    if mode in ("rank_only", "lowrank_sparse"):
+        gs = _slice_options(layer, slice_candidates)
+        if mode == "rank_only" or any(s == 0.0 for s in sparse_shares):
+            s, e, r, g = _rank_configs(layer, gs, cache)
+            parts.append((s, e, r, g, np.zeros_like(s), np.zeros(len(s))))
+        if mode == "lowrank_sparse":
+            ls = _ls_configs(layer, structure, sparse_shares, cache, seed)
+            if ls is not None:
+                parts.append(ls)
+    elif mode == "sparse_only":
+        parts.append(_sparse_configs(layer, structure, cache, seed))
+    else:
+        raise ValueError(f"mode must be 'lowrank_sparse', 'rank_only' or 'sparse_only', got {mode!r}")
+    cols = list(zip(*parts)) if parts else [[np.zeros(0)]] * 6
+    arrs = [np.concatenate([np.asarray(x) for x in c]) for c in cols]
+    return _frontier(layer, *arrs)
+
+
+def config_error(layer: LayerSpec, rank: int, density: float, slices: int, structure: Structure,
+                 cache: CurveCache, error_fn: Optional[ErrorFn] = None) -> float:
+    """Predicted relative error of one explicit configuration (used for overrides).
+
+    Exact for rank only / sparse only; error_fn (else the proxy curves) for L + S."""
+    m, n = layer.m, layer.n
+    nnz = sparse_nnz(m, n, density, structure)
+    if nnz == 0:
+        if rank <= 0:
+            return 1.0
+        tails, total = rank_tails(layer, slices, cache)
+        j = min(rank, len(tails) - 1)
+        return math.sqrt(tails[j] / total) if total > 0 else 0.0
+    if error_fn is not None:
+        return float(error_fn(layer, rank, density))
+    if rank <= 0:
+        cur = build_curves(layer, "sparse_only", structure, cache=cache)
+        i = int(np.argmin(np.abs(cur.nnz[:-1] - nnz))) if len(cur) > 1 else 0
+        return float(cur.errors[i])
+    cur = build_curves(layer, "lowrank_sparse", structure, sparse_shares=(0.1, 0.25, 0.5), cache=cache)
+    size = lowrank_params(m, n, rank, slices) + nnz
+    return float(cur.errors[cur.index_for_size(size)])

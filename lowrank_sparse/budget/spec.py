@@ -1,0 +1,325 @@
+"""Budget targets, layer descriptions, allocations, and THE parameter/FLOP formulas.
+
+Counting formulas (the single source of truth; the nn module pair must match them)
+-----------------------------------------------------------------------------------
+A compressible layer has weight W of shape (m, n): (out_features, in_features) for
+``nn.Linear``, (out_channels, in_channels * kh * kw) for ``nn.Conv2d``.  Its compressed
+form is L + S with
+
+* L: rank ``r`` per input-channel slice, ``g = slices`` contiguous slices of the input
+  columns (g = 1: plain low rank).  Stored as a block-diagonal first factor (slice i is
+  (r, n/g), g slices -> ``r * n`` values) and a second factor (m, g*r) -> ``r * g * m``
+  values.  Deployed as a grouped conv (g groups, in_channels -> g*r channels, the layer's
+  kernel/stride/padding) followed by a 1x1 conv (g*r -> m); for linear layers as two
+  matmuls.
+* S: ``nnz(S)`` stored values; for a group structure at density d it holds
+  ``Structure.budget(d, m, n)`` groups of ``Structure.group_size(m, n)`` entries; for N:M
+  exactly ``m*n*N/M`` entries.  Index storage is not counted (reported separately by nn).
+
+  params(layer) = r*g*m + r*n + nnz(S)            (+ bias, unchanged, not counted here)
+  MACs(layer)   = P * (r*n + r*g*m + nnz(S))       P = H_out*W_out for conv, 1 for linear
+
+MACs are multiply-accumulates per sample; the first factor runs with the layer's stride
+so both factors and S work at the output resolution H_out x W_out.  Bias additions are not
+counted.  A layer kept dense costs m*n params and P*m*n MACs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Optional
+
+import torch
+
+from ..structure import Structure, parse_structure
+
+LayerKind = Literal["linear", "conv"]
+
+
+# ----------------------------------------------------------------------------- formulas
+def lowrank_params(m: int, n: int, rank: int, slices: int = 1) -> int:
+    """Stored values of L: ``rank*slices*m + rank*n`` (both factors, block-diagonal first)."""
+    if rank < 0 or slices < 1:
+        raise ValueError(f"rank must be >= 0 and slices >= 1, got rank={rank}, slices={slices}")
+    if n % slices != 0:
+        raise ValueError(f"slices={slices} must divide the input dimension n={n}")
+    return int(rank) * int(slices) * int(m) + int(rank) * int(n)
+
+
+def sparse_nnz(m: int, n: int, density: float, structure: Structure) -> int:
+    """Stored values of S at ``density`` under ``structure`` (whole groups; N:M fixed)."""
+    if density <= 0.0 and structure.kind != "nm":
+        return 0
+    if structure.kind == "nm":
+        return 0 if density <= 0.0 else m * n * structure.n // structure.m
+    return structure.budget(density, m, n) * structure.group_size(m, n)
+
+
+def layer_params(m: int, n: int, rank: int, density: float, slices: int = 1,
+                 structure: Structure | str = "unstructured", *, block: int = 1) -> int:
+    """``r*g*m + r*n + nnz(S)``: stored weight values of a compressed layer (bias excluded)."""
+    st = parse_structure(structure, block=block)
+    return lowrank_params(m, n, rank, slices) + sparse_nnz(m, n, density, st)
+
+
+def layer_flops(m: int, n: int, rank: int, density: float, slices: int = 1,
+                structure: Structure | str = "unstructured", *, block: int = 1,
+                out_hw: Optional[tuple[int, int]] = None) -> int:
+    """MACs per sample: ``P * (r*n + r*g*m + nnz(S))``, P = H_out*W_out (1 for linear)."""
+    p = 1 if out_hw is None else int(out_hw[0]) * int(out_hw[1])
+    return p * layer_params(m, n, rank, density, slices, structure, block=block)
+
+
+# ----------------------------------------------------------------------------- targets
+@dataclass(frozen=True)
+class Budget:
+    """Network-wide target: fractions of the WHOLE model to keep.
+
+    Attributes:
+        params: fraction of all parameters of the model (including layers that are not
+            compressed, biases, BatchNorm) to keep, in (0, 1]; None: no parameter target.
+        flops: fraction of the model's MACs per sample to keep, in (0, 1]; None: none.
+    At least one must be given; when both are, both must hold.
+    """
+
+    params: Optional[float] = None
+    flops: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.params is None and self.flops is None:
+            raise ValueError("Budget needs params=... and/or flops=... (fractions of the model to keep)")
+        for name in ("params", "flops"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"Budget.{name} must be a float in (0, 1], got {type(v).__name__}")
+            if not (math.isfinite(v) and 0.0 < v <= 1.0):
+                raise ValueError(f"Budget.{name} must be a fraction in (0, 1], got {v}")
+
+
+@dataclass
+class LayerSpec:
+    """One compressible layer as the allocator sees it.
+
+    Attributes:
+        name: module name (matched by fnmatch patterns for exclusions / overrides).
+        weight: (m, n) weight matrix; conv: (out, in*kh*kw).  Not modified.
+        kind: "linear" or "conv".
+        block: kh*kw for convs (columns per input channel), 1 for linear.
+        out_hw: (H_out, W_out) output size for convs (required for FLOPs of convs).
+        gram: optional (n, n) X X^T / N of the layer inputs; makes the error curves
+            data-aware (singular values of W G^{1/2}).
+    """
+
+    name: str
+    weight: torch.Tensor
+    kind: LayerKind = "linear"
+    block: int = 1
+    out_hw: Optional[tuple[int, int]] = None
+    gram: Optional[torch.Tensor] = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"LayerSpec.name must be a str, got {type(self.name).__name__}")
+        if not isinstance(self.weight, torch.Tensor):
+            raise TypeError(f"LayerSpec {self.name!r}: weight must be a torch.Tensor, got {type(self.weight).__name__}")
+        if self.weight.ndim != 2:
+            raise ValueError(f"LayerSpec {self.name!r}: weight must be 2-D (m, n), got shape {tuple(self.weight.shape)}")
+        if self.kind not in ("linear", "conv"):
+            raise ValueError(f"LayerSpec {self.name!r}: kind must be 'linear' or 'conv', got {self.kind!r}")
+        if self.block < 1 or self.weight.shape[1] % self.block != 0:
+            raise ValueError(f"LayerSpec {self.name!r}: block={self.block} must be >= 1 and divide n={self.weight.shape[1]}")
+        if self.kind == "linear" and self.block != 1:
+            raise ValueError(f"LayerSpec {self.name!r}: linear layers have block=1, got {self.block}")
+        if self.kind == "conv" and self.out_hw is None:
+            raise ValueError(f"LayerSpec {self.name!r}: conv layers need out_hw=(H_out, W_out)")
+        if self.out_hw is not None:
+            self.out_hw = (int(self.out_hw[0]), int(self.out_hw[1]))
+            if min(self.out_hw) < 1:
+                raise ValueError(f"LayerSpec {self.name!r}: out_hw must be positive, got {self.out_hw}")
+        if self.gram is not None:
+            n = self.weight.shape[1]
+            if not isinstance(self.gram, torch.Tensor) or tuple(self.gram.shape) != (n, n):
+                raise ValueError(f"LayerSpec {self.name!r}: gram must be a ({n}, {n}) tensor")
+        if not bool(torch.isfinite(self.weight).all()):
+            raise ValueError(f"LayerSpec {self.name!r}: weight has non-finite entries")
+
+    @property
+    def m(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def n(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels (conv) / features (linear): n // block."""
+        return self.n // self.block
+
+    @property
+    def spatial(self) -> int:
+        """P = H_out*W_out for convs (with out_hw), 1 for linear layers."""
+        return 1 if self.out_hw is None else self.out_hw[0] * self.out_hw[1]
+
+    @property
+    def dense_params(self) -> int:
+        return self.m * self.n
+
+    @property
+    def dense_flops(self) -> int:
+        return self.spatial * self.m * self.n
+
+    def params(self, rank: int, density: float, slices: int = 1, structure: Structure | str = "unstructured") -> int:
+        """:func:`layer_params` for this layer."""
+        return layer_params(self.m, self.n, rank, density, slices, structure, block=self.block)
+
+    def flops(self, rank: int, density: float, slices: int = 1, structure: Structure | str = "unstructured") -> int:
+        """:func:`layer_flops` for this layer."""
+        return self.spatial * self.params(rank, density, slices, structure)
+
+
+# ----------------------------------------------------------------------------- outputs
+@dataclass
+class LayerAllocation:
+    """The configuration chosen for one layer.
+
+    Attributes:
+        name: layer name.
+        rank: rank of L per slice (0: no low-rank part).
+        density: fraction of W's entries S keeps (0: no sparse part).
+        slices: ALDS input-channel slices of L (1: plain low rank).
+        params: stored weight values (formula in the module docstring; bias excluded).
+        flops: MACs per sample (bias excluded).
+        predicted_error: predicted relative error ||(W - W_hat) G^{1/2}||_F / ||W G^{1/2}||_F
+            (G = identity without a gram); 0 for layers kept dense.
+        kind, shape: "linear"/"conv" and (m, n).
+        keep_dense: True if the layer stays as the original dense layer (excluded, too
+            small to gain, or generous budget); rank/density are then 0 and irrelevant.
+        nnz: stored entries of S.
+        source: "allocated", "excluded", "override" or "first/last".
+    """
+
+    name: str
+    rank: int
+    density: float
+    slices: int
+    params: int
+    flops: int
+    predicted_error: float
+    kind: str = "linear"
+    shape: tuple[int, int] = (0, 0)
+    keep_dense: bool = False
+    nnz: int = 0
+    source: str = "allocated"
+
+
+@dataclass
+class Allocation:
+    """Per-layer configurations chosen to meet a network-wide Budget.
+
+    Attributes:
+        layers: one LayerAllocation per LayerSpec, in input order.
+        method, mode, structure: what produced it.
+        target: the Budget.
+        total_params, total_flops: the dense model's totals (everything, not only the layers).
+        params, flops: the totals after compression (fixed parts + layers).
+        info: method-specific details (error level, metric, iterations, seconds).
+    """
+
+    layers: list[LayerAllocation]
+    method: str
+    mode: str
+    structure: str
+    target: Budget
+    total_params: int
+    total_flops: int
+    params: int
+    flops: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params_ratio(self) -> float:
+        """Kept fraction of the whole model's parameters."""
+        return self.params / self.total_params if self.total_params else float("nan")
+
+    @property
+    def flops_ratio(self) -> float:
+        """Kept fraction of the whole model's MACs."""
+        return self.flops / self.total_flops if self.total_flops else float("nan")
+
+    def __getitem__(self, name: str) -> LayerAllocation:
+        for la in self.layers:
+            if la.name == name:
+                return la
+        raise KeyError(name)
+
+    def max_error(self) -> float:
+        """Largest predicted error over compressed layers."""
+        return max((la.predicted_error for la in self.layers), default=0.0)
+
+    def table(self) -> str:
+        """Aligned text table: one row per layer, then totals and achieved ratios."""
+        head = ["layer", "kind", "shape", "rank", "slices", "density", "params", "FLOPs", "pred.err"]
+        rows = []
+        for la in self.layers:
+            dense = la.keep_dense
+            rows.append([
+                la.name, la.kind, f"{la.shape[0]}x{la.shape[1]}",
+                "dense" if dense else str(la.rank),
+                "-" if dense else str(la.slices),
+                "-" if dense else f"{la.density:.4f}",
+                f"{la.params:,}", f"{la.flops:,}", f"{la.predicted_error:.4f}",
+            ])
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+        left = {0, 1, 2}
+
+        def fmt(r: list[str]) -> str:
+            return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+        out = [fmt(head), "  ".join("-" * w for w in widths)]
+        out += [fmt(r) for r in rows]
+        lp = sum(la.params for la in self.layers)
+        lf = sum(la.flops for la in self.layers)
+        out.append("  ".join("-" * w for w in widths))
+        out.append(f"layers total: params {lp:,}  FLOPs {lf:,}")
+        tgt = []
+        if self.target.params is not None:
+            tgt.append(f"params {self.target.params:.4f}")
+        if self.target.flops is not None:
+            tgt.append(f"flops {self.target.flops:.4f}")
+        out.append(
+            f"model: params {self.params:,} / {self.total_params:,} = {self.params_ratio:.4f}   "
+            f"FLOPs {self.flops:,} / {self.total_flops:,} = {self.flops_ratio:.4f}   "
+            f"target: {', '.join(tgt)}   method={self.method} mode={self.mode} structure={self.structure}"
+        )
+        return "\n".join(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dictionary (json.dumps works on it)."""
+        d = {
+            "method": self.method, "mode": self.mode, "structure": self.structure,
+            "target": {"params": self.target.params, "flops": self.target.flops},
+            "total_params": int(self.total_params), "total_flops": int(self.total_flops),
+            "params": int(self.params), "flops": int(self.flops),
+            "params_ratio": self.params_ratio, "flops_ratio": self.flops_ratio,
+            "layers": [{**asdict(la), "shape": list(la.shape)} for la in self.layers],
+            "info": _jsonable(self.info),
+        }
+        json.dumps(d)
+        return d
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (int, float, str, bool)) or x is None:
+        return x
+    if hasattr(x, "item"):
+        return x.item()
+    return str(x)
