@@ -436,7 +436,7 @@ def compress(
     allocation_table: Optional[str] = None
     if target is not None:
         plan, allocation_table = _allocate(
-            target, allocation, method, struct, selected, cal.layers, params_before, flops_before, solver,
+            target, allocation, method, struct, selected, cal.layers, params_before, flops_before, solver, seed,
         )
     else:
         for name, mod in selected:
@@ -561,8 +561,11 @@ def _allocate(
     total_params: int,
     total_flops: int,
     solver: dict[str, Any],
+    seed: int,
 ) -> tuple[dict[str, tuple[int, float, int]], Optional[str]]:
-    """Ranks / densities per layer from the budget module."""
+    """(rank, density, slices) per layer from :func:`lowrank_sparse.budget.allocate`, and
+    its table.  In "lowrank_sparse" mode the allocator's ``error_fn`` runs the real solver
+    on the layer (BN-folded, activation-aware) and returns the post-activation error."""
     from . import budget as B
 
     specs = []
@@ -573,19 +576,25 @@ def _allocate(
                                  out_hw=st.out_hw, gram=st.gram))
     mods = dict(selected)
 
-    def error_fn(name: str, rank: int, density: float, slices: int = 1) -> float:
-        """Post-activation error of layer ``name`` fitted at (rank, density, slices)."""
+    def error_fn(layer: Any, rank: int, density: float) -> float:
+        """Post-activation error of ``layer`` (a LayerSpec) fitted by the real solver."""
+        name = getattr(layer, "name", layer)
         st, mod = stats[name], mods[name]
         Wf, bf, a = _folded_problem(st, mod)
-        dec = _unfold_bn(_solve(method, Wf, rank, density, struct, st, bf, slices, solver), st, a)
+        dec = _unfold_bn(_solve(method, Wf, int(rank), float(density), struct, st, bf, 1, solver), st, a)
         W0 = mod.weight.detach().reshape(st.weight_shape)
         b0 = None if mod.bias is None else mod.bias.detach()
         return dense_error(st, W0, b0, torch.as_tensor(dec.dense()).to(W0), b0)
 
+    # selection (include / exclude / first-last) is done by compress(): allocate over
+    # exactly the selected layers; everything else counts as fixed in the totals
     alloc = B.allocate(specs, target, method=allocation, total_params=total_params, total_flops=total_flops,
-                       mode=method, structure=struct.name, error_fn=error_fn)
-    plan = {la.name: (int(la.rank), float(la.density), int(getattr(la, "slices", 1))) for la in alloc.layers}
-    for name, _ in selected:
-        plan.setdefault(name, (min(stats[name].weight_shape), 0.0, 1))
-    table = alloc.table() if hasattr(alloc, "table") else None
-    return plan, table
+                       mode=method, structure=struct, error_fn=error_fn if method == "lowrank_sparse" else None,
+                       keep_first_last=False, seed=seed)
+    plan: dict[str, tuple[int, float, int]] = {}
+    for la in alloc.layers:
+        if la.keep_dense:
+            plan[la.name] = (min(stats[la.name].weight_shape), 0.0, 1)
+        else:
+            plan[la.name] = (int(la.rank), float(la.density), int(la.slices))
+    return plan, alloc.table()
