@@ -18,6 +18,15 @@ from lowrank_sparse.solve.result import Decomposition, SolveInfo
 from lowrank_sparse.structure import parse_structure
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny models: one intra-op thread (two spin-wait badly on a loaded 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     d = load_digits()
