@@ -176,6 +176,15 @@ def test_bake(mlp: nn.Module, digits) -> None:
     assert type(q2[0]) is nn.Linear and torch.equal(q(Xtr), ref)
 
 
+def test_dtype_follows_model(mlp: nn.Module, digits) -> None:
+    Xtr, _, _, _ = digits
+    q = quantize_model(mlp, AQConfig(M=2, K=16, d=4, iters=1), which="all")
+    ref = q(Xtr).detach()
+    q64 = copy.deepcopy(q).double()
+    assert q64[0].weight.dtype == torch.float64
+    np.testing.assert_allclose(q64(Xtr.double()).detach().numpy(), ref.numpy(), rtol=1e-4, atol=1e-5)
+
+
 class _Halve(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return 0.5 * x

@@ -52,7 +52,6 @@ class AQWeight(nn.Module):
         shape: shape of the reconstructed tensor.
         numel: number of values (prod(shape)); n_vectors * d = numel + pad.
         pad: zeros appended at the tail before splitting.
-        out_dtype: dtype of the reconstructed tensor.
         group: name of the codebook set (for storage).
     """
 
@@ -64,7 +63,6 @@ class AQWeight(nn.Module):
         shape: tuple[int, ...],
         numel: int,
         pad: int,
-        out_dtype: torch.dtype = torch.float32,
         group: str = "shared",
     ) -> None:
         super().__init__()
@@ -83,23 +81,23 @@ class AQWeight(nn.Module):
         self.shape = tuple(int(s) for s in shape)
         self.numel_ = int(numel)
         self.pad = int(pad)
-        self.out_dtype = out_dtype
         self.group = group
 
+    @property
+    def out_dtype(self) -> torch.dtype:
+        """dtype of the reconstruction: that of the codebooks (follows ``model.to(dtype)``)."""
+        return self.codebooks.dtype
+
     def value(self) -> Tensor:
-        """The reconstructed tensor (``shape``, ``out_dtype``), differentiable w.r.t. codebooks."""
+        """The reconstructed tensor (``shape``, codebooks' dtype), differentiable w.r.t. codebooks."""
         M = self.codebooks.shape[0]
         idx = torch.arange(M, device=self.codes.device)
         vecs = self.codebooks[idx[None, :], self.codes].sum(dim=1)  # (n, d)
         flat = vecs.reshape(-1)[: self.numel_] * self.scale
-        return flat.reshape(self.shape).to(self.out_dtype)
+        return flat.reshape(self.shape)
 
-    def forward(self, original: Tensor) -> Tensor:
+    def forward(self) -> Tensor:
         return self.value()
-
-    def right_inverse(self, value: Tensor) -> Tensor:
-        # The float original is not kept: the stored "original" becomes an empty placeholder.
-        return torch.zeros(0, dtype=value.dtype, device=value.device)
 
     def extra_repr(self) -> str:
         M, K, d = self.codebooks.shape
@@ -232,7 +230,7 @@ def quantize_model(
         allv = np.concatenate([v for _, v, _, _ in splits], axis=0)
         C, codes = learn_codebooks(allv, cfg, history=history)
         device = splits[0][3].device
-        book = nn.Parameter(torch.from_numpy(C).to(device))
+        book = nn.Parameter(torch.from_numpy(C).to(device=device, dtype=splits[0][3].dtype))
         off = 0
         plan = []
         for n, v, sp, p in splits:
@@ -242,7 +240,7 @@ def quantize_model(
         plan = []
         for i, (n, v, sp, p) in enumerate(splits):
             C, codes = learn_codebooks(v, cfg, history=history if i == 0 else None)
-            book = nn.Parameter(torch.from_numpy(C).to(p.device))
+            book = nn.Parameter(torch.from_numpy(C).to(device=p.device, dtype=p.dtype))
             plan.append((n, sp, p, book, codes, n))
     for n, sp, p, book, codes, group in plan:
         mod, attr = _param_slot(new, n)
@@ -253,7 +251,6 @@ def quantize_model(
             sp.shape,
             sp.numel,
             sp.pad,
-            p.dtype,
             group=group,
         )
         _attach(mod, attr, q)

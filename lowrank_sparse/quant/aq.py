@@ -126,7 +126,7 @@ class Split:
         numel: number of values of the tensor.
         pad: zeros appended at the tail (0 <= pad < d).
         d: sub-vector length.
-        scale: the RMS the values were divided by.
+        scale: the RMS the values were divided by (rounded to float32, so it is stored exactly).
     """
 
     shape: tuple[int, ...]
@@ -160,7 +160,7 @@ def split_tensor(t: Array, d: int) -> tuple[np.ndarray, Split]:
     if numel == 0:
         raise ValueError("cannot quantize an empty tensor")
     rms = float(np.sqrt(np.mean(flat * flat)))
-    scale = rms if rms > 0 else 1.0
+    scale = float(np.float32(rms)) if rms > 0 else 1.0  # float32-representable: stored exactly
     pad = (-numel) % d
     v = np.zeros(numel + pad, dtype=np.float32)
     v[:numel] = flat / scale

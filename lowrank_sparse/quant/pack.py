@@ -167,7 +167,7 @@ def load_aq_state(
             key = f"aq.codebooks.{g}"
             if key not in tensors:
                 raise ValueError(f"missing tensor {key!r}")
-            books[g] = nn.Parameter(tensors[key].detach().to(torch.float32).clone())
+            books[g] = nn.Parameter(tensors[key].detach().to(getattr(torch, e.get("dtype", "float32"))).clone())
         C = books[g]
         M, K, d = e["M"], e["K"], e["d"]
         if tuple(C.shape) != (M, K, d):
@@ -188,7 +188,6 @@ def load_aq_state(
             tuple(e["shape"]),
             int(e["numel"]),
             int(e["pad"]),
-            getattr(torch, e.get("dtype", "float32")),
             group=g,
         )
         if parametrize:
