@@ -106,14 +106,14 @@ def model_params(model: nn.Module) -> int:
         if _is_pair(mod):
             total += mod.num_params()
             continue
-        if _inside_pair(model, mod):
+        if _is_compact_sparse(mod):
             continue
         total += sum(int(p.numel()) for p in mod.parameters(recurse=False))
     return total
 
 
-def _inside_pair(model: nn.Module, mod: nn.Module) -> bool:
-    # parameters of a pair's submodules (its compact sparse part) are counted by the pair
+def _is_compact_sparse(mod: nn.Module) -> bool:
+    # a pair's compact sparse part: its values are counted by the pair's num_params()
     from .sparse import CompactSparse
 
     return isinstance(mod, CompactSparse)
