@@ -218,12 +218,33 @@ void beam_one(const Tables<T>& tb, const double* bv, int B, Beam& cur, Beam& nxt
       const double hs = cur.scores[h];
       for (int m = 0; m < M; ++m) {
         if (hc[m] >= 0) continue;
+        const index_t K = tb.K;
+        double thr = nxt.threshold();
+        if (!tb.gram.empty()) {  // fused: unary score + cross terms from the Gram rows
+          const T* rows[kMaxM];
+          int nr = 0;
+          for (int j = 0; j < M; ++j)
+            if (hc[j] >= 0) rows[nr++] = tb.gram.data() + (j * K + hc[j]) * tb.MK + m * K;
+          const double* b = bv + m * K;
+          for (index_t k = 0; k < K; ++k) {
+            double s = hs + b[k];
+            for (int r = 0; r < nr; ++r) s += 2.0 * double(rows[r][k]);
+            if (s < thr) {
+              nxt.offer(hc, m, static_cast<int>(k), s);
+              thr = nxt.threshold();
+            }
+          }
+          continue;
+        }
         tb.base(m, bv, acc);
         for (int j = 0; j < M; ++j)
           if (hc[j] >= 0) tb.add_cross(j, hc[j], m, 2.0, acc);
-        for (index_t k = 0; k < tb.K; ++k) {
+        for (index_t k = 0; k < K; ++k) {
           const double s = hs + acc[k];
-          if (s < nxt.threshold()) nxt.offer(hc, m, static_cast<int>(k), s);
+          if (s < thr) {
+            nxt.offer(hc, m, static_cast<int>(k), s);
+            thr = nxt.threshold();
+          }
         }
       }
     }

@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "aq.hpp"
+#include "parallel.hpp"
 
 namespace py = pybind11;
 using lrs::index_t;
@@ -89,12 +90,13 @@ py::tuple encode_impl(const py::array& X, const py::array& C, int beam, int refi
 void check_int_args(int beam, int refine, int threads) {
   if (beam < 1) throw py::value_error("beam must be >= 1, got " + std::to_string(beam));
   if (refine < 0) throw py::value_error("refine must be >= 0, got " + std::to_string(refine));
-  if (threads < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(threads));
+  if (threads < 0) throw py::value_error("threads must be >= 0, got " + std::to_string(threads));
 }
 
 py::tuple encode_any(const py::array& X, const py::array& C, int beam, int refine, int threads,
                      bool greedy) {
   check_int_args(beam, refine, threads);
+  if (threads == 0) threads = lrs::get_num_threads();  // library-wide setting
   if (X.dtype().is(py::dtype::of<double>()))
     return encode_impl<double>(X, C, beam, refine, threads, greedy);
   return encode_impl<float>(X, C, beam, refine, threads, greedy);
@@ -173,7 +175,8 @@ void bind_aq(py::module_& m) {
       "Beam-search additive-quantization encoding.\n\n"
       "X (N, d) float32|float64 C-contiguous; codebooks (M, K, d) same dtype.\n"
       "Returns (codes (N, M) uint16, err (N,) squared error per vector).  Never worse than\n"
-      "greedy encoding; `refine` passes of per-codebook re-assignment follow the beam.");
+      "greedy encoding; `refine` passes of per-codebook re-assignment follow the beam.\n"
+      "threads: worker threads (0 = the library-wide count, see set_num_threads).");
   m.def(
       "aq_encode_greedy",
       [](const py::array& X, const py::array& C, int threads) {

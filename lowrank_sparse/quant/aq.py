@@ -66,7 +66,8 @@ class AQConfig:
             (keeps unused codewords in place and makes the normal matrix positive definite).
         max_train_vectors: codebooks are learnt on a random subsample of at most this many
             sub-vectors (all vectors are encoded at the end); None = use all.
-        threads: worker threads of the C++ encoder.
+        threads: worker threads of the C++ encoder (0 = the library-wide count set by
+            ``lowrank_sparse._core.set_num_threads``).
     """
 
     M: int = 2
@@ -98,7 +99,7 @@ class AQConfig:
         _int("iters", 0)
         _int("refine", 0)
         _int("kmeans_iters", 0)
-        _int("threads", 1)
+        _int("threads", 0)
         _int("seed", 0)
         if not isinstance(self.shared, bool):
             raise TypeError("AQConfig.shared must be a bool")
@@ -217,7 +218,7 @@ def encode(
         codebooks: (M, K, d) float.
         beam: beam width >= 1.
         refine: coordinate-refinement passes after the beam.
-        threads: worker threads.
+        threads: worker threads (0 = library-wide count).
 
     Returns:
         (codes (N, M) uint16, err (N,) squared reconstruction error per vector).
@@ -274,7 +275,7 @@ def ls_update(
     k = _codes(codes)
     M, K, d = C.shape
     if 1 < M and M * K <= MAX_JOINT_LS:
-        with threadpool_limits(max(1, int(threads)), user_api="blas"):
+        with threadpool_limits(max(1, int(threads) or _core.get_num_threads()), user_api="blas"):
             return _core.aq_ls_update(X, k, C, float(ridge))
     # Block-coordinate: for codebook m, C[m, j] = (sum of residuals coded j + ridge C[m, j]) / (count + ridge).
     if not (math.isfinite(ridge) and ridge > 0):
