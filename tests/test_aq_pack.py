@@ -18,6 +18,7 @@ from lowrank_sparse.quant import (
     aq_state,
     bits_for,
     load_aq_state,
+    non_aq_state_dict,
     pack_codes,
     quantize_model,
     storage_bytes,
@@ -140,3 +141,19 @@ def test_state_errors(quantized: nn.Module) -> None:
         aq_state(_mlp(0))
     with pytest.raises(ValueError, match="codebook_dtype"):
         aq_state(quantized, codebook_dtype="int8")
+
+
+def test_full_model_roundtrip_with_float_rest(quantized: nn.Module, tmp_path) -> None:
+    tensors, meta = aq_state(quantized)
+    rest = non_aq_state_dict(quantized)
+    assert set(rest) == {"0.bias", "2.bias", "3.weight", "3.bias", "3.running_mean", "3.running_var",
+                         "3.num_batches_tracked"}
+    save_file({**tensors, **{f"float.{k}": v for k, v in rest.items()}}, str(tmp_path / "m.safetensors"), metadata=meta)
+    loaded = load_file(str(tmp_path / "m.safetensors"))
+    fresh = _mlp(3)
+    fresh.load_state_dict({k[6:]: v for k, v in loaded.items() if k.startswith("float.")}, strict=False)
+    load_aq_state(fresh, loaded, meta)
+    fresh.eval()
+    quantized.eval()
+    x = torch.randn(5, 20, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(fresh(x), quantized(x))

@@ -21,7 +21,16 @@ from .aq import (
     split_tensor,
 )
 from .apply import AQWeight, aq_entries, bake, codebook_parameters, fine_tune_codebooks, quantize_model
-from .pack import aq_state, bits_for, load_aq_state, pack_codes, storage_bytes, storage_report, unpack_codes
+from .pack import (
+    aq_state,
+    bits_for,
+    load_aq_state,
+    non_aq_state_dict,
+    pack_codes,
+    storage_bytes,
+    storage_report,
+    unpack_codes,
+)
 
 __all__ = [
     "AQConfig",
@@ -44,6 +53,7 @@ __all__ = [
     "load_aq_state",
     "storage_bytes",
     "storage_report",
+    "non_aq_state_dict",
     "pack_codes",
     "unpack_codes",
     "bits_for",

@@ -27,6 +27,7 @@ __all__ = [
     "load_aq_state",
     "storage_bytes",
     "storage_report",
+    "non_aq_state_dict",
     "FORMAT",
 ]
 
@@ -196,6 +197,17 @@ def load_aq_state(
             with torch.no_grad():
                 current.copy_(q.value())
     return model
+
+
+def non_aq_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` without the AQ entries (codebooks, codes): the float remainder
+    (biases, normalisation, indices, unquantized weights) that a file stores beside
+    :func:`aq_state`.  Keys are the model's own; quantized parameters do not appear."""
+    return {
+        k: v
+        for k, v in model.state_dict().items()
+        if not (k.startswith("aq_slots.") or ".aq_slots." in k)
+    }
 
 
 def storage_report(model: nn.Module, codebook_dtype: str = "float16") -> dict[str, int]:
