@@ -5,8 +5,10 @@ AQ reconstruction ``scale * sum_m codebooks[m, codes[:, m]]`` (flattened, tail p
 dropped, reshaped): the parameter is removed and the owning module reads the attribute from
 an :class:`AQWeight` stored in ``module.aq_slots`` (a property on a per-module subclass, the
 way ``torch.nn.utils.parametrize`` works, but without its restrictions on attribute names
-such as ``values`` and without classes shared between deep copies).  Codes are fixed buffers, codebooks are ``nn.Parameter`` s, shared by all
-tensors (``cfg.shared``) or one set per tensor.  :func:`fine_tune_codebooks` trains only the
+such as ``values`` and without classes shared between deep copies).  Codes are fixed
+buffers, codebooks are ``nn.Parameter`` s, shared by all tensors (``cfg.shared``) or one set
+per tensor.  Quantized models cannot be pickled whole (``torch.save(model)``): store them
+with :func:`lowrank_sparse.quant.aq_state` + :func:`lowrank_sparse.quant.non_aq_state_dict`.  :func:`fine_tune_codebooks` trains only the
 codebooks on a task loss (codes and scales fixed; gradients flow through the gather, no
 straight-through estimator is needed).  :func:`bake` writes the final weights as plain
 parameters.
