@@ -76,6 +76,7 @@ def allocate(
     overrides: Optional[Mapping[str, Override]] = None,
     keep_first_last: bool = True,
     slice_candidates: Sequence[int] = (1, 2, 4, 8),
+    slice_linear: bool = False,
     sparse_shares: Sequence[float] = (0.0, 0.1, 0.25, 0.5),
     cache: Optional[CurveCache] = None,
     seed: int = 0,
@@ -102,6 +103,9 @@ def allocate(
             fixing a layer's configuration (first matching pattern wins; beats exclude).
         keep_first_last: keep the first and last layer dense (only when there are >= 3).
         slice_candidates: ALDS slice counts (used by "alds" only; others use 1).
+        slice_linear: also try slices > 1 on linear layers (off by default: each extra
+            slice count costs another spectrum of the layer, which dominates the time at
+            VGG's 4096x25088 classifier).
         sparse_shares: candidate fractions of a layer's budget given to S ("lowrank_sparse").
         cache: reuse singular values across calls (see CurveCache).
         seed: seed of the sampled estimates in the curves.
@@ -188,7 +192,8 @@ def allocate(
     curves: list[LayerCurves] = []
     for li in free:
         l = layers[li]
-        curves.append(build_curves(l, mode, parse_structure(structure, block=l.block), slice_candidates=gs,
+        lgs = gs if (l.kind == "conv" or slice_linear) else (1,)
+        curves.append(build_curves(l, mode, parse_structure(structure, block=l.block), slice_candidates=lgs,
                                    sparse_shares=shares, cache=cache, seed=seed))
     t2 = time.perf_counter()
     avail_p = None if bp is None else bp - fixed_p

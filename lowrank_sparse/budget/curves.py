@@ -28,7 +28,8 @@ values of ``A = W C`` are those of ``W G^{1/2}``.
 
 A :class:`LayerCurves` holds the Pareto frontier of a layer: candidate configurations
 sorted by size with strictly decreasing error, ending with "keep dense" (size m*n,
-error 0).  ``size`` is the stored-value count (:func:`spec.layer_params`); the layer's
+error 0) unless a smaller configuration is already exact (error below the numerical
+resolution of the spectrum, reported as 0).  ``size`` is the stored-value count (:func:`spec.layer_params`); the layer's
 MACs are ``spatial * size``.
 """
 
@@ -110,12 +111,24 @@ def whitened(layer: LayerSpec, cols: Optional[slice] = None) -> torch.Tensor:
     return (w.to(torch.float64) @ _chol(g)).to(torch.float32).contiguous()
 
 
-def sq_singular_values(a: torch.Tensor) -> np.ndarray:
-    """Squared singular values of a (m, n) float32 matrix, descending, float64, length min(m,n)."""
+def sq_singular_values(a: torch.Tensor) -> tuple[np.ndarray, float]:
+    """Squared singular values of a (m, n) matrix, descending, float64, length min(m, n),
+    and the relative error below which the tail is numerical noise.
+
+    Small layers (min(m,n)^2 * max(m,n) <= 2^24) use a float64 Gram; larger ones float32,
+    whose eigenvalues carry an absolute error of about k * 1.2e-7 * s_1^2 (k = min(m, n))."""
     m, n = a.shape
-    g = a @ a.T if m <= n else a.T @ a
-    ev = torch.linalg.eigvalsh(g).flip(0).clamp_min(0.0)
-    return ev.to(torch.float64).numpy()
+    k = min(m, n)
+    small = k * k * max(m, n) <= (1 << 24)
+    x = a.to(torch.float64) if small else a.to(torch.float32)
+    g = x @ x.T if m <= n else x.T @ x
+    ev = torch.linalg.eigvalsh(g).flip(0).clamp_min(0.0).to(torch.float64).numpy()
+    tot = float(ev.sum())
+    if tot <= 0.0:
+        return ev, 0.0
+    eps = 1e-7 if small else 1.2e-7 * k
+    floor = math.sqrt(eps * float(ev[0]) / tot) if small else math.sqrt(eps * float(ev[0]) / tot)
+    return ev, max(floor, 1e-7)
 
 
 def _decomp(a: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
@@ -275,14 +288,17 @@ def rank_tails(layer: LayerSpec, g: int, cache: CurveCache) -> tuple[np.ndarray,
         w = n // g
         tails = None
         total = 0.0
+        noise = 0.0
         for i in range(g):
             a = whitened(layer, slice(i * w, (i + 1) * w)) if g > 1 else cache.get(layer, "A", lambda: whitened(layer))
-            s2 = sq_singular_values(a)
+            s2, floor = sq_singular_values(a)
             tot = float(s2.sum())
             t = tot - np.concatenate([[0.0], np.cumsum(s2)])
             t = np.maximum(t, 0.0)
             tails = t if tails is None else tails + t
             total += tot
+            noise += floor**2 * tot
+        tails = np.where(tails <= noise, 0.0, tails)  # below numerical resolution: exact
         return tails, total
 
     return cache.get(layer, f"tails{g}", compute)  # type: ignore[return-value]
@@ -364,6 +380,7 @@ def _ls_configs(layer: LayerSpec, st: Structure, shares: Sequence[float], cache:
     if total <= 0.0:
         return None
     tails = np.maximum(total - np.concatenate([[0.0], np.cumsum(s2)]), 0.0)
+    t1, total1 = rank_tails(layer, 1, cache)  # noise-clipped rank-only tails
     p = u.shape[1]
     rg = np.unique(np.round(np.geomspace(1, max(1, min(rmax, p)), RANK_GRID)).astype(np.int64))
     cols = _sample_cols(layer, st, seed)
@@ -399,7 +416,7 @@ def _ls_configs(layer: LayerSpec, st: Structure, shares: Sequence[float], cache:
         size = j * (m + n) + nz
         err = np.interp(np.log(j), np.log(rg.astype(np.float64)), eg) if len(rg) > 1 else np.full(len(j), eg[0])
         # beyond the last grid rank the proxy is extrapolated flat: never claim better than rank-only
-        rank_err = np.sqrt(tails[np.minimum(j, len(tails) - 1)] / total)
+        rank_err = np.sqrt(t1[np.minimum(j, len(t1) - 1)] / total1)
         err = np.minimum(err, rank_err)
         okk = (nz > 0) & (size < mn)
         S.append(size[okk]); E.append(err[okk]); R.append(j[okk]); G.append(np.ones(int(okk.sum()), np.int64))

@@ -1,0 +1,194 @@
+"""ALDS allocation: budgets, min-max optimality against brute force, slicing, L+S split,
+exclusions/overrides, infeasible targets."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lowrank_sparse.budget import Budget, LayerSpec, allocate
+
+
+def _decaying(m: int, n: int, alpha: float, gen: torch.Generator) -> torch.Tensor:
+    """Random orthogonal factors with power-law singular values s_i = i^-alpha (trained-weight-like)."""
+    k = min(m, n)
+    u, _ = torch.linalg.qr(torch.randn(m, k, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(n, k, generator=gen))
+    s = torch.arange(1, k + 1, dtype=torch.float32) ** -alpha
+    return (u * s) @ v.T
+
+
+def realistic_layers(gen: torch.Generator) -> list[LayerSpec]:
+    """A small CNN for 32x32 inputs with spectra that decay like trained weights."""
+    cfg = [(32, 3, 32), (64, 32, 32), (128, 64, 16), (128, 128, 8)]
+    out = [LayerSpec(f"conv{i}", _decaying(o, c * 9, 0.6 + 0.1 * i, gen), "conv", 9, (hw, hw))
+           for i, (o, c, hw) in enumerate(cfg)]
+    out.append(LayerSpec("fc1", _decaying(128, 128 * 16, 0.8, gen)))
+    out.append(LayerSpec("fc2", _decaying(10, 128, 0.5, gen)))
+    return out
+
+
+def random_layers(gen: torch.Generator) -> list[LayerSpec]:
+    shapes = [(16, 40), (96, 64), (64, 200), (120, 120), (10, 100)]
+    return [LayerSpec(f"r{i}", torch.randn(m, n, generator=gen)) for i, (m, n) in enumerate(shapes)]
+
+
+def _total(layers, extra=1000):
+    return sum(l.dense_params for l in layers) + extra, sum(l.dense_flops for l in layers) + 10 * extra
+
+
+@pytest.mark.parametrize("mode", ["rank_only", "sparse_only", "lowrank_sparse"])
+@pytest.mark.parametrize("which", ["random", "realistic"])
+@pytest.mark.parametrize("target", [{"params": 0.3}, {"flops": 0.5}, {"params": 0.4, "flops": 0.35}],
+                         ids=["params", "flops", "both"])
+def test_meets_budget_within_one_percent(mode, which, target, tgen):
+    layers = random_layers(tgen) if which == "random" else realistic_layers(tgen)
+    tp, tf = _total(layers)
+    a = allocate(layers, Budget(**target), "alds", total_params=tp, total_flops=tf, mode=mode)
+    # independent totals from the per-layer configurations
+    p = tp - sum(l.dense_params for l in layers) + sum(
+        (l.m * l.n if la.keep_dense else la.rank * la.slices * l.m + la.rank * l.n + la.nnz)
+        for l, la in zip(layers, a.layers))
+    assert p == a.params
+    hit = []
+    if "params" in target:
+        assert a.params <= target["params"] * tp
+        hit.append(a.params >= 0.99 * target["params"] * tp)
+    if "flops" in target:
+        assert a.flops <= target["flops"] * tf
+        hit.append(a.flops >= 0.99 * target["flops"] * tf)
+    assert any(hit)  # the binding constraint is met within 1%
+    assert a.layers[0].keep_dense and a.layers[-1].keep_dense  # first/last kept by default
+
+
+def test_minmax_equals_brute_force(tgen):
+    layers = [LayerSpec(f"l{i}", _decaying(m, n, a, tgen)) for i, (m, n, a) in
+              enumerate([(8, 12, 0.3), (10, 6, 1.0), (6, 14, 0.6)])]
+    total = sum(l.dense_params for l in layers)
+    budget = 0.45
+    a = allocate(layers, Budget(params=budget), "alds", mode="rank_only", keep_first_last=False,
+                 slice_candidates=(1,))
+
+    def err(l, r):
+        if r >= min(l.m, l.n) or r * (l.m + l.n) >= l.m * l.n:
+            return 0.0, l.m * l.n  # dense
+        s = np.linalg.svd(l.weight.double().numpy(), compute_uv=False)
+        return math.sqrt((s[r:] ** 2).sum() / (s**2).sum()), r * (l.m + l.n)
+
+    best = math.inf
+    for rs in itertools.product(*[range(1, min(l.m, l.n) + 1) for l in layers]):
+        cfg = [err(l, r) for l, r in zip(layers, rs)]
+        if sum(c[1] for c in cfg) <= budget * total:
+            best = min(best, max(c[0] for c in cfg))
+    assert a.max_error() == pytest.approx(best, abs=1e-5)
+    # equalised: no layer can be upgraded within the budget without exceeding it
+    assert a.params <= budget * total
+
+
+def test_errors_are_equalised(tgen):
+    layers = realistic_layers(tgen)
+    a = allocate(layers, Budget(params=0.3), "alds", mode="rank_only", keep_first_last=False)
+    errs = [la.predicted_error for la in a.layers if not la.keep_dense]
+    assert len(errs) >= 4
+    assert max(errs) - min(errs) < 0.05  # one rank step apart at most, not a uniform spread
+    assert a.info["error_level"] == pytest.approx(max(errs), abs=1e-9) or max(errs) <= a.info["error_level"]
+
+
+def test_slicing_chosen_for_slice_structured_layer(tgen):
+    # each of 4 input-channel slices has its own rank-2 column space -> global rank 8,
+    # but rank 2 per slice (g=4) reproduces it at a fraction of the size
+    m, c, b = 64, 16, 9
+    parts = [torch.randn(m, 2, generator=tgen) @ torch.randn(2, c // 4 * b, generator=tgen) for _ in range(4)]
+    w = torch.cat(parts, dim=1) + 1e-3 * torch.randn(m, c * b, generator=tgen)
+    layer = LayerSpec("conv", w, "conv", b, (8, 8))
+    a = allocate([layer], Budget(params=2 * (4 * m + c * b) / (m * c * b) * 1.05), "alds", mode="rank_only",
+                 keep_first_last=False)
+    la = a["conv"]
+    assert la.slices == 4 and la.rank >= 2 and la.predicted_error < 0.01
+    b1 = allocate([layer], Budget(params=2 * (4 * m + c * b) / (m * c * b) * 1.05), "alds", mode="rank_only",
+                  keep_first_last=False, slice_candidates=(1,))
+    assert b1["conv"].predicted_error > 0.3
+
+
+def _planted(tgen, sparse: bool) -> LayerSpec:
+    m, n = 96, 160
+    w = torch.randn(m, 6, generator=tgen) @ torch.randn(6, n, generator=tgen)
+    if sparse:
+        mask = torch.rand(m, n, generator=tgen) < 0.02
+        w = w + mask * 8.0 * torch.randn(m, n, generator=tgen)
+    return LayerSpec("l", w)
+
+
+@pytest.mark.parametrize("method", ["alds", "enc", "uniform"])
+def test_split_zero_for_exactly_low_rank(method, tgen):
+    layer = _planted(tgen, sparse=False)
+    a = allocate([layer], Budget(params=0.3), method, keep_first_last=False)
+    assert a["l"].density == 0.0 and a["l"].rank >= 6 and a["l"].predicted_error < 1e-3
+
+
+@pytest.mark.parametrize("method", ["alds", "enc", "uniform"])
+def test_split_positive_for_planted_low_rank_plus_sparse(method, tgen):
+    layer = _planted(tgen, sparse=True)
+    a = allocate([layer], Budget(params=0.3), method, keep_first_last=False)
+    la = a["l"]
+    assert la.density > 0.0 and la.rank >= 1
+    ro = allocate([layer], Budget(params=0.3), method, keep_first_last=False, mode="rank_only")
+    assert la.predicted_error < ro["l"].predicted_error
+
+
+def test_error_fn_decides_split(tgen):
+    layer = _planted(tgen, sparse=True)
+    calls = []
+
+    def fake(l, rank, density):  # pretends the solver is exact whenever S is present
+        calls.append((rank, density))
+        return 0.0
+
+    a = allocate([layer], Budget(params=0.3), "alds", keep_first_last=False, error_fn=fake)
+    assert calls and all(d > 0 for _, d in calls)
+    la = a["l"]
+    assert la.predicted_error == 0.0 and la.density > 0
+    assert la.params <= 0.3 * layer.dense_params
+
+
+def test_exclusions_and_overrides(tgen):
+    layers = realistic_layers(tgen)
+    tp, tf = _total(layers)
+    a = allocate(layers, Budget(params=0.35), "alds", total_params=tp, total_flops=tf, exclude=["conv2"],
+                 overrides={"fc*1": {"rank": 7, "density": 0.01}, "conv0": (3, 0.0)}, keep_first_last=True)
+    assert a["conv2"].keep_dense and a["conv2"].source == "excluded"
+    fc1 = a["fc1"]
+    assert (fc1.rank, fc1.source) == (7, "override")
+    assert fc1.params == 7 * (128 + 2048) + round(0.01 * 128 * 2048)
+    assert a["conv0"].rank == 3 and not a["conv0"].keep_dense  # override beats keep_first_last
+    assert a["fc2"].keep_dense  # last layer
+    assert a.params <= 0.35 * tp
+    b = allocate(layers, Budget(params=0.35), "alds", total_params=tp, keep_first_last=False)
+    assert not b["fc2"].keep_dense or b["fc2"].source == "allocated"
+
+
+def test_infeasible_raises_with_amount(tgen):
+    layers = realistic_layers(tgen)
+    tp, tf = _total(layers)
+    with pytest.raises(ValueError, match=r"exceeding the target by"):
+        allocate(layers, Budget(params=0.3), "alds", total_params=tp, exclude=["fc1"])
+    with pytest.raises(ValueError, match=r"infeasible flops"):
+        allocate(layers, Budget(flops=0.01), "alds", total_params=tp, total_flops=tf)
+
+
+def test_bad_arguments(tgen):
+    layers = random_layers(tgen)
+    with pytest.raises(ValueError, match="method"):
+        allocate(layers, Budget(params=0.5), "greedy")
+    with pytest.raises(ValueError, match="mode"):
+        allocate(layers, Budget(params=0.5), mode="dense")
+    with pytest.raises(TypeError):
+        allocate(layers, 0.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown keys"):
+        allocate(layers, Budget(params=0.5), overrides={"r1": {"rnk": 3}})
+    with pytest.raises(ValueError, match="total_params"):
+        allocate(layers, Budget(params=0.5), total_params=10)

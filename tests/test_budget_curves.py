@@ -1,0 +1,138 @@
+"""Per-layer error curves against plain torch.linalg / numpy references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lowrank_sparse.budget import CurveCache, LayerSpec, build_curves
+from lowrank_sparse.budget.curves import RANK_GRID, config_error
+from lowrank_sparse.structure import parse_structure
+
+
+def _svd_rel_err(a: np.ndarray, j: int) -> float:
+    s = np.linalg.svd(a, compute_uv=False)
+    return math.sqrt((s[j:] ** 2).sum() / (s**2).sum())
+
+
+@pytest.mark.parametrize("m,n", [(20, 50), (50, 20)], ids=["wide", "tall"])
+def test_rank_curve_is_eckart_young(m, n, tgen):
+    w = torch.randn(m, n, generator=tgen, dtype=torch.float64)
+    cur = build_curves(LayerSpec("l", w.float()), "rank_only", parse_structure("unstructured"))
+    assert cur.dense[-1] and cur.errors[-1] == 0.0 and cur.sizes[-1] == m * n
+    assert np.all(np.diff(cur.sizes) > 0) and np.all(np.diff(cur.errors) < 0)
+    for k in range(len(cur) - 1):
+        j = int(cur.ranks[k])
+        assert cur.sizes[k] == j * (m + n)
+        assert cur.errors[k] == pytest.approx(_svd_rel_err(w.numpy(), j), abs=2e-5)
+
+
+def test_data_aware_curve_uses_whitened_singular_values(tgen):
+    m, n, N = 16, 24, 200
+    w = torch.randn(m, n, generator=tgen, dtype=torch.float64)
+    x = torch.randn(n, N, generator=tgen, dtype=torch.float64) * torch.linspace(0.1, 3.0, n, dtype=torch.float64)[:, None]
+    g = x @ x.T / N
+    ev, q = torch.linalg.eigh(g)
+    g_half = (q * ev.clamp_min(0).sqrt()) @ q.T  # symmetric square root, independent of the Cholesky path
+    ref = (w @ g_half).numpy()
+    cur = build_curves(LayerSpec("l", w.float(), gram=g.float()), "rank_only", parse_structure("unstructured"))
+    for k in range(len(cur) - 1):
+        assert cur.errors[k] == pytest.approx(_svd_rel_err(ref, int(cur.ranks[k])), abs=1e-4)
+
+
+def test_sliced_curve_sums_slice_tails(tgen):
+    m, c, b, g = 12, 8, 9, 4
+    w = torch.randn(m, c * b, generator=tgen)
+    cur = build_curves(LayerSpec("c", w, "conv", b, (4, 4)), "rank_only", parse_structure("unstructured"),
+                       slice_candidates=(4,))
+    wn = w.double().numpy()
+    tot = (wn**2).sum()
+    blocks = np.split(wn, g, axis=1)
+    for k in range(len(cur) - 1):
+        assert cur.slices[k] == 4
+        j = int(cur.ranks[k])
+        tail = sum((np.linalg.svd(bk, compute_uv=False)[j:] ** 2).sum() for bk in blocks)
+        assert cur.errors[k] == pytest.approx(math.sqrt(tail / tot), abs=2e-5)
+        assert cur.sizes[k] == j * g * m + j * c * b
+
+
+@pytest.mark.parametrize("structure", ["unstructured", "row", "column", "channel"])
+def test_sparse_curve_is_magnitude_pruning(structure, tgen):
+    m, n, b = 12, 36, 4
+    w = torch.randn(m, n, generator=tgen)
+    st = parse_structure(structure, block=b)
+    cur = build_curves(LayerSpec("c", w, "conv", b, (3, 3)), "sparse_only", st)
+    e = w.double().numpy() ** 2
+    groups = {"unstructured": e.reshape(-1), "row": e.sum(1), "column": e.sum(0),
+              "channel": e.reshape(m, n // b, b).sum((0, 2))}[structure]
+    srt = np.sort(groups)[::-1]
+    for k in range(len(cur) - 1):
+        kg = int(cur.nnz[k]) // st.group_size(m, n)
+        assert cur.sizes[k] == cur.nnz[k]
+        assert cur.errors[k] == pytest.approx(math.sqrt(1 - srt[:kg].sum() / srt.sum()), abs=1e-6)
+
+
+def test_sparse_curve_sampled_for_large_layers(tgen):
+    w = torch.randn(600, 700, generator=tgen) ** 3  # heavy tails; 420k entries > sample size
+    cur = build_curves(LayerSpec("l", w), "sparse_only", parse_structure("unstructured"))
+    e = np.sort(w.double().numpy().reshape(-1) ** 2)[::-1]
+    c = np.cumsum(e)
+    for k in range(0, len(cur) - 1, 37):
+        kk = int(cur.nnz[k])
+        assert cur.errors[k] == pytest.approx(math.sqrt(1 - c[kk - 1] / c[-1]), abs=0.01)
+
+
+def test_nm_sparse_only_single_configuration(tgen):
+    w = torch.randn(8, 16, generator=tgen)
+    cur = build_curves(LayerSpec("l", w), "sparse_only", parse_structure("2:4"))
+    assert len(cur) == 2 and cur.nnz[0] == 64
+    e = (w.double().numpy() ** 2).reshape(8, 4, 4)
+    kept = np.sort(e, axis=2)[:, :, 2:].sum()
+    assert cur.errors[0] == pytest.approx(math.sqrt(1 - kept / e.sum()), abs=1e-6)
+
+
+def _one_pass_ref(w: np.ndarray, r: int, k: int) -> float:
+    u, s, vt = np.linalg.svd(w, full_matrices=False)
+    res = w - (u[:, :r] * s[:r]) @ vt[:r]
+    e = np.sort((res**2).reshape(-1))[::-1]
+    return math.sqrt((e.sum() - e[:k].sum()) / (w**2).sum())
+
+
+def test_lowrank_sparse_proxy_matches_one_pass_reference(tgen):
+    m, n = 30, 40
+    w = (torch.randn(m, 3, generator=tgen) @ torch.randn(3, n, generator=tgen)).double()
+    mask = torch.rand(m, n, generator=tgen) < 0.05
+    w = w + mask * 5 * torch.randn(m, n, generator=tgen, dtype=torch.float64)
+    cur = build_curves(LayerSpec("l", w.float()), "lowrank_sparse", parse_structure("unstructured"),
+                       sparse_shares=(0.25,))
+    grid = set(np.unique(np.round(np.geomspace(1, (m * n) // (m + n), RANK_GRID)).astype(int)).tolist())
+    checked = 0
+    for k in range(len(cur) - 1):
+        r, nz = int(cur.ranks[k]), int(cur.nnz[k])
+        if nz > 0 and r in grid:
+            ref = min(_one_pass_ref(w.numpy(), r, nz), _svd_rel_err(w.numpy(), r))
+            assert cur.errors[k] == pytest.approx(ref, abs=1e-4)
+            checked += 1
+    assert checked >= 2
+    assert (cur.nnz[:-1] > 0).all()  # only the share 0.25 was asked for
+
+
+def test_cache_computes_spectrum_once(tgen):
+    layer = LayerSpec("l", torch.randn(20, 30, generator=tgen))
+    cache = CurveCache()
+    build_curves(layer, "rank_only", parse_structure("unstructured"), cache=cache)
+    misses = cache.misses
+    build_curves(layer, "rank_only", parse_structure("unstructured"), cache=cache)
+    assert cache.misses == misses and cache.hits > 0
+    layer.weight.mul_(2.0)  # in-place change invalidates
+    build_curves(layer, "rank_only", parse_structure("unstructured"), cache=cache)
+    assert cache.misses > misses
+
+
+def test_config_error_exact_for_rank_only(tgen):
+    w = torch.randn(10, 14, generator=tgen)
+    err = config_error(LayerSpec("l", w), 4, 0.0, 1, parse_structure("unstructured"), CurveCache())
+    assert err == pytest.approx(_svd_rel_err(w.double().numpy(), 4), abs=2e-5)
