@@ -1,1 +1,483 @@
 #include "admm.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "blas.hpp"
+#include "parallel.hpp"
+#include "prox.hpp"
+#include "svd.hpp"
+
+namespace lrs {
+
+namespace {
+
+// f(i) for i in [0, n), parallel.
+template <class F>
+void each(index_t n, F&& f) {
+  parallel_for(n, [&](index_t b, index_t e) {
+    for (index_t i = b; i < e; ++i) f(i);
+  });
+}
+
+// sqrt(sum_i f(i)) with f(i) >= 0, accumulated in double per chunk.
+template <class F>
+double root_sum(index_t n, F&& f) {
+  const int chunks = num_chunks(n);
+  std::vector<double> part(static_cast<size_t>(chunks), 0.0);
+  parallel_chunks(n, chunks, [&](int c, index_t b, index_t e) {
+    double acc = 0;
+    for (index_t i = b; i < e; ++i) acc += static_cast<double>(f(i));
+    part[static_cast<size_t>(c)] = acc;
+  });
+  double s = 0;
+  for (double v : part) s += v;
+  return std::sqrt(std::max(s, 0.0));
+}
+
+template <class T>
+double nrm(const T* x, index_t n) {
+  return root_sum(n, [&](index_t i) { return static_cast<double>(x[i]) * x[i]; });
+}
+
+int as_int(index_t v, const char* what) {
+  if (v < 0 || v > 2147483647) throw std::invalid_argument(std::string("lrs admm: ") + what + " too large");
+  return static_cast<int>(v);
+}
+
+template <class T>
+inline T act_value(T u, Activation a, T slope) {
+  switch (a) {
+    case Activation::Relu: return u > T(0) ? u : T(0);
+    case Activation::LeakyRelu: return u >= T(0) ? u : u * slope;
+    case Activation::Gelu: return u * (T(0.5) * (T(1) + std::erf(u * T(0.70710678118654752440))));
+    case Activation::Silu: return u / (T(1) + std::exp(-u));
+    case Activation::Tanh: return std::tanh(u);
+    default: return u;
+  }
+}
+
+// (act, act', act'') for the smooth activations.
+template <class T>
+inline void act_derivs(T u, Activation a, T& f, T& d1, T& d2) {
+  if (a == Activation::Gelu) {
+    const T cdf = T(0.5) * (T(1) + std::erf(u * T(0.70710678118654752440)));
+    const T pdf = T(0.39894228040143267794) * std::exp(T(-0.5) * u * u);
+    f = u * cdf;
+    d1 = cdf + u * pdf;
+    d2 = pdf * (T(2) - u * u);
+  } else if (a == Activation::Silu) {
+    const T sg = T(1) / (T(1) + std::exp(-u));
+    f = u * sg;
+    d1 = sg * (T(1) + u * (T(1) - sg));
+    d2 = sg * (T(1) - sg) * (T(2) + u * (T(1) - T(2) * sg));
+  } else {  // tanh
+    const T t = std::tanh(u);
+    f = t;
+    d1 = T(1) - t * t;
+    d2 = T(-2) * t * d1;
+  }
+}
+
+template <class T>
+inline T zobj(T a, T y, T u, T c, T rho) {
+  const T e = y - a, q = u - c;
+  return T(0.5) * e * e + T(0.5) * rho * q * q;
+}
+
+// Residual balancing (Boyd et al. 2011, 3.4.1) times the slow geometric increase.
+double balance(double r, double s, double mu, double tau, double growth) {
+  double f = 1.0;
+  if (r > mu * s)
+    f = tau;
+  else if (s > mu * r)
+    f = 1.0 / tau;
+  return f * growth;
+}
+
+}  // namespace
+
+template <class T>
+void zstep(const T* y, const T* c, T* u, index_t count, T rho, Activation act, T slope,
+           int newton_steps) {
+  if (act == Activation::Identity) {
+    each(count, [&](index_t i) { u[i] = (y[i] + rho * c[i]) / (T(1) + rho); });
+    return;
+  }
+  if (act == Activation::Relu || act == Activation::LeakyRelu) {
+    const T a = act == Activation::Relu ? T(0) : slope;
+    each(count, [&](index_t i) {
+      T u1 = (y[i] + rho * c[i]) / (T(1) + rho);
+      u1 = u1 > T(0) ? u1 : T(0);
+      T u2 = (a * y[i] + rho * c[i]) / (a * a + rho);
+      u2 = u2 < T(0) ? u2 : T(0);
+      const T f1 = zobj(u1, y[i], u1, c[i], rho);
+      const T f2 = zobj(a * u2, y[i], u2, c[i], rho);
+      u[i] = f1 <= f2 ? u1 : u2;
+    });
+    return;
+  }
+  each(count, [&](index_t i) {
+    T x = u[i];
+    for (int it = 0; it < newton_steps; ++it) {
+      T f, d1, d2;
+      act_derivs(x, act, f, d1, d2);
+      const T r = f - y[i];
+      const T g = r * d1 + rho * (x - c[i]);
+      const T rd2 = r * d2;
+      const T h = d1 * d1 + rho + (rd2 > T(0) ? rd2 : T(0));
+      const T step = g / h;
+      const T f0 = zobj(f, y[i], x, c[i], rho);
+      T t = 1;
+      const T base = x;
+      for (int b = 0; b < 4; ++b) {
+        const T cand = base - t * step;
+        const T fc = zobj(act_value(cand, act, slope), y[i], cand, c[i], rho);
+        if (fc <= f0) {
+          x = cand;
+          break;
+        }
+        t *= T(0.5);
+      }
+    }
+    u[i] = x;
+  });
+}
+
+template <class T>
+void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
+  blas::require_loaded();
+  const index_t m = pb.m, n = pb.n, r = pb.rank, g = pb.slices, p = pb.p;
+  if (m < 1 || n < 1 || pb.W0 == nullptr) throw std::invalid_argument("lrs admm: empty W0");
+  if (g < 1 || n % g != 0) throw std::invalid_argument("lrs admm: slices must divide n");
+  const index_t nsl = n / g;
+  if (r < 0 || (r > 0 && (p < r || p > std::min(m, nsl) || pb.V0 == nullptr)))
+    throw std::invalid_argument("lrs admm: need 0 <= rank <= p <= min(m, n/slices) and V0");
+  if (r == 0 && !pb.sparse) throw std::invalid_argument("lrs admm: neither L nor S");
+  if (pb.max_iter < 1 || !(pb.tol > 0) || !(pb.rho0 > 0) || !(pb.tau > 1) || !(pb.mu > 1) ||
+      !(pb.rho_growth >= 1))
+    throw std::invalid_argument("lrs admm: bad iteration settings");
+  if (pb.mode == AdmmMode::Gram && pb.gram == nullptr)
+    throw std::invalid_argument("lrs admm: mode Gram needs gram");
+  if (pb.mode == AdmmMode::Nonlinear && (pb.X == nullptr || pb.N < 1))
+    throw std::invalid_argument("lrs admm: mode Nonlinear needs X");
+  as_int(m, "m");
+  as_int(n, "n");
+  as_int(pb.N, "N");
+  const index_t mn = m * n;
+  const bool data = pb.mode != AdmmMode::Weight;
+  const bool nonlin = pb.mode == AdmmMode::Nonlinear;
+  const int mi = static_cast<int>(m), ni = static_cast<int>(n), Ni = static_cast<int>(pb.N);
+  const T slope = static_cast<T>(pb.negative_slope);
+
+  out = AdmmResult<T>();
+  out.rt = r;
+  out.S.assign(static_cast<size_t>(mn), T(0));
+  const double nW = nrm(pb.W0, mn);
+  if (nW == 0.0) {
+    out.U.assign(static_cast<size_t>(m * g * r), T(0));
+    out.V.assign(static_cast<size_t>(g * r * n), T(0));
+    out.converged = true;
+    return;
+  }
+
+  // ---- buffers (all allocated here) ----
+  auto buf = [](index_t sz) { return std::vector<T>(static_cast<size_t>(sz), T(0)); };
+  std::vector<T> W(pb.W0, pb.W0 + mn), Lam = buf(mn), L = buf(mn), S = buf(mn), M = buf(mn),
+      Mprev = buf(mn), Awork = buf(mn), Bwork = buf(mn);
+  std::vector<T> Qt, d, W0Q, P, LamQ, WQ, MQ, XtQ, Y, Z, WX, Lamz, Zprev, Zw, Cw, Bq;
+  double gscale = 1.0, nobj = nW, nZ = 1.0;
+  const index_t mN = m * pb.N;
+  if (data) {
+    Qt = buf(n * n);  // syevd output, column-major Q == row-major Q^T
+    d = buf(n);
+    if (nonlin) {
+      const T invN = T(1) / static_cast<T>(pb.N);
+      blas::gemm_rm<T>(false, true, ni, ni, Ni, invN, pb.X, Ni, pb.X, Ni, T(0), Qt.data(), ni);
+    } else {
+      std::copy(pb.gram, pb.gram + n * n, Qt.data());
+    }
+    // eigendecomposition (once)
+    {
+      const char jobz = 'V', uplo = 'U';
+      int info = 0, lwork = -1, liwork = -1, iq = 0;
+      T wq = 0;
+      blas::routines<T>().syevd(&jobz, &uplo, &ni, Qt.data(), &ni, d.data(), &wq, &lwork, &iq,
+                                &liwork, &info);
+      if (info != 0) throw std::runtime_error("lrs admm: syevd workspace query failed");
+      lwork = static_cast<int>(wq) + 1;
+      liwork = std::max(iq, 1);
+      std::vector<T> work(static_cast<size_t>(lwork));
+      std::vector<int> iwork(static_cast<size_t>(liwork));
+      blas::routines<T>().syevd(&jobz, &uplo, &ni, Qt.data(), &ni, d.data(), work.data(), &lwork,
+                                iwork.data(), &liwork, &info);
+      if (info != 0)
+        throw std::runtime_error("lrs admm: syevd failed (info=" + std::to_string(info) + ")");
+    }
+    double dsum = 0;
+    for (index_t j = 0; j < n; ++j) {
+      if (!(d[j] > T(0))) d[j] = T(0);
+      dsum += d[j];
+    }
+    gscale = dsum / static_cast<double>(n);
+    if (!(gscale > 0)) gscale = 1.0;
+    W0Q = buf(mn);
+    P = buf(mn);
+    LamQ = buf(mn);
+    MQ = buf(mn);
+    blas::gemm_rm<T>(false, true, mi, ni, ni, T(1), pb.W0, ni, Qt.data(), ni, T(0), W0Q.data(), ni);
+    each(mn, [&](index_t i) { P[i] = W0Q[i] * d[i % n]; });
+    WQ = W0Q;
+    if (!nonlin) {
+      nobj = root_sum(mn, [&](index_t i) {
+        return static_cast<double>(d[i % n]) * W0Q[i] * W0Q[i];
+      });
+      if (!(nobj > 0)) nobj = 1.0;
+    } else {
+      XtQ = buf(pb.N * n);
+      blas::gemm_rm<T>(true, true, Ni, ni, ni, T(1), pb.X, Ni, Qt.data(), ni, T(0), XtQ.data(), ni);
+      Z = buf(mN);
+      blas::gemm_rm<T>(false, false, mi, Ni, ni, T(1), pb.W0, ni, pb.X, Ni, T(0), Z.data(), Ni);
+      Y = buf(mN);
+      const index_t N = pb.N;
+      each(mN, [&](index_t i) {
+        const T b = pb.bias ? pb.bias[i / N] : T(0);
+        Y[i] = act_value(Z[i] + b, pb.act, slope);
+      });
+      nobj = nrm(Y.data(), mN);
+      if (!(nobj > 0)) nobj = 1.0;
+      nZ = nrm(Z.data(), mN);
+      if (!(nZ > 0)) nZ = 1.0;
+      WX = Z;
+      Zprev = Z;
+      Lamz = buf(mN);
+      Zw = buf(mN);  // work: pre-activation / Z + Lamz / M X
+      Cw = buf(mN);  // work: Z-step target
+      Bq = buf(mn);
+    }
+  }
+  // truncated SVD state per slice
+  std::vector<T> Vs, Ub, sb, Vtb, Tsl, Lsl;
+  SvdWorkspace<T> ws;
+  std::vector<index_t> q(static_cast<size_t>(g), r);
+  if (r > 0) {
+    Vs.assign(pb.V0, pb.V0 + g * nsl * p);
+    Ub = buf(g * m * r);
+    sb = buf(g * r);
+    Vtb = buf(g * r * nsl);
+    if (g > 1) {
+      Tsl = buf(m * nsl);
+      Lsl = buf(m * nsl);
+    }
+  }
+  std::vector<T> Us = buf(m * std::max<index_t>(r, 1));
+
+  double rho_rel = pb.rho0, rho_z = pb.rho0;
+  const index_t cap = pb.max_iter;
+  out.primal.reserve(cap);
+  out.dual.reserve(cap);
+  out.objective.reserve(cap);
+  out.rho.reserve(cap);
+  int it = 0;
+  bool converged = false;
+  for (it = 1; it <= pb.max_iter; ++it) {
+    const T rho = static_cast<T>(rho_rel * gscale);
+    // A = W + Lam  (Awork)
+    each(mn, [&](index_t i) { Awork[i] = W[i] + Lam[i]; });
+    // ---- L-step ----
+    if (r > 0) {
+      each(mn, [&](index_t i) { Bwork[i] = Awork[i] - S[i]; });
+      for (index_t s = 0; s < g; ++s) {
+        const T* Tp = Bwork.data();
+        if (g > 1) {
+          each(m * nsl, [&](index_t i) {
+            const index_t row = i / nsl, col = i % nsl;
+            Tsl[i] = Bwork[row * n + s * nsl + col];
+          });
+          Tp = Tsl.data();
+        }
+        T* U_ = Ub.data() + s * m * r;
+        T* s_ = sb.data() + s * r;
+        T* Vt_ = Vtb.data() + s * r * nsl;
+        truncated_svd<T>(Tp, m, nsl, r, p, pb.power_iters, Vs.data() + s * nsl * p, U_, s_, Vt_,
+                         ws);
+        index_t qq = r;
+        if (pb.relaxed) {
+          const T thr = static_cast<T>(pb.lam_nuclear) / rho;
+          qq = 0;
+          for (index_t j = 0; j < r; ++j) {
+            const T v = s_[j] - thr;
+            if (s_[j] > thr) ++qq;
+            s_[j] = v > T(0) ? v : T(0);
+          }
+        }
+        q[static_cast<size_t>(s)] = qq;
+        each(m * r, [&](index_t i) { Us[i] = U_[i] * s_[i % r]; });
+        T* Ldst = g > 1 ? Lsl.data() : L.data();
+        blas::gemm_rm<T>(false, false, mi, static_cast<int>(nsl), static_cast<int>(r), T(1),
+                         Us.data(), static_cast<int>(r), Vt_, static_cast<int>(nsl), T(0), Ldst,
+                         static_cast<int>(nsl));
+        if (g > 1) {
+          each(m * nsl, [&](index_t i) {
+            const index_t row = i / nsl, col = i % nsl;
+            L[row * n + s * nsl + col] = Lsl[i];
+          });
+        }
+      }
+    }
+    // ---- S-step ----
+    if (pb.sparse) {
+      each(mn, [&](index_t i) { Bwork[i] = Awork[i] - L[i]; });
+      if (pb.relaxed)
+        group_soft_threshold<T>(pb.structure, Bwork.data(), S.data(), m, n,
+                                static_cast<T>(pb.lam_sparse) / rho);
+      else
+        project<T>(pb.structure, Bwork.data(), S.data(), m, n, pb.k);
+    }
+    each(mn, [&](index_t i) { M[i] = L[i] + S[i]; });
+    // ---- Z-step ----
+    const index_t N = pb.N;
+    if (nonlin) {
+      each(mN, [&](index_t i) {
+        const T b = pb.bias ? pb.bias[i / N] : T(0);
+        Cw[i] = WX[i] - Lamz[i] + b;
+        Zw[i] = Z[i] + b;
+      });
+      zstep<T>(Y.data(), Cw.data(), Zw.data(), mN, static_cast<T>(rho_z), pb.act, slope,
+               pb.newton_steps);
+      each(mN, [&](index_t i) {
+        const T b = pb.bias ? pb.bias[i / N] : T(0);
+        Z[i] = Zw[i] - b;
+      });
+    }
+    // ---- duals, residuals, objective ----
+    const double rp = root_sum(mn, [&](index_t i) {
+                        const T e = W[i] - M[i];
+                        Lam[i] += e;
+                        return static_cast<double>(e) * e;
+                      }) / nW;
+    const double sd = rho_rel * root_sum(mn, [&](index_t i) {
+                        const T e = M[i] - Mprev[i];
+                        Mprev[i] = M[i];
+                        return static_cast<double>(e) * e;
+                      }) / nW;
+    double obj;
+    if (data) {
+      blas::gemm_rm<T>(false, true, mi, ni, ni, T(1), M.data(), ni, Qt.data(), ni, T(0), MQ.data(),
+                       ni);
+      each(mn, [&](index_t i) { LamQ[i] += WQ[i] - MQ[i]; });
+      if (!nonlin) {
+        obj = root_sum(mn, [&](index_t i) {
+                const T e = W0Q[i] - MQ[i];
+                return static_cast<double>(d[i % n]) * e * e;
+              }) / nobj;
+      } else {
+        blas::gemm_rm<T>(false, false, mi, Ni, ni, T(1), M.data(), ni, pb.X, Ni, T(0), Zw.data(),
+                         Ni);
+        obj = root_sum(mN, [&](index_t i) {
+                const T b = pb.bias ? pb.bias[i / N] : T(0);
+                const T e = Y[i] - act_value(Zw[i] + b, pb.act, slope);
+                return static_cast<double>(e) * e;
+              }) / nobj;
+      }
+    } else {
+      obj = root_sum(mn, [&](index_t i) {
+              const T e = pb.W0[i] - M[i];
+              return static_cast<double>(e) * e;
+            }) / nW;
+    }
+    out.primal.push_back(rp);
+    out.dual.push_back(sd);
+    out.objective.push_back(obj);
+    out.rho.push_back(rho_rel);
+    bool done = rp < pb.tol && sd < pb.tol;
+    double rz = 0, sz = 0;
+    if (nonlin) {
+      rz = root_sum(mN, [&](index_t i) {
+             const T e = Z[i] - WX[i];
+             Lamz[i] += e;
+             return static_cast<double>(e) * e;
+           }) / nZ;
+      sz = rho_z * root_sum(mN, [&](index_t i) {
+             const T e = Z[i] - Zprev[i];
+             Zprev[i] = Z[i];
+             return static_cast<double>(e) * e;
+           }) / nZ;
+      out.primal_z.push_back(rz);
+      out.dual_z.push_back(sz);
+      done = done && rz < pb.tol && sz < pb.tol;
+    }
+    if (done) {
+      converged = true;
+      break;
+    }
+    if (it == pb.max_iter) break;
+    // ---- penalty update (scaled duals rescaled) ----
+    const double f = balance(rp, sd, pb.mu, pb.tau, pb.rho_growth);
+    rho_rel *= f;
+    const T inv_f = static_cast<T>(1.0 / f);
+    each(mn, [&](index_t i) { Lam[i] *= inv_f; });
+    if (data) each(mn, [&](index_t i) { LamQ[i] *= inv_f; });
+    if (nonlin) {
+      const double fz = balance(rz, sz, pb.mu, pb.tau, pb.rho_growth);
+      rho_z *= fz;
+      const T inv_fz = static_cast<T>(1.0 / fz);
+      each(mN, [&](index_t i) { Lamz[i] *= inv_fz; });
+    }
+    // ---- W-step ----
+    const T rh = static_cast<T>(rho_rel * gscale);
+    if (pb.mode == AdmmMode::Weight) {
+      each(mn, [&](index_t i) { W[i] = (pb.W0[i] + rh * (M[i] - Lam[i])) / (T(1) + rh); });
+    } else if (pb.mode == AdmmMode::Gram) {
+      each(mn, [&](index_t i) { WQ[i] = (P[i] + rh * (MQ[i] - LamQ[i])) / (d[i % n] + rh); });
+      blas::gemm_rm<T>(false, false, mi, ni, ni, T(1), WQ.data(), ni, Qt.data(), ni, T(0), W.data(),
+                       ni);
+    } else {
+      const T rz_ = static_cast<T>(rho_z);
+      each(mN, [&](index_t i) { Zw[i] = Z[i] + Lamz[i]; });
+      blas::gemm_rm<T>(false, false, mi, ni, Ni, T(1) / static_cast<T>(N), Zw.data(), Ni,
+                       XtQ.data(), ni, T(0), Bq.data(), ni);
+      each(mn, [&](index_t i) {
+        WQ[i] = (rh * (MQ[i] - LamQ[i]) + rz_ * Bq[i]) / (rh + rz_ * d[i % n]);
+      });
+      blas::gemm_rm<T>(false, false, mi, ni, ni, T(1), WQ.data(), ni, Qt.data(), ni, T(0), W.data(),
+                       ni);
+      blas::gemm_rm<T>(false, true, mi, Ni, ni, T(1), WQ.data(), ni, XtQ.data(), ni, T(0),
+                       WX.data(), Ni);
+    }
+  }
+  out.iterations = std::min(it, pb.max_iter);
+  out.converged = converged;
+  out.rho_final = rho_rel;
+  out.rho_z_final = rho_z;
+  out.gscale = gscale;
+  out.S = S;
+  // ---- factors ----
+  index_t rt = r;
+  if (pb.relaxed && r > 0) rt = *std::max_element(q.begin(), q.end());
+  out.rt = rt;
+  out.U.assign(static_cast<size_t>(m * g * rt), T(0));
+  out.V.assign(static_cast<size_t>(g * rt * n), T(0));
+  for (index_t s = 0; s < g && rt > 0; ++s) {
+    const index_t qq = q[static_cast<size_t>(s)];
+    const T* U_ = Ub.data() + s * m * r;
+    const T* s_ = sb.data() + s * r;
+    const T* Vt_ = Vtb.data() + s * r * nsl;
+    for (index_t j = 0; j < qq; ++j) {
+      const T sq = std::sqrt(s_[j]);
+      for (index_t i = 0; i < m; ++i) out.U[i * g * rt + s * rt + j] = U_[i * r + j] * sq;
+      for (index_t c = 0; c < nsl; ++c) out.V[(s * rt + j) * n + s * nsl + c] = sq * Vt_[j * nsl + c];
+    }
+  }
+}
+
+template void zstep<float>(const float*, const float*, float*, index_t, float, Activation, float,
+                           int);
+template void zstep<double>(const double*, const double*, double*, index_t, double, Activation,
+                            double, int);
+template void admm_solve<float>(const AdmmProblem<float>&, AdmmResult<float>&);
+template void admm_solve<double>(const AdmmProblem<double>&, AdmmResult<double>&);
+
+}  // namespace lrs

@@ -1,4 +1,74 @@
 // L + S ADMM solvers (weight space and activation-aware).  Python-free.
+//
+// Problem (docs/method.md): min_{W, L, S} F(W)  s.t.  W = L + S, rank(L) <= r (per
+// column slice), S in the structured set with budget k; or the relaxed form with
+// lam_nuclear ||L||_* + lam_sparse R(S).  F is
+//   Weight:    1/2 ||W - W0||_F^2
+//   Gram:      1/2 tr((W - W0) G (W - W0)^T)                      G (n, n) given
+//   Nonlinear: 1/(2N) ||Y - act(W X + b)||_F^2, Y = act(W0 X + b), split Z = W X.
+// All matrices are row-major.  The iteration is the one of
+// lowrank_sparse/solve/torch_backend.py, step for step.
 #pragma once
 
+#include <vector>
+
 #include "common.hpp"
+
+namespace lrs {
+
+enum class Activation : int { Identity = 0, Relu = 1, LeakyRelu = 2, Gelu = 3, Silu = 4, Tanh = 5 };
+enum class AdmmMode : int { Weight = 0, Gram = 1, Nonlinear = 2 };
+
+template <class T>
+struct AdmmProblem {
+  index_t m = 0, n = 0;
+  const T* W0 = nullptr;    // (m, n) original weight
+  AdmmMode mode = AdmmMode::Weight;
+  const T* gram = nullptr;  // (n, n) symmetric PSD, mode Gram
+  const T* X = nullptr;     // (n, N) calibration inputs (columns = samples), mode Nonlinear
+  index_t N = 0;
+  const T* bias = nullptr;  // (m,) or nullptr (= 0), mode Nonlinear
+  Activation act = Activation::Identity;
+  double negative_slope = 0.01;
+  index_t rank = 0;    // rank of L per slice (0: no L)
+  index_t slices = 1;  // column slices of L, n % slices == 0
+  index_t p = 0;       // subspace size per slice, rank <= p <= min(m, n / slices)
+  Structure structure;
+  index_t k = 0;        // budget of S in groups (entries when unstructured); NM ignores it
+  bool sparse = false;  // whether S exists at all
+  bool relaxed = false;
+  double lam_nuclear = 0, lam_sparse = 0;
+  int max_iter = 300;
+  double tol = 1e-4;
+  double rho0 = 1.0, mu = 10.0, tau = 2.0, rho_growth = 1.0;
+  int power_iters = 1;
+  int newton_steps = 4;
+  const T* V0 = nullptr;  // (slices, n / slices, p) orthonormal start of the right subspaces
+};
+
+template <class T>
+struct AdmmResult {
+  index_t rt = 0;      // columns of U per slice
+  std::vector<T> U;    // (m, slices * rt)   U_i sqrt(s_i)
+  std::vector<T> V;    // (slices * rt, n)   block-diagonal sqrt(s_i) V_i^T
+  std::vector<T> S;    // (m, n)
+  int iterations = 0;
+  bool converged = false;
+  std::vector<double> primal, dual, objective, rho;  // per iteration (relative)
+  std::vector<double> primal_z, dual_z;              // per iteration, mode Nonlinear
+  double rho_final = 0, rho_z_final = 0, gscale = 1;
+};
+
+// Runs the ADMM.  Throws std::invalid_argument on inconsistent sizes and
+// std::runtime_error when LAPACK fails.  Allocates every buffer before the loop.
+template <class T>
+void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out);
+
+// Elementwise Z-step: u = argmin 1/2 (y - act(u))^2 + rho/2 (u - c)^2 for each of the
+// `count` elements; u holds the start on entry (smooth activations) and the result on
+// exit.   y, c, u: (count,)
+template <class T>
+void zstep(const T* y, const T* c, T* u, index_t count, T rho, Activation act, T slope,
+           int newton_steps);
+
+}  // namespace lrs

@@ -1,7 +1,187 @@
+// pybind11 bindings of the L + S ADMM (csrc/admm.hpp).
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <optional>
+#include <string>
 
 #include "admm.hpp"
 
 namespace py = pybind11;
 
-void bind_admm(py::module_& m) {}
+namespace {
+
+template <class T>
+using arr = py::array_t<T, py::array::c_style>;
+
+template <class T>
+void check(const arr<T>& a, const char* name, std::initializer_list<py::ssize_t> shape) {
+  if (a.ndim() != static_cast<py::ssize_t>(shape.size()))
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(shape.size()) +
+                          "-D array, got " + std::to_string(a.ndim()) + "-D");
+  py::ssize_t i = 0;
+  for (py::ssize_t s : shape) {
+    if (a.shape(i) != s)
+      throw py::value_error(std::string(name) + ": dimension " + std::to_string(i) + " is " +
+                            std::to_string(a.shape(i)) + ", expected " + std::to_string(s));
+    ++i;
+  }
+  const T* p = a.data();
+  for (py::ssize_t j = 0; j < a.size(); ++j)
+    if (!std::isfinite(p[j])) throw py::value_error(std::string(name) + " contains NaN or Inf");
+}
+
+template <class T>
+py::array_t<T> to_array(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
+  auto* heap = new std::vector<T>(std::move(v));
+  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>(shape, heap->data(), owner);
+}
+
+template <class T>
+py::dict solve(const arr<T>& W0, int mode, std::optional<arr<T>> gram, std::optional<arr<T>> X,
+               std::optional<arr<T>> bias, int activation, double negative_slope, long rank,
+               long slices, long p, int kind, long block, int nm_n, int nm_m, long k, bool sparse,
+               bool relaxed, double lam_nuclear, double lam_sparse, int max_iter, double tol,
+               double rho0, double mu, double tau, double rho_growth, int power_iters,
+               int newton_steps, std::optional<arr<T>> V0) {
+  if (W0.ndim() != 2) throw py::value_error("W0 must be 2-D");
+  const py::ssize_t m = W0.shape(0), n = W0.shape(1);
+  check(W0, "W0", {m, n});
+  if (mode < 0 || mode > 2) throw py::value_error("mode must be 0 (weight), 1 (gram), 2 (nonlinear)");
+  if (activation < 0 || activation > 5) throw py::value_error("unknown activation code");
+  if (kind < 0 || kind > 4) throw py::value_error("unknown structure code");
+  if (slices < 1 || n % slices != 0) throw py::value_error("slices must divide n");
+  if (rank < 0 || rank > std::min<long>(m, n / slices)) throw py::value_error("rank out of range");
+  if (rank > 0 && (p < rank || p > std::min<long>(m, n / slices)))
+    throw py::value_error("p must satisfy rank <= p <= min(m, n/slices)");
+  if (rank == 0 && !sparse) throw py::value_error("rank 0 and no sparse part: nothing to fit");
+  if (max_iter < 1 || !(tol > 0) || !(rho0 > 0) || !(mu > 1) || !(tau > 1) || !(rho_growth >= 1) ||
+      power_iters < 1 || newton_steps < 0)
+    throw py::value_error("bad iteration settings");
+  lrs::Structure st;
+  st.kind = static_cast<lrs::StructureKind>(kind);
+  st.block = block;
+  st.nm_n = nm_n;
+  st.nm_m = nm_m;
+  if (st.kind == lrs::StructureKind::Channel && (block < 1 || n % block != 0))
+    throw py::value_error("channel structure: block must divide n");
+  if (st.kind == lrs::StructureKind::NM && (nm_n < 1 || nm_m <= nm_n || n % nm_m != 0))
+    throw py::value_error("N:M structure: need 1 <= N < M and M dividing n");
+  if (k < 0) throw py::value_error("k must be >= 0");
+
+  lrs::AdmmProblem<T> pb;
+  pb.m = m;
+  pb.n = n;
+  pb.W0 = W0.data();
+  pb.mode = static_cast<lrs::AdmmMode>(mode);
+  if (mode == 1) {
+    if (!gram) throw py::value_error("mode gram needs gram");
+    check(*gram, "gram", {n, n});
+    pb.gram = gram->data();
+  }
+  if (mode == 2) {
+    if (!X) throw py::value_error("mode nonlinear needs X");
+    if (X->ndim() != 2 || X->shape(0) != n || X->shape(1) < 1)
+      throw py::value_error("X must be (n, N) with N >= 1");
+    check(*X, "X", {n, X->shape(1)});
+    pb.X = X->data();
+    pb.N = X->shape(1);
+    if (bias) {
+      check(*bias, "bias", {m});
+      pb.bias = bias->data();
+    }
+  }
+  if (rank > 0) {
+    if (!V0) throw py::value_error("V0 is required when rank > 0");
+    check(*V0, "V0", {slices, n / slices, p});
+    pb.V0 = V0->data();
+  }
+  pb.act = static_cast<lrs::Activation>(activation);
+  pb.negative_slope = negative_slope;
+  pb.rank = rank;
+  pb.slices = slices;
+  pb.p = p;
+  pb.structure = st;
+  pb.k = k;
+  pb.sparse = sparse;
+  pb.relaxed = relaxed;
+  pb.lam_nuclear = lam_nuclear;
+  pb.lam_sparse = lam_sparse;
+  pb.max_iter = max_iter;
+  pb.tol = tol;
+  pb.rho0 = rho0;
+  pb.mu = mu;
+  pb.tau = tau;
+  pb.rho_growth = rho_growth;
+  pb.power_iters = power_iters;
+  pb.newton_steps = newton_steps;
+
+  lrs::AdmmResult<T> res;
+  {
+    py::gil_scoped_release release;
+    lrs::admm_solve<T>(pb, res);
+  }
+  const py::ssize_t rt = res.rt;
+  py::dict out;
+  out["U"] = to_array(std::move(res.U), {m, slices * rt});
+  out["V"] = to_array(std::move(res.V), {slices * rt, n});
+  out["S"] = to_array(std::move(res.S), {m, n});
+  out["iterations"] = res.iterations;
+  out["converged"] = res.converged;
+  out["primal"] = res.primal;
+  out["dual"] = res.dual;
+  out["objective"] = res.objective;
+  out["rho"] = res.rho;
+  out["primal_z"] = res.primal_z;
+  out["dual_z"] = res.dual_z;
+  out["rho_final"] = res.rho_final;
+  out["rho_z_final"] = res.rho_z_final;
+  out["gscale"] = res.gscale;
+  return out;
+}
+
+template <class T>
+void def_solve(py::module_& m, const char* name) {
+  m.def(name, &solve<T>, py::arg("W0"), py::arg("mode"), py::arg("gram"), py::arg("X"),
+        py::arg("bias"), py::arg("activation"), py::arg("negative_slope"), py::arg("rank"),
+        py::arg("slices"), py::arg("p"), py::arg("kind"), py::arg("block"), py::arg("nm_n"),
+        py::arg("nm_m"), py::arg("k"), py::arg("sparse"), py::arg("relaxed"),
+        py::arg("lam_nuclear"), py::arg("lam_sparse"), py::arg("max_iter"), py::arg("tol"),
+        py::arg("rho0"), py::arg("mu"), py::arg("tau"), py::arg("rho_growth"),
+        py::arg("power_iters"), py::arg("newton_steps"), py::arg("V0"),
+        "L + S ADMM (see csrc/admm.hpp and lowrank_sparse/solve/native.py).  Arrays must be "
+        "C-contiguous of this function's dtype; returns a dict with U (m, slices*rt), "
+        "V (slices*rt, n), S (m, n), iterations, converged and per-iteration histories.");
+}
+
+template <class T>
+py::array_t<T> zstep_py(const arr<T>& y, const arr<T>& c, const arr<T>& u0, double rho,
+                        int activation, double slope, int newton_steps) {
+  if (y.size() != c.size() || y.size() != u0.size())
+    throw py::value_error("y, c, u0 must have the same size");
+  if (!(rho > 0)) throw py::value_error("rho must be > 0");
+  if (activation < 0 || activation > 5) throw py::value_error("unknown activation code");
+  std::vector<T> u(u0.data(), u0.data() + u0.size());
+  {
+    py::gil_scoped_release release;
+    lrs::zstep<T>(y.data(), c.data(), u.data(), y.size(), static_cast<T>(rho),
+                  static_cast<lrs::Activation>(activation), static_cast<T>(slope), newton_steps);
+  }
+  return to_array(std::move(u), {static_cast<py::ssize_t>(y.size())});
+}
+
+}  // namespace
+
+void bind_admm(py::module_& m) {
+  def_solve<float>(m, "admm_solve_f32");
+  def_solve<double>(m, "admm_solve_f64");
+  m.def("admm_zstep_f32", &zstep_py<float>, py::arg("y"), py::arg("c"), py::arg("u0"),
+        py::arg("rho"), py::arg("activation"), py::arg("slope"), py::arg("newton_steps"),
+        "Elementwise Z-step argmin_u 1/2 (y - act(u))^2 + rho/2 (u - c)^2 (flattened).");
+  m.def("admm_zstep_f64", &zstep_py<double>, py::arg("y"), py::arg("c"), py::arg("u0"),
+        py::arg("rho"), py::arg("activation"), py::arg("slope"), py::arg("newton_steps"),
+        "Elementwise Z-step argmin_u 1/2 (y - act(u))^2 + rho/2 (u - c)^2 (flattened).");
+}

@@ -1,0 +1,392 @@
+"""Argument checking and normalisation for :func:`lowrank_sparse.decompose` and the
+baselines.  Everything a user can get wrong is caught here, before any solver runs,
+with a ValueError/TypeError that names the offending argument.
+
+The result is an :class:`AdmmSpec` (plain numbers, shared by both backends) plus the
+arrays converted to torch tensors without copies where the layout allows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from .structure import Structure, parse_structure
+
+Array = Union[torch.Tensor, np.ndarray]
+
+#: Activation names accepted by decompose, with the integer codes of the C++ core.
+ACTIVATIONS: dict[str, int] = {
+    "identity": 0,
+    "relu": 1,
+    "leaky_relu": 2,
+    "gelu": 3,
+    "silu": 4,
+    "tanh": 5,
+}
+
+BACKENDS = ("auto", "native", "torch")
+
+#: Subspace oversampling of the truncated SVD (p = rank + OVERSAMPLE, capped).
+OVERSAMPLE = 8
+
+
+@dataclass
+class AdmmSpec:
+    """A validated per-layer problem: sizes, budgets and solver settings.
+
+    Attributes:
+        m, n: weight shape (out, in).
+        rank: rank of L per slice (0: no low-rank part).
+        slices: ALDS column slices of L (n % slices == 0).
+        p: subspace size of the truncated SVD per slice (rank + oversampling, capped
+            by min(m, n / slices)).
+        structure: sparsity structure of S.
+        k: budget of S in groups (entries for "unstructured"; N:M ignores it; 0: no S).
+        mode: "weight" (F = 1/2||W - W0||^2), "gram" (identity activation with data)
+            or "nonlinear" (activation with data, split Z = W X).
+        activation: activation name ("identity" for the first two modes).
+        negative_slope: leaky ReLU slope.
+        relaxed: solve the convex relaxation (nuclear norm + L1 / group L2,1).
+        lam_nuclear, lam_sparse: relaxation weights (absolute, in units of F).
+        max_iter, tol: iteration cap and residual tolerance (relative).
+        rho0: initial penalty relative to the mean eigenvalue of G (1 in weight space).
+        mu, tau: residual-balancing ratio and factor (Boyd et al. 2011, sec. 3.4.1).
+        rho_growth: extra geometric increase of rho per iteration (>= 1).
+        power_iters: subspace iterations per L-step (warm started).
+        newton_steps: safeguarded Newton steps of the smooth-activation Z-step.
+        seed: seed of the initial right subspace and of the data subsample.
+        subsample: maximum number of calibration columns in the nonlinear mode.
+    """
+
+    m: int
+    n: int
+    rank: int
+    slices: int
+    p: int
+    structure: Structure
+    k: int
+    mode: str
+    activation: str
+    negative_slope: float
+    relaxed: bool
+    lam_nuclear: float
+    lam_sparse: float
+    max_iter: int
+    tol: float
+    rho0: float = 1.0
+    mu: float = 10.0
+    tau: float = 2.0
+    rho_growth: float = 1.01
+    power_iters: int = 1
+    newton_steps: int = 4
+    seed: int = 0
+    subsample: int = 8192
+
+    @property
+    def has_sparse(self) -> bool:
+        return self.structure.kind == "nm" or self.k > 0
+
+    @property
+    def activation_code(self) -> int:
+        return ACTIVATIONS[self.activation]
+
+
+def is_array(x: Any) -> bool:
+    return isinstance(x, (torch.Tensor, np.ndarray))
+
+
+def as_tensor(x: Any, name: str) -> torch.Tensor:
+    """numpy array / torch tensor -> torch tensor sharing memory (no copy)."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+            raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+        try:
+            return torch.from_numpy(x)
+        except (TypeError, ValueError):  # e.g. negative strides, unsupported dtype
+            return torch.from_numpy(np.ascontiguousarray(x))
+    raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+
+
+def check_float_matrix(t: torch.Tensor, name: str, ndim: int = 2) -> None:
+    """Raise TypeError/ValueError unless t is a finite, non-empty float array of ``ndim`` dims."""
+    if t.dtype == torch.bool or not (t.is_floating_point()):
+        raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 stays float64; every other float type is solved in float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _check_int(value: Any, name: str, low: int, high: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    v = int(value)
+    if v < low or (high is not None and v > high):
+        hi = "" if high is None else f" and <= {high}"
+        raise ValueError(f"{name} must be >= {low}{hi}, got {v}")
+    return v
+
+
+def normalize_activation(activation: Optional[str]) -> str:
+    if activation is None:
+        return "identity"
+    if not isinstance(activation, str):
+        raise TypeError(f"activation must be None or a str, got {type(activation).__name__}")
+    a = activation.strip().lower().replace("-", "_")
+    if a == "leakyrelu":
+        a = "leaky_relu"
+    if a not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {activation!r}; expected None or one of {sorted(ACTIVATIONS)}"
+        )
+    return a
+
+
+def check_backend(backend: str, W: torch.Tensor) -> str:
+    """Resolve "auto" and refuse impossible requests; returns "native" or "torch"."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if backend == "auto":
+        return "native" if W.device.type == "cpu" else "torch"
+    if backend == "native" and W.device.type != "cpu":
+        raise ValueError(
+            f"backend='native' runs on CPU only, but W is on {W.device}; use backend='torch' "
+            "or 'auto'"
+        )
+    return backend
+
+
+@dataclass
+class Prepared:
+    """Validated inputs: the spec and the arrays as tensors (compute dtype, W's device)."""
+
+    spec: AdmmSpec
+    W: torch.Tensor  # (m, n)
+    X: Optional[torch.Tensor]  # (n, N) (already subsampled) or None
+    gram: Optional[torch.Tensor]  # (n, n) or None
+    bias: Optional[torch.Tensor]  # (m,) or None
+    backend: str
+    n_samples: int  # columns of X before subsampling (0 without X)
+
+
+def default_lambdas(
+    W: torch.Tensor, structure: Structure, gscale: float
+) -> tuple[float, float]:
+    """Default weights of the relaxed problem (units of F).
+
+    lam_nuclear = rms(W) * (sqrt(m) + sqrt(n)) * gscale: the largest singular value of
+    an (m, n) noise matrix with W's entry scale, so only components that stand out
+    from "noise" survive SVT.  lam_sparse = lam_nuclear / sqrt(max(m, n)) * sqrt(g)
+    (the robust-PCA ratio, times sqrt(group size) for group norms).
+    """
+    m, n = W.shape
+    rms = float(torch.linalg.vector_norm(W.to(torch.float64))) / math.sqrt(m * n)
+    lam_n = rms * (math.sqrt(m) + math.sqrt(n)) * gscale
+    g = structure.group_size(m, n)
+    lam_s = lam_n / math.sqrt(max(m, n)) * math.sqrt(g)
+    return lam_n, lam_s
+
+
+def prepare(
+    W: Any,
+    rank: Any,
+    density: Any,
+    structure: Any = "unstructured",
+    *,
+    X: Any = None,
+    gram: Any = None,
+    bias: Any = None,
+    activation: Optional[str] = None,
+    negative_slope: float = 0.01,
+    block: int = 1,
+    slices: int = 1,
+    backend: str = "auto",
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    seed: int = 0,
+    subsample: int = 8192,
+    relaxed: bool = False,
+    lam_nuclear: Optional[float] = None,
+    lam_sparse: Optional[float] = None,
+) -> Prepared:
+    """Validate every argument of decompose; see its docstring for their meaning.
+
+    Raises:
+        TypeError: non-array W/X/gram/bias, integer or bool dtypes, non-int rank etc.
+        ValueError: wrong shapes, empty or non-finite arrays, rank/density out of range,
+            unknown structure/activation/backend, N:M not dividing n, native on CUDA.
+    """
+    Wt = as_tensor(W, "W")
+    if Wt.dtype == torch.bool or not Wt.is_floating_point():
+        raise TypeError(f"W must have a floating-point dtype, got {Wt.dtype}")
+    if Wt.dim() != 2:
+        raise ValueError(f"W must be a 2-D (out, in) matrix, got shape {tuple(Wt.shape)}")
+    check_float_matrix(Wt, "W")
+    m, n = (int(s) for s in Wt.shape)
+    rank_i = _check_int(rank, "rank", 0, min(m, n))
+    if isinstance(density, bool) or not isinstance(density, (int, float, np.floating, np.integer)):
+        raise TypeError(f"density must be a float in [0, 1), got {type(density).__name__}")
+    dens = float(density)
+    if not (0.0 <= dens < 1.0) or math.isnan(dens):
+        raise ValueError(f"density must be in [0, 1), got {density}")
+    blk = _check_int(block, "block", 1)
+    st = parse_structure(structure, block=blk)
+    st.check_shape(m, n)
+    sl = _check_int(slices, "slices", 1, n)
+    if n % sl != 0:
+        raise ValueError(f"slices={sl} must divide the input dimension n={n}")
+    if sl > 1 and rank_i > min(m, n // sl):
+        raise ValueError(
+            f"rank={rank_i} exceeds min(m, n/slices)={min(m, n // sl)} for slices={sl}"
+        )
+    act = normalize_activation(activation)
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
+        raise TypeError("negative_slope must be a float")
+    if not (0.0 <= float(negative_slope) < 1.0):
+        raise ValueError(f"negative_slope must be in [0, 1), got {negative_slope}")
+    mi = _check_int(max_iter, "max_iter", 1)
+    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not (tol > 0):
+        raise ValueError(f"tol must be a positive float, got {tol!r}")
+    seed_i = _check_int(seed, "seed", 0)
+    sub = _check_int(subsample, "subsample", 1)
+    be = check_backend(backend, Wt)
+
+    if st.kind == "nm":
+        k = st.budget(dens, m, n)
+        has_sparse = dens > 0
+    else:
+        k = st.budget(dens, m, n)
+        has_sparse = k > 0
+    if rank_i == 0 and not has_sparse:
+        if dens > 0:
+            raise ValueError(
+                f"density={dens} rounds to 0 groups of structure {st.name!r} for a "
+                f"{m}x{n} weight and rank is 0: nothing would be kept"
+            )
+        raise ValueError("rank and density are both 0: nothing would be kept")
+    if st.kind == "nm" and not has_sparse:
+        k = 0
+    if relaxed and st.kind == "nm":
+        raise ValueError("relaxed=True is not defined for N:M structures (no convex group norm)")
+    if relaxed and sl > 1:
+        raise ValueError("relaxed=True supports slices=1 only")
+
+    cdt = compute_dtype(Wt)
+    dev = Wt.device
+
+    def _conv(a: Any, name: str, ndim: int) -> torch.Tensor:
+        t = as_tensor(a, name)
+        check_float_matrix(t, name, ndim)
+        if t.device != dev:
+            raise ValueError(f"{name} is on {t.device} but W is on {dev}")
+        return t.to(cdt)
+
+    Xt = gt = bt = None
+    n_samples = 0
+    if X is not None and gram is not None:
+        raise ValueError("give either X (calibration inputs) or gram (X X^T / N), not both")
+    if X is not None:
+        Xt = _conv(X, "X", 2)
+        if Xt.shape[0] != n:
+            raise ValueError(
+                f"X must be (n, N) = ({n}, N) with samples as columns, got shape {tuple(Xt.shape)}"
+            )
+        n_samples = int(Xt.shape[1])
+    if gram is not None:
+        gt = _conv(gram, "gram", 2)
+        if tuple(gt.shape) != (n, n):
+            raise ValueError(f"gram must be (n, n) = ({n}, {n}), got shape {tuple(gt.shape)}")
+        if not bool(torch.allclose(gt, gt.mT, rtol=1e-4, atol=1e-6 * float(gt.abs().max()))):
+            raise ValueError("gram must be symmetric (X X^T / N)")
+    if bias is not None:
+        bt = _conv(bias, "bias", 1)
+        if tuple(bt.shape) != (m,):
+            raise ValueError(f"bias must have shape (m,) = ({m},), got {tuple(bt.shape)}")
+
+    if act == "identity":
+        mode = "weight" if (Xt is None and gt is None) else "gram"
+        if Xt is not None:
+            gt = (Xt @ Xt.mT) / Xt.shape[1]
+            Xt = None
+    else:
+        if Xt is None:
+            raise ValueError(
+                f"activation={act!r} needs calibration inputs X (n, N); a gram matrix is not "
+                "enough for a nonlinear activation"
+            )
+        mode = "nonlinear"
+        N = Xt.shape[1]
+        if N > sub:
+            g = torch.Generator().manual_seed(seed_i)
+            idx = torch.randperm(N, generator=g)[:sub].sort().values.to(dev)
+            Xt = Xt.index_select(1, idx)
+        Xt = Xt.contiguous()
+    if gt is not None:
+        gt = (0.5 * (gt + gt.mT)).contiguous()
+
+    nsl = n // sl
+    p = min(rank_i + OVERSAMPLE, m, nsl) if rank_i > 0 else 0
+
+    gscale = 1.0
+    if relaxed and (lam_nuclear is None or lam_sparse is None):
+        if gt is not None:
+            gscale = float(torch.diagonal(gt).mean())
+        elif Xt is not None:
+            gscale = float((Xt * Xt).sum()) / (Xt.shape[0] * Xt.shape[1])
+        gscale = gscale if gscale > 0 else 1.0
+        dn, ds = default_lambdas(Wt, st, gscale)
+        lam_nuclear = dn if lam_nuclear is None else lam_nuclear
+        lam_sparse = ds if lam_sparse is None else lam_sparse
+    for nm_, v in (("lam_nuclear", lam_nuclear), ("lam_sparse", lam_sparse)):
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
+            raise ValueError(f"{nm_} must be a float >= 0, got {v!r}")
+
+    spec = AdmmSpec(
+        m=m,
+        n=n,
+        rank=rank_i,
+        slices=sl,
+        p=p,
+        structure=st,
+        k=int(k),
+        mode=mode,
+        activation=act,
+        negative_slope=float(negative_slope),
+        relaxed=bool(relaxed),
+        lam_nuclear=float(lam_nuclear or 0.0),
+        lam_sparse=float(lam_sparse or 0.0),
+        max_iter=mi,
+        tol=float(tol),
+        seed=seed_i,
+        subsample=sub,
+    )
+    return Prepared(spec=spec, W=Wt, X=Xt, gram=gt, bias=bt, backend=be, n_samples=n_samples)
+
+
+def initial_subspace(spec: AdmmSpec, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Orthonormal starting right subspaces, (slices, n / slices, p), from ``spec.seed``.
+
+    Drawn in float64 on the CPU and then cast, so that both backends and both float
+    types start from the same subspace.
+    """
+    nsl = spec.n // spec.slices
+    if spec.p == 0:
+        return torch.zeros(spec.slices, nsl, 0, dtype=dtype, device=device)
+    g = torch.Generator().manual_seed(spec.seed)
+    G = torch.randn(spec.slices, nsl, spec.p, generator=g, dtype=torch.float64)
+    Q = torch.linalg.qr(G, mode="reduced").Q
+    return Q.to(dtype=dtype, device=device).contiguous()

@@ -1,0 +1,115 @@
+"""The L + S ADMM through the C++ core (lowrank_sparse._core.admm_solve_f32/f64).
+
+Arrays cross as C-contiguous numpy views of the (CPU) tensors, without copies when
+the tensors already are contiguous in the compute dtype.  The loop runs with the GIL
+released.  Threads: the core's elementwise passes and SciPy's BLAS are both limited
+to ``threads`` (default: torch.get_num_threads(), the count torch itself uses), so a
+solve never runs more threads than torch was given.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from .._validate import AdmmSpec
+from .torch_backend import RawSolve
+
+_MODES = {"weight": 0, "gram": 1, "nonlinear": 2}
+
+
+def _np(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[np.ndarray]:
+    if t is None:
+        return None
+    if t.device.type != "cpu":
+        raise ValueError("the native backend needs CPU tensors")
+    return np.ascontiguousarray(t.detach().to(dtype).numpy())
+
+
+def solve_native(
+    W0: torch.Tensor,
+    spec: AdmmSpec,
+    V0: torch.Tensor,
+    gram: Optional[torch.Tensor] = None,
+    X: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    threads: Optional[int] = None,
+) -> RawSolve:
+    """Run the ADMM of ``spec`` in C++; same arguments and result as
+    :func:`lowrank_sparse.solve.torch_backend.solve_torch` (CPU tensors only).
+
+    Args:
+        threads: threads for the core and for BLAS (default torch.get_num_threads()).
+    """
+    from .. import _core
+
+    dt = W0.dtype
+    if dt not in (torch.float32, torch.float64):
+        raise TypeError(f"native backend solves float32/float64, got {dt}")
+    fn = _core.admm_solve_f64 if dt == torch.float64 else _core.admm_solve_f32
+    st = spec.structure
+    nthreads = int(threads) if threads is not None else torch.get_num_threads()
+    old = _core.get_num_threads()
+    _core.set_num_threads(nthreads)
+    try:
+        with threadpool_limits(limits=nthreads, user_api="blas"):
+            out = fn(
+                _np(W0, dt),
+                _MODES[spec.mode],
+                _np(gram, dt),
+                _np(X, dt),
+                _np(bias, dt),
+                spec.activation_code,
+                spec.negative_slope,
+                spec.rank,
+                spec.slices,
+                spec.p,
+                st.code,
+                st.block,
+                st.n if st.kind == "nm" else 2,
+                st.m if st.kind == "nm" else 4,
+                spec.k,
+                spec.has_sparse,
+                spec.relaxed,
+                spec.lam_nuclear,
+                spec.lam_sparse,
+                spec.max_iter,
+                spec.tol,
+                spec.rho0,
+                spec.mu,
+                spec.tau,
+                spec.rho_growth,
+                spec.power_iters,
+                spec.newton_steps,
+                _np(V0, dt) if spec.rank > 0 else None,
+            )
+    finally:
+        _core.set_num_threads(old)
+    extra = {
+        "rho": list(out["rho"]),
+        "rho_final": float(out["rho_final"]),
+        "gscale": float(out["gscale"]),
+        "threads": nthreads,
+    }
+    if spec.mode == "nonlinear":
+        extra.update(
+            primal_z=list(out["primal_z"]),
+            dual_z=list(out["dual_z"]),
+            samples=int(X.shape[1]) if X is not None else 0,
+            rho_z_final=float(out["rho_z_final"]),
+        )
+    return RawSolve(
+        U=torch.from_numpy(out["U"]),
+        V=torch.from_numpy(out["V"]),
+        S=torch.from_numpy(out["S"]),
+        iterations=int(out["iterations"]),
+        converged=bool(out["converged"]),
+        primal=list(out["primal"]),
+        dual=list(out["dual"]),
+        objective=list(out["objective"]),
+        rho=list(out["rho"]),
+        extra=extra,
+    )
