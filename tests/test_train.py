@@ -129,24 +129,15 @@ def test_train_rejects_bad_arguments(kwargs: dict, exc: type[Exception]) -> None
 def test_cache_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digits_split) -> None:
     monkeypatch.setenv("LOWRANK_SPARSE_CACHE", str(tmp_path))
     _, (xte, yte) = digits_split
-    path = train.checkpoint_path("small_cnn", "digits", "cpu", seed=0)
+    path = train.checkpoint_path("mlp", "digits", "cpu", seed=0)
     assert path.parent == tmp_path and not path.exists()
-    assert train.checkpoint_info("small_cnn", "digits", "cpu", 0) is None
+    assert train.checkpoint_info("mlp", "digits", "cpu", 0) is None
 
-    first = train.get_trained("small_cnn", "digits", "cpu", seed=0, device="cpu", progress=False)
+    first = train.get_trained("mlp", "digits", "cpu", seed=0, device="cpu", progress=False)
     assert path.is_file()
-    info = train.checkpoint_info("small_cnn", "digits", "cpu", 0)
-    assert info is not None and float(info["test_accuracy"]) > 0.1  # chance; 33 SGD steps only
-
-    # A custom recipe: full width, 8 epochs of batch 32 on the 1,347 training digits.
-    recipe = train.Schedule(width=1.0, subset=None, epochs=8, lr=0.05, batch_size=32)
-    path = train.checkpoint_path("small_cnn", "digits", recipe, seed=0)
-    assert path.name.startswith("small_cnn-digits-custom-seed0-")
-    first = train.get_trained("small_cnn", "digits", recipe, seed=0, device="cpu", progress=False)
-    assert path.is_file()
-    assert len(list(tmp_path.iterdir())) == 2  # no temporary files left behind
-    info = train.checkpoint_info("small_cnn", "digits", recipe, 0)
-    assert info is not None and info["model"] == "small_cnn" and info["dataset"] == "digits"
+    assert list(tmp_path.iterdir()) == [path]  # no temporary files left behind
+    info = train.checkpoint_info("mlp", "digits", "cpu", 0)
+    assert info is not None and info["model"] == "mlp" and info["dataset"] == "digits"
     acc = float(info["test_accuracy"])
     assert acc == pytest.approx(train.evaluate(first, (xte, yte)), abs=1e-6)
     assert acc > 0.9
@@ -155,14 +146,29 @@ def test_cache_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digit
         raise AssertionError("second call must load, not train")
 
     monkeypatch.setattr(train, "train", no_training)
-    second = train.get_trained("small_cnn", "digits", recipe, seed=0, progress=False)
+    second = train.get_trained("mlp", "digits", "cpu", seed=0, progress=False)
     assert not second.training
     with torch.no_grad():
         assert torch.equal(first(xte), second(xte))
     stored = load_file(str(path))
     assert set(stored) == set(first.state_dict())
+    assert all(torch.equal(stored[k], v) for k, v in first.state_dict().items())
     # A different seed is a different checkpoint.
-    assert train.checkpoint_path("small_cnn", "digits", recipe, seed=1) != path
+    assert train.checkpoint_path("mlp", "digits", "cpu", seed=1) != path
+
+
+def test_custom_schedule_gets_its_own_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOWRANK_SPARSE_CACHE", str(tmp_path))
+    recipe = train.Schedule(width=0.5, subset=200, epochs=1, lr=0.05, batch_size=50)
+    path = train.checkpoint_path("small_cnn", "digits", recipe, seed=0)
+    assert path.name.startswith("small_cnn-digits-custom-seed0-")
+    assert path != train.checkpoint_path("small_cnn", "digits", "cpu", seed=0)
+    assert path != train.checkpoint_path("small_cnn", "digits", train.Schedule(0.5, 200, 2, 0.05, 50), seed=0)
+    model = train.get_trained("small_cnn", "digits", recipe, seed=0, device="cpu", progress=False)
+    assert path.is_file()
+    assert model.classifier[-1].in_features == 4 * 8  # width 0.5 -> c = 8 -> 4c hidden units
+    info = train.checkpoint_info("small_cnn", "digits", recipe, 0)
+    assert info is not None and info["schedule"] == "custom"
 
 
 @pytest.mark.parametrize(
