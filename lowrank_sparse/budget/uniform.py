@@ -4,8 +4,8 @@ For a ratio rho each layer takes its largest frontier configuration with size <=
 (in "lowrank_sparse" mode that is the best rank/sparse split at that size; slices = 1).
 The largest rho whose total meets the budget is found exactly by bisection over the sorted
 set of all attainable ratios; what the rounding leaves is spent one step at a time on
-the layer with the lowest ratio, so the ratios agree up to one rank step (or one sparse
-group) per layer.
+the layers with the lowest next ratio (at most one extra step each), so the ratios agree
+up to one rank step (or one sparse-grid step) per layer.
 """
 
 from __future__ import annotations
@@ -56,8 +56,5 @@ def _fill_lowest_ratio(costs: Costs, idx: list[int]) -> list[int]:
         if costs.fits(p + dp, f + dp * c.spatial):
             idx[l] = i + 1
             p, f = p + dp, f + dp * c.spatial
-            if i + 2 >= len(c):
-                active.remove(l)
-        else:
-            active.remove(l)
+        active.remove(l)  # at most one extra step per layer
     return idx
