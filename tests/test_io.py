@@ -88,7 +88,7 @@ def test_whole_module_and_arch_recorded(tmp_path: Path, tgen: torch.Generator) -
     f = tmp_path / "c.safetensors"
     save(mod, f, metadata={"arch": {"name": "vgg16", "kwargs": {"num_classes": 10}}})
     meta = read_metadata(f)
-    assert meta["arch"] == {"name": "vgg16", "kwargs": {"num_classes": 10}} and meta["schema_version"] == 1
+    assert meta["arch"] == {"name": "vgg16", "kwargs": {"num_classes": 10}} and meta["schema_version"] == 2
     assert meta["layers"][""]["class"] == "LowRankSparseConv2d"
     back = load(f, model=nn.Conv2d(4, 6, 3))
     x = torch.randn(1, 4, 5, 5, generator=tgen)
