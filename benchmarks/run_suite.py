@@ -56,6 +56,34 @@ def solver_settings(case: Case) -> tuple[int, int]:
     return min(case.rank + oversample, case.m, case.n), power_iters
 
 
+def run_naive(case: Case, W: np.ndarray, args: argparse.Namespace, repeats: int,
+              ref_iters: Optional[int], log: Any) -> dict[str, dict[str, Any]]:
+    """The naive reference (full SVD per iteration).  A probe of ``probe`` iterations
+    measures its cost; when converging would exceed --naive-budget seconds the probe
+    is kept (marked partial) and its total is extrapolated to torch's iteration count.
+    Layers above --naive-max-entries are not run at all (one full SVD takes minutes)."""
+    if case.m * case.n > args.naive_max_entries:
+        log(f"  {'torch_fullsvd':14s} skipped: {case.m}x{case.n} > --naive-max-entries")
+        return {}
+
+    def one(cap: Optional[int]) -> Run:
+        r = harness.run_once(case, W, "torch_fullsvd", tol=args.tol, max_iter=cap)
+        tag = " (partial)" if r.partial else ""
+        log(f"  {'torch_fullsvd':14s} {r.seconds:8.3f} s  it={r.iterations:4d}  err={r.rel_error:.5f}{tag}")
+        harness.clear()
+        return r
+
+    if args.quick:
+        return {"torch_fullsvd": summarize([one(None) for _ in range(repeats)], ref_iters)}
+    probe_iters = min(2, case.max_iter - 1)
+    probe = one(probe_iters)
+    need = probe.per_iter * (ref_iters or case.max_iter)
+    if need > args.naive_budget:
+        return {"torch_fullsvd": summarize([probe], ref_iters)}
+    nrep = repeats if need * repeats <= args.naive_budget else 1
+    return {"torch_fullsvd": summarize([one(None) for _ in range(nrep)], ref_iters)}
+
+
 def run_case(case: Case, backends: list[str], args: argparse.Namespace, log: Any) -> CaseResult:
     W = synthetic_weight(case.m, case.n, seed=args.seed)
     p, q = solver_settings(case)
@@ -79,28 +107,7 @@ def run_case(case: Case, backends: list[str], args: argparse.Namespace, log: Any
         res.runs[b] = summarize(runs[b])
 
     if "torch_fullsvd" in backends:
-        # Naive reference: full SVD per iteration.  When converging would exceed the
-        # time budget, run a few iterations only and extrapolate to torch's count.
-        Wt = torch.from_numpy(W)
-        t0 = time.perf_counter()
-        torch.linalg.svd(Wt, full_matrices=False)
-        t_svd = time.perf_counter() - t0
-        per_est = t_svd + (res.runs["torch"]["per_iter"] if "torch" in res.runs else 0.0)
-        need = per_est * (ref_iters or case.max_iter)
-        if need <= args.naive_budget or args.quick:
-            cap, nrep = None, (repeats if need * repeats <= args.naive_budget else 1)
-        else:
-            cap, nrep = max(2, min(case.max_iter - 1, int(args.naive_budget / per_est))), 1
-            if cap >= case.max_iter:
-                cap = None
-        nruns = []
-        for _ in range(nrep):
-            r = harness.run_once(case, W, "torch_fullsvd", tol=args.tol, max_iter=cap)
-            nruns.append(r)
-            tag = " (partial)" if r.partial else ""
-            log(f"  {'torch_fullsvd':14s} {r.seconds:8.3f} s  it={r.iterations:4d}  err={r.rel_error:.5f}{tag}")
-            harness.clear()
-        res.runs["torch_fullsvd"] = summarize(nruns, ref_iters)
+        res.runs.update(run_naive(case, W, args, repeats, ref_iters, log))
 
     # agreement of final errors (runs that did all their iterations)
     errs = {b: d["rel_error"] for b, d in res.runs.items() if not d["partial"]}
@@ -304,6 +311,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--backends", nargs="*", default=None, help="subset of " + ", ".join(harness.BACKENDS))
     ap.add_argument("--naive-budget", type=float, default=20.0,
                     help="seconds the full-SVD reference may take per case before it is cut short")
+    ap.add_argument("--naive-max-entries", type=int, default=17_000_000,
+                    help="larger layers skip the full-SVD reference (default: up to 4096x4096)")
     ap.add_argument("--no-memory", dest="memory", action="store_false")
     ap.add_argument("--memory-backends", nargs="*", default=["native", "torch"])
     ap.add_argument("--memory-iters", type=int, default=4, help="iterations of each memory probe")
