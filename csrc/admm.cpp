@@ -87,6 +87,33 @@ inline T zobj(T a, T y, T u, T c, T rho) {
   return T(0.5) * e * e + T(0.5) * rho * q * q;
 }
 
+// Safeguarded Newton steps on 1/2 (y - act(x))^2 + rho/2 (x - c)^2 from x.
+template <class T>
+T newton1d(T y, T c, T x, T rho, Activation act, T slope, int steps) {
+  for (int it = 0; it < steps; ++it) {
+    T f, d1, d2;
+    act_derivs(x, act, f, d1, d2);
+    const T r = f - y;
+    const T g = r * d1 + rho * (x - c);
+    const T rd2 = r * d2;
+    const T h = d1 * d1 + rho + (rd2 > T(0) ? rd2 : T(0));
+    const T step = g / h;
+    const T f0 = zobj(f, y, x, c, rho);
+    T t = 1;
+    const T base = x;
+    for (int b = 0; b < 4; ++b) {
+      const T cand = base - t * step;
+      const T fc = zobj(act_value(cand, act, slope), y, cand, c, rho);
+      if (fc <= f0) {
+        x = cand;
+        break;
+      }
+      t *= T(0.5);
+    }
+  }
+  return x;
+}
+
 // Residual balancing (Boyd et al. 2011, 3.4.1) times the slow geometric increase.
 double balance(double r, double s, double mu, double tau, double growth) {
   double f = 1.0;
@@ -119,30 +146,18 @@ void zstep(const T* y, const T* c, T* u, index_t count, T rho, Activation act, T
     });
     return;
   }
+  // Two starts: the warm start u and the ReLU closed form; keep the better end point.
   each(count, [&](index_t i) {
-    T x = u[i];
-    for (int it = 0; it < newton_steps; ++it) {
-      T f, d1, d2;
-      act_derivs(x, act, f, d1, d2);
-      const T r = f - y[i];
-      const T g = r * d1 + rho * (x - c[i]);
-      const T rd2 = r * d2;
-      const T h = d1 * d1 + rho + (rd2 > T(0) ? rd2 : T(0));
-      const T step = g / h;
-      const T f0 = zobj(f, y[i], x, c[i], rho);
-      T t = 1;
-      const T base = x;
-      for (int b = 0; b < 4; ++b) {
-        const T cand = base - t * step;
-        const T fc = zobj(act_value(cand, act, slope), y[i], cand, c[i], rho);
-        if (fc <= f0) {
-          x = cand;
-          break;
-        }
-        t *= T(0.5);
-      }
-    }
-    u[i] = x;
+    const T yi = y[i], ci = c[i];
+    T r1 = (yi + rho * ci) / (T(1) + rho);
+    r1 = r1 > T(0) ? r1 : T(0);
+    const T r2 = ci < T(0) ? ci : T(0);
+    const T start_b = zobj(r1, yi, r1, ci, rho) <= zobj(T(0), yi, r2, ci, rho) ? r1 : r2;
+    const T ua = newton1d(yi, ci, u[i], rho, act, slope, newton_steps);
+    const T ub = newton1d(yi, ci, start_b, rho, act, slope, newton_steps);
+    const T fa = zobj(act_value(ua, act, slope), yi, ua, ci, rho);
+    const T fb = zobj(act_value(ub, act, slope), yi, ub, ci, rho);
+    u[i] = fa <= fb ? ua : ub;
   });
 }
 

@@ -9,11 +9,12 @@ c = v + b the ADMM target, y the original post-activation output, rho > 0)::
 * ReLU / leaky ReLU (slope a): piecewise quadratic.  On u >= 0 the minimiser is
   u1 = max(0, (y + rho c) / (1 + rho)); on u <= 0 it is u2 = min(0, (a y + rho c) /
   (a^2 + rho)).  The one with the lower objective wins (ties: u1).
-* GELU / SiLU / tanh: ``newton_steps`` safeguarded Newton steps from the previous
-  iterate.  Gradient g = (act(u) - y) act'(u) + rho (u - c); curvature
+* GELU / SiLU / tanh (nonconvex in u): ``newton_steps`` safeguarded Newton steps
+  from two starts, the previous iterate and the ReLU closed form above (a = 0); the
+  end point with the lower objective wins (ties: the previous iterate).  Gradient g = (act(u) - y) act'(u) + rho (u - c); curvature
   h = act'(u)^2 + rho + max(0, (act(u) - y) act''(u)) >= rho > 0, so -g/h is a descent
   direction; the step is halved (at most 3 times, then dropped) until the objective
-  does not increase.  The objective therefore never increases.
+  does not increase.  The objective therefore never exceeds that of either start.
 * identity: u* = (y + rho c) / (1 + rho).
 """
 
@@ -88,8 +89,27 @@ def zstep(
         f1 = _zobj(u1, y, u1, c, rho)
         f2 = _zobj(a * u2, y, u2, c, rho)
         return torch.where(f1 <= f2, u1, u2)
+    # Two starts (the warm start u0 and the ReLU closed form, which sits in the
+    # right basin whenever the smooth activation is ReLU-like); keep the better end.
+    u_relu = _relu_like(y, c, rho)
+    ua = _newton(y, c, u0, rho, name, newton_steps)
+    ub = _newton(y, c, u_relu, rho, name, newton_steps)
+    fa = _zobj(act_fn(ua, name), y, ua, c, rho)
+    fb = _zobj(act_fn(ub, name), y, ub, c, rho)
+    return torch.where(fa <= fb, ua, ub)
+
+
+def _relu_like(y: torch.Tensor, c: torch.Tensor, rho: float) -> torch.Tensor:
+    u1 = torch.clamp((y + rho * c) / (1.0 + rho), min=0)
+    u2 = torch.clamp(c, max=0)
+    f1 = _zobj(u1, y, u1, c, rho)
+    f2 = _zobj(torch.zeros_like(u2), y, u2, c, rho)
+    return torch.where(f1 <= f2, u1, u2)
+
+
+def _newton(y: torch.Tensor, c: torch.Tensor, u0: torch.Tensor, rho: float, name: str, steps: int) -> torch.Tensor:
     u = u0.clone()
-    for _ in range(newton_steps):
+    for _ in range(steps):
         a, d1, d2 = act_derivs(u, name)
         r = a - y
         g = r * d1 + rho * (u - c)

@@ -1,0 +1,165 @@
+"""decompose(W, rank, density, ...): fit W ~ L + S for one layer by ADMM.
+
+See docs/method.md for the derivation.  The solve runs in the C++ core ("native",
+CPU tensors / numpy) or in pure torch ("torch", CPU or CUDA); both run the same
+iterations from the same seeded start.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ._validate import Array, compute_dtype, initial_subspace, prepare
+from .solve.baselines import refit_support
+from .solve.result import Decomposition, SolveInfo
+from .solve.torch_backend import RawSolve, solve_torch
+
+
+def _error(W0: torch.Tensor, M: torch.Tensor, G: Optional[torch.Tensor]) -> float:
+    """Relative error ||W0 - M|| (in the G metric when given)."""
+    E = W0 - M
+    if G is None:
+        return float(torch.linalg.vector_norm(E)) / max(float(torch.linalg.vector_norm(W0)), 1e-300)
+    num = float(((E @ G) * E).sum())
+    den = float(((W0 @ G) * W0).sum())
+    return math.sqrt(max(num, 0.0)) / math.sqrt(den) if den > 0 else math.sqrt(max(num, 0.0))
+
+
+def decompose(
+    W: Array,
+    rank: int,
+    density: float,
+    structure: Any = "unstructured",
+    *,
+    X: Optional[Array] = None,
+    gram: Optional[Array] = None,
+    bias: Optional[Array] = None,
+    activation: Optional[str] = None,
+    negative_slope: float = 0.01,
+    block: int = 1,
+    slices: int = 1,
+    backend: str = "auto",
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    seed: int = 0,
+    subsample: int = 8192,
+    relaxed: bool = False,
+    lam_nuclear: Optional[float] = None,
+    lam_sparse: Optional[float] = None,
+    progress: bool = False,
+    threads: Optional[int] = None,
+) -> Decomposition:
+    """Decompose a weight W (m, n) into L + S, L = U @ V of rank <= ``rank`` (per slice),
+    S structured-sparse with ``density``, keeping the layer output close on data.
+
+    Args:
+        W: (m, n) weight (conv: (out, in*kh*kw)); numpy array or torch tensor, float.
+        rank: rank of L (0: sparse only).  Per slice when ``slices > 1``.
+        density: fraction of W's entries S may keep, in [0, 1) (0: low rank only);
+            rounded to whole groups; N:M structures keep N/M.
+        structure: "unstructured", "row", "column", "channel" or "N:M" (or a Structure).
+        X: (n, N) calibration inputs, samples as columns.  With activation None /
+            "identity" only G = X X^T / N is used.
+        gram: (n, n) G = X X^T / N, alternative to X for the identity activation.
+        bias: (m,) layer bias (used by nonlinear activations).
+        activation: None | "identity" | "relu" | "leaky_relu" | "gelu" | "silu" | "tanh".
+        negative_slope: leaky ReLU slope.
+        block: kh*kw, the column group of the "channel" structure.
+        slices: ALDS channel slicing: L's columns in ``slices`` contiguous blocks, each of
+            rank ``rank``; U is (m, slices*rank), V block-diagonal.
+        backend: "auto" (native for CPU, torch for CUDA), "native" or "torch".
+        max_iter, tol: iteration cap; tolerance on the relative primal and dual residuals.
+        seed: seeds the initial right subspace and the data subsample.
+        subsample: nonlinear mode uses at most this many columns of X (seeded choice).
+        relaxed: solve the convex relaxation F + lam_nuclear ||L||_* + lam_sparse R(S);
+            ``rank`` then caps the rank searched and the budget of S is not enforced.
+        lam_nuclear, lam_sparse: relaxation weights; None picks the defaults of
+            lowrank_sparse._validate.default_lambdas.
+        progress: print a one-line summary to stderr when done.
+        threads: threads of the native backend (default torch.get_num_threads()).
+
+    Returns:
+        Decomposition (U, V, S as the input's type, dtype and device) with ``info``:
+        iterations, converged, seconds, residual and objective histories (objective =
+        relative error of L + S in the layer's metric), backend, and ``extra`` (penalty
+        history, "samples" used in the nonlinear mode, "refit", "error").
+
+    Raises:
+        TypeError, ValueError: see lowrank_sparse._validate.prepare.
+    """
+    pr = prepare(
+        W, rank, density, structure, X=X, gram=gram, bias=bias, activation=activation,
+        negative_slope=negative_slope, block=block, slices=slices, backend=backend,
+        max_iter=max_iter, tol=tol, seed=seed, subsample=subsample, relaxed=relaxed,
+        lam_nuclear=lam_nuclear, lam_sparse=lam_sparse,
+    )
+    spec = pr.spec
+    cdt = compute_dtype(pr.W)
+    W0 = pr.W.detach().to(cdt).contiguous()
+    V0 = initial_subspace(spec, cdt, W0.device)
+    t0 = time.perf_counter()
+    raw: RawSolve
+    if pr.backend == "native":
+        from .solve.native import solve_native
+
+        raw = solve_native(W0, spec, V0, gram=pr.gram, X=pr.X, bias=pr.bias, threads=threads)
+    else:
+        with torch.no_grad():
+            raw = solve_torch(W0, spec, V0, gram=pr.gram, X=pr.X, bias=pr.bias)
+    U, V, S = raw.U.to(W0.device), raw.V.to(W0.device), raw.S.to(W0.device)
+    extra = dict(raw.extra)
+    extra["refit"] = False
+    # Exact refit of S's values on its support (weight space and identity-with-data
+    # modes): for fixed L and support this is the exact minimiser of F, so the error
+    # can only go down.  Feasibility (support, rank) is untouched.
+    if not spec.relaxed and spec.has_sparse and spec.mode in ("weight", "gram"):
+        with torch.no_grad():
+            L = U @ V
+            mask = S != 0
+            before = _error(W0, L + S, pr.gram)
+            S2 = refit_support(W0 - L, mask, pr.gram)
+            after = _error(W0, L + S2, pr.gram)
+            if after <= before:
+                S = S2
+                extra["refit"] = True
+            extra["error_before_refit"] = before
+            extra["error"] = min(before, after)
+    elif raw.objective:
+        extra["error"] = raw.objective[-1]
+    if spec.mode == "nonlinear":
+        extra["samples"] = int(pr.X.shape[1]) if pr.X is not None else 0
+        extra["samples_given"] = pr.n_samples
+    seconds = time.perf_counter() - t0
+    info = SolveInfo(
+        iterations=raw.iterations,
+        converged=raw.converged,
+        seconds=seconds,
+        primal_residuals=[float(v) for v in raw.primal],
+        dual_residuals=[float(v) for v in raw.dual],
+        objective=[float(v) for v in raw.objective],
+        backend=pr.backend,
+        extra=extra,
+    )
+    if progress:
+        print(
+            f"decompose {spec.m}x{spec.n} rank={spec.rank} k={spec.k} {spec.structure.name} "
+            f"[{spec.mode}/{spec.activation}] {pr.backend}: {raw.iterations} it, "
+            f"converged={raw.converged}, error={extra.get('error', float('nan')):.4g}, "
+            f"{seconds:.2f}s",
+            file=sys.stderr,
+        )
+
+    def out(t: torch.Tensor) -> Array:
+        if isinstance(W, np.ndarray):
+            return t.detach().cpu().numpy().astype(W.dtype, copy=False)
+        return t.to(dtype=W.dtype, device=W.device)
+
+    return Decomposition(
+        U=out(U), V=out(V), S=out(S), structure=spec.structure, info=info, slices=spec.slices
+    )
