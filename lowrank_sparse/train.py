@@ -22,9 +22,11 @@ Schedules for :func:`get_trained` (see :data:`SCHEDULES`):
     test accuracy uses 2,000 test images.  GoogLeNet uses ``width=0.125`` and 5,000
     images (it is ~4.5x costlier than VGG-16 at equal width).
 ``"gpu"``
-    Full training, minutes on one GPU: ``width=1``, all 60,000 training images,
+    Full training meant for one GPU: ``width=1``, all 60,000 training images,
     30 epochs, batch 128, SGD, cosine decay with one warm-up epoch, random 2-pixel
-    shifts (plus horizontal flips on Fashion-MNIST).
+    shifts (plus horizontal flips on Fashion-MNIST); test accuracy on the full
+    10,000-image test split.  (Expected to take minutes per model on a modern GPU;
+    not yet timed in this project.)
 
 AlexNet has no batch normalisation and uses a smaller peak learning rate (0.02 on
 the CPU schedule, 0.01 on the GPU one);
