@@ -145,13 +145,13 @@ py::dict solve(const arr<T>& W0, int mode, std::optional<arr<T>> gram, std::opti
 
 template <class T>
 void def_solve(py::module_& m, const char* name) {
-  m.def(name, &solve<T>, py::arg("W0"), py::arg("mode"), py::arg("gram"), py::arg("X"),
-        py::arg("bias"), py::arg("activation"), py::arg("negative_slope"), py::arg("rank"),
+  m.def(name, &solve<T>, py::arg("W0").noconvert(), py::arg("mode"), py::arg("gram").noconvert(), py::arg("X").noconvert(),
+        py::arg("bias").noconvert(), py::arg("activation"), py::arg("negative_slope"), py::arg("rank"),
         py::arg("slices"), py::arg("p"), py::arg("kind"), py::arg("block"), py::arg("nm_n"),
         py::arg("nm_m"), py::arg("k"), py::arg("sparse"), py::arg("relaxed"),
         py::arg("lam_nuclear"), py::arg("lam_sparse"), py::arg("max_iter"), py::arg("tol"),
         py::arg("rho0"), py::arg("mu"), py::arg("tau"), py::arg("rho_growth"),
-        py::arg("power_iters"), py::arg("newton_steps"), py::arg("V0"),
+        py::arg("power_iters"), py::arg("newton_steps"), py::arg("V0").noconvert(),
         "L + S ADMM (see csrc/admm.hpp and lowrank_sparse/solve/native.py).  Arrays must be "
         "C-contiguous of this function's dtype; returns a dict with U (m, slices*rt), "
         "V (slices*rt, n), S (m, n), iterations, converged and per-iteration histories.");
@@ -178,10 +178,10 @@ py::array_t<T> zstep_py(const arr<T>& y, const arr<T>& c, const arr<T>& u0, doub
 void bind_admm(py::module_& m) {
   def_solve<float>(m, "admm_solve_f32");
   def_solve<double>(m, "admm_solve_f64");
-  m.def("admm_zstep_f32", &zstep_py<float>, py::arg("y"), py::arg("c"), py::arg("u0"),
+  m.def("admm_zstep_f32", &zstep_py<float>, py::arg("y").noconvert(), py::arg("c").noconvert(), py::arg("u0").noconvert(),
         py::arg("rho"), py::arg("activation"), py::arg("slope"), py::arg("newton_steps"),
         "Elementwise Z-step argmin_u 1/2 (y - act(u))^2 + rho/2 (u - c)^2 (flattened).");
-  m.def("admm_zstep_f64", &zstep_py<double>, py::arg("y"), py::arg("c"), py::arg("u0"),
+  m.def("admm_zstep_f64", &zstep_py<double>, py::arg("y").noconvert(), py::arg("c").noconvert(), py::arg("u0").noconvert(),
         py::arg("rho"), py::arg("activation"), py::arg("slope"), py::arg("newton_steps"),
         "Elementwise Z-step argmin_u 1/2 (y - act(u))^2 + rho/2 (u - c)^2 (flattened).");
 }
