@@ -1,0 +1,73 @@
+"""rank_only / sparse_only against closed forms computed independently."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lowrank_sparse.solve.baselines import rank_only, refit_support, sparse_only
+
+
+def test_rank_only_identity_gram_is_truncated_svd(rng: np.random.Generator) -> None:
+    W = torch.from_numpy(rng.normal(size=(20, 30)))
+    d = rank_only(W, 4, gram=torch.eye(30, dtype=torch.float64))
+    U, s, Vt = torch.linalg.svd(W)
+    torch.testing.assert_close(d.U @ d.V, (U[:, :4] * s[:4]) @ Vt[:4])
+    d0 = rank_only(W, 4)
+    torch.testing.assert_close(d0.U @ d0.V, (U[:, :4] * s[:4]) @ Vt[:4])
+    assert d.params == 4 * (20 + 30)
+
+
+def test_rank_only_whitened_is_optimal(rng: np.random.Generator) -> None:
+    n = 25
+    X = rng.normal(size=(n, 400)) * np.linspace(3, 0.05, n)[:, None]
+    W = rng.normal(size=(15, n))
+    d = rank_only(W, 3, X=X)
+    # optimum = tail singular values of W X / sqrt(N) (Eckart-Young on the data)
+    sv = np.linalg.svd(W @ X, compute_uv=False)
+    opt = np.sqrt((sv[3:] ** 2).sum())
+    got = np.linalg.norm((W - d.U @ d.V) @ X)
+    assert got == pytest.approx(opt, rel=1e-8)
+    U, s, Vt = np.linalg.svd(W)
+    assert np.linalg.norm((W - (U[:, :3] * s[:3]) @ Vt[:3]) @ X) > got
+
+
+def test_sparse_only_no_data_is_magnitude_topk(rng: np.random.Generator) -> None:
+    W = rng.normal(size=(10, 12))
+    d = sparse_only(W, 0.25)
+    ref = np.zeros_like(W)
+    keep = np.argsort(-np.abs(W).ravel(), kind="stable")[:30]
+    ref.ravel()[keep] = W.ravel()[keep]
+    np.testing.assert_array_equal(d.S, ref)
+    assert d.U.shape == (10, 0) and d.params == 30
+
+
+def test_sparse_only_refit_is_row_least_squares(rng: np.random.Generator) -> None:
+    n = 16
+    X = rng.normal(size=(n, 200)) * np.linspace(2, 0.2, n)[:, None]
+    W = rng.normal(size=(6, n))
+    d = sparse_only(W, 0.3, X=X)
+    for i in range(6):
+        J = np.flatnonzero(d.S[i])
+        sol, *_ = np.linalg.lstsq(X[J].T, X.T @ W[i], rcond=None)  # min ||X^T (w - s)||
+        np.testing.assert_allclose(d.S[i, J], sol, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("structure", ["column", "row"])
+def test_refit_support_group_structures(structure: str, rng: np.random.Generator) -> None:
+    R = torch.from_numpy(rng.normal(size=(5, 7)))
+    X = torch.from_numpy(rng.normal(size=(7, 50)))
+    G = X @ X.T / 50
+    mask = torch.zeros(5, 7, dtype=torch.bool)
+    if structure == "column":
+        mask[:, [1, 4]] = True
+    else:
+        mask[[0, 3]] = True
+    S = refit_support(R, mask, G)
+    assert bool((S[~mask] == 0).all())
+    for i in range(5):
+        J = mask[i].numpy()
+        if J.any():
+            sol, *_ = np.linalg.lstsq(X.numpy()[J].T, X.numpy().T @ R[i].numpy(), rcond=None)
+            np.testing.assert_allclose(S[i, mask[i]].numpy(), sol, rtol=1e-6, atol=1e-8)

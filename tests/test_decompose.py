@@ -1,0 +1,115 @@
+"""decompose(): types in/out, feasibility, data-aware quality on real data (digits),
+and every bad input raising the right exception."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lowrank_sparse as lrs
+from lowrank_sparse.decompose import decompose
+
+
+def test_numpy_in_numpy_out_and_info(rng: np.random.Generator) -> None:
+    W = rng.normal(size=(20, 30)).astype(np.float32)
+    d = decompose(W, 3, 0.1, max_iter=40)
+    assert isinstance(d.S, np.ndarray) and d.S.dtype == np.float32 and d.U.shape == (20, 3)
+    assert d.info.backend == "native" and 0 < d.info.iterations <= 40
+    assert len(d.info.primal_residuals) == d.info.iterations and d.info.seconds > 0
+    assert np.count_nonzero(d.S) <= 60
+    assert np.linalg.matrix_rank(d.U @ d.V) <= 3
+    d2 = lrs.decompose(W, 3, 0.1, max_iter=40)  # the public name, however imported
+    np.testing.assert_array_equal(d2.S, d.S)
+
+
+def test_tensor_in_tensor_out_torch_backend(rng: np.random.Generator) -> None:
+    W = torch.from_numpy(rng.normal(size=(16, 24)))
+    d = decompose(W, 2, 0.05, structure="column", backend="torch", max_iter=30)
+    assert isinstance(d.U, torch.Tensor) and d.U.dtype == torch.float64
+    assert int((d.S.abs().sum(0) > 0).sum()) <= round(0.05 * 24 * 16 / 16)
+    W2 = W.clone()
+    decompose(W, 2, 0.05)
+    assert torch.equal(W, W2)  # input untouched
+
+
+def test_refit_never_hurts_and_error_is_reported(rng: np.random.Generator) -> None:
+    n = 30
+    X = rng.normal(size=(n, 300)) * np.linspace(2, 0.1, n)[:, None]
+    W = rng.normal(size=(12, n))
+    d = decompose(W, 2, 0.2, X=X, max_iter=80)
+    M = d.U @ d.V + d.S
+    err = np.linalg.norm((W - M) @ X) / np.linalg.norm(W @ X)
+    assert d.info.extra["error"] == pytest.approx(err, rel=1e-6)
+    assert d.info.extra["error"] <= d.info.extra["error_before_refit"] + 1e-12
+
+
+def _digits_layer():
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data.astype(np.float64) / 16.0  # (1797, 64) real images
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(48, 64)) / 8.0  # a random first layer on real inputs
+    b = 0.1 * rng.normal(size=48)
+    return W, x.T.copy(), b
+
+
+def test_relu_aware_beats_weight_space_on_digits() -> None:
+    W, X, b = _digits_layer()
+    relu = lambda z: np.maximum(z, 0)
+    Y = relu(W @ X + b[:, None])
+
+    def post_err(d) -> float:
+        M = d.U @ d.V + d.S
+        return float(np.linalg.norm(Y - relu(M @ X + b[:, None])) / np.linalg.norm(Y))
+
+    da = decompose(W, 6, 0.05, X=X, bias=b, activation="relu", max_iter=60, subsample=1000)
+    dw = decompose(W, 6, 0.05, max_iter=60)
+    assert da.info.extra["samples"] == 1000
+    assert post_err(da) < post_err(dw)
+
+
+BAD = {
+    "W-3d": (dict(W=np.ones((2, 3, 4))), ValueError),
+    "W-empty": (dict(W=np.ones((0, 3))), ValueError),
+    "W-nan": (dict(W=np.array([[1.0, np.nan], [0.0, 1.0]])), ValueError),
+    "W-inf": (dict(W=np.array([[1.0, np.inf], [0.0, 1.0]])), ValueError),
+    "W-int": (dict(W=np.ones((3, 4), dtype=np.int64)), TypeError),
+    "W-bool": (dict(W=np.ones((3, 4), dtype=bool)), TypeError),
+    "W-list": (dict(W=[[1.0, 2.0]]), TypeError),
+    "rank-neg": (dict(rank=-1), ValueError),
+    "rank-big": (dict(rank=9), ValueError),
+    "rank-float": (dict(rank=1.5), TypeError),
+    "both-zero": (dict(rank=0, density=0.0), ValueError),
+    "density-1": (dict(density=1.0), ValueError),
+    "density-neg": (dict(density=-0.1), ValueError),
+    "structure": (dict(structure="diagonal"), ValueError),
+    "nm-divide": (dict(structure="2:3"), ValueError),
+    "X-shape": (dict(X=np.ones((5, 10))), ValueError),
+    "gram-shape": (dict(gram=np.eye(7)), ValueError),
+    "bias-shape": (dict(X=np.ones((8, 10)), activation="relu", bias=np.ones(3)), ValueError),
+    "activation": (dict(activation="softplus", X=np.ones((8, 10))), ValueError),
+    "nonlinear-no-X": (dict(activation="relu"), ValueError),
+    "backend": (dict(backend="cuda"), ValueError),
+    "slices": (dict(slices=3), ValueError),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_inputs_raise(case: str) -> None:
+    kw, exc = BAD[case]
+    args = dict(W=np.ones((6, 8)), rank=2, density=0.1)
+    args.update(kw)
+    with pytest.raises(exc):
+        decompose(args.pop("W"), args.pop("rank"), args.pop("density"), **args)
+
+
+def test_native_refuses_cuda_tensor() -> None:
+    from lowrank_sparse._validate import check_backend
+
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CPU"):
+            decompose(torch.ones(4, 4, device="cuda"), 1, 0.1, backend="native")
+    else:  # the check itself, on a meta tensor standing in for a device tensor
+        with pytest.raises(ValueError, match="CPU"):
+            check_backend("native", torch.empty(4, 4, device="meta"))
