@@ -256,7 +256,7 @@ def _summary(model: Any, shape: tuple[int, ...]) -> dict[str, int]:
 def cmd_compress(args: argparse.Namespace) -> int:
     import torch
 
-    from . import compress as _compress_mod
+    from .compress import compress as _compress
     from . import io as _io
     from .budget import Budget
 
@@ -274,7 +274,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if args.params is not None or args.flops is not None:
         target = Budget(params=args.params, flops=args.flops)
     t0 = time.perf_counter()
-    new, report = _compress_mod.compress(
+    new, report = _compress(
         src.model,
         calib,
         target,
