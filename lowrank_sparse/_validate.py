@@ -184,18 +184,22 @@ class Prepared:
 
 
 def default_lambdas(
-    W: torch.Tensor, structure: Structure, gscale: float
+    W: torch.Tensor, structure: Structure, rank: int, gram: Optional[torch.Tensor] = None
 ) -> tuple[float, float]:
     """Default weights of the relaxed problem (units of F).
 
-    lam_nuclear = rms(W) * (sqrt(m) + sqrt(n)) * gscale: the largest singular value of
-    an (m, n) noise matrix with W's entry scale, so only components that stand out
-    from "noise" survive SVT.  lam_sparse = lam_nuclear / sqrt(max(m, n)) * sqrt(g)
-    (the robust-PCA ratio, times sqrt(group size) for group norms).
+    lam_nuclear = sigma_{rank+1} of W in the layer's metric (of W G^{1/2} with data), so
+    that SVT of W itself would keep about ``rank`` components; lam_sparse =
+    lam_nuclear / sqrt(max(m, n)) * sqrt(group size) (the robust-PCA ratio, scaled for
+    group norms).
     """
     m, n = W.shape
-    rms = float(torch.linalg.vector_norm(W.to(torch.float64))) / math.sqrt(m * n)
-    lam_n = rms * (math.sqrt(m) + math.sqrt(n)) * gscale
+    A = W.detach().to(torch.float64)
+    if gram is not None:
+        d, Q = torch.linalg.eigh(gram.to(torch.float64))
+        A = (A @ Q) * torch.sqrt(torch.clamp(d, min=0))
+    sv = torch.linalg.svdvals(A)
+    lam_n = float(sv[min(rank, sv.numel() - 1)])
     g = structure.group_size(m, n)
     lam_s = lam_n / math.sqrt(max(m, n)) * math.sqrt(g)
     return lam_n, lam_s
@@ -341,14 +345,9 @@ def prepare(
     nsl = n // sl
     p = min(rank_i + OVERSAMPLE, m, nsl) if rank_i > 0 else 0
 
-    gscale = 1.0
     if relaxed and (lam_nuclear is None or lam_sparse is None):
-        if gt is not None:
-            gscale = float(torch.diagonal(gt).mean())
-        elif Xt is not None:
-            gscale = float((Xt * Xt).sum()) / (Xt.shape[0] * Xt.shape[1])
-        gscale = gscale if gscale > 0 else 1.0
-        dn, ds = default_lambdas(Wt, st, gscale)
+        G = gt if gt is not None else ((Xt @ Xt.mT) / Xt.shape[1] if Xt is not None else None)
+        dn, ds = default_lambdas(Wt, st, rank_i, G)
         lam_nuclear = dn if lam_nuclear is None else lam_nuclear
         lam_sparse = ds if lam_sparse is None else lam_sparse
     for nm_, v in (("lam_nuclear", lam_nuclear), ("lam_sparse", lam_sparse)):
