@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The prioritised CPU session of issue 6 (2 shared cores, no GPU), in the order the issue asks.
+# Each step is resumable: re-running skips rows already in docs/results/results.jsonl.
+# Run from the repository root, e.g.:
+#   nohup nice bash reproduce/run_cpu_priority.sh > /tmp/repro/sweep.log 2>&1 &
+set -u
+S="python reproduce/sweep.py --schedule cpu --device cpu --seed 0"
+# (1) VGG-16 on Fashion-MNIST: 3 methods x ALDS at 50/33/20% parameters and 25% MACs
+$S --models vgg16 --budgets p50,p33,p20,f25 --methods lowrank_sparse,rank_only,sparse_only --allocations alds
+# (2) the same with ENC and uniform allocation at 20% parameters
+$S --models vgg16 --budgets p20 --methods lowrank_sparse,rank_only,sparse_only --allocations enc,uniform
+# (3) MobileNetV2 (ImageNet weights) fidelity at 50% parameters, ALDS, both protocols
+$S --models mobilenet_v2 --budgets p50 --methods lowrank_sparse,rank_only,sparse_only --allocations alds
+# (4) AlexNet and GoogLeNet at 20% parameters, ALDS
+$S --models alexnet,googlenet --budgets p20 --methods lowrank_sparse,rank_only,sparse_only --allocations alds
+# (5) additive quantization on VGG-16: AQ alone, L+S then AQ (L+S alone is a row of step 1)
+$S --models vgg16 --budgets p20 --methods aq,lowrank_sparse+aq --allocations alds
+python reproduce/tables.py
