@@ -256,12 +256,15 @@ def _solve(
     from .solve import baselines
 
     if method == "rank_only":
-        return baselines.rank_only(W, rank, slices=slices, **common, **_baseline_kwargs(baselines.rank_only, solver))
-    return baselines.sparse_only(W, density, structure, block=stats.block, **common,
-                                 **_baseline_kwargs(baselines.sparse_only, solver))
+        kw = dict(common, slices=slices, **solver)
+        return baselines.rank_only(W, rank, **_baseline_kwargs(baselines.rank_only, kw))
+    kw = dict(common, block=stats.block, **solver)
+    return baselines.sparse_only(W, density, structure, **_baseline_kwargs(baselines.sparse_only, kw))
 
 
 def _baseline_kwargs(fn: Callable[..., Any], solver: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments ``fn`` accepts (sparse_only has no solver iterations and
+    no negative_slope: magnitude pruning with a least-squares refit)."""
     import inspect
 
     params = inspect.signature(fn).parameters

@@ -1,0 +1,277 @@
+"""Tests for lowrank_sparse.compress on small networks trained here on real data
+(scikit-learn's 1,797 8x8 digits).  Errors and accuracies are computed independently
+in plain torch from the original modules and the new ones."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from lowrank_sparse.budget import Budget
+from lowrank_sparse.compress import compress
+from lowrank_sparse.nn import LowRankSparseConv2d, LowRankSparseLinear
+from lowrank_sparse.nn.counts import dense_flops, dense_params, model_flops, model_params
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:sklearn")
+
+
+# ------------------------------------------------------------------------- fixtures
+
+
+class _OneThread:
+    """Train with one torch thread: much faster on a loaded 2-core machine."""
+
+    def __enter__(self) -> None:
+        self.n = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.n)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """One thread for torch, the native solver (it follows torch) and BLAS: on the shared
+    2-core test machines oversubscription makes these solves several times slower."""
+    from threadpoolctl import threadpool_limits
+
+    with _OneThread(), threadpool_limits(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X = torch.tensor(d.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(d.target)
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))
+    tr, te = perm[:1300], perm[1300:]
+    return X[tr], y[tr], X[te], y[te]
+
+
+def _train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    if True:  # single-threaded through the module fixture
+        for _ in range(epochs):
+            p = torch.randperm(len(X), generator=g)
+            for i in range(0, len(X), 100):
+                idx = p[i:i + 100]
+                loss = F.cross_entropy(model(X[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return model.eval()
+
+
+def _accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(X).argmax(1) == y).float().mean())
+
+
+@pytest.fixture(scope="module")
+def mlp(digits):
+    Xtr, ytr, Xte, yte = digits
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    return _train(model, Xtr, ytr, epochs=15)
+
+
+class _CNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1, stride=2, bias=False)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)  # depthwise: skipped
+        self.fc = nn.Linear(32 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x.reshape(-1, 1, 8, 8)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = self.dw(x)
+        return self.fc(x.flatten(1))
+
+
+@pytest.fixture(scope="module")
+def cnn(digits):
+    Xtr, ytr, _, _ = digits
+    torch.manual_seed(0)
+    return _train(_CNN(), Xtr, ytr, epochs=4)
+
+
+def _post_act_error(W0: torch.Tensor, b0: torch.Tensor, module: nn.Module, X: torch.Tensor) -> float:
+    """||relu(W0 x + b) - relu(module(x))|| / ||relu(W0 x + b)|| over rows x of X."""
+    with torch.no_grad():
+        ref = torch.relu(X.double() @ W0.double().T + b0.double())
+        out = torch.relu(module(X).double())
+    return float(torch.linalg.norm(ref - out) / torch.linalg.norm(ref))
+
+
+#: solver settings for tests that check plumbing, not solution quality (seconds, not minutes)
+FAST = dict(max_iter=30)
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_digits_mlp_is_trained(mlp, digits):
+    assert _accuracy(mlp, digits[2], digits[3]) > 0.9
+
+
+def test_lowrank_sparse_beats_baselines_at_equal_params(mlp, digits):
+    Xtr, _, Xte, _ = digits
+    calib = Xtr[:1000]
+    W0, b0 = mlp[2].weight.detach().clone(), mlp[2].bias.detach().clone()
+    with torch.no_grad():
+        h_cal = torch.relu(mlp[0](calib))
+        h_test = torch.relu(mlp[0](Xte))
+    # equal parameter count for the 256x256 layer: 12288 values (+ 256 bias)
+    runs = {
+        "lowrank_sparse": dict(rank=16, density=0.0625),
+        "rank_only": dict(rank=24),
+        "sparse_only": dict(density=0.1875),
+    }
+    errs, errs_cal = {}, {}
+    for method, kw in runs.items():
+        new, rep = compress(mlp, calib, method=method, include="2", keep_first_last=False, max_iter=150, **kw)
+        mod = new[2]
+        assert isinstance(mod, LowRankSparseLinear)
+        assert rep.layer("2").params_after == mod.num_params()
+        assert abs(mod.num_params() - (12288 + 256)) <= 1, method
+        errs[method] = _post_act_error(W0, b0, mod, h_test)
+        errs_cal[method] = _post_act_error(W0, b0, mod, h_cal)
+        # the report's error is measured on the calibration subsample (all 1000 rows here)
+        assert rep.layer("2").output_error_after == pytest.approx(errs_cal[method], rel=1e-4, abs=1e-6)
+    print("post-activation error on held-out digits (equal params):", errs)
+    assert errs["lowrank_sparse"] < errs["rank_only"]
+    assert errs["lowrank_sparse"] < errs["sparse_only"]
+    assert errs_cal["lowrank_sparse"] < min(errs_cal["rank_only"], errs_cal["sparse_only"])
+
+
+def test_untouched_budget_reproduces_the_model_exactly(mlp, digits):
+    x = digits[2]
+    for kw in (dict(rank=1.0, density=0.0), dict(rank=10_000), dict(density=1.0)):
+        new, rep = compress(mlp, digits[0][:200], keep_first_last=False, **kw)
+        with torch.no_grad():
+            assert torch.equal(new(x), mlp(x))
+        assert all(r.status == "untouched" for r in rep.layers)
+        assert rep.params_after == rep.params_before
+
+
+def test_input_model_is_not_modified(mlp, digits):
+    state = copy.deepcopy(mlp.state_dict())
+    params = [id(p) for p in mlp.parameters()]
+    mods = [id(m) for m in mlp.modules()]
+    new, _ = compress(mlp, digits[0][:300], rank=0.25, density=0.02, keep_first_last=False, **FAST)
+    after = mlp.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state)
+    assert [id(p) for p in mlp.parameters()] == params
+    assert [id(m) for m in mlp.modules()] == mods
+    assert all(isinstance(m, nn.Linear) for m in (mlp[0], mlp[2], mlp[4]))
+    assert not any(p is q for p in mlp.parameters() for q in new.parameters())
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.25], ids=["params50", "params25"])
+def test_accuracy_at_a_fraction_of_the_parameters(fraction, mlp, digits):
+    Xtr, _, Xte, yte = digits
+    new, rep = compress(mlp, Xtr[:500], target=Budget(params=fraction), allocation="alds",
+                        keep_first_last=False, **FAST)
+    acc0, acc = _accuracy(mlp, Xte, yte), _accuracy(new, Xte, yte)
+    ratio = model_params(new) / model_params(mlp)
+    print(f"\nparams {ratio:.3f} of the original: accuracy {acc:.4f} (original {acc0:.4f})\n{rep.table()}")
+    assert ratio <= fraction
+    assert rep.params_after == model_params(new) and rep.params_ratio == pytest.approx(ratio)
+    assert rep.allocation == "alds" and rep.allocation_table
+    assert acc > acc0 - (0.03 if fraction == 0.5 else 0.08)
+
+
+def test_cnn_compresses_and_counts_match_the_modules(cnn, digits):
+    Xtr, _, Xte, yte = digits
+    calib = Xtr[:100]  # 100 images x 64 pixels: the subsample keeps every conv1 patch
+    new, rep = compress(cnn, calib, rank=0.5, density=0.05, keep_first_last=False, progress=False, **FAST)
+    assert isinstance(new.conv1, LowRankSparseConv2d) and isinstance(new.conv2, LowRankSparseConv2d)
+    assert isinstance(new.fc, LowRankSparseLinear) and isinstance(new.dw, nn.Conv2d)
+    assert "depthwise" in rep.skipped["dw"]
+    in_hw = {"conv1": (8, 8), "conv2": (8, 8), "fc": None}
+    for name, hw in in_hw.items():
+        r = rep.layer(name)
+        old, mod = getattr(cnn, name), getattr(new, name)
+        assert r.params_before == dense_params(old)
+        assert r.params_after == mod.num_params()
+        assert r.flops_before == dense_flops(old, hw)
+        assert r.flops_after == mod.flops(hw)
+        assert r.index_bytes == mod.num_index_bytes()
+    assert rep.layer("conv2").activation.startswith("relu") and "bn2" in rep.layer("conv2").activation
+    assert rep.params_before == model_params(cnn) and rep.params_after == model_params(new)
+    assert rep.flops_before == model_flops(cnn, (64,)) and rep.flops_after == model_flops(new, (64,))
+    assert rep.params_after < rep.params_before
+    # conv1's reported error equals the error of the modules' own forward passes
+    x = calib.reshape(-1, 1, 8, 8)
+    with torch.no_grad():
+        ref = torch.relu(cnn.conv1(x)).double()
+        out = torch.relu(new.conv1(x)).double()
+    err = float(torch.linalg.norm(ref - out) / torch.linalg.norm(ref))
+    assert rep.layer("conv1").output_error_after == pytest.approx(err, rel=1e-4, abs=1e-6)
+    # and the compressed network still classifies
+    assert _accuracy(new, Xte, yte) > 0.8
+
+
+def test_selection_and_report_structure(mlp, digits):
+    calib = DataLoader(TensorDataset(digits[0][:256], digits[1][:256]), batch_size=64)
+    new, rep = compress(mlp, calib, rank=0.25, **FAST)
+    assert [r.name for r in rep.layers] == ["2"]
+    assert "first layer kept" in rep.skipped["0"] and "last layer kept" in rep.skipped["4"]
+    assert isinstance(new[0], nn.Linear) and isinstance(new[2], LowRankSparseLinear)
+    assert rep.layer("2").rank == 64 and rep.layer("2").density == 0
+    assert rep.calibration["samples"] == 256 and rep.calibration["batches"] == 4
+    _, rep2 = compress(mlp, digits[0][:128], rank={"2": 8, "4": 0.5}, keep_first_last=False, exclude="4", **FAST)
+    assert [r.status for r in rep2.layers] == ["untouched", "compressed"]
+    assert rep2.layer("2").rank == 8 and "exclude" in rep2.skipped["4"]
+    assert "2" in rep2.table()
+
+
+def test_sequential_calibration_runs(mlp, digits):
+    # the output layer is kept (rank 0.25 of 10 would be 2): layers 0 and 2 are fitted,
+    # layer 2 on the inputs produced by the already compressed layer 0
+    new, rep = compress(mlp, digits[0][:300], rank=0.25, keep_first_last=False, exclude="4", sequential=True,
+                        **FAST)
+    assert [r.status for r in rep.layers] == ["compressed", "compressed"]
+    assert rep.calibration["sequential"] is True
+    with torch.no_grad():
+        h = torch.relu(new[0](digits[0][:300]))  # what layer 2 sees in the compressed net
+    err = _post_act_error(mlp[2].weight.detach(), mlp[2].bias.detach(), new[2], h)
+    assert rep.layer("2").output_error_after == pytest.approx(err, rel=1e-4, abs=1e-6)
+    assert _accuracy(new, digits[2], digits[3]) > 0.9
+
+
+def test_bad_inputs(mlp, digits):
+    x = digits[0][:50]
+    with pytest.raises(ValueError, match=r"layer '0'.*\(50, 32\)"):
+        compress(mlp, x[:, :32], rank=0.5)
+    with pytest.raises(ValueError, match="empty"):
+        compress(mlp, DataLoader(TensorDataset(x[:0]), batch_size=8), rank=0.5, keep_first_last=False)
+    with pytest.raises(ValueError, match="no compressible layer"):
+        compress(nn.Sequential(nn.ReLU(), nn.Conv2d(2, 2, 3, groups=2)), torch.randn(2, 2, 5, 5), rank=1)
+    bad = x.clone()
+    bad[3, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"layer '0'.*NaN"):
+        compress(mlp, bad, rank=0.5, keep_first_last=False)
+    with pytest.raises(ValueError, match="method"):
+        compress(mlp, x, rank=0.5, method="svd")
+    with pytest.raises(ValueError, match="target Budget or an explicit rank"):
+        compress(mlp, x)
+    with pytest.raises(ValueError, match="rank_only"):
+        compress(mlp, x, rank=4, density=0.1, method="rank_only")
+    with pytest.raises(ValueError, match=r"layer '2'.*\[0, 1\]"):
+        compress(mlp, x, rank=1.5)
+    with pytest.raises(ValueError, match="no layer left"):
+        compress(mlp, x, rank=0.5, include="nothing*")
+    with pytest.raises(TypeError, match="model"):
+        compress("not a model", x, rank=0.5)
