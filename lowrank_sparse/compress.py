@@ -360,7 +360,8 @@ def compress(
         backend, max_iter, tol, seed: passed to the solver; ``seed`` also seeds the
             calibration subsample.
         progress: tqdm bar over layers (None: only when stderr is a terminal).
-        device: where calibration and the solves run (default: the model's device).
+        device: where calibration and the solves run (default: the model's device);
+            when given, the returned model is moved there (the input model is not).
         sample_size: input columns kept per layer for the activation-aware objective
             (see :mod:`lowrank_sparse.calibrate`).
         batch_size: rows per batch when ``calibration_data`` is a tensor.
@@ -401,6 +402,8 @@ def compress(
         solver.update(solver_options)
 
     new = copy.deepcopy(model)
+    if device is not None:
+        new = new.to(device)
     all_layers, skipped = find_layers(new)
     if not all_layers:
         extra = f" (skipped: {'; '.join(f'{k}: {v}' for k, v in skipped.items())})" if skipped else ""
@@ -453,8 +456,12 @@ def compress(
             plan[name] = (_resolve_rank(rv if hit_r else None, m, n, name),
                           _resolve_density(dv if hit_d else None, name), 1)
 
+    for name, (r, d, _) in plan.items():
+        if r == 0 and d == 0.0:
+            raise ValueError(f"layer '{name}': rank 0 and density 0 would delete the layer's weight; "
+                             f"give it a rank or a density, or exclude it")
+
     # ------------------------------------------------------------ per-layer solves
-    modules = dict(new.named_modules())
     layer_reports: list[LayerReport] = []
     index_bytes = 0
     for name, orig in _progress(selected, progress, len(selected)):
@@ -513,7 +520,6 @@ def compress(
         rep.converged = bool(dec.info.converged)
         rep.seconds = seconds
         layer_reports.append(rep)
-    del modules
 
     report = CompressionReport(
         layers=layer_reports,

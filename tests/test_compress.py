@@ -271,6 +271,8 @@ def test_bad_inputs(mlp, digits):
         compress(mlp, x, rank=4, density=0.1, method="rank_only")
     with pytest.raises(ValueError, match=r"layer '2'.*\[0, 1\]"):
         compress(mlp, x, rank=1.5)
+    with pytest.raises(ValueError, match=r"layer '2': rank 0 and density 0"):
+        compress(mlp, x, rank={"2": 0})
     with pytest.raises(ValueError, match="no layer left"):
         compress(mlp, x, rank=0.5, include="nothing*")
     with pytest.raises(TypeError, match="model"):
