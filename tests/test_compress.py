@@ -219,8 +219,41 @@ def test_cnn_compresses_and_counts_match_the_modules(cnn, digits):
         out = torch.relu(new.conv1(x)).double()
     err = float(torch.linalg.norm(ref - out) / torch.linalg.norm(ref))
     assert rep.layer("conv1").output_error_after == pytest.approx(err, rel=1e-4, abs=1e-6)
+    # conv2 sits before bn2 -> relu: its objective folds the BatchNorm; the reported error
+    # equals the error of the modules' forward passes through bn2 and the relu
+    with torch.no_grad():
+        h = torch.relu(cnn.conv1(x))
+        ref = torch.relu(cnn.bn2(cnn.conv2(h))).double()
+        out = torch.relu(cnn.bn2(new.conv2(h))).double()
+    err2 = float(torch.linalg.norm(ref - out) / torch.linalg.norm(ref))
+    assert rep.layer("conv2").output_error_after == pytest.approx(err2, rel=1e-4, abs=1e-6)
     # and the compressed network still classifies
     assert _accuracy(new, Xte, yte) > 0.8
+
+
+@pytest.mark.parametrize(
+    "act,fn,name",
+    [(nn.LeakyReLU(0.2), lambda u: F.leaky_relu(u, 0.2), "leaky_relu(0.2)"), (nn.GELU(), F.gelu, "gelu"),
+     (nn.Tanh(), torch.tanh, "tanh")],
+    ids=["leaky0.2", "gelu", "tanh"],
+)
+def test_other_activations_reported_errors_are_independent(act, fn, name, digits):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(64, 48), act, nn.Linear(48, 10)).eval()
+    x = digits[0][:400]
+    new, rep = compress(model, x, rank=8, density=0.05, keep_first_last=False, **FAST)
+    with torch.no_grad():
+        ref, out = fn(model[0](x)).double(), fn(new[0](x)).double()
+    err = float(torch.linalg.norm(ref - out) / torch.linalg.norm(ref))
+    assert rep.layer("0").activation.split()[0] == name
+    assert rep.layer("0").output_error_after == pytest.approx(err, rel=1e-4, abs=1e-6)
+    assert 0 < err < 0.5
+    # the last layer has no activation: its error is exact over all rows, from the Gram matrix
+    with torch.no_grad():
+        y0, y1 = model[2](fn(model[0](x))).double(), new[2](fn(model[0](x))).double()
+    assert rep.layer("2").error_on.startswith("gram")
+    assert rep.layer("2").output_error_after == pytest.approx(
+        float(torch.linalg.norm(y0 - y1) / torch.linalg.norm(y0)), rel=1e-4, abs=1e-6)
 
 
 def test_selection_and_report_structure(mlp, digits):
