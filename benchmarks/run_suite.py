@@ -75,7 +75,7 @@ def run_naive(case: Case, W: np.ndarray, args: argparse.Namespace, repeats: int,
 
     if args.quick:
         return {"torch_fullsvd": summarize([one(None) for _ in range(repeats)], ref_iters)}
-    probe_iters = min(2, case.max_iter - 1)
+    probe_iters = min(1 if case.m * case.n > 4_000_000 else 2, case.max_iter - 1)
     probe = one(probe_iters)
     need = probe.per_iter * (ref_iters or case.max_iter)
     if need > args.naive_budget:
@@ -206,6 +206,7 @@ def markdown(results: list[CaseResult], meta: dict[str, Any], targets: list[dict
     lines = [
         "# Per-layer decomposition: C++ core vs pure-torch ADMM (CPU)",
         "",
+        *([] if meta.get("complete", True) else ["**Incomplete run: the cases below are those finished when it was stopped.**", ""]),
         f"Command: `{meta['command']}`  ",
         f"Date: {meta['date']}; wall time of the suite: {meta['suite_seconds']:.0f} s  ",
         f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs (shared), threads used: {m['threads']} "
@@ -340,7 +341,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     for case in cases:
         log(f"{case.label}: rank {case.rank}, density {case.density}, max_iter {case.max_iter}")
         results.append(run_case(case, backends, args, log))
+        write_outputs(results, args, argv, t_start, machine, threads, backends, final=False)
+    write_outputs(results, args, argv, t_start, machine, threads, backends, final=True)
+    log(f"wrote {args.out / args.name}.{{md,json,png}} in {time.perf_counter() - t_start:.0f} s")
+    return 0
 
+
+def write_outputs(results: list[CaseResult], args: argparse.Namespace, argv: Optional[list[str]],
+                  t_start: float, machine: dict[str, Any], threads: dict[str, Any],
+                  backends: list[str], final: bool) -> None:
+    """Write md + json after every case (a cut-short run keeps what it measured) and
+    the plot at the end."""
     targets = evaluate_targets(results)
     meta = {
         "command": "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:])),
@@ -351,14 +362,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         "load_avg_end": [round(x, 2) for x in os.getloadavg()],
         "tol": args.tol,
         "backends": backends,
+        "complete": final,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.md").write_text(markdown(results, meta, targets))
     payload = {"meta": meta, "cases": [harness.to_json(r) for r in results], "targets": targets}
     (args.out / f"{args.name}.json").write_text(json.dumps(payload, indent=1, default=harness.to_json))
     plot(results, args.out / f"{args.name}.png")
-    log(f"wrote {args.out / args.name}.{{md,json,png}} in {meta['suite_seconds']:.0f} s")
-    return 0
 
 
 if __name__ == "__main__":
