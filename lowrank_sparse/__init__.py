@@ -21,7 +21,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "decompose": ("lowrank_sparse.decompose", "decompose"),
+    "decompose": ("lowrank_sparse.decomposition", "decompose"),
     "Decomposition": ("lowrank_sparse.solve.result", "Decomposition"),
     "SolveInfo": ("lowrank_sparse.solve.result", "SolveInfo"),
     "Structure": ("lowrank_sparse.structure", "Structure"),

@@ -250,7 +250,7 @@ def _solve(
     if act == "leaky_relu":
         common["negative_slope"] = info.negative_slope
     if method == "lowrank_sparse":
-        from .decompose import decompose
+        from .decomposition import decompose
 
         return decompose(W, rank, density, structure, block=stats.block, slices=slices, **common, **solver)
     from .solve import baselines

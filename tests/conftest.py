@@ -14,7 +14,10 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread for torch: the tests use small problems, and on a 2-core machine torch's
+# pool, SciPy's OpenBLAS pool and the core's workers contending for the same cores made
+# solver-heavy tests an order of magnitude slower.  Benchmarks set their own counts.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lowrank_sparse as lrs
-from lowrank_sparse.decompose import decompose
+from lowrank_sparse.decomposition import decompose
 
 
 def test_numpy_in_numpy_out_and_info(rng: np.random.Generator) -> None:

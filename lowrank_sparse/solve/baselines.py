@@ -106,7 +106,7 @@ def rank_only(
     )
     spec = pr.spec
     if spec.mode == "nonlinear" or (spec.mode == "gram" and spec.slices > 1):
-        from ..decompose import decompose
+        from ..decomposition import decompose
 
         dec = decompose(
             W, rank, 0.0, X=X, gram=gram, bias=bias, activation=activation,

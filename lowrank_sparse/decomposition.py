@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-import types
 from typing import Any, Optional
 
 import numpy as np
@@ -164,15 +163,3 @@ def decompose(
     return Decomposition(
         U=out(U), V=out(V), S=out(S), structure=spec.structure, info=info, slices=spec.slices
     )
-
-
-class _CallableModule(types.ModuleType):
-    """Importing the submodule ``lowrank_sparse.decompose`` binds the package attribute
-    ``decompose`` to this module (shadowing the function of the same name); making the
-    module callable keeps ``lowrank_sparse.decompose(W, ...)`` working either way."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Decomposition:
-        return decompose(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
