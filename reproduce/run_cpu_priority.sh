@@ -4,7 +4,11 @@
 # Run from the repository root, e.g.:
 #   nohup nice bash reproduce/run_cpu_priority.sh > /tmp/repro/sweep.log 2>&1 &
 set -u
-S="python reproduce/sweep.py --schedule cpu --device cpu --seed 0"
+# --sample-size 1024 --max-iter 100: the ADMM runs ~80 ms per iteration on a 128x1152 layer with
+# 1024 input columns on this loaded machine and does not reach tol 1e-4 within 300 iterations;
+# with the defaults (4096 columns, 300 iterations) the first VGG-16 L+S row (ALDS split search runs
+# the solver 3 times per layer) was still on layer 6 of 14 after 12 minutes.
+S="python reproduce/sweep.py --schedule cpu --device cpu --seed 0 --sample-size 1024 --max-iter 100"
 # (1) VGG-16 on Fashion-MNIST: 3 methods x ALDS at 50/33/20% parameters and 25% MACs
 $S --models vgg16 --budgets p50,p33,p20,f25 --methods lowrank_sparse,rank_only,sparse_only --allocations alds
 # (2) the same with ENC and uniform allocation at 20% parameters

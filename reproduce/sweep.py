@@ -433,6 +433,7 @@ def run_dense(args: argparse.Namespace, ctx: Context, protocol: str, dev: torch.
     row["latency"] = latency_ms(model, ctx.input_shape, args.latency_batch, args.latency_runs, args.threads)
     path = model_file(args, ctx, "-", "dense", "-", protocol, "final")
     row["file_bytes"] = save_model(model, path, ctx.arch, {"sweep_key": list(row_key(row))})
+    row["model_file"] = str(path)
     row["compress_seconds"] = 0.0
     return row
 

@@ -116,8 +116,17 @@ def lat_min(r: dict[str, Any]) -> Optional[float]:
     return None if not l else l.get("min_ms")
 
 
+#: Paired measurements of reproduce/latency.py (key -> record), filled by render().
+PAIRED: dict[tuple, dict[str, Any]] = {}
+
+
 def lat_cell(r: dict[str, Any], dense: Optional[dict[str, Any]]) -> str:
-    """"median / min (min ratio to dense)": on a shared CPU the minimum is the steadier number."""
+    """Paired latency (reproduce/latency.py) when measured: "compressed vs dense ms (median of
+    per-round ratios)"; otherwise the sweep's own "median / min (min ratio to dense)"."""
+    pr = PAIRED.get(tuple(r.get(f) for f in KEY_FIELDS))
+    if pr is not None:
+        fmt = "{:.0f}" if pr["dense_median_ms"] >= 10 else "{:.2f}"
+        return f"{fmt.format(pr['median_ms'])} vs {fmt.format(pr['dense_median_ms'])} (**{pr['median_ratio']:.2f}**)"
     l, lm = lat(r), lat_min(r)
     if l is None:
         return "-"
@@ -139,7 +148,7 @@ def accuracy_table(rows: list[dict[str, Any]]) -> str:
     dense = next((r for r in rows if r["method"] == "dense"), None)
     acc0 = None if dense is None else dense.get("acc_before")
     head = ["budget", "method", "alloc", "params kept", "MACs kept", "acc no FT %", "acc FT %", "FT vs dense (pts)",
-            "latency ms median / min (min x dense)", "compress s", "max layer err", "seed", "device", "schedule", "command"]
+            "latency ms (x dense)", "compress s", "max layer err", "seed", "device", "schedule", "command"]
     body = []
     for r in sorted(rows, key=sort_key):
         if "aq" in r["method"].split("+") or r["method"] == "aq":
@@ -158,7 +167,7 @@ def accuracy_table(rows: list[dict[str, Any]]) -> str:
 
 def fidelity_table(rows: list[dict[str, Any]]) -> str:
     head = ["protocol", "budget", "method", "alloc", "params kept", "MACs kept", "top-1 agreement %",
-            "KL (nats)", "top-1 acc vs labels %", "latency ms median / min (min x dense)", "compress s", "max layer err", "seed",
+            "KL (nats)", "top-1 acc vs labels %", "latency ms (x dense)", "compress s", "max layer err", "seed",
             "device", "command"]
     dense_rows = {r["protocol"]: r for r in rows if r["method"] == "dense"}
     body = []
@@ -334,9 +343,12 @@ original network on 20 real ImageNet images.
 Columns: *params kept* / *MACs kept* = whole-model counts after / before (exact counts from the
 modules); *acc no FT* = test accuracy right after compression; *acc FT* = after one epoch of
 `lowrank_sparse.train.fine_tune` (lr 0.01, batch 128) on a seeded training subset; *FT vs dense* in
-percentage points; *latency* = median and minimum CPU wall time of a batch-64 forward pass with 2 torch threads,
-and the ratio of the minimum to the dense model's minimum (the machine was shared with up to 7 other
-jobs on 2 cores, so medians are noisy; treat ratios near 1 as noise); *compress s* = wall time of
+percentage points; *latency* = CPU wall time of a batch-64 forward pass with 2 torch threads. The machine was
+shared with up to 7 other jobs on 2 cores, so timings taken minutes apart are not comparable;
+where `reproduce/latency.py` has run (bold ratio) the saved compressed model and its dense original
+were timed interleaved, round by round: "compressed vs dense median ms (median of the per-round
+ratios)". Otherwise the cell shows the sweep's own "median / min ms (min / dense min)", which mixes
+different load levels and is only indicative; *compress s* = wall time of
 `compress()` (allocation + all per-layer solves); *max layer err* = largest per-layer relative output
 error after the activation on the calibration inputs (from the compression report).
 """
@@ -344,6 +356,9 @@ error after the activation on the calibration inputs (from the compression repor
 
 def render(rows_all: list[dict[str, Any]], out_dir: Path, jsonl: Path) -> str:
     rows, failed = latest(rows_all)
+    PAIRED.clear()
+    for rec in read_rows(jsonl.parent / "latency.jsonl"):
+        PAIRED[tuple(rec.get(f) for f in KEY_FIELDS)] = rec
     try:
         shown = jsonl.resolve().relative_to(REPO)
     except ValueError:
