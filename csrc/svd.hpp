@@ -13,14 +13,24 @@ namespace lrs {
 template <class T>
 struct SvdWorkspace {
   std::vector<T> Y;        // (p, m): Y^T, then Q^T after the QR
-  std::vector<T> B;        // (p, n): Q^T A (destroyed by gesdd)
+  std::vector<T> B;        // (p, n): Q^T A, then (after geqrf + orgqr of B^T) Qb^T
   std::vector<T> tau;      // (p,): Householder scalars
   std::vector<T> work;     // LAPACK work (size from workspace queries)
-  std::vector<T> small_u;  // (p, p): left singular vectors of B
+  std::vector<T> R;        // (p, p): the triangular factor of B^T (destroyed by gesdd)
+  std::vector<T> small_u;  // (p, p): left singular vectors of B, row-major
+  std::vector<T> small_w;  // (p, p): gesdd's left vectors of R (= Ur^T read row-major)
   std::vector<T> small_s;  // (p,): singular values of B
   std::vector<T> small_vt; // (p, n): right singular vectors of B (rows)
   std::vector<int> iwork;  // gesdd: 8 p
   index_t qm = -1, qn = -1, qp = -1;  // shape the work size was queried for
+  // Products with A are split into this many blocks on the core's threads
+  // (lrs::gemm_rm_split); 1 = one BLAS call (BLAS's own threading).  The ADMM sets
+  // it with BLAS limited to one thread.
+  int gemm_threads = 1;
+  // Seconds spent, accumulated over calls (for profiling; reset by the caller):
+  double t_products = 0;  // Y = A V and B = Q^T A
+  double t_qr = 0;        // QR of Y (geqrf + orgqr)
+  double t_small = 0;     // SVD of B: QR of B^T, gesdd of R, Vb = Qb Ur; U = Q Ub
 };
 
 // Rank-r truncated SVD of A (m, n), row-major.
@@ -31,18 +41,24 @@ struct SvdWorkspace {
 //   sv     (r,)    out: singular values, descending
 //   Vt     (r, n)  out: right singular vectors (rows)
 //   power_iters >= 1
-// Per iteration: Y = A V, Q = qr(Y) (geqrf + orgqr), B = Q^T A, gesdd(B) -> (Ub, s, Vb^T),
-// V <- Vb.  Result U = Q Ub[:, :r].  Throws std::invalid_argument on bad sizes and
+// Per iteration: Y = A V, Q = qr(Y) (geqrf + orgqr), B = Q^T A, SVD of B -> (Ub, s, Vb^T),
+// V <- Vb.  Result U = Q Ub[:, :r].  The SVD of the wide B (p, n) is taken through
+// the QR of B^T = Qb R (geqrf + orgqr, O(n p^2)), gesdd of the small R = Ur s Vr^T,
+// and Vb = Qb Ur (one (n, p, p) GEMM), Ub = Vr: backward stable like gesdd of B and
+// several times cheaper (gesdd's bidiagonalisation of a wide matrix is level-2 bound).  Throws std::invalid_argument on bad sizes and
 // std::runtime_error when a LAPACK routine reports failure (info != 0).
 template <class T>
 void truncated_svd(const T* A, index_t m, index_t n, index_t r, index_t p, int power_iters, T* V,
                    T* U, T* sv, T* Vt, SvdWorkspace<T>& ws);
 
-// Singular-value thresholding on the same subspace machinery: returns the
-// factors of prox_{tau ||.||_*}(A) restricted to the top-p subspace.
-//   U (m, p), sv (p,), Vt (p, n); returns the number of singular values > tau.
+// Singular-value thresholding on the same subspace machinery, restricted to the
+// leading r singular triplets (the same semantics as torch_ops.svt): the rank-r
+// truncated SVD of A, then sv <- max(sv - tau, 0).
+//   V (n, p) as in truncated_svd; U (m, r), sv (r,) shrunk, Vt (r, n).
+// Returns k = the number of the r singular values > tau (sv[k:] == 0), so the prox
+// restricted to the top-r subspace is U[:, :k] diag(sv[:k]) Vt[:k].
 template <class T>
-index_t svt(const T* A, index_t m, index_t n, index_t p, int power_iters, T tau, T* V, T* U,
-            T* sv, T* Vt, SvdWorkspace<T>& ws);
+index_t svt(const T* A, index_t m, index_t n, index_t r, index_t p, int power_iters, T tau, T* V,
+            T* U, T* sv, T* Vt, SvdWorkspace<T>& ws);
 
 }  // namespace lrs

@@ -117,3 +117,65 @@ def test_core_rejects_wrong_layout(rng):
     A = np.asfortranarray(rng.standard_normal((20, 30)))
     with pytest.raises(TypeError, match="A must be C-contiguous"):
         _core.truncated_svd(A, 2, np.zeros((30, 4)), 1)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+@pytest.mark.parametrize("tau_between", [2, 7], ids=["k2", "k7-all-of-rank"])
+def test_core_svt_keeps_first_rank_like_torch_ops(rng, dtype, tol, tau_between):
+    """C++ lrs::svt (binding with rank=) thresholds only the leading `rank` triplets,
+    exactly like torch_ops.svt; both equal the full-SVD prox truncated to `rank`."""
+    from lowrank_sparse import _core
+    from lowrank_sparse.ops import torch_ops
+
+    A, s = ref.decaying_matrix(rng, 70, 90, decay=0.8, dtype=dtype)
+    rank, p = 7, 12
+    tau = float(s[tau_between - 1] + s[tau_between]) / 2 if tau_between < rank else float(s[rank]) * 0.5
+    V0 = np.linalg.qr(rng.standard_normal((90, p)))[0].astype(dtype)
+    U, sv, Vt, V, k = _core.svt(A, tau, V0, 6, rank=rank)
+    assert U.shape == (70, rank) and sv.shape == (rank,) and Vt.shape == (rank, 90) and V.shape == (90, p)
+    k_ref = int(np.sum(s[:rank] > tau))
+    assert k == k_ref == min(tau_between, rank)
+    assert np.all(sv[k:] == 0) and np.all(sv[:k] > 0)
+    Ut, st, Vtt, _ = torch_ops.svt(torch.from_numpy(A), tau, rank, torch.from_numpy(V0), power_iters=6)
+    assert st.shape == (k,)
+    np.testing.assert_allclose(sv[:k], st.numpy(), rtol=10 * tol, atol=tol)
+    # the prox restricted to the top-`rank` subspace, from numpy's full SVD
+    Uf, sf, Vtf = np.linalg.svd(A.astype(np.float64), full_matrices=False)
+    shrunk = np.maximum(sf[:rank] - tau, 0)
+    expect = (Uf[:, :rank] * shrunk) @ Vtf[:rank]
+    np.testing.assert_allclose((U * sv) @ Vt, expect, atol=20 * tol)
+    np.testing.assert_allclose(((Ut * st) @ Vtt).numpy(), expect, atol=20 * tol)
+
+
+def test_core_svt_rank_is_checked(rng):
+    from lowrank_sparse import _core
+
+    A = rng.standard_normal((20, 30))
+    V0 = np.linalg.qr(rng.standard_normal((30, 8)))[0]
+    with pytest.raises(ValueError, match="rank"):
+        _core.svt(A, 0.1, V0, 1, rank=9)
+    with pytest.raises(ValueError, match="rank"):
+        _core.svt(A, 0.1, V0, 1, rank=0)
+    with pytest.raises(TypeError, match="rank"):
+        _core.svt(A, 0.1, V0, 1, rank=2.5)
+    with pytest.raises(ValueError, match="rank"):
+        _core.truncated_svd(A, -1, V0, 1)
+
+
+@pytest.mark.parametrize("shape", [pytest.param((300, 1200), id="wide"), pytest.param((1100, 260), id="tall")])
+def test_large_wide_and_tall_match_full_svd_f32(rng, shape):
+    """Shapes big enough for the QR-of-B^T route to matter (n >> p), float32."""
+    m, n = shape
+    A, _ = ref.decaying_matrix(rng, m, n, decay=0.85, dtype=np.float32)
+    r = 24
+    U, s, Vt, V = ops.truncated_svd(A, r, oversample=8, power_iters=5)
+    Ut, st, Vtt = torch.linalg.svd(torch.from_numpy(A.astype(np.float64)), full_matrices=False)
+    np.testing.assert_allclose(s, st[:r].numpy(), rtol=2e-3, atol=1e-6)
+    np.testing.assert_allclose(U.T @ U, np.eye(r), atol=2e-5)
+    np.testing.assert_allclose(Vt @ Vt.T, np.eye(r), atol=2e-5)
+    np.testing.assert_allclose(V.T @ V, np.eye(r + 8), atol=2e-5)
+    # U diag(s) Vt is a near-best rank-r approximation (Eckart-Young error)
+    A64 = A.astype(np.float64)
+    err = np.linalg.norm(A64 - (U * s) @ Vt)
+    best = float(np.sqrt(np.sum(st[r:].numpy() ** 2)))
+    assert err <= best * 1.01

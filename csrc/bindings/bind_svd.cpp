@@ -46,13 +46,12 @@ lrs::SvdWorkspace<T>& workspace() {
   return ws;
 }
 
-// Shared driver: r = rank for truncated_svd; r = -1 selects svt with tau.
+// Shared driver: rank r (1 <= r <= p, checked by common_checks); is_svt selects svt.
 template <class T>
 py::tuple run_svd(const py::array& Aa, const py::array& Va, index_t r, int power_iters,
-                  double tau) {
+                  bool is_svt, double tau) {
   const index_t m = Aa.shape(0), n = Aa.shape(1), p = Va.shape(1);
-  const bool is_svt = r < 0;
-  const index_t rr = is_svt ? p : r;
+  const index_t rr = r;
   py::array_t<T> U({m, rr}), s(rr), Vt({rr, n});
   py::array_t<T> V({n, p});
   const T* A = static_cast<const T*>(Aa.data());
@@ -69,7 +68,7 @@ py::tuple run_svd(const py::array& Aa, const py::array& Va, index_t r, int power
     if (!all_finite(Vp, n * p)) throw std::invalid_argument("V contains NaN or Inf");
     auto& ws = workspace<T>();
     if (is_svt)
-      k = lrs::svt<T>(A, m, n, p, power_iters, static_cast<T>(tau), Vp, Up, sp, Vtp, ws);
+      k = lrs::svt<T>(A, m, n, rr, p, power_iters, static_cast<T>(tau), Vp, Up, sp, Vtp, ws);
     else
       lrs::truncated_svd<T>(A, m, n, rr, p, power_iters, Vp, Up, sp, Vtp, ws);
   }
@@ -86,7 +85,7 @@ void common_checks(const py::array& A, const py::array& V, index_t r, int power_
   if (p < 1 || p > std::min(m, n))
     throw py::value_error("V's column count p must satisfy 1 <= p <= min(m, n) = " +
                           std::to_string(std::min(m, n)) + ", got " + std::to_string(p));
-  if (r >= 0 && (r < 1 || r > p))
+  if (r < 1 || r > p)
     throw py::value_error("rank must satisfy 1 <= rank <= p = " + std::to_string(p) + ", got " +
                           std::to_string(r));
   if (power_iters < 1) throw py::value_error("power_iters must be >= 1");
@@ -100,23 +99,35 @@ void bind_svd(py::module_& m) {
       [](const py::object& A, index_t rank, const py::object& V, int power_iters) {
         py::array Aa = checked(A, "A"), Va = checked(V, "V");
         common_checks(Aa, Va, rank, power_iters);
-        if (Aa.dtype().is(py::dtype::of<float>())) return run_svd<float>(Aa, Va, rank, power_iters, 0);
-        return run_svd<double>(Aa, Va, rank, power_iters, 0);
+        if (Aa.dtype().is(py::dtype::of<float>()))
+          return run_svd<float>(Aa, Va, rank, power_iters, false, 0);
+        return run_svd<double>(Aa, Va, rank, power_iters, false, 0);
       },
       py::arg("A"), py::arg("rank"), py::arg("V"), py::arg("power_iters") = 1,
       "Rank-`rank` SVD of A (m, n) by subspace iteration from V (n, p).  Returns "
       "(U (m, rank), s (rank,), Vt (rank, n), V_new (n, p)); V is not modified.");
   m.def(
       "svt",
-      [](const py::object& A, double tau, const py::object& V, int power_iters) {
+      [](const py::object& A, double tau, const py::object& V, int power_iters,
+         const py::object& rank) {
         py::array Aa = checked(A, "A"), Va = checked(V, "V");
         if (!(tau >= 0) || !std::isfinite(tau))
           throw py::value_error("tau must be a finite number >= 0, got " + std::to_string(tau));
-        common_checks(Aa, Va, -1, power_iters);
-        if (Aa.dtype().is(py::dtype::of<float>())) return run_svd<float>(Aa, Va, -1, power_iters, tau);
-        return run_svd<double>(Aa, Va, -1, power_iters, tau);
+        index_t r = Va.shape(1);
+        if (!rank.is_none()) {
+          if (!py::isinstance<py::int_>(rank) || py::isinstance<py::bool_>(rank))
+            throw py::type_error("rank must be an int or None");
+          r = rank.cast<index_t>();
+        }
+        common_checks(Aa, Va, r, power_iters);
+        if (Aa.dtype().is(py::dtype::of<float>()))
+          return run_svd<float>(Aa, Va, r, power_iters, true, tau);
+        return run_svd<double>(Aa, Va, r, power_iters, true, tau);
       },
       py::arg("A"), py::arg("tau"), py::arg("V"), py::arg("power_iters") = 1,
-      "Singular-value thresholding in the p-dim subspace from V (n, p).  Returns "
-      "(U (m, p), s (p,) shrunk, Vt (p, n), V_new (n, p), k = count of s > 0).");
+      py::arg("rank") = py::none(),
+      "Singular-value thresholding restricted to the leading `rank` singular triplets "
+      "(default rank = p), found by subspace iteration from V (n, p); the same semantics as "
+      "torch_ops.svt.  Returns (U (m, rank), s (rank,) = max(s - tau, 0), Vt (rank, n), "
+      "V_new (n, p), k = count of s > tau, i.e. s[k:] == 0).");
 }

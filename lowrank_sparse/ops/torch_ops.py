@@ -217,6 +217,11 @@ def svt(
     """Singular-value thresholding, prox of tau*||.||_* restricted to the leading
     ``rank`` singular triplets (found by :func:`truncated_svd`).
 
+    Same semantics as the C++ core's ``lrs::svt`` (csrc/svd.hpp, ``_core.svt(...,
+    rank=rank)``): only the first ``rank`` of the p subspace triplets are thresholded;
+    the oversampled ones are never part of the result, whatever tau.  (The core returns
+    all ``rank`` shrunk values with zeros past k; here they are cut at k.)
+
     Returns U (m, k), s (k,) = shrunk singular values (> 0), Vt (k, n), V (n, p) warm
     start; k <= rank is the number of singular values above tau.  The prox is U diag(s) Vt.
     """
