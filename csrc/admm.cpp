@@ -1,6 +1,8 @@
 #include "admm.hpp"
 
 #include <algorithm>
+#include <array>
+#include <chrono>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -35,6 +37,26 @@ double root_sum(index_t n, F&& f) {
   double s = 0;
   for (double v : part) s += v;
   return std::sqrt(std::max(s, 0.0));
+}
+
+// Per-chunk accumulation of K sums in double: f(i, acc) adds to acc[0..K).
+template <int K, class F>
+std::array<double, K> sums(index_t n, F&& f) {
+  const int chunks = num_chunks(n);
+  std::vector<std::array<double, K>> part(static_cast<size_t>(chunks));
+  parallel_chunks(n, chunks, [&](int c, index_t b, index_t e) {
+    std::array<double, K> acc{};
+    for (index_t i = b; i < e; ++i) f(i, acc.data());
+    part[static_cast<size_t>(c)] = acc;
+  });
+  std::array<double, K> total{};
+  for (const auto& a : part)
+    for (int j = 0; j < K; ++j) total[j] += a[j];
+  return total;
+}
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 template <class T>
@@ -189,9 +211,10 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
 
   out = AdmmResult<T>();
   out.rt = r;
-  out.S.assign(static_cast<size_t>(mn), T(0));
+  const double t_start = now();
   const double nW = nrm(pb.W0, mn);
   if (nW == 0.0) {
+    out.S.assign(static_cast<size_t>(mn), T(0));
     out.U.assign(static_cast<size_t>(m * g * r), T(0));
     out.V.assign(static_cast<size_t>(g * r * n), T(0));
     out.converged = true;
@@ -199,9 +222,15 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
   }
 
   // ---- buffers (all allocated here) ----
+  // Five (m, n) arrays in weight mode: W, Lam, L (absent when rank = 0), Mprev (M of
+  // the previous iteration; after the dual pass it holds the current M) and X, which
+  // holds S between iterations and is overwritten in place by the L-step input
+  // W + Lam - S and then by the S-step input W + Lam - L, which the projection turns
+  // into the new S (in place).  X is moved into the result at the end.
   auto buf = [](index_t sz) { return std::vector<T>(static_cast<size_t>(sz), T(0)); };
-  std::vector<T> W(pb.W0, pb.W0 + mn), Lam = buf(mn), L = buf(mn), S = buf(mn), M = buf(mn),
-      Mprev = buf(mn), Awork = buf(mn), Bwork = buf(mn);
+  std::vector<T> W(pb.W0, pb.W0 + mn), Lam = buf(mn), L = buf(r > 0 ? mn : 0), Mprev = buf(mn),
+      X = buf(mn);
+  const int gt = std::max(1, pb.gemm_threads);
   std::vector<T> Qt, d, W0Q, P, LamQ, WQ, MQ, XtQ, Y, Z, WX, Lamz, Zprev, Zw, Cw, Bq;
   double gscale = 1.0, nobj = nW, nZ = 1.0;
   const index_t mN = m * pb.N;
@@ -276,6 +305,7 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
   // truncated SVD state per slice
   std::vector<T> Vs, Ub, sb, Vtb, Tsl, Lsl;
   SvdWorkspace<T> ws;
+  ws.gemm_threads = gt;
   std::vector<index_t> q(static_cast<size_t>(g), r);
   if (r > 0) {
     Vs.assign(pb.V0, pb.V0 + g * nsl * p);
@@ -297,27 +327,38 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
   out.rho.reserve(cap);
   int it = 0;
   bool converged = false;
+  AdmmTiming& tm = out.timing;
+  bool x_ready = false;  // X already holds the L-step input W + Lam - S
   for (it = 1; it <= pb.max_iter; ++it) {
     const T rho = static_cast<T>(rho_rel * gscale);
-    // A = W + Lam  (Awork)
-    each(mn, [&](index_t i) { Awork[i] = W[i] + Lam[i]; });
-    // ---- L-step ----
+    double t0 = now();
+    // ---- L-step: X = W + Lam - S, L = P_r(X) ----
     if (r > 0) {
-      each(mn, [&](index_t i) { Bwork[i] = Awork[i] - S[i]; });
+      if (!x_ready) {  // (weight mode: already done by the previous W-step pass)
+        if (pb.sparse)
+          each(mn, [&](index_t i) { X[i] = W[i] + Lam[i] - X[i]; });
+        else
+          each(mn, [&](index_t i) { X[i] = W[i] + Lam[i]; });
+      }
+      x_ready = false;
       for (index_t s = 0; s < g; ++s) {
-        const T* Tp = Bwork.data();
+        const T* Tp = X.data();
         if (g > 1) {
           each(m * nsl, [&](index_t i) {
             const index_t row = i / nsl, col = i % nsl;
-            Tsl[i] = Bwork[row * n + s * nsl + col];
+            Tsl[i] = X[row * n + s * nsl + col];
           });
           Tp = Tsl.data();
         }
         T* U_ = Ub.data() + s * m * r;
         T* s_ = sb.data() + s * r;
         T* Vt_ = Vtb.data() + s * r * nsl;
+        double t1 = now();
+        tm.elementwise += t1 - t0;
         truncated_svd<T>(Tp, m, nsl, r, p, pb.power_iters, Vs.data() + s * nsl * p, U_, s_, Vt_,
                          ws);
+        t0 = now();
+        tm.svd += t0 - t1;
         index_t qq = r;
         if (pb.relaxed) {
           const T thr = static_cast<T>(pb.lam_nuclear) / rho;
@@ -329,11 +370,14 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
           }
         }
         q[static_cast<size_t>(s)] = qq;
-        each(m * r, [&](index_t i) { Us[i] = U_[i] * s_[i % r]; });
+        for (index_t i = 0; i < m * r; ++i) Us[i] = U_[i] * s_[i % r];
         T* Ldst = g > 1 ? Lsl.data() : L.data();
-        blas::gemm_rm<T>(false, false, mi, static_cast<int>(nsl), static_cast<int>(r), T(1),
+        gemm_rm_split<T>(gt, false, false, mi, static_cast<int>(nsl), static_cast<int>(r), T(1),
                          Us.data(), static_cast<int>(r), Vt_, static_cast<int>(nsl), T(0), Ldst,
                          static_cast<int>(nsl));
+        t1 = now();
+        tm.lform += t1 - t0;
+        t0 = t1;
         if (g > 1) {
           each(m * nsl, [&](index_t i) {
             const index_t row = i / nsl, col = i % nsl;
@@ -342,16 +386,44 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
         }
       }
     }
-    // ---- S-step ----
+    // ---- S-step: S = P_C(W + Lam - L), in place in X ----
     if (pb.sparse) {
-      each(mn, [&](index_t i) { Bwork[i] = Awork[i] - L[i]; });
+      if (r > 0)
+        each(mn, [&](index_t i) { X[i] = W[i] + Lam[i] - L[i]; });
+      else
+        each(mn, [&](index_t i) { X[i] = W[i] + Lam[i]; });
+      const double t1 = now();
+      tm.elementwise += t1 - t0;
       if (pb.relaxed)
-        group_soft_threshold<T>(pb.structure, Bwork.data(), S.data(), m, n,
+        group_soft_threshold<T>(pb.structure, X.data(), X.data(), m, n,
                                 static_cast<T>(pb.lam_sparse) / rho);
       else
-        project<T>(pb.structure, Bwork.data(), S.data(), m, n, pb.k);
+        project<T>(pb.structure, X.data(), X.data(), m, n, pb.k);
+      t0 = now();
+      tm.project += t0 - t1;
     }
-    each(mn, [&](index_t i) { M[i] = L[i] + S[i]; });
+    // ---- M = L + S; Lam += W - M; primal / dual residuals; weight-mode objective;
+    //      Mprev <- M (one fused pass) ----
+    const T* Lp = r > 0 ? L.data() : nullptr;
+    const T* Sp = pb.sparse ? X.data() : nullptr;
+    const bool weight_obj = !data;
+    const auto acc = sums<3>(mn, [&](index_t i, double* a) {
+      const T mi_ = (Lp ? Lp[i] : T(0)) + (Sp ? Sp[i] : T(0));
+      const T e = W[i] - mi_;
+      Lam[i] += e;
+      const T dm = mi_ - Mprev[i];
+      Mprev[i] = mi_;
+      a[0] += static_cast<double>(e) * e;
+      a[1] += static_cast<double>(dm) * dm;
+      if (weight_obj) {
+        const T eo = pb.W0[i] - mi_;
+        a[2] += static_cast<double>(eo) * eo;
+      }
+    });
+    const T* Mp = Mprev.data();  // = M from here on
+    const double rp = std::sqrt(acc[0]) / nW;
+    const double sd = rho_rel * std::sqrt(acc[1]) / nW;
+    tm.elementwise += now() - t0;
     // ---- Z-step ----
     const index_t N = pb.N;
     if (nonlin) {
@@ -367,41 +439,36 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
         Z[i] = Zw[i] - b;
       });
     }
-    // ---- duals, residuals, objective ----
-    const double rp = root_sum(mn, [&](index_t i) {
-                        const T e = W[i] - M[i];
-                        Lam[i] += e;
-                        return static_cast<double>(e) * e;
-                      }) / nW;
-    const double sd = rho_rel * root_sum(mn, [&](index_t i) {
-                        const T e = M[i] - Mprev[i];
-                        Mprev[i] = M[i];
-                        return static_cast<double>(e) * e;
-                      }) / nW;
-    double obj;
+    // ---- objective (data modes) ----
+    double obj = std::sqrt(acc[2]) / nW;
     if (data) {
-      blas::gemm_rm<T>(false, true, mi, ni, ni, T(1), M.data(), ni, Qt.data(), ni, T(0), MQ.data(),
+      t0 = now();
+      gemm_rm_split<T>(gt, false, true, mi, ni, ni, T(1), Mp, ni, Qt.data(), ni, T(0), MQ.data(),
                        ni);
-      each(mn, [&](index_t i) { LamQ[i] += WQ[i] - MQ[i]; });
+      double t1 = now();
+      tm.wstep += t1 - t0;
       if (!nonlin) {
         obj = root_sum(mn, [&](index_t i) {
+                LamQ[i] += WQ[i] - MQ[i];
                 const T e = W0Q[i] - MQ[i];
                 return static_cast<double>(d[i % n]) * e * e;
               }) / nobj;
+        tm.elementwise += now() - t1;
       } else {
-        blas::gemm_rm<T>(false, false, mi, Ni, ni, T(1), M.data(), ni, pb.X, Ni, T(0), Zw.data(),
+        each(mn, [&](index_t i) { LamQ[i] += WQ[i] - MQ[i]; });
+        t0 = now();
+        tm.elementwise += t0 - t1;
+        gemm_rm_split<T>(gt, false, false, mi, Ni, ni, T(1), Mp, ni, pb.X, Ni, T(0), Zw.data(),
                          Ni);
+        t1 = now();
+        tm.wstep += t1 - t0;
         obj = root_sum(mN, [&](index_t i) {
                 const T b = pb.bias ? pb.bias[i / N] : T(0);
                 const T e = Y[i] - act_value(Zw[i] + b, pb.act, slope);
                 return static_cast<double>(e) * e;
               }) / nobj;
+        tm.elementwise += now() - t1;
       }
-    } else {
-      obj = root_sum(mn, [&](index_t i) {
-              const T e = pb.W0[i] - M[i];
-              return static_cast<double>(e) * e;
-            }) / nW;
     }
     out.primal.push_back(rp);
     out.dual.push_back(sd);
@@ -429,38 +496,73 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
       break;
     }
     if (it == pb.max_iter) break;
-    // ---- penalty update (scaled duals rescaled) ----
+    // ---- penalty update (scaled duals rescaled) and W-step ----
+    t0 = now();
     const double f = balance(rp, sd, pb.mu, pb.tau, pb.rho_growth);
     rho_rel *= f;
     const T inv_f = static_cast<T>(1.0 / f);
-    each(mn, [&](index_t i) { Lam[i] *= inv_f; });
-    if (data) each(mn, [&](index_t i) { LamQ[i] *= inv_f; });
     if (nonlin) {
       const double fz = balance(rz, sz, pb.mu, pb.tau, pb.rho_growth);
       rho_z *= fz;
       const T inv_fz = static_cast<T>(1.0 / fz);
       each(mN, [&](index_t i) { Lamz[i] *= inv_fz; });
     }
-    // ---- W-step ----
     const T rh = static_cast<T>(rho_rel * gscale);
     if (pb.mode == AdmmMode::Weight) {
-      each(mn, [&](index_t i) { W[i] = (pb.W0[i] + rh * (M[i] - Lam[i])) / (T(1) + rh); });
+      // Fused with the next L-step's input X = W + Lam - S (X holds S here).
+      const T inv1 = T(1) + rh;
+      const bool sp = pb.sparse;
+      if (r > 0) {
+        each(mn, [&](index_t i) {
+          const T lam = Lam[i] * inv_f;
+          Lam[i] = lam;
+          const T w = (pb.W0[i] + rh * (Mp[i] - lam)) / inv1;
+          W[i] = w;
+          X[i] = sp ? w + lam - X[i] : w + lam;
+        });
+        x_ready = true;
+      } else {
+        each(mn, [&](index_t i) {
+          const T lam = Lam[i] * inv_f;
+          Lam[i] = lam;
+          W[i] = (pb.W0[i] + rh * (Mp[i] - lam)) / inv1;
+        });
+      }
+      tm.elementwise += now() - t0;
     } else if (pb.mode == AdmmMode::Gram) {
-      each(mn, [&](index_t i) { WQ[i] = (P[i] + rh * (MQ[i] - LamQ[i])) / (d[i % n] + rh); });
-      blas::gemm_rm<T>(false, false, mi, ni, ni, T(1), WQ.data(), ni, Qt.data(), ni, T(0), W.data(),
-                       ni);
+      each(mn, [&](index_t i) {
+        Lam[i] *= inv_f;
+        const T lq = LamQ[i] * inv_f;
+        LamQ[i] = lq;
+        WQ[i] = (P[i] + rh * (MQ[i] - lq)) / (d[i % n] + rh);
+      });
+      const double t1 = now();
+      tm.elementwise += t1 - t0;
+      gemm_rm_split<T>(gt, false, false, mi, ni, ni, T(1), WQ.data(), ni, Qt.data(), ni, T(0),
+                       W.data(), ni);
+      tm.wstep += now() - t1;
     } else {
       const T rz_ = static_cast<T>(rho_z);
       each(mN, [&](index_t i) { Zw[i] = Z[i] + Lamz[i]; });
-      blas::gemm_rm<T>(false, false, mi, ni, Ni, T(1) / static_cast<T>(N), Zw.data(), Ni,
+      double t1 = now();
+      tm.elementwise += t1 - t0;
+      gemm_rm_split<T>(gt, false, false, mi, ni, Ni, T(1) / static_cast<T>(N), Zw.data(), Ni,
                        XtQ.data(), ni, T(0), Bq.data(), ni);
+      t0 = now();
+      tm.wstep += t0 - t1;
       each(mn, [&](index_t i) {
-        WQ[i] = (rh * (MQ[i] - LamQ[i]) + rz_ * Bq[i]) / (rh + rz_ * d[i % n]);
+        Lam[i] *= inv_f;
+        const T lq = LamQ[i] * inv_f;
+        LamQ[i] = lq;
+        WQ[i] = (rh * (MQ[i] - lq) + rz_ * Bq[i]) / (rh + rz_ * d[i % n]);
       });
-      blas::gemm_rm<T>(false, false, mi, ni, ni, T(1), WQ.data(), ni, Qt.data(), ni, T(0), W.data(),
-                       ni);
-      blas::gemm_rm<T>(false, true, mi, Ni, ni, T(1), WQ.data(), ni, XtQ.data(), ni, T(0),
+      t1 = now();
+      tm.elementwise += t1 - t0;
+      gemm_rm_split<T>(gt, false, false, mi, ni, ni, T(1), WQ.data(), ni, Qt.data(), ni, T(0),
+                       W.data(), ni);
+      gemm_rm_split<T>(gt, false, true, mi, Ni, ni, T(1), WQ.data(), ni, XtQ.data(), ni, T(0),
                        WX.data(), Ni);
+      tm.wstep += now() - t1;
     }
   }
   out.iterations = std::min(it, pb.max_iter);
@@ -468,7 +570,14 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
   out.rho_final = rho_rel;
   out.rho_z_final = rho_z;
   out.gscale = gscale;
-  out.S = S;
+  if (pb.sparse)
+    out.S = std::move(X);
+  else
+    out.S.assign(static_cast<size_t>(mn), T(0));
+  tm.svd_products = ws.t_products;
+  tm.svd_qr = ws.t_qr;
+  tm.svd_small = ws.t_small;
+  tm.total = now() - t_start;
   // ---- factors ----
   index_t rt = r;
   if (pb.relaxed && r > 0) rt = *std::max_element(q.begin(), q.end());

@@ -44,6 +44,26 @@ struct AdmmProblem {
   int power_iters = 1;
   int newton_steps = 4;
   const T* V0 = nullptr;  // (slices, n / slices, p) orthonormal start of the right subspaces
+  // Large GEMMs (the products with the (m, n) matrices) are split into this many
+  // blocks on the core's threads (lrs::gemm_rm_split), each one BLAS call.  Use it with
+  // BLAS limited to one thread (lowrank_sparse/solve/native.py does): the core then
+  // owns all threads and LAPACK's small factorisations run single-threaded, without
+  // the synchronisation cost of a multi-threaded BLAS on p-column panels.  1 = plain
+  // BLAS calls (BLAS's own threading).
+  int gemm_threads = 1;
+};
+
+// Wall-clock seconds per phase, summed over the iterations (steady_clock).
+struct AdmmTiming {
+  double svd_products = 0;  // Y = A V and B = Q^T A (2 (m, n, p) GEMMs per power iteration)
+  double svd_qr = 0;        // QR of Y (m, p)
+  double svd_small = 0;     // SVD of B via QR of B^T + gesdd (p, p) + (n, p, p) GEMM; U = Q Ub
+  double svd = 0;           // the whole truncated SVD (the three above plus transposes)
+  double lform = 0;         // L = U diag(s) Vt, one (m, r, n) GEMM
+  double project = 0;       // S-step projection / prox
+  double elementwise = 0;   // fused elementwise passes, residual sums, objective
+  double wstep = 0;         // GEMMs of the data modes (M Q, W = WQ Q^T, M X, ...)
+  double total = 0;         // the whole admm_solve call
 };
 
 template <class T>
@@ -57,6 +77,7 @@ struct AdmmResult {
   std::vector<double> primal, dual, objective, rho;  // per iteration (relative)
   std::vector<double> primal_z, dual_z;              // per iteration, mode Nonlinear
   double rho_final = 0, rho_z_final = 0, gscale = 1;
+  AdmmTiming timing;
 };
 
 // Runs the ADMM.  Throws std::invalid_argument on inconsistent sizes and

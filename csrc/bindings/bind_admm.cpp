@@ -46,7 +46,7 @@ py::dict solve(const arr<T>& W0, int mode, std::optional<arr<T>> gram, std::opti
                long slices, long p, int kind, long block, int nm_n, int nm_m, long k, bool sparse,
                bool relaxed, double lam_nuclear, double lam_sparse, int max_iter, double tol,
                double rho0, double mu, double tau, double rho_growth, int power_iters,
-               int newton_steps, std::optional<arr<T>> V0) {
+               int newton_steps, std::optional<arr<T>> V0, int gemm_threads) {
   if (W0.ndim() != 2) throw py::value_error("W0 must be 2-D");
   const py::ssize_t m = W0.shape(0), n = W0.shape(1);
   check(W0, "W0", {m, n});
@@ -59,7 +59,7 @@ py::dict solve(const arr<T>& W0, int mode, std::optional<arr<T>> gram, std::opti
     throw py::value_error("p must satisfy rank <= p <= min(m, n/slices)");
   if (rank == 0 && !sparse) throw py::value_error("rank 0 and no sparse part: nothing to fit");
   if (max_iter < 1 || !(tol > 0) || !(rho0 > 0) || !(mu > 1) || !(tau > 1) || !(rho_growth >= 1) ||
-      power_iters < 1 || newton_steps < 0)
+      power_iters < 1 || newton_steps < 0 || gemm_threads < 1)
     throw py::value_error("bad iteration settings");
   lrs::Structure st;
   st.kind = static_cast<lrs::StructureKind>(kind);
@@ -118,6 +118,7 @@ py::dict solve(const arr<T>& W0, int mode, std::optional<arr<T>> gram, std::opti
   pb.rho_growth = rho_growth;
   pb.power_iters = power_iters;
   pb.newton_steps = newton_steps;
+  pb.gemm_threads = gemm_threads;
 
   lrs::AdmmResult<T> res;
   {
@@ -140,6 +141,18 @@ py::dict solve(const arr<T>& W0, int mode, std::optional<arr<T>> gram, std::opti
   out["rho_final"] = res.rho_final;
   out["rho_z_final"] = res.rho_z_final;
   out["gscale"] = res.gscale;
+  const lrs::AdmmTiming& tm = res.timing;
+  py::dict timing;
+  timing["svd_products"] = tm.svd_products;
+  timing["svd_qr"] = tm.svd_qr;
+  timing["svd_small"] = tm.svd_small;
+  timing["svd"] = tm.svd;
+  timing["lform"] = tm.lform;
+  timing["project"] = tm.project;
+  timing["elementwise"] = tm.elementwise;
+  timing["wstep"] = tm.wstep;
+  timing["total"] = tm.total;
+  out["timing"] = timing;
   return out;
 }
 
@@ -152,9 +165,12 @@ void def_solve(py::module_& m, const char* name) {
         py::arg("lam_nuclear"), py::arg("lam_sparse"), py::arg("max_iter"), py::arg("tol"),
         py::arg("rho0"), py::arg("mu"), py::arg("tau"), py::arg("rho_growth"),
         py::arg("power_iters"), py::arg("newton_steps"), py::arg("V0").noconvert(),
+        py::arg("gemm_threads") = 1,
         "L + S ADMM (see csrc/admm.hpp and lowrank_sparse/solve/native.py).  Arrays must be "
         "C-contiguous of this function's dtype; returns a dict with U (m, slices*rt), "
-        "V (slices*rt, n), S (m, n), iterations, converged and per-iteration histories.");
+        "V (slices*rt, n), S (m, n), iterations, converged, per-iteration histories and "
+        "timing (seconds per phase).  gemm_threads > 1 splits the large GEMMs over the core's "
+        "threads; use it with BLAS limited to one thread.");
 }
 
 template <class T>

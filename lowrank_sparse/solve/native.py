@@ -2,9 +2,18 @@
 
 Arrays cross as C-contiguous numpy views of the (CPU) tensors, without copies when
 the tensors already are contiguous in the compute dtype.  The loop runs with the GIL
-released.  Threads: the core's elementwise passes and SciPy's BLAS are both limited
-to ``threads`` (default: torch.get_num_threads(), the count torch itself uses), so a
-solve never runs more threads than torch was given.
+released.
+
+Threads: the solve uses ``threads`` threads (default: torch.get_num_threads(), the
+count torch itself uses), all of them the core's own.  SciPy's BLAS is limited to one
+thread for the duration of the call (threadpoolctl) and the core splits its large
+GEMMs into ``threads`` blocks, one single-threaded BLAS call per thread
+(``gemm_threads``).  Why: the truncated SVD's QR and small SVD work on p-column
+panels (p = rank + 8), where a multi-threaded OpenBLAS spends most of its time
+synchronising its threads inside level-2 kernels (measured at 512x4608, rank 64, two
+cores: geqrf of 4608x72 1.5 ms on one thread vs 21 ms on two, orgqr 1.3 vs 69 ms),
+and an idle OpenBLAS pool spin-waits against the core's own elementwise threads.
+With BLAS single-threaded nothing ever runs more threads than ``threads``.
 """
 
 from __future__ import annotations
@@ -42,7 +51,11 @@ def solve_native(
     :func:`lowrank_sparse.solve.torch_backend.solve_torch` (CPU tensors only).
 
     Args:
-        threads: threads for the core and for BLAS (default torch.get_num_threads()).
+        threads: threads of the solve (default torch.get_num_threads()); BLAS runs
+            single-threaded inside the core's threads.
+
+    ``extra["timing"]`` holds the seconds spent per phase (svd_products, svd_qr,
+    svd_small, svd, lform, project, elementwise, wstep, total), summed over iterations.
     """
     from .. import _core
 
@@ -55,7 +68,7 @@ def solve_native(
     old = _core.get_num_threads()
     _core.set_num_threads(nthreads)
     try:
-        with threadpool_limits(limits=nthreads, user_api="blas"):
+        with threadpool_limits(limits=1, user_api="blas"):
             out = fn(
                 _np(W0, dt),
                 _MODES[spec.mode],
@@ -85,6 +98,7 @@ def solve_native(
                 spec.power_iters,
                 spec.newton_steps,
                 _np(V0, dt) if spec.rank > 0 else None,
+                nthreads,
             )
     finally:
         _core.set_num_threads(old)
@@ -93,6 +107,7 @@ def solve_native(
         "rho_final": float(out["rho_final"]),
         "gscale": float(out["gscale"]),
         "threads": nthreads,
+        "timing": dict(out["timing"]),
     }
     if spec.mode == "nonlinear":
         extra.update(
