@@ -67,6 +67,9 @@ __all__ = ["compress", "output_error", "dense_error", "METHODS"]
 
 METHODS = ("lowrank_sparse", "rank_only", "sparse_only")
 
+#: Largest weight (entries) whose allocator-time decompositions are kept for reuse.
+_REUSE_MAX_ENTRIES = 1 << 22
+
 RankSpec = Union[None, int, float, Mapping[str, Union[int, float]]]
 DensitySpec = Union[None, float, Mapping[str, float]]
 
@@ -440,10 +443,14 @@ def compress(
     # ------------------------------------------------------------ sizes per layer
     plan: dict[str, tuple[int, float, int]] = {}  # name -> (rank, density, slices)
     allocation_table: Optional[str] = None
+    # solves the allocator ran through error_fn, reused below when the plan picks them
+    solved: dict[tuple[str, int, float], Any] = {}
     if target is not None:
         plan, allocation_table = _allocate(
             target, allocation, method, struct, selected, cal.layers, params_before, flops_before, solver, seed,
+            solved,
         )
+        solved = {k: v for k, v in solved.items() if plan.get(k[0], (None, None))[:2] == k[1:]}
     else:
         for name, mod in selected:
             m, n = cal.layers[name].weight_shape
@@ -491,11 +498,16 @@ def compress(
         stats_dev = stats
         if stats.sample is not None and stats.sample.device != dev:
             stats_dev = replace(stats, sample=stats.sample.to(dev))
-        t0 = time.perf_counter()
-        dec = _solve(method, Wf.to(dev), r, d, struct, stats_dev, None if bf is None else bf.to(dev),
-                     slices, solver)
-        seconds = time.perf_counter() - t0
-        dec = _unfold_bn(dec, stats, a)
+        reuse = solved.get((name, r, d)) if slices == 1 and device is None and stats is cal.layers[name] else None
+        if reuse is not None:  # the allocator already ran this exact solve on the same data
+            dec = reuse
+            seconds = float(dec.info.seconds)
+        else:
+            t0 = time.perf_counter()
+            dec = _solve(method, Wf.to(dev), r, d, struct, stats_dev, None if bf is None else bf.to(dev),
+                         slices, solver)
+            seconds = time.perf_counter() - t0
+            dec = _unfold_bn(dec, stats, a)
         from .nn import LowRankSparseConv2d, LowRankSparseLinear
 
         if stats.kind == "conv":
@@ -571,10 +583,12 @@ def _allocate(
     total_flops: int,
     solver: dict[str, Any],
     seed: int,
+    solved: dict[tuple[str, int, float], Any],
 ) -> tuple[dict[str, tuple[int, float, int]], Optional[str]]:
     """(rank, density, slices) per layer from :func:`lowrank_sparse.budget.allocate`, and
     its table.  In "lowrank_sparse" mode the allocator's ``error_fn`` runs the real solver
-    on the layer (BN-folded, activation-aware) and returns the post-activation error."""
+    on the layer (BN-folded, activation-aware) and returns the post-activation error; each
+    such decomposition is kept in ``solved[(name, rank, density)]`` for reuse."""
     from . import budget as B
 
     specs = []
@@ -591,6 +605,8 @@ def _allocate(
         st, mod = stats[name], mods[name]
         Wf, bf, a = _folded_problem(st, mod)
         dec = _unfold_bn(_solve(method, Wf, int(rank), float(density), struct, st, bf, 1, solver), st, a)
+        if Wf.numel() <= _REUSE_MAX_ENTRIES:  # big layers: re-solve rather than hold copies
+            solved[(name, int(rank), float(density))] = dec
         W0 = mod.weight.detach().reshape(st.weight_shape)
         b0 = None if mod.bias is None else mod.bias.detach()
         return dense_error(st, W0, b0, torch.as_tensor(dec.dense()).to(W0), b0)

@@ -310,3 +310,34 @@ def test_bad_inputs(mlp, digits):
         compress(mlp, x, rank=0.5, include="nothing*")
     with pytest.raises(TypeError, match="model"):
         compress("not a model", x, rank=0.5)
+
+
+def test_budget_run_reuses_the_allocators_solve(mlp, digits, monkeypatch):
+    """With a target, the final per-layer solve is the one error_fn already ran for the
+    chosen split (no second identical solve), and the reused decomposition gives the same
+    model as a fresh compress() at the chosen ranks and densities."""
+    import lowrank_sparse.compress as C
+
+    Xtr = digits[0]
+    calls: list[tuple[tuple[int, ...], int]] = []
+    real = C._solve
+
+    def counting(method, W, rank, density, *args, **kwargs):
+        calls.append((tuple(W.shape), int(rank)))
+        return real(method, W, rank, density, *args, **kwargs)
+
+    monkeypatch.setattr(C, "_solve", counting)
+    new, rep = compress(mlp, Xtr[:300], target=Budget(params=0.5), allocation="alds", max_iter=20,
+                        keep_first_last=False, progress=False)
+    monkeypatch.setattr(C, "_solve", real)
+    compressed = [l for l in rep.layers if l.status == "compressed"]
+    assert compressed
+    for l in compressed:
+        shape = (l.shape[0], int(torch.tensor(l.shape[1:]).prod()))
+        assert calls.count((shape, l.rank)) == 1, (l.name, calls)
+    again, _ = compress(mlp, Xtr[:300], rank={l.name: l.rank for l in compressed},
+                        density={l.name: l.density for l in compressed}, max_iter=20,
+                        keep_first_last=False, progress=False)
+    x = Xtr[300:400]
+    with torch.no_grad():
+        assert torch.allclose(new(x), again(x), atol=1e-4)
