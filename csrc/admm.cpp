@@ -222,14 +222,27 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
   }
 
   // ---- buffers (all allocated here) ----
-  // Five (m, n) arrays in weight mode: W, Lam, L (absent when rank = 0), Mprev (M of
-  // the previous iteration; after the dual pass it holds the current M) and X, which
-  // holds S between iterations and is overwritten in place by the L-step input
-  // W + Lam - S and then by the S-step input W + Lam - L, which the projection turns
-  // into the new S (in place).  X is moved into the result at the end.
+  // Four (m, n) arrays in weight mode: Lam, L (absent when rank = 0), Mprev (M of the
+  // previous iteration; after the dual pass it holds the current M) and X, which holds
+  // S between iterations and is overwritten in place by the L-step input W + Lam - S
+  // and then by the S-step input W + Lam - L, which the projection turns into the new
+  // S (in place).  X is moved into the result at the end.  W itself is not stored in
+  // weight mode: between a W-step and the next dual update it is the elementwise
+  // function W = (W0 + rh (Mprev - Lam)) / (1 + rh) of arrays that are kept anyway
+  // (W = W0 before the first W-step), so it is recomputed, with the same expression,
+  // where it is read (bitwise the stored value).  The data modes store W (it comes
+  // out of a GEMM).
   auto buf = [](index_t sz) { return std::vector<T>(static_cast<size_t>(sz), T(0)); };
-  std::vector<T> W(pb.W0, pb.W0 + mn), Lam = buf(mn), L = buf(r > 0 ? mn : 0), Mprev = buf(mn),
-      X = buf(mn);
+  const bool w_implicit = !data;
+  std::vector<T> W, Lam = buf(mn), L = buf(r > 0 ? mn : 0), Mprev = buf(mn), X = buf(mn);
+  if (!w_implicit) W.assign(pb.W0, pb.W0 + mn);
+  bool w_first = true;   // implicit W: no W-step yet, W = W0
+  T w_rh = 0, w_inv1 = 1;  // implicit W: rh and 1 + rh of the last W-step
+  auto Wv = [&](index_t i) -> T {
+    if (!w_implicit) return W[i];
+    if (w_first) return pb.W0[i];
+    return (pb.W0[i] + w_rh * (Mprev[i] - Lam[i])) / w_inv1;
+  };
   const int gt = std::max(1, pb.gemm_threads);
   std::vector<T> Qt, d, W0Q, P, LamQ, WQ, MQ, XtQ, Y, Z, WX, Lamz, Zprev, Zw, Cw, Bq;
   double gscale = 1.0, nobj = nW, nZ = 1.0;
@@ -336,9 +349,9 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
     if (r > 0) {
       if (!x_ready) {  // (weight mode: already done by the previous W-step pass)
         if (pb.sparse)
-          each(mn, [&](index_t i) { X[i] = W[i] + Lam[i] - X[i]; });
+          each(mn, [&](index_t i) { X[i] = Wv(i) + Lam[i] - X[i]; });
         else
-          each(mn, [&](index_t i) { X[i] = W[i] + Lam[i]; });
+          each(mn, [&](index_t i) { X[i] = Wv(i) + Lam[i]; });
       }
       x_ready = false;
       for (index_t s = 0; s < g; ++s) {
@@ -389,9 +402,9 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
     // ---- S-step: S = P_C(W + Lam - L), in place in X ----
     if (pb.sparse) {
       if (r > 0)
-        each(mn, [&](index_t i) { X[i] = W[i] + Lam[i] - L[i]; });
+        each(mn, [&](index_t i) { X[i] = Wv(i) + Lam[i] - L[i]; });
       else
-        each(mn, [&](index_t i) { X[i] = W[i] + Lam[i]; });
+        each(mn, [&](index_t i) { X[i] = Wv(i) + Lam[i]; });
       const double t1 = now();
       tm.elementwise += t1 - t0;
       if (pb.relaxed)
@@ -409,7 +422,7 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
     const bool weight_obj = !data;
     const auto acc = sums<3>(mn, [&](index_t i, double* a) {
       const T mi_ = (Lp ? Lp[i] : T(0)) + (Sp ? Sp[i] : T(0));
-      const T e = W[i] - mi_;
+      const T e = Wv(i) - mi_;  // (reads Lam and Mprev before they change)
       Lam[i] += e;
       const T dm = mi_ - Mprev[i];
       Mprev[i] = mi_;
@@ -516,18 +529,16 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
         each(mn, [&](index_t i) {
           const T lam = Lam[i] * inv_f;
           Lam[i] = lam;
-          const T w = (pb.W0[i] + rh * (Mp[i] - lam)) / inv1;
-          W[i] = w;
+          const T w = (pb.W0[i] + rh * (Mp[i] - lam)) / inv1;  // = Wv(i) below
           X[i] = sp ? w + lam - X[i] : w + lam;
         });
         x_ready = true;
       } else {
-        each(mn, [&](index_t i) {
-          const T lam = Lam[i] * inv_f;
-          Lam[i] = lam;
-          W[i] = (pb.W0[i] + rh * (Mp[i] - lam)) / inv1;
-        });
+        each(mn, [&](index_t i) { Lam[i] *= inv_f; });
       }
+      w_first = false;
+      w_rh = rh;
+      w_inv1 = inv1;
       tm.elementwise += now() - t0;
     } else if (pb.mode == AdmmMode::Gram) {
       each(mn, [&](index_t i) {
