@@ -44,6 +44,22 @@ def test_refit_never_hurts_and_error_is_reported(rng: np.random.Generator) -> No
     assert d.info.extra["error"] <= d.info.extra["error_before_refit"] + 1e-12
 
 
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_weight_refit_in_row_blocks_matches_plain_formula(rng: np.random.Generator, backend: str) -> None:
+    # n = 4096: blocks of 64 rows, so 150 rows take three blocks (the last one partial).
+    W = rng.normal(size=(150, 4096)).astype(np.float32)
+    d = decompose(W, 4, 0.02, backend=backend, max_iter=6)
+    L = d.U.astype(np.float64) @ d.V.astype(np.float64)
+    keep = d.S != 0
+    assert keep.sum() <= round(0.02 * W.size)
+    # on the support S equals W - L (float32 rounding of the product), zero elsewhere
+    np.testing.assert_allclose(d.S[keep], (W - L)[keep], rtol=1e-5, atol=1e-5)
+    err = np.linalg.norm(W - L - d.S) / np.linalg.norm(W)
+    assert d.info.extra["refit"] is True
+    assert d.info.extra["error"] == pytest.approx(err, rel=1e-5)
+    assert d.info.extra["error"] < d.info.extra["error_before_refit"]
+
+
 def _digits_layer():
     from sklearn.datasets import load_digits
 
