@@ -366,8 +366,9 @@ def memory_probe(requests: list[dict[str, Any]], threads: int, timeout: float = 
     """Run benchmarks/memprobe.py once for ``requests`` (each a dict with case fields,
     backend, tol, max_iter) and return its per-request records (bytes)."""
     cmd = [sys.executable, str(HERE / "memprobe.py"), "--threads", str(threads)]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # see memprobe.py
     proc = subprocess.run(cmd, input=json.dumps(requests), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          timeout=timeout, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"memprobe failed (rc={proc.returncode}):\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -6,11 +6,23 @@ Usage (what benchmarks/harness.py:memory_probe does)::
     echo '[{"case": {...Case fields...}, "backend": "native", "tol": 1e-4, "max_iter": 5}]' \
         | python benchmarks/memprobe.py --threads 2
 
-Method: after imports, a warm-up solve on a tiny matrix (so code pages and thread
-pools are already resident) and building W, record VmRSS, reset the peak resident
-set VmHWM by writing "5" to /proc/self/clear_refs, solve, and read VmHWM.
-extra = VmHWM - VmRSS(before) covers every allocation of the solve (C++ vectors,
-BLAS/LAPACK workspaces, torch tensors, numpy arrays) and its outputs (U, V, dense S).
+Method: after imports, a warm-up solve on a tiny matrix (so code pages are resident)
+and building W, record VmRSS, reset the peak resident set VmHWM by writing "5" to
+/proc/self/clear_refs, solve, and read VmHWM.  extra = VmHWM - VmRSS(before) covers
+every allocation of the solve (C++ vectors, BLAS/LAPACK workspaces, torch tensors,
+numpy arrays) and its outputs (U, V, dense S).  This is done twice on the same W:
+
+* ``first_extra_bytes``: the first solve of this size in the process.  It also pays
+  one-time, process-lifetime costs that a second solve does not: torch's intra-op
+  thread pool (started by the first parallel torch op, e.g. the finiteness check;
+  ~15 MiB resident), and OpenBLAS's per-thread GEMM buffers on the core's threads
+  (touched up to the size of the largest GEMM blocks seen so far).
+* ``extra_bytes``: the second solve, i.e. the memory a solve itself needs.
+
+harness.memory_probe starts this process with ``MALLOC_MMAP_THRESHOLD_=65536`` so that
+glibc serves every large block by mmap and returns it on free; with the default
+dynamic threshold the first solve's freed arrays stay resident in the heap and the
+second solve would reuse them and read as ~0.
 For CUDA runs torch.cuda.max_memory_allocated is reported as well.
 
 Prints one JSON list (one record per request, bytes) as the last line of stdout.
@@ -21,6 +33,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -47,18 +60,25 @@ def main() -> int:
             harness.warmup([backend])
             warmed.add(backend)
         W = synthetic_weight(case.m, case.n, seed=req.get("seed", 0))
-        gc.collect()
-        rss0 = harness.read_status_kb("VmRSS")
-        exact = harness.reset_peak()
-        hwm0 = harness.read_status_kb("VmHWM")
-        if backend == "torch_cuda":
-            torch.cuda.reset_peak_memory_stats()
-        res, dt = harness.solve(case, W, backend, tol=req["tol"], max_iter=req["max_iter"])
-        hwm = harness.read_status_kb("VmHWM")
+        extras = []
+        for _ in range(2):  # first solve of this size, then the steady state
+            gc.collect()
+            rss0 = harness.read_status_kb("VmRSS")
+            exact = harness.reset_peak()
+            hwm0 = harness.read_status_kb("VmHWM")
+            if backend == "torch_cuda":
+                torch.cuda.reset_peak_memory_stats()
+            res, dt = harness.solve(case, W, backend, tol=req["tol"], max_iter=req["max_iter"])
+            hwm = harness.read_status_kb("VmHWM")
+            extras.append((hwm - rss0) * 1024 if exact else max(0, hwm - hwm0) * 1024)
+            if len(extras) == 1:
+                del res
         rec = {
             "backend": backend,
             "case": case.label,
-            "extra_bytes": (hwm - rss0) * 1024 if exact else max(0, hwm - hwm0) * 1024,
+            "extra_bytes": extras[1],
+            "first_extra_bytes": extras[0],
+            "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
             "rss_before_bytes": rss0 * 1024,
             "peak_bytes": hwm * 1024,
             "weight_bytes": case.weight_bytes,
