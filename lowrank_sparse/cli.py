@@ -225,6 +225,28 @@ def _latency_ms(model: Any, shape: tuple[int, ...], batch: int, runs: int = 30) 
     return statistics.median(times)
 
 
+def _paired_latency(a: Any, b: Any, shape: tuple[int, ...], batch: int, runs: int = 20) -> tuple[float, float]:
+    """Median forward time (ms) of two models on the same batch, runs interleaved so that
+    machine load affects both alike."""
+    import torch
+
+    x = torch.randn((batch,) + shape, generator=torch.Generator().manual_seed(0))
+    ta: list[float] = []
+    tb: list[float] = []
+    a.eval()
+    b.eval()
+    with torch.inference_mode():
+        for _ in range(2):
+            a(x)
+            b(x)
+        for _ in range(runs):
+            for model, acc in ((a, ta), (b, tb)):
+                t0 = time.perf_counter()
+                model(x)
+                acc.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ta), statistics.median(tb)
+
+
 def _accuracy(model: Any, x: Any, y: Any) -> float:
     from . import train as _train
 
@@ -288,6 +310,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         max_iter=args.max_iter,
         seed=args.seed,
         progress=progress,
+        sample_size=args.sample_size,
     )
     seconds = time.perf_counter() - t0
     x_test, y_test = _test_data(src.dataset, args.test_subset, args.seed)
@@ -316,6 +339,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
             fine_tune_codebooks(new, ds, epochs=1, lr=1e-3)
         result["accuracy_quantized"] = _accuracy(new, x_test, y_test) if src.dataset != "imagenet_samples" else None
     result.update({"before": _summary(src.model, shape), "after": _summary(new, shape)})
+    if not args.no_latency:
+        result["latency_ms_before"], result["latency_ms_after"] = _paired_latency(src.model, new, shape, 64)
     meta = {"dataset": src.dataset, "report": report.to_dict(), "cli": result}
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -327,6 +352,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
     b, a = result["before"], result["after"]
     lines.append(f"parameters  {b['params']:>12,d} -> {a['params']:>12,d}  ({a['params'] / b['params']:.1%})")
     lines.append(f"MACs/sample {b['flops']:>12,d} -> {a['flops']:>12,d}  ({a['flops'] / b['flops']:.1%})")
+    if "latency_ms_before" in result:
+        lines.append(f"CPU latency {result['latency_ms_before']:>10.2f} ms -> {result['latency_ms_after']:>10.2f} ms"
+                     "  (batch 64, median of 20, interleaved)")
     if "accuracy_before" in result:
         lines.append(f"accuracy    {result['accuracy_before']:.2%} -> {result['accuracy_after']:.2%}")
     if "accuracy_fine_tuned" in result:
@@ -464,14 +492,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ns = argparse.Namespace(
         model="small_cnn", dataset=dataset, schedule="cpu", seed=0, checkpoint=None, calib=args.calib,
         params=args.params, flops=None, rank=None, density=None, allocation="alds", structure="unstructured",
-        method="lowrank_sparse", exclude=[], all_layers=False, max_iter=200, test_subset=None,
-        fine_tune=1, fine_tune_subset=10_000, fine_tune_lr=0.01, quantize=None, output=str(out), dtype=None,
-        json=args.json, no_progress=args.no_progress, quiet=False,
+        method="lowrank_sparse", exclude=[], all_layers=False, max_iter=args.max_iter, sample_size=args.sample_size,
+        test_subset=args.test_subset,
+        fine_tune=1, fine_tune_subset=5_000, fine_tune_lr=0.01, quantize=None, output=str(out), dtype=None,
+        json=args.json, no_progress=args.no_progress, quiet=False, no_latency=False,
     )
     t0 = time.perf_counter()
     rc = cmd_compress(ns)
     if rc == 0:
-        ev = argparse.Namespace(path=str(out), dataset=dataset, test_subset=None, batch=256, json=args.json)
+        ev = argparse.Namespace(path=str(out), dataset=dataset, test_subset=args.test_subset, batch=64, json=args.json)
         _log(args, "\nevaluating the saved file:")
         rc = cmd_evaluate(ev)
         _log(args, f"demo finished in {time.perf_counter() - t0:.0f} s")
@@ -509,12 +538,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--all-layers", action="store_true", help="also compress the first and last layers")
     c.add_argument("--calib", type=_positive_int, default=1024, help="calibration images (default 1024)")
     c.add_argument("--max-iter", type=_positive_int, default=300, help="ADMM iteration cap per layer")
+    c.add_argument("--sample-size", type=_positive_int, default=8192,
+                   help="input columns per layer kept for the activation-aware objective (default 8192)")
     c.add_argument("--fine-tune", type=_nonneg_int, default=0, metavar="EPOCHS", help="fine-tune the compressed model")
     c.add_argument("--fine-tune-subset", type=_positive_int, default=10_000, help="training images for fine-tuning")
     c.add_argument("--fine-tune-lr", type=float, default=0.01)
     c.add_argument("--quantize", type=parse_quantize, help="additive quantization of factors and sparse values, e.g. aq:M=2,K=256")
     c.add_argument("--dtype", choices=("float16", "bfloat16"), help="store floating values in this dtype")
     c.add_argument("--test-subset", type=_positive_int, help="evaluate on a seeded subset of the test split")
+    c.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -536,7 +568,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the built-in default: small CNN on real Fashion-MNIST, compressed to 25%% of its parameters")
     d.add_argument("--params", type=_fraction, default=0.25, help="fraction of parameters to keep (default 0.25)")
-    d.add_argument("--calib", type=_positive_int, default=1024)
+    d.add_argument("--calib", type=_positive_int, default=512, help="calibration images (default 512)")
+    d.add_argument("--max-iter", type=_positive_int, default=100, help="ADMM iteration cap per layer (default 100)")
+    d.add_argument("--sample-size", type=_positive_int, default=4096, help="input columns per layer (default 4096)")
+    d.add_argument("--test-subset", type=_positive_int, default=2000,
+                   help="evaluate on a seeded subset of the 10,000 test images (default 2000)")
     d.add_argument("-o", "--output", help="where to save the compressed model (default: a temp dir)")
     d.add_argument("--json", action="store_true")
     d.add_argument("--no-progress", action="store_true")
