@@ -26,7 +26,6 @@ _LAZY = {
     "SolveInfo": ("lowrank_sparse.solve.result", "SolveInfo"),
     "Structure": ("lowrank_sparse.structure", "Structure"),
     "parse_structure": ("lowrank_sparse.structure", "parse_structure"),
-    "compress": ("lowrank_sparse.compress", "compress"),
     "Budget": ("lowrank_sparse.budget", "Budget"),
     "save": ("lowrank_sparse.io", "save"),
     "load": ("lowrank_sparse.io", "load"),
@@ -34,7 +33,12 @@ _LAZY = {
     "LowRankSparseConv2d": ("lowrank_sparse.nn", "LowRankSparseConv2d"),
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+# compress() lives in the submodule of the same name.  Importing it here binds the
+# package attribute to the function once and for all; left lazy, any later
+# `import lowrank_sparse.compress` would rebind `lowrank_sparse.compress` to the module.
+from .compress import compress  # noqa: E402
+
+__all__ = sorted([*_LAZY, "compress"]) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -341,3 +341,18 @@ def test_budget_run_reuses_the_allocators_solve(mlp, digits, monkeypatch):
     x = Xtr[300:400]
     with torch.no_grad():
         assert torch.allclose(new(x), again(x), atol=1e-4)
+
+
+def test_public_names_survive_submodule_imports():
+    """`import lowrank_sparse.compress` (or of any submodule) must not rebind the public
+    functions to modules; checked in a fresh interpreter where nothing is cached."""
+    import subprocess
+    import sys
+
+    code = (
+        "import lowrank_sparse.compress, lowrank_sparse.decomposition, lowrank_sparse.solve.baselines\n"
+        "import lowrank_sparse as l\n"
+        "assert callable(l.compress) and l.compress.__name__ == 'compress', l.compress\n"
+        "assert callable(l.decompose) and l.decompose.__name__ == 'decompose', l.decompose\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
