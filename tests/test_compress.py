@@ -316,8 +316,9 @@ def test_budget_run_reuses_the_allocators_solve(mlp, digits, monkeypatch):
     """With a target, the final per-layer solve is the one error_fn already ran for the
     chosen split (no second identical solve), and the reused decomposition gives the same
     model as a fresh compress() at the chosen ranks and densities."""
-    import lowrank_sparse.compress as C
+    import importlib
 
+    C = importlib.import_module("lowrank_sparse.compress")  # the module, not the function
     Xtr = digits[0]
     calls: list[tuple[tuple[int, ...], int]] = []
     real = C._solve
