@@ -494,7 +494,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         params=args.params, flops=None, rank=None, density=None, allocation="alds", structure="unstructured",
         method="lowrank_sparse", exclude=[], all_layers=False, max_iter=args.max_iter, sample_size=args.sample_size,
         test_subset=args.test_subset,
-        fine_tune=1, fine_tune_subset=5_000, fine_tune_lr=0.01, quantize=None, output=str(out), dtype=None,
+        fine_tune=0, fine_tune_subset=5_000, fine_tune_lr=0.01, quantize=None, output=str(out), dtype=None,
         json=args.json, no_progress=args.no_progress, quiet=False, no_latency=False,
     )
     t0 = time.perf_counter()
