@@ -27,6 +27,7 @@ from ..solve.result import Decomposition
 from ..structure import Structure, parse_structure
 from .counts import _pair, conv_output_hw
 from .linear import _count, _sparse_from, as_tensor, split_block_diagonal
+from ._parts import attach_sparse_and_bias
 from .sparse import CompactSparse, ConvGeometry, compact_from_dense
 
 __all__ = ["LowRankSparseConv2d"]
@@ -126,18 +127,7 @@ class LowRankSparseConv2d(nn.Module):
         else:
             self.register_parameter("U", None)
             self.register_parameter("V", None)
-        if sparse is not None:
-            if sparse.shape != (m, n):
-                raise ValueError(f"sparse part must be ({m}, {n}), got {sparse.shape}")
-            if sparse.nnz == 0:
-                sparse = None
-        self.sparse = sparse
-        if bias is not None:
-            if bias.shape != (m,):
-                raise ValueError(f"bias must be ({m},), got {tuple(bias.shape)}")
-            self.bias = nn.Parameter(bias.detach().clone())
-        else:
-            self.register_parameter("bias", None)
+        attach_sparse_and_bias(self, sparse, bias, m, n)
 
     # ------------------------------------------------------------------ builders
     @classmethod

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..solve.result import Decomposition
 from ..structure import Structure, parse_structure
+from ._parts import attach_sparse_and_bias
 from .sparse import CompactSparse, compact_from_dense, sparse_from_config
 
 __all__ = ["LowRankSparseLinear", "split_block_diagonal", "as_tensor"]
@@ -119,18 +120,7 @@ class LowRankSparseLinear(nn.Module):
         else:
             self.register_parameter("U", None)
             self.register_parameter("V", None)
-        if sparse is not None:
-            if sparse.shape != (m, n):
-                raise ValueError(f"sparse part must be ({m}, {n}), got {sparse.shape}")
-            if sparse.nnz == 0:
-                sparse = None
-        self.sparse = sparse
-        if bias is not None:
-            if bias.shape != (m,):
-                raise ValueError(f"bias must be ({m},), got {tuple(bias.shape)}")
-            self.bias = nn.Parameter(bias.detach().clone())
-        else:
-            self.register_parameter("bias", None)
+        attach_sparse_and_bias(self, sparse, bias, m, n)
 
     # ------------------------------------------------------------------ builders
     @classmethod
