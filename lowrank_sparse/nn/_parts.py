@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 def attach_sparse_and_bias(module: nn.Module, sparse: Optional[Any], bias: Optional[torch.Tensor], m: int, n: int) -> None:
@@ -25,3 +25,29 @@ def attach_sparse_and_bias(module: nn.Module, sparse: Optional[Any], bias: Optio
         module.bias = nn.Parameter(bias.detach().clone())
     else:
         module.register_parameter("bias", None)
+
+
+class PairBase(nn.Module):
+    """What LowRankSparseLinear and LowRankSparseConv2d share: the dense weight and the
+    counts.  Subclasses set ``U``, ``V``, ``bias`` (or None), ``sparse`` (a compact sparse
+    part or None) and define ``low_rank_dense()`` -> (m, n)."""
+
+    def low_rank_dense(self) -> Tensor:  # pragma: no cover - defined by the subclasses
+        raise NotImplementedError
+
+    def to_dense_weight(self) -> Tensor:
+        """(m, n) U @ V + S: the weight of the equivalent dense layer (for a conv,
+        ``.view(m, C, kh, kw)`` is the kernel)."""
+        W = self.low_rank_dense()
+        if self.sparse is not None:
+            W = W + self.sparse.to_dense()
+        return W
+
+    def num_params(self) -> int:
+        """Stored values: factors (zero blocks of V excluded) + sparse values + bias."""
+        n = sum(int(p.numel()) for p in (self.U, self.V, self.bias) if p is not None)
+        return n + (0 if self.sparse is None else int(self.sparse.nnz))
+
+    def num_index_bytes(self) -> int:
+        """Bytes of index storage of the sparse part."""
+        return 0 if self.sparse is None else int(self.sparse.num_index_bytes())

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from ..solve.result import Decomposition
 from ..structure import Structure, parse_structure
 from .counts import _pair, conv_output_hw
-from .linear import _count, _sparse_from, as_tensor, split_block_diagonal
-from ._parts import attach_sparse_and_bias
+from .linear import _sparse_from, as_tensor, split_block_diagonal
+from ._parts import PairBase, attach_sparse_and_bias
 from .sparse import CompactSparse, ConvGeometry, compact_from_dense
 
 __all__ = ["LowRankSparseConv2d"]
@@ -50,7 +50,7 @@ def _resolve_padding(padding: Any, kernel: tuple[int, int], dilation: tuple[int,
     return _pair(padding, "padding")
 
 
-class LowRankSparseConv2d(nn.Module):
+class LowRankSparseConv2d(PairBase):
     """x (B, C, H, W) or (C, H, W) -> conv with weight (U @ V + S) reshaped to (m, C, kh, kw).
 
     Args:
@@ -238,21 +238,8 @@ class LowRankSparseConv2d(nn.Module):
         Vd = V[0] if g == 1 else torch.block_diag(*V.unbind(0))
         return self.U @ Vd
 
-    def to_dense_weight(self) -> Tensor:
-        """(m, C*kh*kw) U @ V + S; ``.view(m, C, kh, kw)`` is the equivalent conv kernel."""
-        W = self.low_rank_dense()
-        if self.sparse is not None:
-            W = W + self.sparse.to_dense()
-        return W
-
     # ------------------------------------------------------------------ counts
-    def num_params(self) -> int:
-        """Stored values: factors (zero blocks of V excluded) + sparse values + bias."""
-        return _count(self)
-
-    def num_index_bytes(self) -> int:
-        """Bytes of index storage of the sparse part."""
-        return 0 if self.sparse is None else self.sparse.num_index_bytes()
+    # to_dense_weight, num_params, num_index_bytes: see PairBase
 
     def macs_per_position(self) -> int:
         """MACs per output pixel: j*C*kh*kw + m*g*j + (stored values of S)."""

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..solve.result import Decomposition
 from ..structure import Structure, parse_structure
-from ._parts import attach_sparse_and_bias
+from ._parts import PairBase, attach_sparse_and_bias
 from .sparse import CompactSparse, compact_from_dense, sparse_from_config
 
 __all__ = ["LowRankSparseLinear", "split_block_diagonal", "as_tensor"]
@@ -63,7 +63,7 @@ def split_block_diagonal(V: Tensor, slices: int) -> Tensor:
     return diag.contiguous()
 
 
-class LowRankSparseLinear(nn.Module):
+class LowRankSparseLinear(PairBase):
     """x (..., n) -> (..., m): U (V x) + S x + b.
 
     Args:
@@ -207,21 +207,8 @@ class LowRankSparseLinear(nn.Module):
             return self.U @ self.V
         return self.U @ torch.block_diag(*self.V.unbind(0))
 
-    def to_dense_weight(self) -> Tensor:
-        """(m, n) U @ V + S, the weight of the equivalent nn.Linear."""
-        W = self.low_rank_dense()
-        if self.sparse is not None:
-            W = W + self.sparse.to_dense()
-        return W
-
     # ------------------------------------------------------------------ counts
-    def num_params(self) -> int:
-        """Stored values: factors (zero blocks of V excluded) + sparse values + bias."""
-        return _count(self)
-
-    def num_index_bytes(self) -> int:
-        """Bytes of index storage of the sparse part."""
-        return 0 if self.sparse is None else self.sparse.num_index_bytes()
+    # to_dense_weight, num_params, num_index_bytes: see PairBase
 
     def flops(self, input_hw: tuple[int, int] | None = None) -> int:
         """Multiply-accumulates for one input vector: j*n + m*g*j + (stored values of S).
@@ -239,16 +226,6 @@ class LowRankSparseLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
             f"slices={self.slices}, structure={self.structure}, bias={self.bias is not None}"
         )
-
-
-def _count(mod: nn.Module) -> int:
-    n = 0
-    for p in (mod.U, mod.V, mod.bias):
-        if p is not None:
-            n += int(p.numel())
-    if mod.sparse is not None:
-        n += mod.sparse.nnz
-    return n
 
 
 def _sparse_from(config: dict[str, Any], tensors: dict[str, Tensor]) -> CompactSparse | None:
