@@ -74,7 +74,10 @@ ALLOCATIONS = ("alds", "enc", "uniform")
 #: 1,347 training images, 8 epochs of batch 32.
 SMOKE_SCHEDULE_KW = dict(width=1.0, subset=None, epochs=8, lr=0.05, batch_size=32)
 SMOKE_SCHEDULE = Schedule(**SMOKE_SCHEDULE_KW)  # type: ignore[arg-type]
-KEY_FIELDS = ("model", "dataset", "schedule", "seed", "budget", "method", "allocation", "protocol")
+KEY_FIELDS = ("model", "dataset", "schedule", "seed", "budget", "method", "allocation", "protocol", "structure",
+              "aq_setting")
+STRUCTURES = ("unstructured", "row", "column", "channel")
+DEFAULT_AQ = {"M": 2, "K": 256, "d": 8}
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -122,6 +125,18 @@ def _method_list(text: str) -> list[str]:
     return items
 
 
+def _structure_list(text: str) -> list[str]:
+    from lowrank_sparse.structure import parse_structure
+
+    items = _csv(name="structure")(text)
+    for s in items:
+        try:
+            parse_structure(s)
+        except (ValueError, TypeError) as e:
+            raise argparse.ArgumentTypeError(f"structure {s!r}: {e}") from None
+    return items
+
+
 def parse_aq(text: str) -> dict[str, int]:
     """"M=2,K=256,d=8" -> AQConfig keyword arguments."""
     out: dict[str, int] = {}
@@ -142,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budgets", type=_csv(name="budget"), default=["p50", "p33", "p20", "f25"])
     p.add_argument("--methods", type=_method_list, default=list(BASE_METHODS))
     p.add_argument("--allocations", type=_csv(ALLOCATIONS, "allocation"), default=["alds"])
+    p.add_argument("--structures", type=_structure_list, default=["unstructured"],
+                   help="sparsity structures of S for the compressed methods (unstructured, row, column, channel, "
+                   "N:M); each is a run of its own")
     p.add_argument("--dataset", default="fashion_mnist", choices=("fashion_mnist", "mnist", "digits"),
                    help="data set of the 32x32 / small models (mobilenet_v2 always uses the ImageNet samples)")
     p.add_argument("--schedule", default="cpu", choices=("cpu", "gpu", "smoke"),
@@ -166,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-batch", type=int, default=64)
     p.add_argument("--latency-runs", type=int, default=7, help="timed forward passes (median reported)")
     p.add_argument("--mnv2-protocols", type=_csv(("overlap", "split"), "protocol"), default=["overlap", "split"])
-    p.add_argument("--aq", type=parse_aq, default={"M": 2, "K": 256, "d": 8},
+    p.add_argument("--aq", type=parse_aq, default=dict(DEFAULT_AQ),
                    help="additive quantization settings for the aq methods")
     p.add_argument("--dry-run", action="store_true", help="list the runs that would be done and exit")
     return p
@@ -175,8 +193,35 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- rows
 
 
+def aq_setting(aq: Optional[dict[str, Any]]) -> str:
+    """"M=2,K=256,d=8" (+ beam/iters when set) of an AQ settings dict; "-" for None."""
+    if not aq:
+        return "-"
+    return ",".join(f"{k}={aq[k]}" for k in ("M", "K", "d", "beam", "iters") if k in aq)
+
+
+def row_structure(row: dict[str, Any]) -> str:
+    """Structure of S of a row: rows written before the field existed were unstructured
+    (compressed methods) or have no S ("-": dense, aq)."""
+    s = row.get("structure")
+    if s is not None:
+        return str(s)
+    return "-" if row.get("method") in ("dense", "aq") else "unstructured"
+
+
 def row_key(row: dict[str, Any]) -> tuple:
-    return tuple(row.get(k) for k in KEY_FIELDS)
+    """Identity of a run: the KEY_FIELDS, with "structure" and "aq_setting" derived for rows
+    written before those fields existed (so old rows keep their identity)."""
+    out = []
+    for k in KEY_FIELDS:
+        if k == "structure":
+            out.append(row_structure(row))
+        elif k == "aq_setting":
+            m = str(row.get("method", ""))
+            out.append(aq_setting(row.get("aq")) if (m == "aq" or m.endswith("+aq")) else "-")
+        else:
+            out.append(row.get(k))
+    return tuple(out)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -217,7 +262,7 @@ def _git_commit() -> str:
 
 
 def row_command(args: argparse.Namespace, model: str, budget: str, method: str, allocation: str,
-                protocol: str) -> str:
+                protocol: str, structure: str = "unstructured") -> str:
     """The command line that reproduces exactly this row."""
     defaults = build_parser().parse_args([])
     parts = ["python", "reproduce/sweep.py", "--models", model]
@@ -226,6 +271,8 @@ def row_command(args: argparse.Namespace, model: str, budget: str, method: str, 
     parts += ["--methods", method]
     if method not in ("aq", "dense"):
         parts += ["--allocations", allocation]
+        if structure not in ("unstructured", "-"):
+            parts += ["--structures", structure]
     parts += ["--schedule", args.schedule, "--device", args.device, "--seed", str(args.seed)]
     if model == IMAGENET_MODEL:
         parts += ["--mnv2-protocols", protocol]
@@ -389,18 +436,26 @@ def accuracy(model: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor], de
 
 
 def base_row(args: argparse.Namespace, ctx: Context, budget: str, method: str, allocation: str,
-             protocol: str) -> dict[str, Any]:
+             protocol: str, structure: str = "-") -> dict[str, Any]:
     return {
         "model": ctx.model_name, "dataset": ctx.dataset, "schedule": args.schedule if ctx.protocols is None else "pretrained",
         "seed": args.seed, "budget": budget, "method": method, "allocation": allocation, "protocol": protocol,
+        "structure": structure,
         "device": str(args.device), "threads": args.threads, "work_threads": args.work_threads, "source": ctx.source, "arch": ctx.arch,
-        "command": row_command(args, ctx.model_name, budget, method, allocation, protocol),
+        "command": row_command(args, ctx.model_name, budget, method, allocation, protocol, structure),
         "commit": _git_commit(), "host": platform.node(), "torch": torch.__version__,
         "settings": {"calib": args.calib if ctx.protocols is None else None, "sample_size": args.sample_size,
                      "max_iter": args.max_iter, "test_subset": args.test_subset if ctx.protocols is None else None,
                      "ft_epochs": args.ft_epochs if ctx.protocols is None else 0, "ft_subset": args.ft_subset,
                      "ft_lr": args.ft_lr, "latency_batch": args.latency_batch, "latency_runs": args.latency_runs},
     }  # fmt: skip
+
+
+def file_parts(path: Path) -> dict[str, int]:
+    """Bytes of a saved file by component (``lowrank_sparse.io.file_report``)."""
+    from lowrank_sparse import io as lio
+
+    return {k: int(v) for k, v in lio.file_report(path).items()}
 
 
 def save_model(model: torch.nn.Module, path: Path, arch: dict[str, Any], meta: dict[str, Any]) -> int:
@@ -412,8 +467,15 @@ def save_model(model: torch.nn.Module, path: Path, arch: dict[str, Any], meta: d
 
 
 def model_file(args: argparse.Namespace, ctx: Context, budget: str, method: str, allocation: str, protocol: str,
-               stage: str) -> Path:
-    name = f"{ctx.model_name}-{ctx.dataset}-{args.schedule}-s{args.seed}-{budget}-{method}-{allocation}-{protocol}-{stage}"
+               stage: str, structure: str = "unstructured") -> Path:
+    """Where a run's model is saved; unstructured (and dense / aq) runs keep the names of
+    sweeps written before --structures existed; AQ files carry their setting."""
+    name = f"{ctx.model_name}-{ctx.dataset}-{args.schedule}-s{args.seed}-{budget}-{method}-{allocation}-{protocol}"
+    if structure not in ("unstructured", "-"):
+        name += "-" + structure.replace(":", "of")
+    if method == "aq" or method.endswith("+aq"):
+        name += "-" + aq_setting(args.aq).replace(",", "_").replace("=", "")
+    name += f"-{stage}"
     return args.save_dir / f"{name}.safetensors"
 
 
@@ -439,7 +501,8 @@ def run_dense(args: argparse.Namespace, ctx: Context, protocol: str, dev: torch.
 
 
 def compress_model(args: argparse.Namespace, ctx: Context, budget: str, method: str, allocation: str,
-                   calib: torch.Tensor, dev: torch.device) -> tuple[torch.nn.Module, Any, float]:
+                   calib: torch.Tensor, dev: torch.device,
+                   structure: str = "unstructured") -> tuple[torch.nn.Module, Any, float]:
     from lowrank_sparse import compress
     from lowrank_sparse.budget import Budget
 
@@ -448,20 +511,21 @@ def compress_model(args: argparse.Namespace, ctx: Context, budget: str, method: 
     t0 = time.perf_counter()
     new, report = compress(model, calib.to(dev), target, allocation=allocation, method=method,
                            max_iter=args.max_iter, seed=args.seed, progress=False, device=dev,
-                           sample_size=args.sample_size)
+                           sample_size=args.sample_size, structure=structure)
     seconds = time.perf_counter() - t0
     ctx.model.cpu()
     return new, report, seconds
 
 
 def run_compressed(args: argparse.Namespace, ctx: Context, budget: str, method: str, allocation: str,
-                   protocol: str, dev: torch.device, dense_row: dict[str, Any]) -> dict[str, Any]:
+                   protocol: str, dev: torch.device, dense_row: dict[str, Any],
+                   structure: str = "unstructured") -> dict[str, Any]:
     from lowrank_sparse import train as T
 
-    row = base_row(args, ctx, budget, method, allocation, protocol)
+    row = base_row(args, ctx, budget, method, allocation, protocol, structure)
     row["target"] = parse_budget(budget)
     calib = ctx.calib if ctx.protocols is None else ctx.protocols[protocol][0]
-    new, report, seconds = compress_model(args, ctx, budget, method, allocation, calib, dev)
+    new, report, seconds = compress_model(args, ctx, budget, method, allocation, calib, dev, structure)
     row["compress_seconds"] = seconds
     row["params_before"] = param_count(ctx.model)
     row["flops_before"] = flop_count(ctx.model, ctx.input_shape)
@@ -479,7 +543,7 @@ def run_compressed(args: argparse.Namespace, ctx: Context, budget: str, method: 
     if ctx.protocols is None:
         row["acc_before"] = dense_row["acc_before"]
         row["acc_after"] = accuracy(new, ctx.test, dev)
-        save_model(new.cpu(), model_file(args, ctx, budget, method, allocation, protocol, "compressed"), ctx.arch,
+        save_model(new.cpu(), model_file(args, ctx, budget, method, allocation, protocol, "compressed", structure), ctx.arch,
                    {"sweep_key": key, "stage": "compressed"})
         if args.ft_epochs > 0:
             hist = T.fine_tune(new, ctx.ft_set, epochs=args.ft_epochs, lr=args.ft_lr, seed=args.seed, device=dev,
@@ -496,14 +560,16 @@ def run_compressed(args: argparse.Namespace, ctx: Context, budget: str, method: 
     new.cpu().eval()
     row["latency"] = latency_ms(new, ctx.input_shape, args.latency_batch, args.latency_runs, args.threads)
     row["latency_dense"] = dense_row.get("latency")
-    path = model_file(args, ctx, budget, method, allocation, protocol, "final")
+    path = model_file(args, ctx, budget, method, allocation, protocol, "final", structure)
     row["file_bytes"] = save_model(new, path, ctx.arch, {"sweep_key": key, "stage": "final"})
+    row["file_report"] = file_parts(path)
     row["model_file"] = str(path)
     return row
 
 
 def run_aq(args: argparse.Namespace, ctx: Context, budget: str, method: str, allocation: str, protocol: str,
-           dev: torch.device, dense_row: dict[str, Any], prev_rows: list[dict[str, Any]]) -> dict[str, Any]:
+           dev: torch.device, dense_row: dict[str, Any], prev_rows: list[dict[str, Any]],
+           structure: str = "unstructured") -> dict[str, Any]:
     """Additive quantization of the dense model ("aq") or of a compressed, fine-tuned one
     ("<method>+aq", loaded from that row's saved file, recomputed if missing); then one
     epoch of codebook fine-tuning.  Every Linear / Conv weight, low-rank factor and sparse
@@ -517,7 +583,7 @@ def run_aq(args: argparse.Namespace, ctx: Context, budget: str, method: str, all
     if ctx.protocols is not None:
         raise ValueError("the aq methods need a training set for codebook fine-tuning (not mobilenet_v2)")
     row = base_row(args, ctx, budget if method != "aq" else "-", method, allocation if method != "aq" else "-",
-                   protocol)
+                   protocol, structure if method != "aq" else "-")
     row["aq"] = dict(args.aq)
     if method == "aq":
         base = ctx.model
@@ -525,15 +591,16 @@ def run_aq(args: argparse.Namespace, ctx: Context, budget: str, method: str, all
     else:
         inner = method[:-3]
         row["target"] = parse_budget(budget)
-        path = model_file(args, ctx, budget, inner, allocation, protocol, "final")
+        path = model_file(args, ctx, budget, inner, allocation, protocol, "final", structure)
         prev = [r for r in prev_rows if r.get("status") == "ok" and row_key(r)[:5] == row_key(row)[:5]
-                and r.get("method") == inner and r.get("allocation") == allocation and r.get("protocol") == protocol]
+                and r.get("method") == inner and r.get("allocation") == allocation and r.get("protocol") == protocol
+                and row_structure(r) == structure]
         if path.is_file() and prev:
             base = lio.load(path).eval()
             row["compress_seconds"] = prev[-1]["compress_seconds"]
             row["base_from"] = str(path)
         else:
-            r = run_compressed(args, ctx, budget, inner, allocation, protocol, dev, dense_row)
+            r = run_compressed(args, ctx, budget, inner, allocation, protocol, dev, dense_row, structure)
             append_row(args.out, {**r, "status": "ok"})
             prev_rows.append({**r, "status": "ok"})
             base = lio.load(path).eval()
@@ -564,6 +631,12 @@ def run_aq(args: argparse.Namespace, ctx: Context, budget: str, method: str, all
     else:
         row["acc_ft"] = None
     q.cpu().eval()
+    row["storage_after_ft"] = Q.storage_report(q, "float16")
+    path = model_file(args, ctx, budget if method != "aq" else "-", method, allocation if method != "aq" else "-",
+                      protocol, "final", structure if method != "aq" else "-")
+    row["file_bytes"] = save_model(q, path, ctx.arch, {"sweep_key": list(row_key(row)), "stage": "final"})
+    row["file_report"] = file_parts(path)
+    row["model_file"] = str(path)
     row["latency"] = latency_ms(q, ctx.input_shape, args.latency_batch, args.latency_runs, args.threads)
     row["latency_note"] = "AQ weights are decoded from the codebooks inside every forward pass"
     row["latency_dense"] = dense_row.get("latency")
@@ -573,22 +646,23 @@ def run_aq(args: argparse.Namespace, ctx: Context, budget: str, method: str, all
 # ----------------------------------------------------------------------------- driver
 
 
-def plan(args: argparse.Namespace) -> list[tuple[str, str, str, str, str]]:
-    """(model, budget, method, allocation, protocol) of every requested run, in order.
-    The dense reference of each model/protocol comes first."""
+def plan(args: argparse.Namespace) -> list[tuple[str, str, str, str, str, str]]:
+    """(model, budget, method, allocation, protocol, structure) of every requested run, in
+    order.  The dense reference of each model/protocol comes first."""
     out = []
     for model in args.models:
         protocols = args.mnv2_protocols if model == IMAGENET_MODEL else ["standard"]
         for protocol in protocols:
-            out.append((model, "-", "dense", "-", protocol))
+            out.append((model, "-", "dense", "-", protocol, "-"))
             if "aq" in args.methods and model != IMAGENET_MODEL:
-                out.append((model, "-", "aq", "-", protocol))
+                out.append((model, "-", "aq", "-", protocol, "-"))
             for budget in args.budgets:
                 for allocation in args.allocations:
-                    for method in args.methods:
-                        if method in ("aq", "dense") or (method.endswith("+aq") and model == IMAGENET_MODEL):
-                            continue
-                        out.append((model, budget, method, allocation, protocol))
+                    for structure in args.structures:
+                        for method in args.methods:
+                            if method in ("aq", "dense") or (method.endswith("+aq") and model == IMAGENET_MODEL):
+                                continue
+                            out.append((model, budget, method, allocation, protocol, structure))
     return out
 
 
@@ -610,10 +684,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     prev_rows = read_rows(args.out)
     done = {row_key(r) for r in prev_rows if r.get("status") == "ok"}
 
-    def key_of(model: str, budget: str, method: str, allocation: str, protocol: str) -> tuple:
+    def key_of(model: str, budget: str, method: str, allocation: str, protocol: str, structure: str) -> tuple:
         dataset = "imagenet_samples" if model == IMAGENET_MODEL else args.dataset
         schedule = "pretrained" if model == IMAGENET_MODEL else args.schedule
-        return (model, dataset, schedule, args.seed, budget, method, allocation, protocol)
+        is_aq = method == "aq" or method.endswith("+aq")
+        return (model, dataset, schedule, args.seed, budget, method, allocation, protocol, structure,
+                aq_setting(args.aq) if is_aq else "-")
 
     todo = [r for r in runs if key_of(*r) not in done]
     print(f"[sweep] {len(runs)} runs requested, {len(runs) - len(todo)} already done, {len(todo)} to do; "
@@ -624,31 +700,35 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     contexts: dict[str, Context] = {}
     failures = 0
-    for model, budget, method, allocation, protocol in runs:
-        key = key_of(model, budget, method, allocation, protocol)
+    for model, budget, method, allocation, protocol, structure in runs:
+        key = key_of(model, budget, method, allocation, protocol, structure)
         if key in done and method != "dense":
             continue
         if model not in contexts:
             contexts[model] = load_context(model, args)
         ctx = contexts[model]
-        dense_key = key_of(model, "-", "dense", "-", protocol)
+        dense_key = key_of(model, "-", "dense", "-", protocol, "-")
         dense_rows = [r for r in prev_rows if r.get("status") == "ok" and row_key(r) == dense_key]
         if method == "dense" and dense_rows:
             continue
         t0 = time.perf_counter()
-        label = f"{model} {budget} {method} {allocation} {protocol}"
+        label = f"{model} {budget} {method} {allocation} {protocol} {structure}"
         print(f"[sweep] start {label}", flush=True)
         try:
             if method == "dense":
                 row = run_dense(args, ctx, protocol, dev)
             elif method == "aq" or method.endswith("+aq"):
-                row = run_aq(args, ctx, budget, method, allocation, protocol, dev, dense_rows[-1], prev_rows)
+                row = run_aq(args, ctx, budget, method, allocation, protocol, dev, dense_rows[-1], prev_rows,
+                             structure)
             else:
-                row = run_compressed(args, ctx, budget, method, allocation, protocol, dev, dense_rows[-1])
+                row = run_compressed(args, ctx, budget, method, allocation, protocol, dev, dense_rows[-1],
+                                     structure)
             row["status"] = "ok"
         except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
             failures += 1
-            row = base_row(args, ctx, budget, method, allocation, protocol)
+            row = base_row(args, ctx, budget, method, allocation, protocol, structure)
+            if method == "aq" or method.endswith("+aq"):
+                row["aq"] = dict(args.aq)
             row.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                        traceback=traceback.format_exc()[-4000:])
             print(f"[sweep] FAILED {label}: {type(exc).__name__}: {exc}", flush=True)
