@@ -177,8 +177,10 @@ def _load_model(spec: str, dataset: str, schedule: str, seed: int, checkpoint: O
         except Exception as e:  # noqa: BLE001 - any loading problem is the user's file
             raise CLIError(f"checkpoint {checkpoint} does not fit {spec} ({str(e).splitlines()[0]})") from None
         return Loaded(model.eval(), arch, dataset, str(ck))
+    was_cached = _train.checkpoint_path(spec, dataset, schedule, seed).is_file()
     model = _train.get_trained(spec, dataset, schedule, seed, progress=progress)
-    return Loaded(model.eval(), arch, dataset, f"trained ({schedule} schedule, seed {seed}, cached)")
+    how = "from cache" if was_cached else "trained now, cached"
+    return Loaded(model.eval(), arch, dataset, f"trained ({schedule} schedule, seed {seed}, {how})")
 
 
 def _test_data(dataset: str, n: Optional[int], seed: int) -> tuple[Any, Any]:

@@ -113,3 +113,12 @@ def test_compress_evaluate_report_round_trip(tmp_path: Path, cache: Path, capsys
     assert "layer" in text and "rank" in text
     pngs = sorted(plots.glob("*.png"))
     assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_source_says_whether_the_model_was_trained_or_loaded(cache: Path) -> None:
+    first = cli._load_model("mlp", "digits", "cpu", 0, None, progress=False)
+    again = cli._load_model("mlp", "digits", "cpu", 0, None, progress=False)
+    assert "trained now" in first.source and "from cache" not in first.source
+    assert "from cache" in again.source
+    for a, b in zip(first.model.parameters(), again.model.parameters()):
+        assert torch.equal(a, b)
