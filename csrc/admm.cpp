@@ -4,6 +4,7 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -183,6 +184,442 @@ void zstep(const T* y, const T* c, T* u, index_t count, T rho, Activation act, T
   });
 }
 
+namespace {
+
+// out.U (m, g rt) = U_i sqrt(s_i), out.V (g rt, n) = block-diagonal sqrt(s_i) V_i^T from
+// the per-slice factors Ub (g, m, r), sb (g, r), Vtb (g, r, n / g); q[i] triplets kept.
+template <class T>
+void write_factors(AdmmResult<T>& out, index_t m, index_t n, index_t g, index_t r, index_t rt,
+                   const std::vector<index_t>& q, const std::vector<T>& Ub,
+                   const std::vector<T>& sb, const std::vector<T>& Vtb) {
+  const index_t nsl = n / g;
+  out.rt = rt;
+  out.U.assign(static_cast<size_t>(m * g * rt), T(0));
+  out.V.assign(static_cast<size_t>(g * rt * n), T(0));
+  for (index_t s = 0; s < g && rt > 0; ++s) {
+    const index_t qq = q[static_cast<size_t>(s)];
+    const T* U_ = Ub.data() + s * m * r;
+    const T* s_ = sb.data() + s * r;
+    const T* Vt_ = Vtb.data() + s * r * nsl;
+    for (index_t j = 0; j < qq; ++j) {
+      const T sq = std::sqrt(s_[j]);
+      for (index_t i = 0; i < m; ++i) out.U[i * g * rt + s * rt + j] = U_[i * r + j] * sq;
+      for (index_t c = 0; c < nsl; ++c) out.V[(s * rt + j) * n + s * nsl + c] = sq * Vt_[j * nsl + c];
+    }
+  }
+}
+
+// sum_j x_j^2 in double, in 8 independent lanes (vectorisable without reassociating
+// one accumulator; fixed order, so deterministic).   x: (n,)
+template <class T>
+double sumsq(const T* x, index_t n) {
+  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  index_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) lane[l] += static_cast<double>(x[j + l]) * x[j + l];
+  double s = 0;
+  for (; j < n; ++j) s += static_cast<double>(x[j]) * x[j];
+  for (int l = 0; l < 8; ++l) s += lane[l];
+  return s;
+}
+
+// S of one ADMM iteration as a function of its S-step input T (the state the fused
+// weight mode keeps instead of S, Lam, W): S = P(T) with the selection fixed once per
+// iteration (top-k cut, per-group factors, soft threshold), decoded row by row.
+template <class T>
+struct SDecode {
+  bool zero = true;  // S = 0 (no sparse part, or before the first S-step)
+  Structure st;
+  bool relaxed = false;
+  index_t m = 0, n = 0;
+  TopkCut cut;                // unstructured, hard
+  T tval = 0;                 // |value| whose bits are cut.key
+  T thr = 0;                  // unstructured, soft threshold
+  std::vector<double> scale;  // groups: factor per group (group_count,)
+  std::vector<T> colf;        // Column / Channel: factor per column as T (n,)
+
+  // Fix the selection from the whole input t (m, n); k: budget; tau: soft threshold.
+  void select(const T* t, index_t k, T tau) {
+    zero = false;
+    const StructureKind kd = st.kind;
+    if (kd == StructureKind::NM) return;
+    if (kd == StructureKind::Unstructured) {
+      if (relaxed) {
+        thr = tau;
+      } else {
+        cut = topk_select<T>(t, m * n, k);
+        if (!cut.keep_none && !cut.keep_all) {
+          if constexpr (sizeof(T) == 4) {
+            const std::uint32_t kk = static_cast<std::uint32_t>(cut.key);
+            std::memcpy(&tval, &kk, sizeof(T));
+          } else {
+            const std::uint64_t kk = cut.key;
+            std::memcpy(&tval, &kk, sizeof(T));
+          }
+        }
+      }
+      return;
+    }
+    if (relaxed)
+      group_soft_scale<T>(st, t, m, n, tau, scale.data());
+    else
+      group_topk_scale<T>(st, t, m, n, k, scale.data());
+    if (kd == StructureKind::Column)
+      for (index_t j = 0; j < n; ++j) colf[j] = static_cast<T>(scale[j]);
+    else if (kd == StructureKind::Channel)
+      for (index_t j = 0; j < n; ++j) colf[j] = static_cast<T>(scale[j / st.block]);
+  }
+
+  // s (n,) = row i of S from row i of the input, t (n,).
+  void row(index_t i, const T* t, T* s) const { seg(i, 0, n, t, s); }
+
+  // s (len,) = S[i, j0 : j0 + len] from t (len,) = the input there (for N:M, j0 and len
+  // are multiples of nm_m).
+  void seg(index_t i, index_t j0, index_t len, const T* t, T* s) const {
+    const index_t n = len;
+    if (zero) {
+      std::fill(s, s + n, T(0));
+      return;
+    }
+    switch (st.kind) {
+      case StructureKind::Unstructured:
+        if (relaxed) {
+          const T tau = thr;
+          for (index_t j = 0; j < n; ++j) {
+            const T a = std::fabs(t[j]) - tau;
+            s[j] = a > 0 ? std::copysign(a, t[j]) : T(0);
+          }
+        } else if (cut.keep_none) {
+          std::fill(s, s + n, T(0));
+        } else if (cut.keep_all) {
+          std::copy(t, t + n, s);
+        } else {
+          // |t| > tval, or a tie at or before the cut-off index (topk_project's rule);
+          // on non-negative floats this order is the order of the keys.
+          const T tv = tval;
+          const index_t last = cut.cutoff - i * this->n - j0;  // ties kept at j <= last
+          if (last < 0) {  // no tie of this row is kept (the usual case)
+            for (index_t j = 0; j < n; ++j) s[j] = std::fabs(t[j]) > tv ? t[j] : T(0);
+          } else if (last >= n - 1) {  // every tie of this row is kept
+            for (index_t j = 0; j < n; ++j) s[j] = std::fabs(t[j]) >= tv ? t[j] : T(0);
+          } else {
+            for (index_t j = 0; j < n; ++j) {
+              const T a = std::fabs(t[j]);
+              s[j] = (a > tv || (a == tv && j <= last)) ? t[j] : T(0);
+            }
+          }
+        }
+        break;
+      case StructureKind::NM:
+        nm_project<T>(t, s, 1, n, st.nm_n, st.nm_m);
+        break;
+      case StructureKind::Row: {
+        const T f = static_cast<T>(scale[static_cast<size_t>(i)]);
+        for (index_t j = 0; j < n; ++j) s[j] = t[j] * f;
+        break;
+      }
+      default: {  // Column, Channel
+        const T* f = colf.data() + j0;
+        for (index_t j = 0; j < n; ++j) s[j] = t[j] * f[j];
+      }
+    }
+  }
+};
+
+// Weight mode (F = 1/2 ||W - W0||^2), restructured so that the state is three (m, n)
+// arrays instead of four and the elementwise steps are fused into three row-parallel
+// passes.  The iteration is the one of the general loop below (and of the torch
+// backend) in exact arithmetic; only what is stored differs.  With B = W + Lam (the
+// W-step's W plus the rescaled scaled dual):
+//   L-step input  A = B - S,          S-step input  T' = B - L',   S' = P(T'),
+//   Lam + W - M'  = T' - S' =: Lam',  M' = L' + S' = B - Lam',
+//   next Lam = Lam' / f,  next W = (W0 + rh (M' - Lam)) / (1 + rh).
+// So S and Lam are functions of T and the iteration's selection (SDecode), and the
+// arrays kept are  Tb = T (the last S-step input),  Mb = M (= L + S)  and  Ab (the
+// L-step input A while the SVD runs, then the dual Lam of the iteration, which the
+// residual pass needs after Tb is overwritten).  W0 is read, never copied.  Per
+// iteration:
+//   P0  Ab <- A = B - S                   (reads W0, Mb, Tb; skipped when rank = 0)
+//   truncated SVD of Ab (two GEMMs with A)
+//   P3  per row block: L' tile = (U s) Vt into a cache-sized tile (one small GEMM),
+//       Tb <- T' = B - L',  Ab <- Lam     (reads W0, Mb, Tb)
+//   selection of S' on Tb (top-k cut: histogram + candidate pass; groups: norms)
+//   P4  Mb <- M' = B - Lam';  sums of the primal and dual residuals and of the
+//       objective                          (reads W0, Mb, Ab, Tb)
+template <class T>
+void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_start, double nW) {
+  const index_t m = pb.m, n = pb.n, r = pb.rank, g = pb.slices, p = pb.p;
+  const index_t nsl = n / g, mn = m * n;
+  const int gt = std::max(1, pb.gemm_threads);
+  auto buf = [](index_t sz) { return std::vector<T>(static_cast<size_t>(sz), T(0)); };
+  std::vector<T> Tb = buf(mn), Mb = buf(mn), Ab = buf(mn);
+  // Row chunks of the fused passes, fixed for the solve: per-chunk scratch, and
+  // per-chunk partial sums combined in chunk order (deterministic results).
+  const int nch = static_cast<int>(std::max<index_t>(1, std::min<index_t>(num_chunks(mn), m)));
+  // Per chunk: a decoded S row and three residual rows, (4, n).
+  std::vector<T> rowS = buf(index_t{nch} * 4 * n);
+  // L' tiles (rb, cb) of about 256 KiB, so that a tile stays in cache between the
+  // GEMM that writes it and the pass that reads it; 64-row blocks keep BLAS's packing
+  // of Vt cheap.  Column blocks only without slices (cb = n otherwise); for N:M a
+  // multiple of the window.
+  const index_t rb = std::min<index_t>(64, m);
+  index_t cb = n;
+  if (g == 1) {
+    cb = std::max<index_t>(64, (index_t{1} << 16) / (rb * static_cast<index_t>(sizeof(T))) * 4);
+    if (pb.structure.kind == StructureKind::NM) cb = std::max<index_t>(1, cb / pb.structure.nm_m) * pb.structure.nm_m;
+    cb = std::min(cb, n);
+  }
+  std::vector<T> tiles = buf(r > 0 ? index_t{nch} * rb * cb : 0);  // (nch, rb, cb)
+  std::vector<std::array<double, 3>> part(static_cast<size_t>(nch));
+  auto rows = [&](auto&& f) {
+    parallel_chunks(m, nch, [&](int c, index_t b, index_t e) { f(c, b, e); });
+  };
+  SDecode<T> dold, dnew;  // selections of the previous and of the current iteration
+  for (SDecode<T>* d : {&dold, &dnew}) {
+    d->st = pb.structure;
+    d->relaxed = pb.relaxed;
+    d->m = m;
+    d->n = n;
+    if (pb.sparse && pb.structure.kind != StructureKind::Unstructured &&
+        pb.structure.kind != StructureKind::NM) {
+      d->scale.assign(static_cast<size_t>(group_count(pb.structure, m, n)), 0.0);
+      d->colf.assign(static_cast<size_t>(n), T(0));
+    }
+  }
+  // truncated SVD state per slice
+  std::vector<T> Vs, Ub, sb, Vtb, Tsl, Us;
+  SvdWorkspace<T> ws;
+  ws.gemm_threads = gt;
+  std::vector<index_t> q(static_cast<size_t>(g), r);
+  if (r > 0) {
+    Vs.assign(pb.V0, pb.V0 + g * nsl * p);
+    Ub = buf(g * m * r);
+    sb = buf(g * r);
+    Vtb = buf(g * r * nsl);
+    Us = buf(g * m * r);
+    if (g > 1) Tsl = buf(m * nsl);
+  }
+  double rho_rel = pb.rho0;
+  const index_t cap = pb.max_iter;
+  out.primal.reserve(cap);
+  out.dual.reserve(cap);
+  out.objective.reserve(cap);
+  out.rho.reserve(cap);
+  AdmmTiming& tm = out.timing;
+  bool first = true;          // B = W0 (no W-step yet, Lam = 0)
+  T c = 1, rh = 0, rinv = 1;  // Lam = c (T - S); the W-step's rh and 1 / (1 + rh)
+  const T* W0 = pb.W0;
+  int it = 0;
+  bool converged = false;
+  for (it = 1; it <= pb.max_iter; ++it) {
+    const T rho = static_cast<T>(rho_rel);  // gscale = 1 in weight mode
+    double t0 = now();
+    // ---- P0: Ab <- A = B - S ----
+    if (r > 0) {
+      rows([&](int ch, index_t b, index_t e) {
+        T* sr = rowS.data() + index_t{ch} * 4 * n;
+        for (index_t i = b; i < e; ++i) {
+          const index_t o = i * n;
+          const T* t = Tb.data() + o;
+          dold.row(i, t, sr);
+          T* a = Ab.data() + o;
+          const T* w0 = W0 + o;
+          if (first) {
+            for (index_t j = 0; j < n; ++j) a[j] = w0[j] - sr[j];
+          } else {
+            const T* mr = Mb.data() + o;
+            const T cc = c, rr = rh, ii = rinv;
+            for (index_t j = 0; j < n; ++j) {
+              const T lam = cc * (t[j] - sr[j]);
+              const T w = (w0[j] + rr * (mr[j] - lam)) * ii;
+              a[j] = (w + lam) - sr[j];
+            }
+          }
+        }
+      });
+      double t1 = now();
+      tm.elementwise += t1 - t0;
+      // ---- L-step: truncated SVD of A (per column slice) ----
+      for (index_t s = 0; s < g; ++s) {
+        const T* Ap = Ab.data();
+        if (g > 1) {
+          each(m * nsl, [&](index_t i) {
+            const index_t row = i / nsl, col = i % nsl;
+            Tsl[i] = Ab[row * n + s * nsl + col];
+          });
+          Ap = Tsl.data();
+        }
+        T* U_ = Ub.data() + s * m * r;
+        T* s_ = sb.data() + s * r;
+        T* Vt_ = Vtb.data() + s * r * nsl;
+        truncated_svd<T>(Ap, m, nsl, r, p, pb.power_iters, Vs.data() + s * nsl * p, U_, s_, Vt_,
+                         ws);
+        index_t qq = r;
+        if (pb.relaxed) {
+          const T thr = static_cast<T>(pb.lam_nuclear) / rho;
+          qq = 0;
+          for (index_t j = 0; j < r; ++j) {
+            const T v = s_[j] - thr;
+            if (s_[j] > thr) ++qq;
+            s_[j] = v > T(0) ? v : T(0);
+          }
+        }
+        q[static_cast<size_t>(s)] = qq;
+        T* us = Us.data() + s * m * r;
+        for (index_t i = 0; i < m * r; ++i) us[i] = U_[i] * s_[i % r];
+      }
+      t0 = now();
+      tm.svd += t0 - t1;
+    }
+    // ---- P3: Tb <- T' = B - L' (L' in (rb, cb) tiles), Ab <- Lam ----
+    rows([&](int ch, index_t b, index_t e) {
+      T* sr = rowS.data() + index_t{ch} * 4 * n;
+      T* tile = r > 0 ? tiles.data() + index_t{ch} * rb * cb : nullptr;
+      for (index_t i0 = b; i0 < e; i0 += rb) {
+        const index_t len = std::min(rb, e - i0);
+        for (index_t j0 = 0; j0 < n; j0 += cb) {
+          const index_t w = std::min(cb, n - j0);
+          if (r > 0) {
+            if (g == 1)
+              blas::gemm_rm<T>(false, false, static_cast<int>(len), static_cast<int>(w),
+                               static_cast<int>(r), T(1), Us.data() + i0 * r, static_cast<int>(r),
+                               Vtb.data() + j0, static_cast<int>(n), T(0), tile,
+                               static_cast<int>(w));
+            else  // cb = n: one GEMM per slice
+              for (index_t s = 0; s < g; ++s)
+                blas::gemm_rm<T>(false, false, static_cast<int>(len), static_cast<int>(nsl),
+                                 static_cast<int>(r), T(1), Us.data() + s * m * r + i0 * r,
+                                 static_cast<int>(r), Vtb.data() + s * r * nsl,
+                                 static_cast<int>(nsl), T(0), tile + s * nsl, static_cast<int>(n));
+          }
+          for (index_t i = i0; i < i0 + len; ++i) {
+            const index_t o = i * n + j0;
+            T* t = Tb.data() + o;
+            T* lamr = Ab.data() + o;
+            const T* w0 = W0 + o;
+            const T* lt = tile ? tile + (i - i0) * w : nullptr;
+            if (first) {  // Lam = 0, B = W0
+              std::fill(lamr, lamr + w, T(0));
+              if (lt)
+                for (index_t j = 0; j < w; ++j) t[j] = w0[j] - lt[j];
+              else
+                std::copy(w0, w0 + w, t);
+            } else {
+              dold.seg(i, j0, w, t, sr);
+              const T* mr = Mb.data() + o;
+              const T cc = c, rr = rh, ii = rinv;
+              if (lt) {
+                for (index_t j = 0; j < w; ++j) {
+                  const T lam = cc * (t[j] - sr[j]);
+                  const T wv = (w0[j] + rr * (mr[j] - lam)) * ii;
+                  lamr[j] = lam;
+                  t[j] = (wv + lam) - lt[j];
+                }
+              } else {
+                for (index_t j = 0; j < w; ++j) {
+                  const T lam = cc * (t[j] - sr[j]);
+                  const T wv = (w0[j] + rr * (mr[j] - lam)) * ii;
+                  lamr[j] = lam;
+                  t[j] = wv + lam;
+                }
+              }
+            }
+          }
+        }
+      }
+    });
+    double t1 = now();
+    tm.lform += t1 - t0;
+    // ---- S-step: the selection of S' = P(T') ----
+    if (pb.sparse) {
+      dnew.select(Tb.data(), pb.k, static_cast<T>(pb.lam_sparse) / rho);
+      t0 = now();
+      tm.project += t0 - t1;
+      t1 = t0;
+    }
+    // ---- P4: Lam' = T' - S', M' = B - Lam', residuals; Mb <- M' ----
+    rows([&](int ch, index_t b, index_t e) {
+      T* sr = rowS.data() + index_t{ch} * 4 * n;
+      double a0 = 0, a1 = 0, a2 = 0;
+      for (index_t i = b; i < e; ++i) {
+        const index_t o = i * n;
+        const T* t = Tb.data() + o;
+        dnew.row(i, t, sr);
+        const T* lamr = Ab.data() + o;
+        T* mr = Mb.data() + o;
+        const T* w0 = W0 + o;
+        const T rr = rh, ii = rinv;
+        const bool fst = first;
+        // Elementwise part (vectorisable: no reduction), into three scratch rows.
+        T* ev = sr + n;
+        T* dm = sr + 2 * n;
+        T* eo = sr + 3 * n;
+        for (index_t j = 0; j < n; ++j) {
+          const T lam = lamr[j];
+          const T bv = fst ? w0[j] : ((w0[j] + rr * (mr[j] - lam)) * ii) + lam;
+          const T lp = t[j] - sr[j];
+          const T mnew = bv - lp;
+          ev[j] = lp - lam;  // W - M'
+          dm[j] = mnew - mr[j];
+          eo[j] = w0[j] - mnew;
+          mr[j] = mnew;
+        }
+        a0 += sumsq(ev, n);
+        a1 += sumsq(dm, n);
+        a2 += sumsq(eo, n);
+      }
+      part[static_cast<size_t>(ch)] = {a0, a1, a2};
+    });
+    std::array<double, 3> acc{};
+    for (const auto& a : part)
+      for (int j = 0; j < 3; ++j) acc[j] += a[j];
+    tm.elementwise += now() - t1;
+    const double rp = std::sqrt(acc[0]) / nW;
+    const double sd = rho_rel * std::sqrt(acc[1]) / nW;
+    const double obj = std::sqrt(acc[2]) / nW;
+    out.primal.push_back(rp);
+    out.dual.push_back(sd);
+    out.objective.push_back(obj);
+    out.rho.push_back(rho_rel);
+    std::swap(dold, dnew);  // dold decodes Tb from here on
+    if (rp < pb.tol && sd < pb.tol) {
+      converged = true;
+      break;
+    }
+    if (it == pb.max_iter) break;
+    // ---- penalty update (scaled dual rescaled) and the implicit W-step ----
+    const double f = balance(rp, sd, pb.mu, pb.tau, pb.rho_growth);
+    rho_rel *= f;
+    c = static_cast<T>(1.0 / f);
+    rh = static_cast<T>(rho_rel);
+    rinv = T(1) / (T(1) + rh);
+    first = false;
+  }
+  out.iterations = std::min(it, pb.max_iter);
+  out.converged = converged;
+  out.rho_final = rho_rel;
+  out.rho_z_final = pb.rho0;
+  out.gscale = 1.0;
+  // S of the last iteration, decoded into Ab (no longer needed) and moved out.
+  if (pb.sparse) {
+    rows([&](int, index_t b, index_t e) {
+      for (index_t i = b; i < e; ++i) dold.row(i, Tb.data() + i * n, Ab.data() + i * n);
+    });
+    out.S = std::move(Ab);
+  } else {
+    out.S.assign(static_cast<size_t>(mn), T(0));
+  }
+  tm.svd_products = ws.t_products;
+  tm.svd_qr = ws.t_qr;
+  tm.svd_small = ws.t_small;
+  tm.total = now() - t_start;
+  index_t rt = r;
+  if (pb.relaxed && r > 0) rt = *std::max_element(q.begin(), q.end());
+  write_factors(out, m, n, g, r, rt, q, Ub, sb, Vtb);
+}
+
+}  // namespace
+
 template <class T>
 void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
   blas::require_loaded();
@@ -220,6 +657,8 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
     out.converged = true;
     return;
   }
+
+  if (!data && pb.weight_fused) return admm_weight_fused(pb, out, t_start, nW);
 
   // ---- buffers (all allocated here) ----
   // Four (m, n) arrays in weight mode: Lam, L (absent when rank = 0), Mprev (M of the
@@ -592,20 +1031,7 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
   // ---- factors ----
   index_t rt = r;
   if (pb.relaxed && r > 0) rt = *std::max_element(q.begin(), q.end());
-  out.rt = rt;
-  out.U.assign(static_cast<size_t>(m * g * rt), T(0));
-  out.V.assign(static_cast<size_t>(g * rt * n), T(0));
-  for (index_t s = 0; s < g && rt > 0; ++s) {
-    const index_t qq = q[static_cast<size_t>(s)];
-    const T* U_ = Ub.data() + s * m * r;
-    const T* s_ = sb.data() + s * r;
-    const T* Vt_ = Vtb.data() + s * r * nsl;
-    for (index_t j = 0; j < qq; ++j) {
-      const T sq = std::sqrt(s_[j]);
-      for (index_t i = 0; i < m; ++i) out.U[i * g * rt + s * rt + j] = U_[i * r + j] * sq;
-      for (index_t c = 0; c < nsl; ++c) out.V[(s * rt + j) * n + s * nsl + c] = sq * Vt_[j * nsl + c];
-    }
-  }
+  write_factors(out, m, n, g, r, rt, q, Ub, sb, Vtb);
 }
 
 template void zstep<float>(const float*, const float*, float*, index_t, float, Activation, float,

@@ -51,6 +51,10 @@ struct AdmmProblem {
   // the synchronisation cost of a multi-threaded BLAS on p-column panels.  1 = plain
   // BLAS calls (BLAS's own threading).
   int gemm_threads = 1;
+  // Weight mode: run the restructured loop (admm.cpp, admm_weight_fused: three (m, n)
+  // arrays, fused passes) instead of the general one.  Same iterations; false is kept
+  // for comparisons (tests, benchmarks).
+  bool weight_fused = true;
 };
 
 // Wall-clock seconds per phase, summed over the iterations (steady_clock).

@@ -119,7 +119,6 @@ void select_threshold(index_t n, index_t k, Get get, Selection& sel) {
 template <class T>
 struct Scratch {
   std::vector<double> norms;
-  std::vector<unsigned char> keep;
 };
 
 template <class T>
@@ -294,6 +293,97 @@ index_t group_size(const Structure& s, index_t m, index_t n) {
 }
 
 template <class T>
+std::uint64_t topk_key(T v) {
+  return static_cast<std::uint64_t>(mag_key(v));
+}
+
+template <class T>
+TopkCut topk_select(const T* x, index_t n, index_t k) {
+  if (n < 0) throw std::invalid_argument("lrs: negative length");
+  if (k < 0 || k > n)
+    throw std::invalid_argument("lrs: topk_select needs 0 <= k <= n (k=" + std::to_string(k) +
+                                ", n=" + std::to_string(n) + ")");
+  TopkCut cut;
+  if (k == 0) {
+    cut.keep_none = true;
+    return cut;
+  }
+  if (k == n) {
+    cut.keep_all = true;
+    return cut;
+  }
+  using U = key_t_of<T>;
+  Selection sel;
+  select_threshold<U>(n, k, [x](index_t i) { return mag_key(x[i]); }, sel);
+  const U t = static_cast<U>(sel.t);
+  cut.key = sel.t;
+  if (sel.quota_eq <= 0) return cut;  // cutoff -1: no tie is kept
+  // The quota_eq-th entry (flat order) with key == t: find its chunk, then scan it.
+  const int chunks = sel.chunks;
+  int c = chunks - 1;
+  for (int j = 0; j + 1 < chunks; ++j)
+    if (sel.eq_before[static_cast<size_t>(j) + 1] >= sel.quota_eq) {
+      c = j;
+      break;
+    }
+  index_t left = sel.quota_eq - sel.eq_before[static_cast<size_t>(c)];
+  const index_t b = chunk_begin(n, chunks, c), e = chunk_begin(n, chunks, c + 1);
+  for (index_t i = b; i < e; ++i)
+    if (mag_key(x[i]) == t && --left == 0) {
+      cut.cutoff = i;
+      break;
+    }
+  return cut;
+}
+
+template <class T>
+void group_soft_scale(const Structure& s, const T* x, index_t m, index_t n, T tau, double* scale) {
+  check_mn(m, n);
+  if (s.kind == StructureKind::Unstructured || s.kind == StructureKind::NM)
+    throw std::invalid_argument("lrs: group_soft_scale needs a Row, Column or Channel structure");
+  check_structure(s, n);
+  if (!(tau >= 0)) throw std::invalid_argument("lrs: group_soft_threshold needs tau >= 0");
+  const index_t G = group_count(s, m, n);
+  group_sq_norms(s, x, m, n, scale);
+  const double tt = static_cast<double>(tau);
+  for (index_t g = 0; g < G; ++g) {
+    const double nrm = std::sqrt(scale[g]);
+    scale[g] = nrm > tt ? 1.0 - tt / nrm : 0.0;
+  }
+}
+
+template <class T>
+void group_topk_scale(const Structure& s, const T* x, index_t m, index_t n, index_t k,
+                      double* scale) {
+  check_mn(m, n);
+  if (s.kind == StructureKind::Unstructured || s.kind == StructureKind::NM)
+    throw std::invalid_argument("lrs: group_topk_scale needs a Row, Column or Channel structure");
+  check_structure(s, n);
+  const index_t G = group_count(s, m, n);
+  if (k < 0 || k > G)
+    throw std::invalid_argument("lrs: group_topk_project needs 0 <= k <= number of groups (k=" +
+                                std::to_string(k) + ", groups=" + std::to_string(G) + ")");
+  if (k == 0 || k == G) {
+    std::fill(scale, scale + G, k == G ? 1.0 : 0.0);
+    return;
+  }
+  group_sq_norms(s, x, m, n, scale);
+  const double* nr = scale;
+  Selection sel;
+  select_threshold<std::uint64_t>(G, k, [nr](index_t g) { return mag_key(nr[g]); }, sel);
+  index_t left = sel.quota_eq;  // G is small: serial pass in group order
+  for (index_t g = 0; g < G; ++g) {
+    const std::uint64_t key = mag_key(nr[g]);
+    bool kp = key > sel.t;
+    if (key == sel.t && left > 0) {
+      kp = true;
+      --left;
+    }
+    scale[g] = kp ? 1.0 : 0.0;
+  }
+}
+
+template <class T>
 void group_soft_threshold(const Structure& s, const T* x, T* out, index_t m, index_t n, T tau) {
   check_mn(m, n);
   if (s.kind == StructureKind::Unstructured) return soft_threshold(x, out, m * n, tau);
@@ -302,14 +392,8 @@ void group_soft_threshold(const Structure& s, const T* x, T* out, index_t m, ind
   check_structure(s, n);
   if (!(tau >= 0)) throw std::invalid_argument("lrs: group_soft_threshold needs tau >= 0");
   auto& sc = scratch<T>();
-  const index_t G = group_count(s, m, n);
-  sc.norms.resize(static_cast<size_t>(G));
-  group_sq_norms(s, x, m, n, sc.norms.data());
-  const double tt = static_cast<double>(tau);
-  for (index_t g = 0; g < G; ++g) {
-    const double nrm = std::sqrt(sc.norms[g]);
-    sc.norms[g] = nrm > tt ? 1.0 - tt / nrm : 0.0;  // now the scale
-  }
+  sc.norms.resize(static_cast<size_t>(group_count(s, m, n)));
+  group_soft_scale(s, x, m, n, tau, sc.norms.data());
   const double* f = sc.norms.data();
   apply_group(s, x, out, m, n, [f](index_t g) { return f[g]; });
 }
@@ -321,31 +405,11 @@ void group_topk_project(const Structure& s, const T* x, T* out, index_t m, index
   if (s.kind == StructureKind::NM)
     throw std::invalid_argument("lrs: group_topk_project: N:M is not a group structure");
   check_structure(s, n);
-  const index_t G = group_count(s, m, n);
-  if (k < 0 || k > G)
-    throw std::invalid_argument("lrs: group_topk_project needs 0 <= k <= number of groups (k=" +
-                                std::to_string(k) + ", groups=" + std::to_string(G) + ")");
   auto& sc = scratch<T>();
-  sc.keep.assign(static_cast<size_t>(G), static_cast<unsigned char>(k == G));
-  if (k > 0 && k < G) {
-    sc.norms.resize(static_cast<size_t>(G));
-    group_sq_norms(s, x, m, n, sc.norms.data());
-    const double* nr = sc.norms.data();
-    Selection sel;
-    select_threshold<std::uint64_t>(G, k, [nr](index_t g) { return mag_key(nr[g]); }, sel);
-    index_t left = sel.quota_eq;  // G is small: serial pass in group order
-    for (index_t g = 0; g < G; ++g) {
-      const std::uint64_t key = mag_key(nr[g]);
-      bool kp = key > sel.t;
-      if (key == sel.t && left > 0) {
-        kp = true;
-        --left;
-      }
-      sc.keep[g] = kp;
-    }
-  }
-  const unsigned char* kp = sc.keep.data();
-  apply_group(s, x, out, m, n, [kp](index_t g) { return kp[g] ? 1.0 : 0.0; });
+  sc.norms.resize(static_cast<size_t>(group_count(s, m, n)));
+  group_topk_scale(s, x, m, n, k, sc.norms.data());
+  const double* f = sc.norms.data();
+  apply_group(s, x, out, m, n, [f](index_t g) { return f[g]; });
 }
 
 template <class T>
@@ -404,7 +468,12 @@ void project(const Structure& s, const T* x, T* out, index_t m, index_t n, index
   template void group_topk_project<T>(const Structure&, const T*, T*, index_t, index_t,        \
                                       index_t);                                                \
   template void nm_project<T>(const T*, T*, index_t, index_t, int, int);                       \
-  template void project<T>(const Structure&, const T*, T*, index_t, index_t, index_t);
+  template void project<T>(const Structure&, const T*, T*, index_t, index_t, index_t);       \
+  template std::uint64_t topk_key<T>(T);                                                     \
+  template TopkCut topk_select<T>(const T*, index_t, index_t);                               \
+  template void group_topk_scale<T>(const Structure&, const T*, index_t, index_t, index_t,   \
+                                    double*);                                                \
+  template void group_soft_scale<T>(const Structure&, const T*, index_t, index_t, T, double*);
 
 LRS_INSTANTIATE(float)
 LRS_INSTANTIATE(double)

@@ -2,6 +2,8 @@
 // Matrices are row-major; x and out may alias (in-place is allowed).
 #pragma once
 
+#include <cstdint>
+
 #include "common.hpp"
 
 namespace lrs {
@@ -33,6 +35,36 @@ void group_topk_project(const Structure& s, const T* x, T* out, index_t m, index
 // the nm_n entries of largest |x| (ties: lower column).   x, out: (m, n)  n % nm_m == 0
 template <class T>
 void nm_project(const T* x, T* out, index_t m, index_t n, int nm_n, int nm_m);
+
+// ---- Selections without applying them (the ADMM's fused weight-mode passes decode S
+// from its input on the fly with these; see admm.cpp).  The *_project functions above
+// are exactly "select, then keep/scale".
+
+// Which entries topk_project(x, k) keeps: entry i survives iff
+//   keep_all, or (!keep_none and (key(x_i) > key, or key(x_i) == key and i <= cutoff)),
+// with key(v) the IEEE-754 bits of |v| (an order-preserving integer, topk_key below).
+struct TopkCut {
+  bool keep_none = false, keep_all = false;
+  std::uint64_t key = 0;  // key of the k-th largest |x|
+  index_t cutoff = -1;    // last flat index of the kept entries with key == `key`
+};
+
+// Order-preserving integer key of |v| (v finite or infinite, not NaN).
+template <class T>
+std::uint64_t topk_key(T v);
+
+// The cut of topk_project(x, k).   x: (n,)   0 <= k <= n.   O(n), parallel.
+template <class T>
+TopkCut topk_select(const T* x, index_t n, index_t k);
+
+// Per-group factor of group_topk_project (1 kept, 0 dropped; k counts groups) or of
+// group_soft_threshold (max(1 - tau / ||x_g||, 0)) for Row / Column / Channel:
+// out_g = x_g * scale[g].   x: (m, n)   scale: (group_count,)
+template <class T>
+void group_topk_scale(const Structure& s, const T* x, index_t m, index_t n, index_t k,
+                      double* scale);
+template <class T>
+void group_soft_scale(const Structure& s, const T* x, index_t m, index_t n, T tau, double* scale);
 
 // Dispatch on s.kind: hard projection onto {at most k groups (entries for
 // Unstructured)}; NM ignores k (its budget is fixed at nm_n/nm_m).

@@ -46,7 +46,7 @@ py::dict solve(const arr<T>& W0, int mode, std::optional<arr<T>> gram, std::opti
                long slices, long p, int kind, long block, int nm_n, int nm_m, long k, bool sparse,
                bool relaxed, double lam_nuclear, double lam_sparse, int max_iter, double tol,
                double rho0, double mu, double tau, double rho_growth, int power_iters,
-               int newton_steps, std::optional<arr<T>> V0, int gemm_threads) {
+               int newton_steps, std::optional<arr<T>> V0, int gemm_threads, bool weight_fused) {
   if (W0.ndim() != 2) throw py::value_error("W0 must be 2-D");
   const py::ssize_t m = W0.shape(0), n = W0.shape(1);
   check(W0, "W0", {m, n});
@@ -119,6 +119,7 @@ py::dict solve(const arr<T>& W0, int mode, std::optional<arr<T>> gram, std::opti
   pb.power_iters = power_iters;
   pb.newton_steps = newton_steps;
   pb.gemm_threads = gemm_threads;
+  pb.weight_fused = weight_fused;
 
   lrs::AdmmResult<T> res;
   {
@@ -165,12 +166,14 @@ void def_solve(py::module_& m, const char* name) {
         py::arg("lam_nuclear"), py::arg("lam_sparse"), py::arg("max_iter"), py::arg("tol"),
         py::arg("rho0"), py::arg("mu"), py::arg("tau"), py::arg("rho_growth"),
         py::arg("power_iters"), py::arg("newton_steps"), py::arg("V0").noconvert(),
-        py::arg("gemm_threads") = 1,
+        py::arg("gemm_threads") = 1, py::arg("weight_fused") = true,
         "L + S ADMM (see csrc/admm.hpp and lowrank_sparse/solve/native.py).  Arrays must be "
         "C-contiguous of this function's dtype; returns a dict with U (m, slices*rt), "
         "V (slices*rt, n), S (m, n), iterations, converged, per-iteration histories and "
         "timing (seconds per phase).  gemm_threads > 1 splits the large GEMMs over the core's "
-        "threads; use it with BLAS limited to one thread.");
+        "threads; use it with BLAS limited to one thread.  weight_fused=False runs weight mode "
+        "through the general loop instead of the restructured one (same iterations; for "
+        "comparisons).");
 }
 
 template <class T>

@@ -46,6 +46,7 @@ def solve_native(
     X: Optional[torch.Tensor] = None,
     bias: Optional[torch.Tensor] = None,
     threads: Optional[int] = None,
+    weight_fused: bool = True,
 ) -> RawSolve:
     """Run the ADMM of ``spec`` in C++; same arguments and result as
     :func:`lowrank_sparse.solve.torch_backend.solve_torch` (CPU tensors only).
@@ -53,6 +54,10 @@ def solve_native(
     Args:
         threads: threads of the solve (default torch.get_num_threads()); BLAS runs
             single-threaded inside the core's threads.
+        weight_fused: weight mode only: run the restructured loop (three (m, n)
+            arrays, fused passes; csrc/admm.cpp ``admm_weight_fused``).  False runs the
+            general loop, which performs the same iterations with more memory traffic;
+            it is kept for comparisons.
 
     ``extra["timing"]`` holds the seconds spent per phase (svd_products, svd_qr,
     svd_small, svd, lform, project, elementwise, wstep, total), summed over iterations.
@@ -99,6 +104,7 @@ def solve_native(
                 spec.newton_steps,
                 _np(V0, dt) if spec.rank > 0 else None,
                 nthreads,
+                bool(weight_fused),
             )
     finally:
         _core.set_num_threads(old)
