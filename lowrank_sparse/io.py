@@ -7,8 +7,9 @@ sparse values and indices, untouched layers' weights, BN buffers) + string metad
 key                value
 =================  ==================================================================
 ``format``         "lowrank_sparse"
-``schema_version`` "2" (:data:`SCHEMA_VERSION`; version-1 files, which have no AQ part,
-                   still load)
+``schema_version`` "3" (:data:`SCHEMA_VERSION`; version-1 files (no AQ part) and
+                   version-2 files (sparse indices stored as plain int32/uint8 tensors) still
+                   load)
 ``arch``           JSON ``{"name": ..., "kwargs": {...}}`` for ``lowrank_sparse.models.build``
                    (or "null" when unknown: load() then needs ``model=``)
 ``layers``         JSON ``{qualified name: module config}`` of every LowRankSparseLinear /
@@ -16,6 +17,8 @@ key                value
 ``dtypes``         JSON ``{tensor name: original dtype}`` of tensors stored cast (``dtype=``)
 ``checksum``       sha256 over all tensors' bytes in name order (detects corrupted data)
 ``user``           JSON of the caller's remaining ``metadata``
+``sparse_indices`` (version 3) JSON ``{qualified name of a sparse part: {"tensors": [packed
+                   tensor names], codec description}}``: how its support is packed (below)
 ``aq.format``      (AQ-quantized models only) ``lowrank_sparse.quant.pack.FORMAT``
 ``aq.entries``     (AQ only) JSON list, one entry per quantized parameter: {param, group,
                    shape, numel, pad, d, M, K, n_vectors, dtype}
@@ -31,8 +34,16 @@ each quantized parameter ``<p>`` is stored packed, never as its dense reconstruc
 * ``aq.codebooks.<group>``: (M, K, d) float16 or float32, once per codebook group (shared
   codebooks are stored once);
 
-and every other entry of the state (biases, indices, BN buffers, unquantized weights)
-under its ``state_dict`` name (:func:`lowrank_sparse.quant.non_aq_state_dict`).
+and every other entry of the state (biases, BN buffers, unquantized weights) under its
+``state_dict`` name (:func:`lowrank_sparse.quant.non_aq_state_dict`).
+
+Sparse indices (version 3): the index buffers of every pair module's sparse part
+(``rows``, ``groups``, ``channels``, ``crow_indices``, ``col_indices``, ``offsets``) are
+not stored as they are; :func:`lowrank_sparse.nn.sparse.pack_index_state` replaces them
+with uint8 tensors named ``<sparse part>.<...>.packed`` / ``<sparse part>.support.*``:
+bit-packed at ceil(log2 n) bits, bitmaps, or Rice-coded column gaps of unstructured S,
+whichever is smallest (exact; ``channels`` is derived and not stored).  load() decodes
+them back into the buffers bit for bit.
 
 load() rebuilds the skeleton (from ``arch`` or a given ``model``), swaps each recorded
 pair module in at its qualified name (built from the file's tensors), loads the state
@@ -61,9 +72,10 @@ from .nn.linear import LowRankSparseLinear
 
 __all__ = ["SCHEMA_VERSION", "save", "load", "read_metadata", "file_report"]
 
-SCHEMA_VERSION = 2
-#: Schema versions :func:`load` reads (1: no AQ part; 2: optional AQ part).
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+#: Schema versions :func:`load` reads (1: no AQ part; 2: optional AQ part; 3: packed
+#: sparse indices).
+READABLE_VERSIONS = (1, 2, 3)
 _FORMAT = "lowrank_sparse"
 _PAIRS: dict[str, type[nn.Module]] = {
     "LowRankSparseLinear": LowRankSparseLinear,
@@ -177,6 +189,7 @@ def save(
         if name in tensors:
             raise ValueError(f"state entry {name!r} collides with the name of a packed AQ tensor; rename the module")
         tensors[name] = t.detach().to("cpu").contiguous().clone()
+    packed_meta = _pack_sparse_indices(model, tensors)
     try:
         user = json.dumps(meta)
     except TypeError as e:
@@ -189,9 +202,67 @@ def save(
         "dtypes": json.dumps(dtypes),
         "checksum": _digest(tensors),
         "user": user,
+        "sparse_indices": json.dumps(packed_meta),
         **aq_meta,
     }
     save_file(tensors, str(path), metadata=header)
+
+
+def _sparse_parts(model: nn.Module) -> dict[str, Any]:
+    """{qualified name: sparse part} of every recorded pair module's sparse part."""
+    out = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, tuple(_PAIRS.values())) and getattr(mod, "sparse", None) is not None:
+            out[f"{name}.sparse" if name else "sparse"] = mod.sparse
+    return out
+
+
+def _pack_sparse_indices(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Replace the index buffers of every sparse part in ``tensors`` (a state dict, changed
+    in place) by their packed form; return the per-part metadata."""
+    from .nn.sparse import pack_index_state
+
+    meta: dict[str, Any] = {}
+    for qual, sp in _sparse_parts(model).items():
+        packed, info = pack_index_state(sp)
+        for buf in sp.index_state():
+            tensors.pop(f"{qual}.{buf}", None)
+        for local, t in packed.items():
+            key = f"{qual}.{local}"
+            if key in tensors:
+                raise ValueError(f"state entry {key!r} collides with the name of a packed index tensor")
+            tensors[key] = t
+        meta[qual] = {"tensors": sorted(packed), **info}
+    return meta
+
+
+def _unpack_sparse_indices(p: Path, meta: Any, layers: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`_pack_sparse_indices` on the tensors read from ``p`` (in place);
+    ``layers`` = the file's layer configs (they hold each sparse part's config)."""
+    from .nn.sparse import unpack_index_state
+
+    if not isinstance(meta, dict):
+        raise ValueError(f"{p}: corrupt metadata (sparse_indices must be a JSON object)")
+    for qual, info in meta.items():
+        names = info.get("tensors") if isinstance(info, dict) else None
+        pair = qual[: -len(".sparse")] if qual.endswith(".sparse") else ("" if qual == "sparse" else None)
+        config = (layers.get(pair) or {}).get("sparse") if pair is not None else None
+        if not isinstance(config, dict) or not isinstance(names, list):
+            raise ValueError(f"{p}: corrupt metadata (sparse_indices entry {qual!r} has no tensor list or no "
+                             "sparse layer config)")
+        pre = f"{qual}."
+        missing = [n for n in names if pre + str(n) not in tensors]
+        if missing:
+            raise ValueError(f"{p}: missing packed index tensor {pre + str(missing[0])!r}")
+        local = {n: tensors[pre + n] for n in names}
+        try:
+            bufs = unpack_index_state(config, local, info)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{p}: cannot decode the packed indices of {qual!r}: {e}") from None
+        for k in local:
+            del tensors[pre + k]
+        for k, v in bufs.items():
+            tensors[pre + k] = v
 
 
 def _read_header(path: Path) -> tuple[dict[str, Any], int]:
@@ -348,7 +419,7 @@ def _check_aq_tensors(p: Path, aq: dict[str, Any], tensors: dict[str, torch.Tens
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The decoded header of a file written by :func:`save`: schema_version (int), arch,
-    layers, dtypes, checksum, user, and aq (None, or {"format", "codebook_dtype",
+    layers, dtypes, checksum, user, sparse_indices ({} before version 3), and aq (None, or {"format", "codebook_dtype",
     "entries": [...], "raw": the header strings}).
 
     Raises:
@@ -374,6 +445,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             "dtypes": json.loads(meta.get("dtypes", "{}")),
             "checksum": meta.get("checksum"),
             "user": json.loads(meta.get("user", "{}")),
+            "sparse_indices": json.loads(meta.get("sparse_indices", "{}")),
         }
     except (KeyError, json.JSONDecodeError) as e:
         raise ValueError(f"{p}: corrupt lowrank_sparse metadata ({e})") from None
@@ -437,7 +509,7 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model saved by :func:`save` (schema version 1 or 2).
+    """Rebuild a model saved by :func:`save` (schema version 1, 2 or 3).
 
     Args:
         path: the file.
@@ -477,6 +549,10 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, device
     for name, dt in info["dtypes"].items():
         if name in tensors:
             tensors[name] = tensors[name].to(getattr(torch, dt))
+    if info["schema_version"] >= 3:
+        _unpack_sparse_indices(p, info["sparse_indices"], info["layers"], tensors)
+    elif info["sparse_indices"]:
+        raise ValueError(f"{p}: corrupt metadata (packed sparse indices in a schema-version-{info['schema_version']} file)")
     codes, scales, books = _aq_names(aq)
     aq_tensors = {k: tensors.pop(k) for k in codes | scales | books}
     if aq is not None:

@@ -126,6 +126,7 @@ def test_storage_bytes_formula(quantized: nn.Module) -> None:
     rep = storage_report(quantized)
     assert rep["codes"] == codes and rep["codebooks"] == books and rep["scales"] == 8
     assert rep["float"] == floats
+    assert rep["indices"] == 0  # no sparse parts
     assert storage_bytes(quantized) == codes + books + 8 + floats
     assert rep["quantized_float32"] == 4 * (20 * 33 + 33 * 7)
     assert storage_bytes(quantized, "float32") == storage_bytes(quantized) + books

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -10,25 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from lowrank_sparse.io import load, read_metadata, save
+from lowrank_sparse.io import file_report, load, read_metadata, save
 from lowrank_sparse.nn import LowRankSparseConv2d, LowRankSparseLinear
-from lowrank_sparse.solve.result import Decomposition, SolveInfo
-from lowrank_sparse.structure import parse_structure
-
-
-def sparse_dec(m: int, n: int, r: int, kind: str, g: torch.Generator, block: int = 1) -> Decomposition:
-    U, V = torch.randn(m, r, generator=g), torch.randn(r, n, generator=g)
-    W = torch.randn(m, n, generator=g)
-    if kind == "row":
-        mask = (torch.rand(m, 1, generator=g) < 0.2).expand(m, n)
-    elif kind == "channel":
-        mask = (torch.rand(1, n // block, 1, generator=g) < 0.3).expand(m, n // block, block).reshape(m, n)
-    elif kind == "2:4":
-        idx = torch.rand(m, n // 4, 4, generator=g).argsort(dim=2)[..., :2]
-        mask = torch.zeros(m, n // 4, 4, dtype=torch.bool).scatter(2, idx, True).reshape(m, n)
-    else:
-        mask = torch.rand(m, n, generator=g) < 0.1
-    return Decomposition(U, V, W * mask, parse_structure(kind, block=block), SolveInfo())
+from sparse_fixtures import random_decomposition  # tests/ is on sys.path (pytest rootdir conftest)
 
 
 class Net(nn.Module):
@@ -47,8 +32,8 @@ def compressed(g: torch.Generator, kind_conv: str = "channel", kind_fc: str = "u
     net = Net()
     net.features[1].running_mean.normal_()
     c = net.features[3]
-    net.features[3] = LowRankSparseConv2d.from_conv(c, sparse_dec(16, 144, 4, kind_conv, g, block=9))
-    net.fc = LowRankSparseLinear.from_decomposition(sparse_dec(10, 64, 3, kind_fc, g), bias=net.fc.bias)
+    net.features[3] = LowRankSparseConv2d.from_conv(c, random_decomposition(16, 144, 4, kind_conv, g, block=9))
+    net.fc = LowRankSparseLinear.from_decomposition(random_decomposition(10, 64, 3, kind_fc, g), bias=net.fc.bias)
     return net.eval()
 
 
@@ -68,12 +53,19 @@ def test_round_trip_bitwise_with_skeleton(kinds: tuple[str, str], tmp_path: Path
 
 
 def test_file_size_reflects_compression(tmp_path: Path, tgen: torch.Generator) -> None:
-    mod = LowRankSparseLinear.from_decomposition(sparse_dec(512, 512, 16, "unstructured", tgen), bias=torch.zeros(512))
+    dec = random_decomposition(512, 512, 16, "unstructured", tgen)
+    mod = LowRankSparseLinear.from_decomposition(dec, bias=torch.zeros(512))
     f = tmp_path / "l.safetensors"
     save(mod, f)
     expected = mod.num_params() * 4 + mod.num_index_bytes()
     assert expected < 0.3 * 512 * 512 * 4  # far below the dense layer (1 MiB)
     assert abs(f.stat().st_size - expected) <= 0.05 * expected
+    # the indices are stored packed: near the entropy of the support (p = 0.1: 0.47 bits per
+    # entry) + 10 bits of row count per row, far below int32 CSR (crow + one int32 per value)
+    nnz, p = int(torch.count_nonzero(dec.S)), 0.1
+    entropy = 512 * 512 * -(p * math.log2(p) + (1 - p) * math.log2(1 - p)) / 8
+    assert file_report(f)["indices"] == mod.num_index_bytes() <= 1.1 * entropy + 512 * 10 / 8
+    assert mod.num_index_bytes() < 0.25 * (4 * nnz + 4 * 513)
     f16 = tmp_path / "h.safetensors"
     save(mod, f16, dtype="float16")
     expected16 = mod.num_params() * 2 + mod.num_index_bytes()
@@ -84,11 +76,11 @@ def test_file_size_reflects_compression(tmp_path: Path, tgen: torch.Generator) -
 
 
 def test_whole_module_and_arch_recorded(tmp_path: Path, tgen: torch.Generator) -> None:
-    mod = LowRankSparseConv2d.from_conv(nn.Conv2d(4, 6, 3), sparse_dec(6, 36, 2, "row", tgen))
+    mod = LowRankSparseConv2d.from_conv(nn.Conv2d(4, 6, 3), random_decomposition(6, 36, 2, "row", tgen))
     f = tmp_path / "c.safetensors"
     save(mod, f, metadata={"arch": {"name": "vgg16", "kwargs": {"num_classes": 10}}})
     meta = read_metadata(f)
-    assert meta["arch"] == {"name": "vgg16", "kwargs": {"num_classes": 10}} and meta["schema_version"] == 2
+    assert meta["arch"] == {"name": "vgg16", "kwargs": {"num_classes": 10}} and meta["schema_version"] == 3
     assert meta["layers"][""]["class"] == "LowRankSparseConv2d"
     back = load(f, model=nn.Conv2d(4, 6, 3))
     x = torch.randn(1, 4, 5, 5, generator=tgen)
@@ -173,3 +165,87 @@ def test_bfloat16_and_tied_weights(tmp_path: Path, tgen: torch.Generator) -> Non
     back = load(f, model=skel)
     torch.testing.assert_close(back[2].weight, emb.weight.detach().bfloat16().float(), rtol=0, atol=0)
     assert skel[0].weight.data_ptr() != back[0].weight.data_ptr()  # the skeleton is untouched
+
+
+
+@pytest.mark.parametrize("kinds", [("channel", "unstructured"), ("row", "2:4")], ids="-".join)
+def test_version2_file_with_plain_indices_still_loads(kinds: tuple[str, str], tmp_path: Path,
+                                                      tgen: torch.Generator) -> None:
+    """A file in the version-2 layout (index buffers stored as they are in the state dict),
+    written here by hand from its documented schema."""
+    from safetensors.torch import save_file
+
+    net = compressed(tgen, *kinds)
+    state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+    layers = {"features.3": net.features[3].config(), "fc": net.fc.config()}
+    meta = {"format": "lowrank_sparse", "schema_version": "2", "arch": "null", "layers": json.dumps(layers),
+            "dtypes": "{}", "user": "{}"}  # fmt: skip
+    f = tmp_path / "v2.safetensors"
+    save_file(state, str(f), metadata=meta)
+    assert read_metadata(f)["schema_version"] == 2
+    back = load(f, model=Net())
+    x = torch.randn(2, 3, 8, 8, generator=tgen)
+    with torch.no_grad():
+        assert torch.equal(back(x), net(x))
+    # the same model saved now (version 3) is smaller: packed indices
+    f3 = tmp_path / "v3.safetensors"
+    save(net, f3)
+    assert file_report(f3)["indices"] < file_report(f)["indices"]
+    # packed indices in a version-2 file are rejected
+    header = _header(f3)
+    bad = tmp_path / "v2packed.safetensors"
+    from safetensors.torch import load_file
+
+    save_file(load_file(str(f3)), str(bad), metadata={**header["__metadata__"], "schema_version": "2"})
+    with pytest.raises(ValueError, match=r"v2packed\.safetensors.*packed sparse indices in a schema-version-2"):
+        load(bad, model=Net())
+
+
+def _header(path: Path) -> dict:
+    blob = path.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    return json.loads(blob[8 : 8 + n])
+
+
+@pytest.mark.parametrize("kinds", [("channel", "unstructured"), ("row", "2:4")], ids="-".join)
+def test_packed_indices_in_file(kinds: tuple[str, str], tmp_path: Path, tgen: torch.Generator) -> None:
+    net = compressed(tgen, *kinds)
+    f = tmp_path / "m.safetensors"
+    save(net, f)
+    header = _header(f)
+    # no plain index buffer in the file, only uint8 packed tensors under the sparse parts
+    for part in ("features.3.sparse", "fc.sparse"):
+        names = [k for k in header if k.startswith(part + ".") and not k.endswith(".values")]
+        assert names and all(header[k]["dtype"] == "U8" for k in names), names
+        mod = net.get_submodule(part)
+        assert sum(header[k]["data_offsets"][1] - header[k]["data_offsets"][0] for k in names) == mod.num_index_bytes()
+        assert not any(k.split(".")[-1] in mod.index_names for k in names)
+    info = read_metadata(f)
+    assert set(info["sparse_indices"]) == {"features.3.sparse", "fc.sparse"}
+
+
+def test_corrupt_packed_indices_in_file(tmp_path: Path, tgen: torch.Generator) -> None:
+    from safetensors.torch import load_file, save_file
+
+    net = compressed(tgen, "row", "unstructured")
+    f = tmp_path / "m.safetensors"
+    save(net, f)
+    tensors, meta = load_file(str(f)), _header(f)["__metadata__"]
+    key = next(k for k in tensors if k.startswith("fc.sparse.support."))
+    short = {**tensors, key: tensors[key][:-1].clone()}
+    meta2 = {k: v for k, v in meta.items() if k != "checksum"}  # checksum absent: the parts are still checked
+    bad = tmp_path / "short.safetensors"
+    save_file(short, str(bad), metadata=meta2)
+    with pytest.raises(ValueError, match=r"short\.safetensors.*cannot decode the packed indices of 'fc\.sparse'"):
+        load(bad, model=Net())
+    missing = {k: v for k, v in tensors.items() if k != key}
+    bad = tmp_path / "missing.safetensors"
+    save_file(missing, str(bad), metadata=meta2)
+    with pytest.raises(ValueError, match=rf"missing\.safetensors.*missing packed index tensor '{key}'"):
+        load(bad, model=Net())
+    si = json.loads(meta["sparse_indices"])
+    si["features.3.sparse"].pop("tensors")
+    bad = tmp_path / "meta.safetensors"
+    save_file(tensors, str(bad), metadata={**meta2, "sparse_indices": json.dumps(si)})
+    with pytest.raises(ValueError, match=r"meta\.safetensors.*sparse_indices entry 'features\.3\.sparse'"):
+        load(bad, model=Net())

@@ -33,6 +33,7 @@ from lowrank_sparse.quant import (
 )
 from lowrank_sparse.solve.result import Decomposition, SolveInfo
 from lowrank_sparse.structure import parse_structure
+from sparse_fixtures import random_decomposition  # tests/ is on sys.path (pytest rootdir conftest)
 
 FAST = {"iters": 1, "kmeans_iters": 2, "beam": 2}
 
@@ -47,23 +48,6 @@ def _one_torch_thread():
 
 
 # ----------------------------------------------------------------------------- models
-def hand_dec(m: int, n: int, r: int, kind: str, g: torch.Generator, *, block: int = 1, slices: int = 1) -> Decomposition:
-    """Random factors (V block-diagonal with ``slices`` blocks) + an S with ``kind`` support."""
-    U = torch.randn(m, r * slices, generator=g)
-    V = torch.block_diag(*[torch.randn(r, n // slices, generator=g) for _ in range(slices)])
-    W = torch.randn(m, n, generator=g)
-    if kind == "row":
-        mask = (torch.rand(m, 1, generator=g) < 0.25).expand(m, n)
-    elif kind == "channel":
-        mask = (torch.rand(1, n // block, 1, generator=g) < 0.3).expand(m, n // block, block).reshape(m, n)
-    elif kind == "2:4":
-        idx = torch.rand(m, n // 4, 4, generator=g).argsort(dim=2)[..., :2]
-        mask = torch.zeros(m, n // 4, 4, dtype=torch.bool).scatter(2, idx, True).reshape(m, n)
-    else:
-        mask = torch.rand(m, n, generator=g) < 0.06
-    return Decomposition(U, V, W * mask, parse_structure(kind, block=block), SolveInfo(), slices=slices)
-
-
 CNN_ARCH = {"name": "small_cnn", "kwargs": {"in_channels": 1, "num_classes": 10, "width": 0.5}}
 
 
@@ -76,10 +60,14 @@ def cnn_pairs(conv_kind: str, fc_kind: str, slices: int) -> nn.Module:
         bn.running_mean.normal_(generator=g)
         bn.running_var.uniform_(0.5, 2.0, generator=g)
     c2, c3 = net.features[3], net.features[7]  # 8 -> 16, 16 -> 32
-    net.features[3] = LowRankSparseConv2d.from_conv(c2, hand_dec(16, 72, 3, conv_kind, g, block=9, slices=slices))
-    net.features[7] = LowRankSparseConv2d.from_conv(c3, hand_dec(32, 144, 4, "2:4", g, block=9))
+    p_conv = 0.25 if conv_kind == "row" else None
+    net.features[3] = LowRankSparseConv2d.from_conv(
+        c2, random_decomposition(16, 72, 3, conv_kind, g, block=9, slices=slices, density=p_conv))
+    net.features[7] = LowRankSparseConv2d.from_conv(c3, random_decomposition(32, 144, 4, "2:4", g, block=9))
     fc = net.classifier[0]  # 128 -> 32
-    net.classifier[0] = LowRankSparseLinear.from_decomposition(hand_dec(32, 128, 5, fc_kind, g, slices=slices), bias=fc.bias)
+    p_fc = 0.25 if fc_kind == "row" else 0.06
+    net.classifier[0] = LowRankSparseLinear.from_decomposition(
+        random_decomposition(32, 128, 5, fc_kind, g, slices=slices, density=p_fc), bias=fc.bias)
     return net.eval()
 
 
@@ -168,7 +156,7 @@ def test_cnn_round_trip_bitwise(case: tuple, cfg: AQConfig, which: str, tmp_path
         names = set(fh.keys())
     assert not any(n in names for n, _ in ent)
     assert not any("aq_slots" in n for n in names)
-    assert read_metadata(f)["schema_version"] == 2
+    assert read_metadata(f)["schema_version"] == 3
 
 
 def test_float16_codebooks_round_trip_to_rounded_model(mlp_pair: nn.Module, digits, tmp_path: Path) -> None:
@@ -224,7 +212,7 @@ def test_loaded_model_fine_tunes_and_bakes_like_the_original(mlp_pair: nn.Module
 def big_pair(g: torch.Generator) -> tuple[nn.Module, dict[str, int]]:
     """384x256 rank-24 pair (CSR sparse part) + a plain 384 -> 10 head; numel of each tensor
     AQ quantizes with which="factors+sparse", counted from the construction."""
-    dec = hand_dec(384, 256, 24, "unstructured", g)
+    dec = random_decomposition(384, 256, 24, "unstructured", g, density=0.06)
     net = nn.Sequential(LowRankSparseLinear.from_decomposition(dec, bias=torch.zeros(384)), nn.ReLU(), nn.Linear(384, 10))
     nnz = int(torch.count_nonzero(dec.S))
     return net.eval(), {"0.U": 384 * 24, "0.V": 24 * 256, "0.sparse.values": nnz}
@@ -277,14 +265,26 @@ def test_file_size_is_reported_size(cb: str, dtype: str | None, tmp_path: Path, 
     rest = non_aq_state_dict(q)
     width = (lambda t: 2) if dtype == "float16" else (lambda t: t.element_size())
     floats = sum(t.numel() * width(t) for t in rest.values() if t.is_floating_point())
-    idx = sum(t.numel() * t.element_size() for k, t in rest.items() if k.startswith("0.sparse.") and not t.is_floating_point())
+    # indices: the packed uint8 tensors the file holds under the sparse part (read back
+    # from the file), whose bytes num_index_bytes() reports (the AQ codes of the quantized
+    # values are not index bytes)
+    with safe_open(str(f), "pt") as fh:
+        stored = {k: fh.get_tensor(k) for k in fh.keys() if k.startswith("0.sparse.")}
+    idx = sum(t.numel() for t in stored.values())
+    assert all(t.dtype == torch.uint8 for t in stored.values()) and idx > 0
+    assert idx == q[0].sparse.num_index_bytes() == q[0].num_index_bytes()
     assert rep["float_values"] == floats and rep["indices"] == idx and rep["other"] == 8
     sr = storage_report(q, cb)
     assert (rep["aq_codes"], rep["aq_codebooks"], rep["aq_scales"]) == (sr["codes"], sr["codebooks"], sr["scales"])
+    assert sr["indices"] == idx
     if dtype is None:
-        assert rep["float_values"] + rep["indices"] + rep["other"] == sr["float"]
+        assert rep["float_values"] + rep["other"] == sr["float"]
         assert rep["total"] == storage_bytes(q, cb) + rep["header"]
-        assert abs(rep["total"] - storage_bytes(q, cb)) <= 0.05 * storage_bytes(q, cb)
+        # the in-memory index buffers (int32) are larger than their packed form
+        mem_idx = q[0].sparse.num_index_bytes(packed=False)
+        assert mem_idx == sum(t.numel() * t.element_size() for k, t in rest.items()
+                              if k.startswith("0.sparse.") and not t.is_floating_point())
+        assert idx < mem_idx / 2
 
 
 def test_report_of_unquantized_file(tmp_path: Path, tgen: torch.Generator) -> None:

@@ -214,11 +214,16 @@ def storage_report(model: nn.Module, codebook_dtype: str = "float16") -> dict[st
     """Bytes of a quantized model, by part.
 
     Returns a dict with: "codes" (packed code bytes), "codebooks" (each shared codebook
-    counted once, at ``codebook_dtype``), "scales" (4 bytes per quantized tensor), "float"
-    (every other parameter and buffer at its own dtype; AQ codes/codebook copies excluded),
-    "quantized_float32" (what the quantized parameters take as float32), and "total" =
-    codes + codebooks + scales + float.
+    counted once, at ``codebook_dtype``), "scales" (4 bytes per quantized tensor),
+    "indices" (index storage of the sparse parts of the lowrank_sparse pair modules in the
+    packed form a saved file uses, :meth:`~lowrank_sparse.nn.sparse.CompactSparse.num_index_bytes`),
+    "float" (every other parameter and buffer at its own dtype; AQ codes/codebook copies and
+    sparse index buffers excluded), "quantized_float32" (what the quantized parameters take
+    as float32), and "total" = codes + codebooks + scales + indices + float: the tensor bytes
+    of the file :func:`lowrank_sparse.save` writes (which adds its header).
     """
+    from ..nn.sparse import CompactSparse
+
     if codebook_dtype not in _CB_DTYPES:
         raise ValueError(f"codebook_dtype must be one of {sorted(_CB_DTYPES)}, got {codebook_dtype!r}")
     entries, groups = _entries(model)
@@ -233,6 +238,11 @@ def storage_report(model: nn.Module, codebook_dtype: str = "float16") -> dict[st
         q32 += 4 * q.numel_
         seen_books[id(q.codebooks)] = q.codebooks.numel() * cb_size
         aq_ids.update({id(q.codebooks), id(q.codes)})
+    idx_b = 0
+    for mod in model.modules():
+        if isinstance(mod, CompactSparse):
+            idx_b += mod.num_index_bytes(packed=True)
+            aq_ids.update(id(t) for t in mod.index_state().values())
     float_b = 0
     seen: set[int] = set()
     for t in list(model.parameters()) + list(model.buffers()):
@@ -244,10 +254,11 @@ def storage_report(model: nn.Module, codebook_dtype: str = "float16") -> dict[st
         "codes": codes_b,
         "codebooks": sum(seen_books.values()),
         "scales": 4 * len(entries),
+        "indices": idx_b,
         "float": float_b,
         "quantized_float32": q32,
     }
-    out["total"] = out["codes"] + out["codebooks"] + out["scales"] + out["float"]
+    out["total"] = out["codes"] + out["codebooks"] + out["scales"] + out["indices"] + out["float"]
     return out
 
 
