@@ -57,18 +57,18 @@ def test_file_size_reflects_compression(tmp_path: Path, tgen: torch.Generator) -
     mod = LowRankSparseLinear.from_decomposition(dec, bias=torch.zeros(512))
     f = tmp_path / "l.safetensors"
     save(mod, f)
-    expected = mod.num_params() * 4 + mod.num_index_bytes()
+    expected = mod.num_params() * 4 + mod.sparse.num_index_bytes(packed=True)
     assert expected < 0.3 * 512 * 512 * 4  # far below the dense layer (1 MiB)
     assert abs(f.stat().st_size - expected) <= 0.05 * expected
     # the indices are stored packed: near the entropy of the support (p = 0.1: 0.47 bits per
     # entry) + 10 bits of row count per row, far below int32 CSR (crow + one int32 per value)
     nnz, p = int(torch.count_nonzero(dec.S)), 0.1
     entropy = 512 * 512 * -(p * math.log2(p) + (1 - p) * math.log2(1 - p)) / 8
-    assert file_report(f)["indices"] == mod.num_index_bytes() <= 1.1 * entropy + 512 * 10 / 8
-    assert mod.num_index_bytes() < 0.25 * (4 * nnz + 4 * 513)
+    assert file_report(f)["indices"] == mod.sparse.num_index_bytes(packed=True) <= 1.1 * entropy + 512 * 10 / 8
+    assert mod.sparse.num_index_bytes(packed=True) < 0.25 * (4 * nnz + 4 * 513)
     f16 = tmp_path / "h.safetensors"
     save(mod, f16, dtype="float16")
-    expected16 = mod.num_params() * 2 + mod.num_index_bytes()
+    expected16 = mod.num_params() * 2 + mod.sparse.num_index_bytes(packed=True)
     assert abs(f16.stat().st_size - expected16) <= 0.05 * expected16
     back = load(f16, model=nn.Linear(512, 512))
     assert back.U.dtype == torch.float32
@@ -218,7 +218,7 @@ def test_packed_indices_in_file(kinds: tuple[str, str], tmp_path: Path, tgen: to
         names = [k for k in header if k.startswith(part + ".") and not k.endswith(".values")]
         assert names and all(header[k]["dtype"] == "U8" for k in names), names
         mod = net.get_submodule(part)
-        assert sum(header[k]["data_offsets"][1] - header[k]["data_offsets"][0] for k in names) == mod.num_index_bytes()
+        assert sum(header[k]["data_offsets"][1] - header[k]["data_offsets"][0] for k in names) == mod.num_index_bytes(packed=True)
         assert not any(k.split(".")[-1] in mod.index_names for k in names)
     info = read_metadata(f)
     assert set(info["sparse_indices"]) == {"features.3.sparse", "fc.sparse"}

@@ -266,13 +266,12 @@ def test_file_size_is_reported_size(cb: str, dtype: str | None, tmp_path: Path, 
     width = (lambda t: 2) if dtype == "float16" else (lambda t: t.element_size())
     floats = sum(t.numel() * width(t) for t in rest.values() if t.is_floating_point())
     # indices: the packed uint8 tensors the file holds under the sparse part (read back
-    # from the file), whose bytes num_index_bytes() reports (the AQ codes of the quantized
-    # values are not index bytes)
+    # from the file), whose bytes num_index_bytes(packed=True) reports
     with safe_open(str(f), "pt") as fh:
         stored = {k: fh.get_tensor(k) for k in fh.keys() if k.startswith("0.sparse.")}
     idx = sum(t.numel() for t in stored.values())
     assert all(t.dtype == torch.uint8 for t in stored.values()) and idx > 0
-    assert idx == q[0].sparse.num_index_bytes() == q[0].num_index_bytes()
+    assert idx == q[0].sparse.num_index_bytes(packed=True)
     assert rep["float_values"] == floats and rep["indices"] == idx and rep["other"] == 8
     sr = storage_report(q, cb)
     assert (rep["aq_codes"], rep["aq_codebooks"], rep["aq_scales"]) == (sr["codes"], sr["codebooks"], sr["scales"])

@@ -90,7 +90,7 @@ def test_index_storage_is_compact(tgen: torch.Generator) -> None:
     S = masked("2:4", 16, 32, tgen)
     sp = compact_from_dense(S, "2:4")
     assert sp.offsets.dtype == torch.uint8 and sp.num_index_bytes(packed=False) == 16 * 16
-    assert sp.num_index_bytes() == 16 * 16 * 2 // 8  # packed: 2 bits per offset of a window of 4
+    assert sp.num_index_bytes(packed=True) == 16 * 16 * 2 // 8  # packed: 2 bits per offset of a window of 4
     r = compact_from_dense(masked("row", 16, 32, tgen), "row")
     assert r.rows.dtype == torch.int32
 
@@ -184,7 +184,7 @@ def test_packed_indices_round_trip_bitwise(kind: str, p: float, tgen: torch.Gene
         # the module rebuilt from the decoded indices is the same S
         rebuilt = sparse_from_config(sp.config(), {**back, "values": sp.values.detach()})
         assert torch.equal(rebuilt.to_dense(), S)
-        assert sp.num_index_bytes() == sum(t.numel() for t in tensors.values())
+        assert sp.num_index_bytes(packed=True) == sum(t.numel() for t in tensors.values())
 
 
 @pytest.mark.parametrize("kind", ["row", "column", "channel", "2:4", "1:16"])
@@ -201,8 +201,8 @@ def test_packed_group_indices_take_the_documented_bits(kind: str, tgen: torch.Ge
     else:
         N, M = map(int, kind.split(":"))
         expect = math.ceil(m * n // M * N * _bits(M) / 8)
-    assert sp.num_index_bytes() == expect
-    assert sp.num_index_bytes() < sp.num_index_bytes(packed=False)
+    assert sp.num_index_bytes(packed=True) == expect
+    assert sp.num_index_bytes(packed=True) < sp.num_index_bytes(packed=False)
 
 
 @pytest.mark.parametrize("p", DENSITIES, ids=[f"p{p}" for p in DENSITIES])
@@ -227,13 +227,13 @@ def test_packed_csr_is_the_smallest_code_and_near_entropy(p: float, tgen: torch.
         "rice": math.ceil(counts_bits / 8) + math.ceil(rice / 8) + 1,  # + at most one byte of stream padding
         "bitmap": math.ceil(m * n / 8),
     }
-    assert sp.num_index_bytes() <= min(sizes.values())
-    assert sp.num_index_bytes() >= min(sizes.values()) - 2
+    assert sp.num_index_bytes(packed=True) <= min(sizes.values())
+    assert sp.num_index_bytes(packed=True) >= min(sizes.values()) - 2
     # sparse supports: within 25% of the entropy of a Bernoulli(p) support plus the row counts
     q = nnz / (m * n)
     entropy = m * n * -(q * math.log2(q) + (1 - q) * math.log2(1 - q)) / 8
     if q <= 0.3:
-        assert sp.num_index_bytes() <= 1.25 * entropy + counts_bits / 8 + 4
+        assert sp.num_index_bytes(packed=True) <= 1.25 * entropy + counts_bits / 8 + 4
     if meta["support"]["codec"] == "rice":
         st = meta["support"]
         dec = plain_rice_decode(bytes(tensors["support.rice_unary"].numpy()), bytes(tensors["support.rice_rem"].numpy()),
@@ -253,12 +253,12 @@ def test_num_index_bytes_ignores_aq_codes(tgen: torch.Generator) -> None:
     dec = Decomposition(torch.randn(32, 3, generator=tgen), torch.randn(3, 48, generator=tgen), S,
                         parse_structure("unstructured"), SolveInfo())
     pair = LowRankSparseLinear.from_decomposition(dec)
-    before = (pair.num_index_bytes(), pair.sparse.num_index_bytes(packed=False))
+    before = (pair.num_index_bytes(), pair.sparse.num_index_bytes(packed=True))
     q = quantize_model(pair, AQConfig(M=1, K=4, d=2, iters=1, kmeans_iters=2, beam=2))
     assert hasattr(q.sparse, "aq_slots")  # the values are AQ-quantized
     crow, col = q.sparse.crow_indices, q.sparse.col_indices
     assert q.sparse.num_index_bytes(packed=False) == crow.numel() * crow.element_size() + col.numel() * col.element_size()
-    assert (q.num_index_bytes(), q.sparse.num_index_bytes(packed=False)) == before
+    assert (q.num_index_bytes(), q.sparse.num_index_bytes(packed=True)) == before
 
 
 CORRUPT = {

@@ -26,7 +26,8 @@ Every format offers the same interface:
 * ``add_linear(out, x)``: ``out + x @ S^T`` for x (..., n); ``out`` (..., m) or None.
 * ``add_conv(out, x, geom)``: ``out + conv2d(x, S as (m, C, kh, kw))``; x (B, C, H, W)
   already padded if the layer pads with a non-zero mode.
-* ``to_dense()`` (m, n); ``nnz`` (stored values); ``num_index_bytes()``;
+* ``to_dense()`` (m, n); ``nnz`` (stored values); ``num_index_bytes(packed=False)`` (in
+  memory; ``packed=True``: as saved);
   ``macs_per_position()`` (multiply-accumulates of one product with one input vector /
   one output pixel); ``config()`` (JSON-able) and ``from_config(config, tensors)``.
 """
@@ -129,14 +130,14 @@ class CompactSparse(nn.Module):
         own = dict(self.named_buffers(recurse=False))
         return {k: own[k] for k in self.index_names if own.get(k) is not None}
 
-    def num_index_bytes(self, packed: bool = True) -> int:
+    def num_index_bytes(self, packed: bool = False) -> int:
         """Bytes of index storage of S.
 
         Args:
-            packed: True: as a saved file stores them (bit-packed / delta-coded, see
-                :func:`pack_index_state`); False: the in-memory index buffers (int32 /
-                int64 / uint8 tensors the products use).  Never counts values, AQ codes or
-                codebooks.
+            packed: False (default): the in-memory index buffers (int32 / int64 / uint8
+                tensors the products use); True: as a file written by
+                :func:`lowrank_sparse.save` stores them (bit-packed / bitmap / Rice-coded,
+                see :func:`pack_index_state`).  Never counts values, AQ codes or codebooks.
         """
         if packed:
             return sum(int(t.numel()) for t in pack_index_state(self)[0].values())
