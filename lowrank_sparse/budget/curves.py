@@ -50,6 +50,14 @@ ErrorFn = Callable[[LayerSpec, int, float], float]
 
 SAMPLE_ENTRIES = 1 << 18
 RANK_GRID = 16
+#: Layers with min(m, n) above this, or a Gram costing more than SKETCH_MIN_WORK
+#: multiply-adds, get a sketched spectrum (top SKETCH_RANK values + modelled tail).
+#: Entries of the residual sample of the L + S proxy (per grid rank: one sort).
+LS_SAMPLE_ENTRIES = 1 << 16
+SKETCH_MIN_DIM = 2048
+SKETCH_MIN_WORK = 1 << 34
+SKETCH_RANK = 384
+SKETCH_OVERSAMPLE = 64
 
 
 # ----------------------------------------------------------------------------- cache
@@ -111,6 +119,31 @@ def whitened(layer: LayerSpec, cols: Optional[slice] = None) -> torch.Tensor:
     return (w.to(torch.float64) @ _chol(g)).to(torch.float32).contiguous()
 
 
+def _smaller_gram(x: torch.Tensor) -> torch.Tensor:
+    """Gram of the smaller side of x (m, n): x x^T (m <= n) or x^T x, with only the UPPER
+    triangle valid (use ``UPLO="U"``).  Level-3 syrk from SciPy's BLAS (half the work of
+    a GEMM); float32 or float64 as x."""
+    from scipy.linalg import blas
+
+    xn = x.detach().cpu().numpy()
+    syrk = blas.dsyrk if xn.dtype == np.float64 else blas.ssyrk
+    m, n = xn.shape
+    # xn.T is an F-ordered (n, m) view: trans=1 -> (xn.T)^T xn.T = x x^T, trans=0 -> x^T x
+    c = syrk(1.0, xn.T, trans=1 if m <= n else 0)
+    return torch.from_numpy(np.asarray(c))
+
+
+def _is_small(m: int, n: int) -> bool:
+    k = min(m, n)
+    return k * k * max(m, n) <= (1 << 24)
+
+
+def _is_sketched(m: int, n: int) -> bool:
+    """Layers whose exact spectrum costs too much (VGG's 4096x4096 and 4096x25088)."""
+    k = min(m, n)
+    return k > SKETCH_MIN_DIM or k * k * max(m, n) > SKETCH_MIN_WORK
+
+
 def sq_singular_values(a: torch.Tensor) -> tuple[np.ndarray, float]:
     """Squared singular values of a (m, n) matrix, descending, float64, length min(m, n),
     and the relative error below which the tail is numerical noise.
@@ -119,43 +152,169 @@ def sq_singular_values(a: torch.Tensor) -> tuple[np.ndarray, float]:
     whose eigenvalues carry an absolute error of about k * 1.2e-7 * s_1^2 (k = min(m, n))."""
     m, n = a.shape
     k = min(m, n)
-    small = k * k * max(m, n) <= (1 << 24)
+    small = _is_small(m, n)
     x = a.to(torch.float64) if small else a.to(torch.float32)
-    g = x @ x.T if m <= n else x.T @ x
-    ev = torch.linalg.eigvalsh(g).flip(0).clamp_min(0.0).to(torch.float64).numpy()
+    ev = torch.linalg.eigvalsh(_smaller_gram(x), UPLO="U").flip(0).clamp_min(0.0).to(torch.float64).numpy()
+    return ev, _noise_floor(ev, small, k)
+
+
+def _noise_floor(ev: np.ndarray, small: bool, k: int) -> float:
     tot = float(ev.sum())
     if tot <= 0.0:
-        return ev, 0.0
+        return 0.0
     eps = 1e-7 if small else 1.2e-7 * k
-    floor = math.sqrt(eps * float(ev[0]) / tot) if small else math.sqrt(eps * float(ev[0]) / tot)
-    return ev, max(floor, 1e-7)
+    return max(math.sqrt(eps * float(ev[0]) / tot), 1e-7)
 
 
 def _decomp(a: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
     """(squared singular values desc, U (m, p) orthonormal left singular vectors) of a."""
     m, n = a.shape
+    x = a.to(torch.float64) if _is_small(m, n) else a.to(torch.float32)
+    ev, vec = torch.linalg.eigh(_smaller_gram(x), UPLO="U")
+    ev, vec = ev.flip(0).clamp_min(0.0), vec.flip(1)
     if m <= n:
-        ev, u = torch.linalg.eigh(a @ a.T)
-        ev, u = ev.flip(0).clamp_min(0.0), u.flip(1)
+        u = vec
     else:
-        ev, v = torch.linalg.eigh(a.T @ a)
-        ev, v = ev.flip(0).clamp_min(0.0), v.flip(1)
         tol = float(ev[0]) * 1e-10 if ev.numel() else 0.0
         keep = int((ev > tol).sum())
-        ev, v = ev[:keep], v[:, :keep]
-        u = (a @ v) / ev.sqrt()
-    return ev.to(torch.float64).numpy(), u.contiguous()
+        ev, v = ev[:keep], vec[:, :keep]
+        u = (x @ v) / ev.sqrt()
+    return ev.to(torch.float64).numpy(), u.to(torch.float32).contiguous()
+
+
+def _bf16_ok() -> bool:
+    f = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    try:
+        return bool(f()) if f is not None else False
+    except Exception:  # pragma: no cover - capability probe only
+        return False
+
+
+def _sketch(a: torch.Tensor, seed: int) -> tuple[np.ndarray, torch.Tensor, float]:
+    """Top spectrum of a large (m, n) matrix by a randomized range finder with one power
+    iteration: Y = A Omega (Omega (n, l) Gaussian), Q = orth(Y), V = orth(A^T Q),
+    C = A V = U_C diag(s) W^T.  Returns (s^2 (l,) desc, U_C (m, l), ||A||_F^2 exact).
+
+    sum_{i<=j} s_i^2 is the energy of a rank-j approximation that exists (A V_j V_j^T
+    with V_j = V W_j), so ``total - sum_{i<=j} s_i^2`` upper-bounds the optimal tail up to
+    rounding.  The three products run in bfloat16 with float32 accumulation where the
+    CPU has native bf16 (about 4x faster; the entry-wise rounding, relative 2^-9, moves the
+    energies by ~1e-5 of the total); l = SKETCH_RANK + SKETCH_OVERSAMPLE."""
+    m, n = a.shape
+    l = min(min(m, n), SKETCH_RANK + SKETCH_OVERSAMPLE)
+    lowp = torch.bfloat16 if _bf16_ok() else torch.float32
+    al = a.to(lowp)
+    gen = torch.Generator().manual_seed(seed)
+    omega = torch.randn(n, l, generator=gen).to(lowp)
+    q = _orth((al @ omega).float())
+    v = _orth((q.to(lowp).T @ al).float().T)
+    c = (al @ v.to(lowp)).to(torch.float64)
+    ev, w = torch.linalg.eigh(c.T @ c)  # (l, l): C's right singular vectors
+    ev, w = ev.flip(0).clamp_min(0.0), w.flip(1)
+    keep = ev > float(ev[0]) * 1e-12 if ev.numel() else ev > 0
+    ev, w = ev[keep], w[:, keep]
+    uc = (c @ w) / ev.sqrt()
+    total = float(torch.linalg.vector_norm(a, dtype=torch.float64) ** 2)
+    return ev.numpy(), uc.to(torch.float32).contiguous(), total
+
+
+def _orth(y: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis of the columns of y (k, l), k >= l: Cholesky-QR in float64 (two
+    passes; GEMMs only, much faster than Householder QR on a loaded machine)."""
+    x = y.to(torch.float64)
+    for _ in range(2):
+        g = x.T @ x
+        g.diagonal().add_(float(g.diagonal().mean()) * 1e-12 + 1e-300)
+        r, info = torch.linalg.cholesky_ex(g, upper=True)
+        if int(info) != 0:  # rank-deficient sketch: fall back to Householder
+            return torch.linalg.qr(y.to(torch.float32))[0]
+        x = torch.linalg.solve_triangular(r, x, upper=True, left=False)
+    return x.to(torch.float32)
+
+
+def _tail_model(s2: np.ndarray, total: float, p: int) -> np.ndarray:
+    """Tails t[j] = sum_{i>j} s_i^2, j = 0..p, from the top K = len(s2) values and the exact
+    total: exact up to K, beyond it the remaining energy T_K = total - sum(s2) spread over
+    i = K+1..p as alpha*(i/K)^-a + beta (a: power law fitted to s2[K/2:K]; alpha, beta >= 0,
+    alpha + beta <= s_K^2, summing to T_K).  The modelled values are descending, so the
+    estimate lies between max(0, T_K - (j-K) s_K^2) and the linear bound T_K (p-j)/(p-K)
+    that holds for any descending tail."""
+    K = len(s2)
+    top = np.concatenate([[0.0], np.cumsum(s2)])
+    tK = max(total - float(top[-1]), 0.0)
+    t = np.empty(p + 1)
+    t[: K + 1] = np.maximum(total - top, 0.0)
+    if p <= K:
+        return t[: p + 1]
+    sK = float(s2[-1]) if K else 0.0
+    i = np.arange(K + 1, p + 1, dtype=np.float64)
+    lo = max(1, K // 2)
+    ii = np.arange(lo, K + 1, dtype=np.float64)
+    y = np.log(np.maximum(s2[lo - 1:K], 1e-300))
+    slope = float(np.polyfit(np.log(ii), y, 1)[0]) if len(ii) >= 2 and sK > 0 else 0.0
+    shape = (i / K) ** min(0.0, slope)
+    S = float(shape.sum())
+    npts = p - K
+    if sK <= 0.0 or tK >= sK * npts:
+        vals = np.full(npts, tK / npts)
+    else:
+        alpha = tK / S
+        beta = 0.0
+        if alpha > sK:  # flatter than the fitted power law: mix in a constant floor
+            alpha = (sK * npts - tK) / max(npts - S, 1e-300)
+            beta = sK - alpha
+        vals = alpha * shape + beta
+    vals *= tK / max(float(vals.sum()), 1e-300)
+    t[K + 1:] = np.maximum(tK - np.cumsum(vals), 0.0)
+    t[-1] = 0.0
+    return t
+
+
+def spectrum(layer: LayerSpec, cache: CurveCache, vectors: bool = False, seed: int = 0) -> dict:
+    """The layer's whitened spectrum, cached: {"tails": t[j] for j = 0..p, "total",
+    "noise" (tail energy below which it is numerical noise), "u": (m, k) left singular
+    vectors or None, "s2": the k known squared singular values, "sketched": bool}.
+
+    Exact (one syrk Gram of the smaller side, float64 for small layers, float32 else;
+    ``eigvalsh`` or, with ``vectors``, ``eigh``) unless :func:`_is_sketched`: then the top
+    SKETCH_RANK values from :func:`_sketch` and the tail from :func:`_tail_model`."""
+    m, n = layer.m, layer.n
+    p = min(m, n)
+
+    def compute(with_vec: bool) -> dict:
+        a = cache.get(layer, "A", lambda: whitened(layer))
+        if _is_sketched(m, n):
+            s2, u, total = _sketch(a, seed)  # type: ignore[arg-type]
+            s2, u = s2[:SKETCH_RANK], u[:, :SKETCH_RANK]
+            tails = _tail_model(s2, total, p)
+            return {"tails": tails, "total": total, "noise": 0.0, "u": u, "s2": s2, "sketched": True}
+        if with_vec:
+            s2, u = _decomp(a)  # type: ignore[arg-type]
+            floor = _noise_floor(s2, _is_small(m, n), p)
+        else:
+            s2, floor = sq_singular_values(a)  # type: ignore[arg-type]
+            u = None
+        total = float(s2.sum())
+        t = np.maximum(total - np.concatenate([[0.0], np.cumsum(s2)]), 0.0)
+        if len(t) < p + 1:
+            t = np.concatenate([t, np.zeros(p + 1 - len(t))])
+        return {"tails": t, "total": total, "noise": floor**2 * total, "u": u, "s2": s2, "sketched": False}
+
+    kv = cache.key(layer, "spectrum+u")
+    if vectors or kv in cache.store or _is_sketched(m, n):
+        return cache.get(layer, "spectrum+u", lambda: compute(True))  # type: ignore[return-value]
+    return cache.get(layer, "spectrum", lambda: compute(False))  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------- sparse energies
-def _sample_cols(layer: LayerSpec, st: Structure, seed: int) -> Optional[torch.Tensor]:
-    """Indices of sampled columns (whole blocks) or None for all columns."""
+def _sample_cols(layer: LayerSpec, st: Structure, seed: int, entries: int = SAMPLE_ENTRIES) -> Optional[torch.Tensor]:
+    """Indices of sampled columns (whole blocks, about ``entries`` entries) or None for all columns."""
     m, n = layer.m, layer.n
-    if m * n <= SAMPLE_ENTRIES:
+    if m * n <= entries:
         return None
     w = st.block if st.kind == "channel" else (st.m if st.kind == "nm" else 1)
     nblocks = n // w
-    want = max(1, math.ceil(SAMPLE_ENTRIES / (m * w)))
+    want = max(1, math.ceil(entries / (m * w)))
     if want >= nblocks:
         return None
     gen = torch.Generator().manual_seed(seed)
@@ -167,7 +326,7 @@ def _group_energies(r: torch.Tensor, st: Structure) -> torch.Tensor:
     """Energies (sum of squares) of the groups of st inside a (m, c) block r, float64, sorted desc.
 
     For N:M it returns the kept energy per M-group (top N of M) and the rest, see _kept_nm."""
-    e = r.to(torch.float64).square()
+    e = r.to(torch.float32).square()
     if st.kind == "row":
         g = e.sum(1)
     elif st.kind == "column":
@@ -176,7 +335,7 @@ def _group_energies(r: torch.Tensor, st: Structure) -> torch.Tensor:
         g = e.reshape(e.shape[0], -1, st.block).sum((0, 2))
     else:
         g = e.reshape(-1)
-    return g.sort(descending=True).values
+    return g.sort(descending=True).values.to(torch.float64)
 
 
 class _Kept:
@@ -281,23 +440,34 @@ def _slice_options(layer: LayerSpec, candidates: Sequence[int]) -> list[int]:
 
 
 def rank_tails(layer: LayerSpec, g: int, cache: CurveCache) -> tuple[np.ndarray, float]:
-    """(tail energies t[j] = sum over slices of sum_{i>j} s_i^2 for j = 0..jmax, total energy)."""
+    """(tail energies t[j] = sum over slices of sum_{i>j} s_i^2 for j = 0..jmax, total energy).
+
+    g = 1 shares the layer's cached :func:`spectrum`; g > 1 computes each slice's spectrum
+    (whitened with its diagonal gram block) once."""
 
     def compute():
-        n = layer.n
-        w = n // g
-        tails = None
-        total = 0.0
-        noise = 0.0
-        for i in range(g):
-            a = whitened(layer, slice(i * w, (i + 1) * w)) if g > 1 else cache.get(layer, "A", lambda: whitened(layer))
-            s2, floor = sq_singular_values(a)
-            tot = float(s2.sum())
-            t = tot - np.concatenate([[0.0], np.cumsum(s2)])
-            t = np.maximum(t, 0.0)
-            tails = t if tails is None else tails + t
-            total += tot
-            noise += floor**2 * tot
+        if g == 1:
+            sp = spectrum(layer, cache)
+            tails, total, noise = sp["tails"], sp["total"], sp["noise"]
+        else:
+            n = layer.n
+            w = n // g
+            tails = None
+            total = 0.0
+            noise = 0.0
+            for i in range(g):
+                a = whitened(layer, slice(i * w, (i + 1) * w))
+                if _is_sketched(*a.shape):
+                    s2, _, tot = _sketch(a, i)
+                    t = _tail_model(s2[:SKETCH_RANK], tot, min(a.shape))
+                    floor = 0.0
+                else:
+                    s2, floor = sq_singular_values(a)
+                    tot = float(s2.sum())
+                    t = np.maximum(tot - np.concatenate([[0.0], np.cumsum(s2)]), 0.0)
+                tails = t if tails is None else tails + t
+                total += tot
+                noise += floor**2 * tot
         tails = np.where(tails <= noise, 0.0, tails)  # below numerical resolution: exact
         return tails, total
 
@@ -375,15 +545,14 @@ def _ls_configs(layer: LayerSpec, st: Structure, shares: Sequence[float], cache:
     if rmax < 1 or not shares:
         return None
     a = cache.get(layer, "A", lambda: whitened(layer))
-    s2, u = cache.get(layer, "decomp", lambda: _decomp(a))  # type: ignore[misc]
-    total = float(s2.sum())
+    sp = spectrum(layer, cache, vectors=True, seed=seed)
+    u, total, tails = sp["u"], sp["total"], sp["tails"]
     if total <= 0.0:
         return None
-    tails = np.maximum(total - np.concatenate([[0.0], np.cumsum(s2)]), 0.0)
     t1, total1 = rank_tails(layer, 1, cache)  # noise-clipped rank-only tails
     p = u.shape[1]
     rg = np.unique(np.round(np.geomspace(1, max(1, min(rmax, p)), RANK_GRID)).astype(np.int64))
-    cols = _sample_cols(layer, st, seed)
+    cols = _sample_cols(layer, st, seed, LS_SAMPLE_ENTRIES)
     a_j = a if cols is None else a[:, cols]
     proj = u[:, : int(rg[-1])].T @ a_j  # (p', c)
     r_res = a_j.clone()
@@ -395,29 +564,34 @@ def _ls_configs(layer: LayerSpec, st: Structure, shares: Sequence[float], cache:
         r_res -= u[:, prev:r] @ proj[prev:r]
         prev = r
         kept_at.append(_kept_nm(r_res, st) if st.kind == "nm" else _Kept(_group_energies(r_res, st)))
+    j = np.arange(1, rmax + 1, dtype=np.int64)
+    # position of every rank between the grid ranks (log scale); beyond the last grid
+    # rank (sketched layers) the last kept fraction is held
+    lr = np.log(rg.astype(np.float64))
+    pos = np.interp(np.log(j), lr, np.arange(len(rg), dtype=np.float64))
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, len(rg) - 1)
+    wt = pos - lo
+    rank_err = np.sqrt(t1[np.minimum(j, len(t1) - 1)] / total1)
+    tj = tails[np.minimum(j, len(tails) - 1)]
     S, E, R, G, NZ, D = [], [], [], [], [], []
     for sh in shares:
         if st.kind == "nm":
-            nnz_of = lambda j: np.full_like(j, mn * st.n // st.m)  # noqa: E731
+            nz = np.full_like(j, mn * st.n // st.m)
+            fr = np.array([float(kp) for kp in kept_at])  # type: ignore[arg-type]
+            frac = (1.0 - wt) * fr[lo] + wt * fr[hi]
         else:
-            def nnz_of(j, sh=sh):
-                d = sh / (1.0 - sh) * j * (m + n) / mn
-                k = np.clip(np.floor(d * mn / gsz + 0.5), 0, ng).astype(np.int64)
-                return k * gsz
-        # errors at the grid
-        eg = []
-        for r, kp in zip(rg, kept_at):
-            nz = int(nnz_of(np.array([r]))[0])
-            frac = kp if st.kind == "nm" else float(kp(nz / gsz / ng))  # type: ignore[operator]
-            eg.append(math.sqrt(max(0.0, tails[r] * (1.0 - frac) / total)))
-        eg = np.asarray(eg)
-        j = np.arange(1, rmax + 1, dtype=np.int64)
-        nz = nnz_of(j)
+            d = sh / (1.0 - sh) * j * (m + n) / mn
+            nz = np.clip(np.floor(d * mn / gsz + 0.5), 0, ng).astype(np.int64) * gsz
+            q = nz / gsz / ng
+            fr = np.stack([kp(q) for kp in kept_at])  # type: ignore[operator]  (grid, ranks)
+            idx = np.arange(len(j))
+            frac = (1.0 - wt) * fr[lo, idx] + wt * fr[hi, idx]
+        # one alternating step: S keeps the top groups of the rank-j residual, whose kept
+        # fraction is measured at the grid ranks and interpolated (log rank) in between
+        err = np.sqrt(np.maximum(0.0, tj * (1.0 - frac) / total))
+        err = np.minimum(err, rank_err)  # never claim worse than rank-only at a larger size
         size = j * (m + n) + nz
-        err = np.interp(np.log(j), np.log(rg.astype(np.float64)), eg) if len(rg) > 1 else np.full(len(j), eg[0])
-        # beyond the last grid rank the proxy is extrapolated flat: never claim better than rank-only
-        rank_err = np.sqrt(t1[np.minimum(j, len(t1) - 1)] / total1)
-        err = np.minimum(err, rank_err)
         okk = (nz > 0) & (size < mn)
         S.append(size[okk]); E.append(err[okk]); R.append(j[okk]); G.append(np.ones(int(okk.sum()), np.int64))
         NZ.append(nz[okk]); D.append(nz[okk] / mn)
@@ -442,11 +616,13 @@ def build_curves(layer: LayerSpec, mode: str, structure: Structure, *, slice_can
             s, e, r, g = _rank_configs(layer, gs, cache)
             parts.append((s, e, r, g, np.zeros_like(s), np.zeros(len(s))))
         if mode == "lowrank_sparse":
-            ls = _ls_configs(layer, structure, sparse_shares, cache, seed)
+            key = f"ls:{structure.name}:{structure.block}:{tuple(float(x) for x in sparse_shares)}:{seed}"
+            ls = cache.get(layer, key, lambda: _ls_configs(layer, structure, sparse_shares, cache, seed))
             if ls is not None:
                 parts.append(ls)
     elif mode == "sparse_only":
-        parts.append(_sparse_configs(layer, structure, cache, seed))
+        key = f"sparse:{structure.name}:{structure.block}:{seed}"
+        parts.append(cache.get(layer, key, lambda: _sparse_configs(layer, structure, cache, seed)))
     else:
         raise ValueError(f"mode must be 'lowrank_sparse', 'rank_only' or 'sparse_only', got {mode!r}")
     cols = list(zip(*parts)) if parts else [[np.zeros(0)]] * 6
