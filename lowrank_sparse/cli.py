@@ -337,7 +337,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
         cfg = AQConfig(**args.quantize)
         new = quantize_model(new, cfg, which="factors+sparse")
         if args.fine_tune and src.dataset != "imagenet_samples":
-            fine_tune_codebooks(new, ds, epochs=1, lr=1e-3)
+            import torch.nn.functional as F
+
+            batches = _data.loader(ds, 128, shuffle=True, seed=args.seed)
+            fine_tune_codebooks(new, batches, F.cross_entropy, epochs=1, lr=1e-3)
+            new.eval()
         result["accuracy_quantized"] = _accuracy(new, x_test, y_test) if src.dataset != "imagenet_samples" else None
     result.update({"before": _summary(src.model, shape), "after": _summary(new, shape)})
     if not args.no_latency:
@@ -348,6 +352,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     _io.save(new, out, metadata={"arch": src.arch, **meta}, dtype=args.dtype)
     result["file"] = str(out)
     result["file_bytes"] = out.stat().st_size
+    result["file_parts"] = _io.file_report(out)
     result["report"] = report.to_dict()
     lines = [report.table(), ""]
     b, a = result["before"], result["after"]
@@ -360,10 +365,18 @@ def cmd_compress(args: argparse.Namespace) -> int:
         lines.append(f"accuracy    {result['accuracy_before']:.2%} -> {result['accuracy_after']:.2%}")
     if "accuracy_fine_tuned" in result:
         lines.append(f"after fine-tuning ({args.fine_tune} epoch(s)): {result['accuracy_fine_tuned']:.2%}")
+    if result.get("accuracy_quantized") is not None:
+        aq = ",".join(f"{k}={v}" for k, v in args.quantize.items())
+        ft = " + 1 epoch of codebook fine-tuning" if args.fine_tune else ""
+        lines.append(f"after AQ ({aq}){ft}: {result['accuracy_quantized']:.2%}")
     if "fidelity" in result:
         f = result["fidelity"]
         lines.append(f"fidelity    top-1 agreement {f['top1_agreement']:.2%}, KL {f['kl']:.4f}")
     lines.append(f"saved {out} ({result['file_bytes']:,d} bytes) in {seconds:.1f} s of compression")
+    fp = result["file_parts"]
+    lines.append("  file bytes: " + ", ".join(f"{k.replace('_', ' ')} {fp[k]:,d}" for k in
+                 ("float_values", "indices", "aq_codes", "aq_codebooks", "aq_scales", "header") if fp[k] or k == "header")
+                 + " (indices packed; the report's index storage counts the in-memory int32 buffers)")
     _emit(args, result, "\n".join(lines))
     return 0
 
