@@ -23,6 +23,8 @@ from typing import Any, Optional
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_JSONL = REPO / "docs" / "results" / "results.jsonl"
 KEY_FIELDS = ("model", "dataset", "schedule", "seed", "budget", "method", "allocation", "protocol")
+#: AQ settings of rows written before the sweep recorded them in the key
+DEFAULT_AQ = {"M": 2, "K": 256, "d": 8}
 GRID_MODELS = ("vgg16", "alexnet", "googlenet", "mobilenet_v2")
 GRID_BUDGETS = ("p50", "p33", "p20", "f25")
 GRID_METHODS = ("lowrank_sparse", "rank_only", "sparse_only")
@@ -53,12 +55,39 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def is_aq(r: dict[str, Any]) -> bool:
+    m = str(r.get("method", ""))
+    return m == "aq" or m.endswith("+aq")
+
+
+def structure_of(r: dict[str, Any]) -> str:
+    """Structure of S; rows written before the sweep recorded it were unstructured (or have
+    no S: dense, aq)."""
+    s = r.get("structure")
+    if s is not None:
+        return str(s)
+    return "-" if r.get("method") in ("dense", "aq") else "unstructured"
+
+
+def aq_text(r: dict[str, Any]) -> str:
+    """"M=2,K=256,d=8" for AQ rows, "-" otherwise."""
+    if not is_aq(r):
+        return "-"
+    aq = r.get("aq") or DEFAULT_AQ
+    return ",".join(f"{k}={aq[k]}" for k in ("M", "K", "d", "beam", "iters") if k in aq)
+
+
+def full_key(r: dict[str, Any]) -> tuple:
+    """KEY_FIELDS + structure + AQ setting (the sweep's row identity)."""
+    return (*(r.get(f) for f in KEY_FIELDS), structure_of(r), aq_text(r))
+
+
 def latest(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(last ok row per key in first-seen order, failed rows whose key has no ok row)."""
     ok: dict[tuple, dict[str, Any]] = {}
     failed: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        k = tuple(r.get(f) for f in KEY_FIELDS)
+        k = full_key(r)
         if r.get("status") == "ok":
             ok[k] = r
             failed.pop(k, None)
@@ -123,7 +152,8 @@ PAIRED: dict[tuple, dict[str, Any]] = {}
 def lat_cell(r: dict[str, Any], dense: Optional[dict[str, Any]]) -> str:
     """Paired latency (reproduce/latency.py) when measured: "compressed vs dense ms (median of
     per-round ratios)"; otherwise the sweep's own "median / min (min ratio to dense)"."""
-    pr = PAIRED.get(tuple(r.get(f) for f in KEY_FIELDS))
+    # paired records carry no structure: they belong to the unstructured rows
+    pr = PAIRED.get(tuple(r.get(f) for f in KEY_FIELDS)) if structure_of(r) in ("-", "unstructured") else None
     if pr is not None:
         fmt = "{:.0f}" if pr["dense_median_ms"] >= 10 else "{:.2f}"
         return f"{fmt.format(pr['median_ms'])} vs {fmt.format(pr['dense_median_ms'])} (**{pr['median_ratio']:.2f}**)"
@@ -151,11 +181,13 @@ def accuracy_table(rows: list[dict[str, Any]]) -> str:
             "latency ms (x dense)", "compress s", "max layer err", "seed", "device", "schedule", "command"]
     body = []
     for r in sorted(rows, key=sort_key):
-        if "aq" in r["method"].split("+") or r["method"] == "aq":
+        if is_aq(r):
             continue
         pb, fb = r.get("params_before"), r.get("flops_before")
+        st = structure_of(r)
         body.append([
-            BUDGET_TEXT.get(r["budget"], r["budget"]), r["method"], r["allocation"],
+            BUDGET_TEXT.get(r["budget"], r["budget"]), r["method"] if st in ("-", "unstructured") else f"{r['method']} ({st} S)",
+            r["allocation"],
             ratio(r.get("params_after"), pb), ratio(r.get("flops_after"), fb),
             pct(r.get("acc_after")), pct(r.get("acc_ft")), delta(r.get("acc_ft"), acc0),
             lat_cell(r, dense),
@@ -186,44 +218,63 @@ def fidelity_table(rows: list[dict[str, Any]]) -> str:
     return md_table(head, body)
 
 
+def aq_bits(r: dict[str, Any]) -> Optional[float]:
+    """Bits per quantized value of an AQ row: M * ceil(log2 K) / d."""
+    if not is_aq(r):
+        return None
+    aq = r.get("aq") or DEFAULT_AQ
+    return aq["M"] * math.ceil(math.log2(aq["K"])) / aq["d"]
+
+
 def storage_table(rows: list[dict[str, Any]]) -> Optional[str]:
-    aq_rows = [r for r in rows if r["method"] == "aq" or r["method"].endswith("+aq")]
+    aq_rows = [r for r in rows if is_aq(r)]
     if not aq_rows:
         return None
     dense = next((r for r in rows if r["method"] == "dense"), None)
     base_bytes = None if dense is None else dense.get("file_bytes")
     picked = [dense] if dense else []
-    for r in aq_rows:
+    for r in sorted(aq_rows, key=lambda r: (r["method"] != "aq", sort_key(r), structure_of(r), aq_text(r))):
         if r["method"].endswith("+aq"):
             inner = r["method"][:-3]
             picked += [x for x in rows if x["method"] == inner and x["budget"] == r["budget"]
-                       and x["allocation"] == r["allocation"]]
+                       and x["allocation"] == r["allocation"] and structure_of(x) == structure_of(r)]
         picked.append(r)
-    head = ["variant", "budget", "alloc", "params kept", "storage bytes", "x smaller than dense file",
-            "acc no FT %", "acc FT %", "what 'FT' is", "AQ (M, K, d)", "command"]
+    head = ["variant", "budget", "alloc", "S structure", "params kept", "AQ (M, K, d)", "bits / quantized value",
+            "file bytes", "x smaller than dense file", "of which header / indices", "acc no FT %", "acc FT %",
+            "what 'FT' is", "command"]
     body = []
     seen = set()
     for r in picked:
-        k = tuple(r.get(f) for f in KEY_FIELDS)
+        k = full_key(r)
         if k in seen:
             continue
         seen.add(k)
-        is_aq = r["method"] == "aq" or r["method"].endswith("+aq")
-        size = r.get("storage_bytes") if is_aq else r.get("file_bytes")
-        aq = r.get("aq")
+        q = is_aq(r)
+        # the saved file when the row has one (AQ rows of sweeps before the file was written:
+        # lowrank_sparse.quant.storage_bytes, marked with *)
+        size, star = r.get("file_bytes"), ""
+        if size is None and q:
+            size, star = r.get("storage_bytes"), "*"
+        fr = r.get("file_report") or {}
+        aq = r.get("aq") or (DEFAULT_AQ if q else None)
+        bits = aq_bits(r)
         body.append([
-            r["method"], r.get("budget", "-"), r.get("allocation", "-"),
+            r["method"], r.get("budget", "-"), r.get("allocation", "-"), structure_of(r),
             ratio(r.get("params_after"), r.get("params_before")),
-            f"{size:,d}" if size else "-", ratio(base_bytes, size) if size else "-",
+            f"({aq['M']}, {aq['K']}, {aq['d']})" if aq else "-", "-" if bits is None else f"{bits:g}",
+            f"{size:,d}{star}" if size else "-", ratio(base_bytes, size) if size else "-",
+            f"{fr['header']:,d} / {fr['indices']:,d}" if fr else "-",
             pct(r.get("acc_after")), pct(r.get("acc_ft")),
-            "codebooks, 1 epoch" if is_aq else ("all weights, 1 epoch" if r["method"] != "dense" else "-"),
-            f"({aq['M']}, {aq['K']}, {aq['d']})" if aq else "-", command(r),
+            "codebooks, 1 epoch" if q else ("all weights, 1 epoch" if r["method"] != "dense" else "-"),
+            command(r),
         ])  # fmt: skip
-    note = ("Storage: float rows = size of the `lowrank_sparse.save` safetensors file (float32 values, "
-            "int indices, BN buffers, header); AQ rows = `lowrank_sparse.quant.storage_bytes` (packed codes, "
-            "float16 codebooks, per-tensor scales, every remaining float tensor at its dtype). "
-            "`<method>+aq` quantizes the fine-tuned compressed model of that row; 'acc no FT' is right after "
-            "quantization, 'acc FT' after one epoch of codebook fine-tuning on the same training subset.")
+    note = ("Storage: *file bytes* = size of the `lowrank_sparse.save` safetensors file (float32 values, sparse "
+            "indices packed (schema 3; older rows: int32), BN buffers, header; AQ: packed codes, float16 codebooks, "
+            "per-tensor scales). `*`: rows written before AQ files were saved, "
+            "`lowrank_sparse.quant.storage_bytes` instead (no header). "
+            "`<method>+aq` quantizes the fine-tuned compressed model of that row (every weight: factors, sparse "
+            "values, the layers kept dense); 'acc no FT' is right after quantization, 'acc FT' after one epoch "
+            "of codebook fine-tuning on the same training subset.")
     return note + "\n\n" + md_table(head, body)
 
 
@@ -231,7 +282,7 @@ def comparison(rows: list[dict[str, Any]], metric: str) -> list[str]:
     """Per (budget, allocation, protocol) with all three base methods: which wins."""
     cells: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in rows:
-        if r["method"] in GRID_METHODS:
+        if r["method"] in GRID_METHODS and structure_of(r) == "unstructured":
             cells[(r["protocol"], r["budget"], r["allocation"])][r["method"]] = r
     out = []
     for (proto, b, a), ms in sorted(cells.items(), key=lambda kv: (kv[0][0], sort_key({"budget": kv[0][1],
@@ -278,7 +329,7 @@ def plot_model(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [r for r in rows if r["method"] in GRID_METHODS]
+    pts = [r for r in rows if r["method"] in GRID_METHODS and structure_of(r) == "unstructured"]
     if not pts:
         return False
     colors = {"lowrank_sparse": "tab:red", "rank_only": "tab:blue", "sparse_only": "tab:green"}
