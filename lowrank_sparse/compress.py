@@ -594,9 +594,14 @@ def _allocate(
     specs = []
     for name, mod in selected:
         st = stats[name]
-        W, _ = st.folded(mod.weight.detach(), None)
+        W, bfold = st.folded(mod.weight.detach(), None if mod.bias is None else mod.bias.detach())
+        scale = 1.0
+        info = st.activation
+        if info.nonlinear and st.sample is not None:  # predicted errors after the activation
+            scale = B.activation_error_scale(W, bfold, st.sample,
+                                             lambda u, i=info: _act(u, i.name, i.negative_slope))
         specs.append(B.LayerSpec(name=name, weight=W, kind=st.kind, block=st.block,
-                                 out_hw=st.out_hw, gram=st.gram))
+                                 out_hw=st.out_hw, gram=st.gram, error_scale=scale))
     mods = dict(selected)
 
     def error_fn(layer: Any, rank: int, density: float) -> float:

@@ -192,3 +192,80 @@ def test_bad_arguments(tgen):
         allocate(layers, Budget(params=0.5), overrides={"r1": {"rnk": 3}})
     with pytest.raises(ValueError, match="total_params"):
         allocate(layers, Budget(params=0.5), total_params=10)
+
+
+# ------------------------------------------------------------------ real trained network
+@pytest.fixture(scope="module")
+def digits_mlp():
+    """A 64-256-256-10 ReLU MLP trained (seeded, one thread, ~3 s) on scikit-learn's digits."""
+    import warnings
+
+    import torch.nn as nn
+    import torch.nn.functional as F
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from sklearn.datasets import load_digits
+        d = load_digits()
+    X = torch.tensor(d.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(d.target)
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))
+    tr, te = perm[:1300], perm[1300:]
+    nthreads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+        g = torch.Generator().manual_seed(0)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(15):
+            p = torch.randperm(len(tr), generator=g)
+            for i in range(0, len(tr), 100):
+                idx = tr[p[i:i + 100]]
+                loss = F.cross_entropy(model(X[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(nthreads)
+    return model.eval(), X[tr], X[te], y[te]
+
+
+def _measured_post_relu_error(model, new, x: torch.Tensor) -> float:
+    """Mean over the two hidden layers of ||relu(h) - relu(h')|| / ||relu(h)||, where h, h' are the
+    layer outputs of the original and compressed model on the SAME (original) inputs x."""
+    errs = []
+    with torch.no_grad():
+        inp = x
+        for i in (0, 2):
+            ref = torch.relu(model[i](inp)).double()
+            out = torch.relu(new[i](inp)).double()
+            errs.append(float(torch.linalg.norm(ref - out) / torch.linalg.norm(ref)))
+            inp = torch.relu(model[i](inp))
+    return sum(errs) / len(errs)
+
+
+@pytest.mark.parametrize("budget", [0.2, 0.3], ids=["params20", "params30"])
+def test_alds_and_enc_beat_uniform_on_trained_mlp(budget, digits_mlp):
+    """At the same parameter budget (rank-only, both hidden layers allocated), ALDS and ENC give a
+    lower mean post-ReLU error (measured independently on held-out digits) than uniform."""
+    from lowrank_sparse.compress import compress
+
+    model, xtr, xte, yte = digits_mlp
+    nthreads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    res = {}
+    try:
+        for alloc in ("uniform", "alds", "enc"):
+            new, rep = compress(model, xtr[:512], target=Budget(params=budget), allocation=alloc, method="rank_only",
+                                keep_first_last=False, exclude="4", backend="torch", max_iter=50)
+            params = sum(p.numel() for p in new.parameters())
+            assert params <= budget * sum(p.numel() for p in model.parameters())
+            with torch.no_grad():
+                acc = float((new(xte).argmax(1) == yte).float().mean())
+            res[alloc] = (_measured_post_relu_error(model, new, xte), acc)
+    finally:
+        torch.set_num_threads(nthreads)
+    print(f"params {budget}: (mean post-ReLU error, accuracy)", res)
+    assert res["alds"][0] < res["uniform"][0]
+    assert res["enc"][0] < res["uniform"][0]
+    assert res["alds"][1] >= res["uniform"][1] - 0.005 and res["enc"][1] >= res["uniform"][1] - 0.005

@@ -136,3 +136,24 @@ def test_config_error_exact_for_rank_only(tgen):
     w = torch.randn(10, 14, generator=tgen)
     err = config_error(LayerSpec("l", w), 4, 0.0, 1, parse_structure("unstructured"), CurveCache())
     assert err == pytest.approx(_svd_rel_err(w.double().numpy(), 4), abs=2e-5)
+
+
+def test_activation_error_scale_predicts_post_relu_error(tgen):
+    """scale * relative pre-activation error ~ relative post-ReLU error for a small rank error
+    (checked against a plain torch computation)."""
+    from lowrank_sparse.budget import activation_error_scale
+
+    m, n, s = 40, 30, 4000
+    w = torch.randn(m, n, generator=tgen, dtype=torch.float64)
+    b = -8.0 * torch.ones(m, dtype=torch.float64)  # most outputs cut by the ReLU -> scale > 1
+    x = torch.randn(n, s, generator=tgen, dtype=torch.float64)
+    scale = activation_error_scale(w, b, x, torch.relu)
+    dw = 1e-3 * torch.randn(m, n, generator=tgen, dtype=torch.float64)
+    y, y2 = w @ x + b[:, None], (w + dw) @ x + b[:, None]
+    pre = float(torch.linalg.norm(dw @ x) / torch.linalg.norm(w @ x))
+    post = float(torch.linalg.norm(torch.relu(y) - torch.relu(y2)) / torch.linalg.norm(torch.relu(y)))
+    assert scale > 1.5
+    assert scale * pre == pytest.approx(post, rel=0.15)
+    assert activation_error_scale(w, None, x, lambda u: u) == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(ValueError, match="do not match"):
+        activation_error_scale(w, b, x[:5], torch.relu)

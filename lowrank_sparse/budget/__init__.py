@@ -22,14 +22,16 @@ import numpy as np
 
 from ..structure import Structure, parse_structure
 from .alds import alds_search
-from .curves import CurveCache, ErrorFn, LayerCurves, build_curves, config_error, rank_tails
+from .curves import (CurveCache, ErrorFn, LayerCurves, activation_error_scale, build_curves, config_error,
+                     rank_tails)
 from .enc import enc_search, network_metric
 from .spec import (Allocation, Budget, LayerAllocation, LayerSpec, layer_flops, layer_params, lowrank_params,
                    sparse_nnz)
 from .uniform import uniform_search
 
 __all__ = [
-    "Allocation", "Budget", "CurveCache", "LayerAllocation", "LayerSpec", "allocate", "build_curves",
+    "Allocation", "Budget", "CurveCache", "LayerAllocation", "LayerSpec", "activation_error_scale", "allocate",
+    "build_curves",
     "layer_flops", "layer_params", "lowrank_params", "network_metric", "sparse_nnz",
 ]
 
@@ -266,7 +268,7 @@ def _best_split(l: LayerSpec, size: int, st: Structure, shares: Sequence[float],
             if r < 1:
                 continue
             tails, total = rank_tails(l, 1, cache)
-            err = math.sqrt(tails[min(r, len(tails) - 1)] / total) if total > 0 else 0.0
+            err = l.error_scale * math.sqrt(tails[min(r, len(tails) - 1)] / total) if total > 0 else 0.0
         else:
             if st.kind == "nm":
                 nnz, d = mn * st.n // st.m, st.n / st.m

@@ -218,6 +218,19 @@ def _sketch(a: torch.Tensor, seed: int) -> tuple[np.ndarray, torch.Tensor, float
     return ev.numpy(), uc.to(torch.float32).contiguous(), total
 
 
+def _tail_second_moment(a: torch.Tensor, u: torch.Tensor, seed: int, probes: int = 16) -> float:
+    """Hutchinson estimate of sum_{i>K} s_i^4 = tr((R^T R)^2), R = (I - U U^T) A (U: (m, K)
+    orthonormal, the known top subspace): mean of ||A^T P A z||^2 over Gaussian z."""
+    lowp = torch.bfloat16 if _bf16_ok() else torch.float32
+    al = a.to(lowp)
+    gen = torch.Generator().manual_seed(seed + 1)
+    z = torch.randn(a.shape[1], probes, generator=gen).to(lowp)
+    y = (al @ z).float()
+    y = y - u @ (u.T @ y)
+    w = (y.to(lowp).T @ al).float()
+    return float(w.to(torch.float64).square().sum()) / probes
+
+
 def _orth(y: torch.Tensor) -> torch.Tensor:
     """Orthonormal basis of the columns of y (k, l), k >= l: Cholesky-QR in float64 (two
     passes; GEMMs only, much faster than Householder QR on a loaded machine)."""
@@ -232,13 +245,17 @@ def _orth(y: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32)
 
 
-def _tail_model(s2: np.ndarray, total: float, p: int) -> np.ndarray:
-    """Tails t[j] = sum_{i>j} s_i^2, j = 0..p, from the top K = len(s2) values and the exact
-    total: exact up to K, beyond it the remaining energy T_K = total - sum(s2) spread over
-    i = K+1..p as alpha*(i/K)^-a + beta (a: power law fitted to s2[K/2:K]; alpha, beta >= 0,
-    alpha + beta <= s_K^2, summing to T_K).  The modelled values are descending, so the
-    estimate lies between max(0, T_K - (j-K) s_K^2) and the linear bound T_K (p-j)/(p-K)
-    that holds for any descending tail."""
+def _tail_model(s2: np.ndarray, total: float, p: int, m2: float) -> np.ndarray:
+    """Tails t[j] = sum_{i>j} s_i^2, j = 0..p, from the top K = len(s2) values, the exact
+    total and m2 ~ sum_{i>K} s_i^4 (:func:`_tail_second_moment`).
+
+    Exact up to K.  Beyond, the remaining energy T_K = total - sum(s2) is spread over
+    i = K+1..p with the quantile shape lambda(x) = lambda_0 (1 - x)^b (x = (i-K)/(p-K)),
+    whose tail is t[j] = T_K (1 - x)^(b+1); b >= 0 matches the measured second moment:
+    rho = (p-K) m2 / T_K^2 = (b+1)^2 / (2b+1) (b = 0: flat, the linear bound; a
+    Marchenko-Pastur noise bulk of a square matrix has rho = 2, b = 2.41).  b is capped
+    so that lambda_0 <= s_K^2 (descending).  Any descending tail lies below the linear
+    bound T_K (p-j)/(p-K), and so does the model."""
     K = len(s2)
     top = np.concatenate([[0.0], np.cumsum(s2)])
     tK = max(total - float(top[-1]), 0.0)
@@ -246,27 +263,16 @@ def _tail_model(s2: np.ndarray, total: float, p: int) -> np.ndarray:
     t[: K + 1] = np.maximum(total - top, 0.0)
     if p <= K:
         return t[: p + 1]
-    sK = float(s2[-1]) if K else 0.0
-    i = np.arange(K + 1, p + 1, dtype=np.float64)
-    lo = max(1, K // 2)
-    ii = np.arange(lo, K + 1, dtype=np.float64)
-    y = np.log(np.maximum(s2[lo - 1:K], 1e-300))
-    slope = float(np.polyfit(np.log(ii), y, 1)[0]) if len(ii) >= 2 and sK > 0 else 0.0
-    shape = (i / K) ** min(0.0, slope)
-    S = float(shape.sum())
     npts = p - K
-    if sK <= 0.0 or tK >= sK * npts:
-        vals = np.full(npts, tK / npts)
-    else:
-        alpha = tK / S
-        beta = 0.0
-        if alpha > sK:  # flatter than the fitted power law: mix in a constant floor
-            alpha = (sK * npts - tK) / max(npts - S, 1e-300)
-            beta = sK - alpha
-        vals = alpha * shape + beta
-    vals *= tK / max(float(vals.sum()), 1e-300)
-    t[K + 1:] = np.maximum(tK - np.cumsum(vals), 0.0)
-    t[-1] = 0.0
+    b = 0.0
+    if tK > 0.0 and m2 > 0.0 and math.isfinite(m2):
+        rho = max(1.0, npts * m2 / tK**2)
+        b = (rho - 1.0) + math.sqrt(rho * (rho - 1.0))
+        sK = float(s2[-1]) if K else math.inf
+        if sK > 0.0:
+            b = min(b, max(0.0, sK * npts / tK - 1.0))
+    x = np.arange(1, npts + 1, dtype=np.float64) / npts
+    t[K + 1:] = tK * (1.0 - x) ** (b + 1.0)
     return t
 
 
@@ -286,7 +292,7 @@ def spectrum(layer: LayerSpec, cache: CurveCache, vectors: bool = False, seed: i
         if _is_sketched(m, n):
             s2, u, total = _sketch(a, seed)  # type: ignore[arg-type]
             s2, u = s2[:SKETCH_RANK], u[:, :SKETCH_RANK]
-            tails = _tail_model(s2, total, p)
+            tails = _tail_model(s2, total, p, _tail_second_moment(a, u, seed))  # type: ignore[arg-type]
             return {"tails": tails, "total": total, "noise": 0.0, "u": u, "s2": s2, "sketched": True}
         if with_vec:
             s2, u = _decomp(a)  # type: ignore[arg-type]
@@ -426,8 +432,8 @@ def _frontier(layer: LayerSpec, sizes, errors, ranks, slices, nnz, dens) -> Laye
             keep.append(i)
             best = e
     keep = np.asarray(keep, dtype=np.int64)
-    return LayerCurves(layer, sizes[keep], np.clip(errors[keep], 0.0, 1.0), ranks[keep], slices[keep],
-                       nnz[keep], dens[keep], dense[keep])
+    err = np.clip(errors[keep], 0.0, 1.0) * layer.error_scale
+    return LayerCurves(layer, sizes[keep], err, ranks[keep], slices[keep], nnz[keep], dens[keep], dense[keep])
 
 
 def _slice_options(layer: LayerSpec, candidates: Sequence[int]) -> list[int]:
@@ -458,8 +464,9 @@ def rank_tails(layer: LayerSpec, g: int, cache: CurveCache) -> tuple[np.ndarray,
             for i in range(g):
                 a = whitened(layer, slice(i * w, (i + 1) * w))
                 if _is_sketched(*a.shape):
-                    s2, _, tot = _sketch(a, i)
-                    t = _tail_model(s2[:SKETCH_RANK], tot, min(a.shape))
+                    s2, uu, tot = _sketch(a, i)
+                    s2, uu = s2[:SKETCH_RANK], uu[:, :SKETCH_RANK]
+                    t = _tail_model(s2, tot, min(a.shape), _tail_second_moment(a, uu, i))
                     floor = 0.0
                 else:
                     s2, floor = sq_singular_values(a)
@@ -634,15 +641,16 @@ def config_error(layer: LayerSpec, rank: int, density: float, slices: int, struc
                  cache: CurveCache, error_fn: Optional[ErrorFn] = None) -> float:
     """Predicted relative error of one explicit configuration (used for overrides).
 
-    Exact for rank only / sparse only; error_fn (else the proxy curves) for L + S."""
+    Exact for rank only / sparse only; error_fn (else the proxy curves) for L + S; times
+    the layer's ``error_scale`` except for error_fn's (already post-activation) value."""
     m, n = layer.m, layer.n
     nnz = sparse_nnz(m, n, density, structure)
     if nnz == 0:
         if rank <= 0:
-            return 1.0
+            return layer.error_scale
         tails, total = rank_tails(layer, slices, cache)
         j = min(rank, len(tails) - 1)
-        return math.sqrt(tails[j] / total) if total > 0 else 0.0
+        return layer.error_scale * math.sqrt(tails[j] / total) if total > 0 else 0.0
     if error_fn is not None:
         return float(error_fn(layer, rank, density))
     if rank <= 0:
@@ -652,3 +660,39 @@ def config_error(layer: LayerSpec, rank: int, density: float, slices: int, struc
     cur = build_curves(layer, "lowrank_sparse", structure, sparse_shares=(0.1, 0.25, 0.5), cache=cache)
     size = lowrank_params(m, n, rank, slices) + nnz
     return float(cur.errors[cur.index_for_size(size)])
+
+
+def activation_error_scale(weight: torch.Tensor, bias: Optional[torch.Tensor], X: torch.Tensor,
+                           activation: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """``error_scale`` of a layer y = act(W x + b) from input samples.
+
+    For a small weight error dW, act(y + dW x) - act(y) ~ act'(y) * (dW x), so with the
+    error spread evenly over the outputs
+    ``||d act||_F / ||act(Y)||_F ~ sqrt(mean(act'(Y)^2)) * ||W X||_F / ||act(Y)||_F
+    * (||dW X||_F / ||W X||_F)``: the scale maps the relative pre-activation error (the
+    curves' quantity) to the relative post-activation error.  Layers whose outputs are
+    mostly cut by a ReLU (||act(Y)|| << ||W X||) get a scale > 1.
+
+    Args:
+        weight: (m, n) weight as the activation sees it (BatchNorm folded).
+        bias: (m,) bias (folded) or None.
+        X: (n, s) input columns.
+        activation: elementwise function (torch -> torch).
+
+    Returns:
+        the scale (float64 arithmetic); 1.0 when the outputs are all zero.
+    """
+    w = weight.detach().to("cpu", torch.float64)
+    x = X.detach().to("cpu", torch.float64)
+    if w.ndim != 2 or x.ndim != 2 or w.shape[1] != x.shape[0]:
+        raise ValueError(f"weight (m, n) and X (n, s) do not match: {tuple(w.shape)} and {tuple(x.shape)}")
+    lin = w @ x
+    y = lin if bias is None else lin + bias.detach().to("cpu", torch.float64)[:, None]
+    a = activation(y)
+    h = 1e-6 * max(float(y.abs().max()), 1e-30)
+    d = (activation(y + h) - activation(y - h)) / (2.0 * h)
+    na, nl = float(torch.linalg.vector_norm(a)), float(torch.linalg.vector_norm(lin))
+    if na <= 0.0 or nl <= 0.0:
+        return 1.0
+    scale = math.sqrt(float(d.square().mean())) * nl / na
+    return scale if math.isfinite(scale) and scale > 0.0 else 1.0

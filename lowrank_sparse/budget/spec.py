@@ -112,6 +112,11 @@ class LayerSpec:
         out_hw: (H_out, W_out) output size for convs (required for FLOPs of convs).
         gram: optional (n, n) X X^T / N of the layer inputs; makes the error curves
             data-aware (singular values of W G^{1/2}).
+        error_scale: factor (> 0) from the relative whitened pre-activation error to the
+            relative error after the layer's activation (and BatchNorm), for small
+            errors; all predicted errors of the layer are multiplied by it.  1 for layers
+            without a nonlinearity; :func:`lowrank_sparse.budget.curves.activation_error_scale`
+            measures it on calibration inputs (compress() does).
     """
 
     name: str
@@ -120,6 +125,7 @@ class LayerSpec:
     block: int = 1
     out_hw: Optional[tuple[int, int]] = None
     gram: Optional[torch.Tensor] = None
+    error_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -144,6 +150,11 @@ class LayerSpec:
             n = self.weight.shape[1]
             if not isinstance(self.gram, torch.Tensor) or tuple(self.gram.shape) != (n, n):
                 raise ValueError(f"LayerSpec {self.name!r}: gram must be a ({n}, {n}) tensor")
+        if isinstance(self.error_scale, bool) or not isinstance(self.error_scale, (int, float)):
+            raise TypeError(f"LayerSpec {self.name!r}: error_scale must be a float, got {type(self.error_scale).__name__}")
+        if not (math.isfinite(self.error_scale) and self.error_scale > 0.0):
+            raise ValueError(f"LayerSpec {self.name!r}: error_scale must be finite and > 0, got {self.error_scale}")
+        self.error_scale = float(self.error_scale)
         if not bool(torch.isfinite(self.weight).all()):
             raise ValueError(f"LayerSpec {self.name!r}: weight has non-finite entries")
 
