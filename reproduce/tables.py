@@ -375,6 +375,72 @@ def plot_model(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
     return True
 
 
+def plot_storage(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
+    """Accuracy after fine-tuning vs saved file size (log scale) of the dense model, AQ alone,
+    L+S alone and L+S then AQ, for a model with AQ rows; False when there is nothing to plot."""
+    pts = [r for r in rows if r.get("acc_ft") is not None or r["method"] == "dense"]
+    if not any(is_aq(r) for r in pts):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def size(r: dict[str, Any]) -> Optional[int]:
+        return r.get("file_bytes") or (r.get("storage_bytes") if is_aq(r) else None)
+
+    def group(r: dict[str, Any]) -> Optional[str]:
+        m = r["method"]
+        if m == "dense":
+            return "dense"
+        if m == "aq":
+            return "AQ alone"
+        if m == "lowrank_sparse":
+            return "L+S"
+        if m == "lowrank_sparse+aq":
+            return "L+S then AQ"
+        return None
+
+    style = {"dense": ("k", "*"), "AQ alone": ("tab:blue", "s"), "L+S": ("tab:green", "o"),
+             "L+S then AQ": ("tab:red", "D")}
+    marker_fill = {"unstructured": "full", "channel": "left", "row": "bottom", "-": "full"}
+    fig, ax = plt.subplots(figsize=(7.0, 4.6), dpi=110)
+    for r in pts:
+        g, b = group(r), size(r)
+        if g is None or not b:
+            continue
+        acc = r.get("acc_ft") if r["method"] != "dense" else r.get("acc_before")
+        if acc is None:
+            continue
+        c, mk = style[g]
+        st = structure_of(r)
+        ax.plot(b / 1e3, 100 * acc, marker=mk, color=c, ls="", fillstyle=marker_fill.get(st, "none"), ms=7)
+        bits = aq_bits(r)
+        label = " ".join(x for x in (r.get("budget", "-") if r.get("budget") != "-" else "",
+                                     st if st not in ("-", "unstructured") else "",
+                                     f"{bits:g}b" if bits else "") if x)
+        if label:
+            ax.annotate(label, (b / 1e3, 100 * acc), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, marker=mk, ls="", label=g) for g, (c, mk) in style.items()]
+    handles += [Line2D([], [], color="gray", marker="o", ls="", fillstyle=f, label=f"S: {st}")
+                for st, f in (("unstructured", "full"), ("channel", "left"), ("row", "bottom"))]
+    ax.legend(handles=handles, fontsize=7, loc="lower right")
+    ax.set_xscale("log")
+    ax.set_xlabel("saved file size (kB, log scale)")
+    ax.set_ylabel("test accuracy after fine-tuning (%)")
+    lo = min([100 * (r.get("acc_ft") or 1) for r in pts if group(r)] + [100])
+    ax.set_ylim(max(lo - 2, 70), None)
+    ax.set_title(title + ": storage vs accuracy (labels: budget, S structure, AQ bits/value)", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
 # ----------------------------------------------------------------------------- document
 
 
@@ -448,6 +514,9 @@ def render(rows_all: list[dict[str, Any]], out_dir: Path, jsonl: Path) -> str:
         st = storage_table(mrows)
         if st:
             parts.append(f"### {TITLES.get(m, m)}: storage with additive quantization\n\n{st}\n")
+            png = out_dir / f"{m}_storage_vs_acc.png"
+            if plot_storage(mrows, png, TITLES.get(m, m)):
+                parts.append(f"![{m}: accuracy vs file size]({png.name})\n")
         lines = comparison(mrows, "fidelity") if m == "mobilenet_v2" else (
             comparison(mrows, "acc_after") + comparison(mrows, "acc_ft"))
         if lines:
