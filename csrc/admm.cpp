@@ -4,7 +4,9 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <functional>
 #include <stdexcept>
 #include <string>
 
@@ -270,6 +272,41 @@ struct SDecode {
       for (index_t j = 0; j < n; ++j) colf[j] = static_cast<T>(scale[j / st.block]);
   }
 
+  // The cut from the band candidates of the fused loop's P3 (see admm_weight_fused):
+  // kk >= 1 is the rank of the k-th largest among them; val/off/cap: the candidates of
+  // chunk c are val[cap[c] + j], j < cnt[c].count, at flat index chunk_begin(m, nch, c)
+  // * n + off[...].  Same cut as topk_select (ties to the lower flat index).
+  template <class Cnt>
+  void select_from_band(const std::vector<T>& val, const std::vector<std::uint32_t>& off,
+                        const std::vector<index_t>& cap, const std::vector<Cnt>& cnt, index_t rows,
+                        int nch, index_t kk) {
+    zero = false;
+    thread_local std::vector<T> work;
+    work.clear();
+    for (int c = 0; c < nch; ++c)
+      work.insert(work.end(), val.begin() + cap[c], val.begin() + cap[c] + cnt[c].count);
+    std::nth_element(work.begin(), work.begin() + (kk - 1), work.end(), std::greater<T>());
+    const T t = work[static_cast<size_t>(kk - 1)];
+    index_t greater = 0;
+    thread_local std::vector<index_t> ties;
+    ties.clear();
+    for (int c = 0; c < nch; ++c) {
+      const index_t base = chunk_begin(rows, nch, c) * n;
+      for (index_t j = cap[c]; j < cap[c] + cnt[c].count; ++j) {
+        greater += val[j] > t;
+        if (val[j] == t) ties.push_back(base + off[j]);
+      }
+    }
+    const index_t quota = kk - greater;  // ties kept, the lowest flat indices first
+    cut = TopkCut();
+    cut.key = topk_key<T>(t);
+    tval = t;
+    if (quota > 0) {
+      std::nth_element(ties.begin(), ties.begin() + (quota - 1), ties.end());
+      cut.cutoff = ties[static_cast<size_t>(quota - 1)];
+    }
+  }
+
   // s (n,) = row i of S from row i of the input, t (n,).
   void row(index_t i, const T* t, T* s) const { seg(i, 0, n, t, s); }
 
@@ -386,10 +423,39 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
       d->colf.assign(static_cast<size_t>(n), T(0));
     }
   }
+  // Warm-started top-k cut (unstructured, hard): P3 counts the entries of T' above a
+  // band [lo, hi] around the previous iteration's threshold and collects those inside
+  // it (magnitude and offset in the chunk); when the k-th largest falls in the band,
+  // the cut comes from these few candidates and the two passes of topk_select over T'
+  // (radix histogram, candidate gather) are skipped.  Otherwise (first iteration, band
+  // missed or overflowed) topk_select runs as before, and the band adapts.  Same cut
+  // either way (the k-th largest magnitude, ties to the lower flat index).
+  const bool band_ok = pb.sparse && !pb.relaxed && pb.structure.kind == StructureKind::Unstructured &&
+                       pb.k > 0 && pb.k < mn && mn >= (index_t{1} << 16);
+  std::vector<index_t> band_cap(static_cast<size_t>(nch) + 1, 0);  // chunk c: [cap[c], cap[c+1])
+  for (int c = 0; c < nch && band_ok; ++c) {
+    const index_t rows_c = chunk_begin(m, nch, c + 1) - chunk_begin(m, nch, c);
+    band_cap[c + 1] = band_cap[c] + rows_c * n / 64 + 256;
+  }
+  std::vector<T> band_val(static_cast<size_t>(band_ok ? band_cap[nch] : 0));  // |T'| in band
+  std::vector<std::uint32_t> band_off(band_val.size());  // offset from the chunk's first entry
+  struct BandCount {
+    index_t above = 0, count = 0;
+    bool overflow = false;
+  };
+  std::vector<BandCount> band_cnt(static_cast<size_t>(nch));
+  std::vector<double> tile_sec(static_cast<size_t>(nch), 0.0);  // per chunk, summed
+  double band_rel = 0.05;  // half-width of the band relative to the previous threshold
+  bool band_on = false;
+  T band_lo = 0, band_hi = 0;
+  bool band_fits = true;  // chunk offsets fit in 32 bits
+  for (int c = 0; c < nch; ++c)
+    if ((chunk_begin(m, nch, c + 1) - chunk_begin(m, nch, c)) * n >= (index_t{1} << 32)) band_fits = false;
   // truncated SVD state per slice
   std::vector<T> Vs, Ub, sb, Vtb, Tsl, Us;
   SvdWorkspace<T> ws;
   ws.gemm_threads = gt;
+  ws.cholqr = pb.cholqr;
   std::vector<index_t> q(static_cast<size_t>(g), r);
   if (r > 0) {
     Vs.assign(pb.V0, pb.V0 + g * nsl * p);
@@ -407,6 +473,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
   out.rho.reserve(cap);
   AdmmTiming& tm = out.timing;
   bool first = true;          // B = W0 (no W-step yet, Lam = 0)
+  bool a_ready = false;       // Ab already holds the L-step input (P4's speculation)
   T c = 1, rh = 0, rinv = 1;  // Lam = c (T - S); the W-step's rh and 1 / (1 + rh)
   const T* W0 = pb.W0;
   int it = 0;
@@ -416,7 +483,8 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
     double t0 = now();
     // ---- P0: Ab <- A = B - S ----
     if (r > 0) {
-      rows([&](int ch, index_t b, index_t e) {
+      // Rows [b, e) of A into Ab (chunk ch's scratch).
+      auto form_a = [&](int ch, index_t b, index_t e) {
         T* sr = rowS.data() + index_t{ch} * 4 * n;
         for (index_t i = b; i < e; ++i) {
           const index_t o = i * n;
@@ -436,7 +504,9 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
             }
           }
         }
-      });
+      };
+      if (!a_ready) rows(form_a);
+      a_ready = false;
       double t1 = now();
       tm.elementwise += t1 - t0;
       // ---- L-step: truncated SVD of A (per column slice) ----
@@ -472,14 +542,52 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
       tm.svd += t0 - t1;
     }
     // ---- P3: Tb <- T' = B - L' (L' in (rb, cb) tiles), Ab <- Lam ----
+    band_on = band_ok && band_fits && !dold.zero && !dold.cut.keep_none && !dold.cut.keep_all &&
+              dold.tval > T(0);
+    if (band_on) {
+      band_lo = static_cast<T>(dold.tval * (1.0 - band_rel));
+      band_hi = static_cast<T>(dold.tval * (1.0 + band_rel));
+    }
     rows([&](int ch, index_t b, index_t e) {
       T* sr = rowS.data() + index_t{ch} * 4 * n;
+      BandCount bc;
+      double tg = 0;  // seconds in the tile GEMMs (this chunk)
+      const index_t cap0 = band_on ? band_cap[ch] : 0;
+      const index_t cap = band_on ? band_cap[ch + 1] - cap0 : 0;
+      T* bval = band_on ? band_val.data() + cap0 : nullptr;
+      std::uint32_t* boff = band_on ? band_off.data() + cap0 : nullptr;
+      const T lo = band_lo, hi = band_hi;
+      // Counts T'[i, j0 : j0 + w] (t) against the band and collects its members.
+      auto band_scan = [&](index_t i, index_t j0, index_t w, const T* t) {
+        index_t ab = 0, in = 0;
+        for (index_t j = 0; j < w; ++j) {
+          const T a = std::fabs(t[j]);
+          ab += a > hi;
+          in += (a >= lo) & (a <= hi);
+        }
+        bc.above += ab;
+        if (in == 0) return;
+        if (bc.overflow || bc.count + in > cap) {
+          bc.overflow = true;
+          return;
+        }
+        const index_t base = (i - b) * n + j0;
+        for (index_t j = 0; j < w; ++j) {
+          const T a = std::fabs(t[j]);
+          if (a >= lo && a <= hi) {
+            bval[bc.count] = a;
+            boff[bc.count] = static_cast<std::uint32_t>(base + j);
+            ++bc.count;
+          }
+        }
+      };
       T* tile = r > 0 ? tiles.data() + index_t{ch} * rb * cb : nullptr;
       for (index_t i0 = b; i0 < e; i0 += rb) {
         const index_t len = std::min(rb, e - i0);
         for (index_t j0 = 0; j0 < n; j0 += cb) {
           const index_t w = std::min(cb, n - j0);
           if (r > 0) {
+            const double tg0 = now();
             if (g == 1)
               blas::gemm_rm<T>(false, false, static_cast<int>(len), static_cast<int>(w),
                                static_cast<int>(r), T(1), Us.data() + i0 * r, static_cast<int>(r),
@@ -491,6 +599,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
                                  static_cast<int>(r), T(1), Us.data() + s * m * r + i0 * r,
                                  static_cast<int>(r), Vtb.data() + s * r * nsl,
                                  static_cast<int>(nsl), T(0), tile + s * nsl, static_cast<int>(n));
+            tg += now() - tg0;
           }
           for (index_t i = i0; i < i0 + len; ++i) {
             const index_t o = i * n + j0;
@@ -524,20 +633,48 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
                 }
               }
             }
+            if (band_on) band_scan(i, j0, w, t);
           }
         }
       }
+      band_cnt[static_cast<size_t>(ch)] = bc;
+      tile_sec[static_cast<size_t>(ch)] += tg;
     });
     double t1 = now();
     tm.lform += t1 - t0;
     // ---- S-step: the selection of S' = P(T') ----
     if (pb.sparse) {
-      dnew.select(Tb.data(), pb.k, static_cast<T>(pb.lam_sparse) / rho);
+      bool hit = false;
+      if (band_on) {
+        index_t above = 0, count = 0;
+        bool overflow = false;
+        for (const auto& bcn : band_cnt) {
+          above += bcn.above;
+          count += bcn.count;
+          overflow = overflow || bcn.overflow;
+        }
+        if (overflow) {
+          band_rel *= 0.25;
+        } else if (above < pb.k && pb.k <= above + count) {
+          hit = true;
+          dnew.select_from_band(band_val, band_off, band_cap, band_cnt, m, nch, pb.k - above);
+        } else {
+          band_rel = std::min(1.0, band_rel * 4);
+        }
+      }
+      if (!hit) dnew.select(Tb.data(), pb.k, static_cast<T>(pb.lam_sparse) / rho);
       t0 = now();
       tm.project += t0 - t1;
       t1 = t0;
     }
     // ---- P4: Lam' = T' - S', M' = B - Lam', residuals; Mb <- M' ----
+    // Speculatively also Ab <- the next L-step input A (P0's formula), assuming the
+    // penalty update will be the balanced one (factor rho_growth: the usual case once
+    // the residuals are within mu of each other); P0 then only runs when it was not.
+    const double f_spec = pb.rho_growth;
+    const bool spec = pb.speculate_input && r > 0 && it < pb.max_iter;
+    const T cs = static_cast<T>(1.0 / f_spec), rs = static_cast<T>(rho_rel * f_spec);
+    const T is = T(1) / (T(1) + rs);
     rows([&](int ch, index_t b, index_t e) {
       T* sr = rowS.data() + index_t{ch} * 4 * n;
       double a0 = 0, a1 = 0, a2 = 0;
@@ -563,6 +700,14 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
           dm[j] = mnew - mr[j];
           eo[j] = w0[j] - mnew;
           mr[j] = mnew;
+        }
+        if (spec) {  // Ab row (read above) <- next A, as P0 computes it (bitwise)
+          T* ar = Ab.data() + o;
+          for (index_t j = 0; j < n; ++j) {
+            const T lam = cs * (t[j] - sr[j]);
+            const T w = (w0[j] + rs * (mr[j] - lam)) * is;
+            ar[j] = (w + lam) - sr[j];
+          }
         }
         a0 += sumsq(ev, n);
         a1 += sumsq(dm, n);
@@ -594,7 +739,10 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
     rh = static_cast<T>(rho_rel);
     rinv = T(1) / (T(1) + rh);
     first = false;
+    a_ready = spec && f == f_spec;  // (then c, rh, rinv equal cs, rs, is bitwise)
+    if (a_ready) ++out.speculation_hits;
   }
+  for (double v : tile_sec) tm.lform_gemm_thread += v;
   out.iterations = std::min(it, pb.max_iter);
   out.converged = converged;
   out.rho_final = rho_rel;
@@ -612,6 +760,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
   tm.svd_products = ws.t_products;
   tm.svd_qr = ws.t_qr;
   tm.svd_small = ws.t_small;
+  out.qr_fallbacks = ws.qr_fallbacks;
   tm.total = now() - t_start;
   index_t rt = r;
   if (pb.relaxed && r > 0) rt = *std::max_element(q.begin(), q.end());
@@ -758,6 +907,7 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
   std::vector<T> Vs, Ub, sb, Vtb, Tsl, Lsl;
   SvdWorkspace<T> ws;
   ws.gemm_threads = gt;
+  ws.cholqr = pb.cholqr;
   std::vector<index_t> q(static_cast<size_t>(g), r);
   if (r > 0) {
     Vs.assign(pb.V0, pb.V0 + g * nsl * p);
@@ -1027,6 +1177,7 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
   tm.svd_products = ws.t_products;
   tm.svd_qr = ws.t_qr;
   tm.svd_small = ws.t_small;
+  out.qr_fallbacks = ws.qr_fallbacks;
   tm.total = now() - t_start;
   // ---- factors ----
   index_t rt = r;

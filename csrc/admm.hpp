@@ -55,6 +55,14 @@ struct AdmmProblem {
   // arrays, fused passes) instead of the general one.  Same iterations; false is kept
   // for comparisons (tests, benchmarks).
   bool weight_fused = true;
+  // QR of the truncated SVD's tall panels: CholeskyQR2 with a Householder fallback
+  // (true) or always Householder (false; svd.hpp, SvdWorkspace::cholqr).
+  bool cholqr = true;
+  // Weight mode, fused loop: the residual pass (P4) also writes the next L-step input,
+  // assuming the balanced penalty update (factor rho_growth); the separate pass that
+  // forms it (P0) then runs only in iterations where the penalty changed otherwise.
+  // Same iterates either way (bitwise); false always runs P0 (for comparisons).
+  bool speculate_input = true;
 };
 
 // Wall-clock seconds per phase, summed over the iterations (steady_clock).
@@ -63,7 +71,9 @@ struct AdmmTiming {
   double svd_qr = 0;        // QR of Y (m, p)
   double svd_small = 0;     // SVD of B via QR of B^T + gesdd (p, p) + (n, p, p) GEMM; U = Q Ub
   double svd = 0;           // the whole truncated SVD (the three above plus transposes)
-  double lform = 0;         // L = U diag(s) Vt, one (m, r, n) GEMM
+  double lform = 0;         // L = U diag(s) Vt, one (m, r, n) GEMM (fused loop: with the P3 pass)
+  double lform_gemm_thread = 0;  // fused loop: thread-seconds in P3's L tile GEMMs (summed
+                                 // over threads, so up to threads x the wall time)
   double project = 0;       // S-step projection / prox
   double elementwise = 0;   // fused elementwise passes, residual sums, objective
   double wstep = 0;         // GEMMs of the data modes (M Q, W = WQ Q^T, M X, ...)
@@ -82,6 +92,8 @@ struct AdmmResult {
   std::vector<double> primal_z, dual_z;              // per iteration, mode Nonlinear
   double rho_final = 0, rho_z_final = 0, gscale = 1;
   AdmmTiming timing;
+  int qr_fallbacks = 0;  // SVD panels whose Cholesky QR fell back to Householder
+  int speculation_hits = 0;  // fused loop: iterations whose P0 was done by the previous P4
 };
 
 // Runs the ADMM.  Throws std::invalid_argument on inconsistent sizes and

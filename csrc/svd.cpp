@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -91,6 +93,136 @@ void check_args(index_t m, index_t n, index_t r, index_t p, int power_iters) {
   blas::require_loaded();
 }
 
+// ---- QR of a tall panel X (rows x p, column-major, ld = rows), in place: X <- Q ----
+// CholeskyQR2 (Fukaya et al. 2014): G = X^T X (syrk), G = R1^T R1 (potrf),
+// X <- X R1^{-1} (trsm), then once more on the result, R = R2 R1.  Two rounds keep
+// Q orthogonal to working precision whenever cond(X) is below ~1/sqrt(eps); beyond
+// that (potrf fails, the diagonal of R1 spans more than 1 / (4 sqrt(eps)), or the
+// second Gram is not within 0.5 of the identity) the panel is restored and factored
+// by Householder (geqrf + orgqr).  syrk and trsm are split into row blocks over
+// ws.gemm_threads threads (partial Grams summed in block order: deterministic).
+
+// Blocks for the panel's syrk / trsm: one per thread when the panel is large enough.
+inline int panel_blocks(int threads, index_t rows, index_t p) {
+  if (threads <= 1 || static_cast<double>(rows) * p * p < 4e6) return 1;
+  return static_cast<int>(std::min<index_t>(threads, rows / 64));
+}
+
+// Upper triangle of G (p x p, column-major) = X^T X.   X: (rows x p) column-major.
+template <class T>
+void panel_gram(const T* X, int rows, int p, T* G, SvdWorkspace<T>& ws) {
+  const auto& L = blas::routines<T>();
+  const int blocks = panel_blocks(ws.gemm_threads, rows, p);
+  const index_t pp = index_t{p} * p;
+  ensure(ws.G, pp * blocks);
+  T* parts = ws.G.data();
+  const char uplo = 'U', trans = 'T';
+  const T one = 1, zero = 0;
+  parallel_chunks_on(blocks, rows, blocks, [&](int c, index_t b, index_t e) {
+    const int k = static_cast<int>(e - b);
+    T* dst = blocks == 1 ? G : parts + c * pp;
+    L.syrk(&uplo, &trans, &p, &k, &one, X + b, &rows, &zero, dst, &p);
+  });
+  if (blocks > 1)
+    for (index_t j = 0; j < p; ++j)
+      for (index_t i = 0; i <= j; ++i) {
+        T acc = 0;
+        for (int c = 0; c < blocks; ++c) acc += parts[c * pp + j * p + i];
+        G[j * p + i] = acc;
+      }
+}
+
+// X <- X R^{-1}, R (p x p, column-major upper).
+template <class T>
+void panel_trsm(T* X, int rows, int p, const T* R, SvdWorkspace<T>& ws) {
+  const auto& L = blas::routines<T>();
+  const int blocks = panel_blocks(ws.gemm_threads, rows, p);
+  const char side = 'R', uplo = 'U', tr = 'N', diag = 'N';
+  const T one = 1;
+  parallel_chunks_on(blocks, rows, blocks, [&](int, index_t b, index_t e) {
+    const int k = static_cast<int>(e - b);
+    L.trsm(&side, &uplo, &tr, &diag, &k, &p, &one, R, &p, X + b, &rows);
+  });
+}
+
+// Householder QR: X <- Q; R (p x p, column-major, lower part zero) if R != nullptr.
+template <class T>
+void panel_householder(T* X, int rows, int p, T* R, SvdWorkspace<T>& ws) {
+  const auto& L = blas::routines<T>();
+  const int lwork = static_cast<int>(ws.work.size());
+  int info = 0;
+  L.geqrf(&rows, &p, X, &rows, ws.tau.data(), ws.work.data(), &lwork, &info);
+  lapack_check("geqrf", info);
+  if (R)
+    for (index_t j = 0; j < p; ++j)  // column j of R: rows 0..j
+      for (index_t i = 0; i < p; ++i) R[j * p + i] = i <= j ? X[j * rows + i] : T(0);
+  L.orgqr(&rows, &p, &p, X, &rows, ws.tau.data(), ws.work.data(), &lwork, &info);
+  lapack_check("orgqr", info);
+}
+
+// Cholesky factor of the Gram in G (upper, in place); false if it is not usable.
+template <class T>
+bool gram_factor(T* G, int p) {
+  int info = 0;
+  const char uplo = 'U';
+  blas::routines<T>().potrf(&uplo, &p, G, &p, &info);
+  if (info != 0) return false;
+  T lo = std::numeric_limits<T>::infinity(), hi = 0;
+  for (index_t j = 0; j < p; ++j) {
+    const T d = std::fabs(G[j * p + j]);
+    if (!(d == d)) return false;  // NaN
+    lo = std::min(lo, d);
+    hi = std::max(hi, d);
+  }
+  return lo > hi * T(4) * std::sqrt(std::numeric_limits<T>::epsilon());
+}
+
+template <class T>
+void panel_qr(T* X, int rows, int p, T* R, SvdWorkspace<T>& ws) {
+  const index_t pp = index_t{p} * p;
+  if (!ws.cholqr) return panel_householder(X, rows, p, R, ws);
+  ensure(ws.G1, pp);
+  ensure(ws.G2, pp);
+  T* R1 = ws.G1.data();
+  panel_gram(X, rows, p, R1, ws);
+  if (!gram_factor(R1, p)) {  // X untouched so far
+    ++ws.qr_fallbacks;
+    return panel_householder(X, rows, p, R, ws);
+  }
+  panel_trsm(X, rows, p, R1, ws);
+  T* R2 = ws.G2.data();
+  panel_gram(X, rows, p, R2, ws);
+  bool ok = true;
+  for (index_t j = 0; j < p && ok; ++j)
+    for (index_t i = 0; i <= j; ++i)
+      if (!(std::fabs(R2[j * p + i] - (i == j ? T(1) : T(0))) <= T(0.5))) {
+        ok = false;
+        break;
+      }
+  if (ok) ok = gram_factor(R2, p);
+  if (!ok) {  // restore X = Q1 R1 (R1 upper; zero its lower part first), then Householder
+    ++ws.qr_fallbacks;
+    for (index_t j = 0; j < p; ++j)
+      for (index_t i = j + 1; i < p; ++i) R1[j * p + i] = 0;
+    ensure(ws.spare, index_t{rows} * p);
+    std::copy(X, X + index_t{rows} * p, ws.spare.data());
+    const char nn = 'N';
+    const T one = 1, zero = 0;
+    blas::routines<T>().gemm(&nn, &nn, &rows, &p, &p, &one, ws.spare.data(), &rows, R1, &p, &zero,
+                             X, &rows);
+    return panel_householder(X, rows, p, R, ws);
+  }
+  panel_trsm(X, rows, p, R2, ws);
+  if (R) {  // R = R2 R1 (both upper), column-major
+    for (index_t j = 0; j < p; ++j)
+      for (index_t i = 0; i < p; ++i) {
+        T acc = 0;
+        for (index_t l = i; l <= j; ++l) acc += R2[l * p + i] * R1[j * p + l];
+        R[j * p + i] = i <= j ? acc : T(0);
+      }
+  }
+}
+
 // Runs the iterations; afterwards ws.Y = Q^T (p, m), ws.small_u = Ub (p, p),
 // ws.small_s = s (p,), ws.small_vt = Vb^T (p, n); V (n, p) is updated.
 template <class T>
@@ -115,10 +247,7 @@ void iterate(const T* A, index_t m, index_t n, index_t p, int power_iters, T* V,
     gemm_rm_split<T>(gt, false, true, ip, im, in, T(1), Vt, in, A, in, T(0), Y, im);
     double t1 = now();
     ws.t_products += t1 - t0;
-    L.geqrf(&im, &ip, Y, &im, ws.tau.data(), ws.work.data(), &lwork, &info);
-    lapack_check("geqrf", info);
-    L.orgqr(&im, &ip, &ip, Y, &im, ws.tau.data(), ws.work.data(), &lwork, &info);
-    lapack_check("orgqr", info);
+    panel_qr<T>(Y, im, ip, nullptr, ws);
     t0 = now();
     ws.t_qr += t0 - t1;
     // B (p, n) = Q^T (p, m) A (m, n)
@@ -126,12 +255,7 @@ void iterate(const T* A, index_t m, index_t n, index_t p, int power_iters, T* V,
     t1 = now();
     ws.t_products += t1 - t0;
     // B^T (n x p, column-major) = Qb R
-    L.geqrf(&in, &ip, B, &in, ws.tau.data(), ws.work.data(), &lwork, &info);
-    lapack_check("geqrf", info);
-    for (index_t j = 0; j < p; ++j)  // column j of R: rows 0..j
-      for (index_t i = 0; i < p; ++i) R[j * p + i] = i <= j ? B[j * n + i] : T(0);
-    L.orgqr(&in, &ip, &ip, B, &in, ws.tau.data(), ws.work.data(), &lwork, &info);
-    lapack_check("orgqr", info);
+    panel_qr<T>(B, in, ip, R, ws);
     // R = Ur s Vr^T: small_w <- Ur (column-major), small_u <- Vr^T (column-major) = Ub
     L.gesdd(&jobz, &ip, &ip, R, &ip, ws.small_s.data(), ws.small_w.data(), &ip,
             ws.small_u.data(), &ip, ws.work.data(), &lwork, ws.iwork.data(), &info);

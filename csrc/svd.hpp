@@ -22,11 +22,21 @@ struct SvdWorkspace {
   std::vector<T> small_s;  // (p,): singular values of B
   std::vector<T> small_vt; // (p, n): right singular vectors of B (rows)
   std::vector<int> iwork;  // gesdd: 8 p
+  std::vector<T> G;        // (blocks, p, p): partial Grams of the Cholesky QR's row blocks
+  std::vector<T> G1;       // (p, p): Gram, then first Cholesky factor R1 (column-major)
+  std::vector<T> G2;       // (p, p): second Gram, then factor R2 (CholeskyQR2)
+  std::vector<T> spare;    // (rows, p): copy of a panel, only on the Householder fallback
   index_t qm = -1, qn = -1, qp = -1;  // shape the work size was queried for
   // Products with A are split into this many blocks on the core's threads
   // (lrs::gemm_rm_split); 1 = one BLAS call (BLAS's own threading).  The ADMM sets
   // it with BLAS limited to one thread.
   int gemm_threads = 1;
+  // QR of the tall (m, p) and (n, p) panels: CholeskyQR2 (true: Gram by syrk, potrf,
+  // trsm, twice; level-3 BLAS, split over gemm_threads) with a Householder fallback
+  // (geqrf + orgqr) when the panel is too ill-conditioned for it (potrf fails, or the
+  // diagonal of R spans more than 1 / sqrt(8 eps)); false: always Householder.
+  bool cholqr = true;
+  int qr_fallbacks = 0;  // how many panels fell back to Householder (accumulated)
   // Seconds spent, accumulated over calls (for profiling; reset by the caller):
   double t_products = 0;  // Y = A V and B = Q^T A
   double t_qr = 0;        // QR of Y (geqrf + orgqr)
@@ -41,7 +51,7 @@ struct SvdWorkspace {
 //   sv     (r,)    out: singular values, descending
 //   Vt     (r, n)  out: right singular vectors (rows)
 //   power_iters >= 1
-// Per iteration: Y = A V, Q = qr(Y) (geqrf + orgqr), B = Q^T A, SVD of B -> (Ub, s, Vb^T),
+// Per iteration: Y = A V, Q = qr(Y) (CholeskyQR2, or geqrf + orgqr), B = Q^T A, SVD of B -> (Ub, s, Vb^T),
 // V <- Vb.  Result U = Q Ub[:, :r].  The SVD of the wide B (p, n) is taken through
 // the QR of B^T = Qb R (geqrf + orgqr, O(n p^2)), gesdd of the small R = Ur s Vr^T,
 // and Vb = Qb Ur (one (n, p, p) GEMM), Ub = Vr: backward stable like gesdd of B and

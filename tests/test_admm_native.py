@@ -113,7 +113,7 @@ def test_native_reports_phase_timings() -> None:
     c = solve_native(pr.W, pr.spec, V0)
     t = c.extra["timing"]
     assert set(t) == {"svd_products", "svd_qr", "svd_small", "svd", "lform", "project",
-                      "elementwise", "wstep", "total"}
+                      "elementwise", "wstep", "total", "lform_gemm_thread"}
     assert all(v >= 0 for v in t.values())
     parts = t["svd"] + t["lform"] + t["project"] + t["elementwise"] + t["wstep"]
     assert parts <= t["total"] * 1.001 + 1e-6

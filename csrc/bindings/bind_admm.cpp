@@ -46,7 +46,8 @@ py::dict solve(const arr<T>& W0, int mode, std::optional<arr<T>> gram, std::opti
                long slices, long p, int kind, long block, int nm_n, int nm_m, long k, bool sparse,
                bool relaxed, double lam_nuclear, double lam_sparse, int max_iter, double tol,
                double rho0, double mu, double tau, double rho_growth, int power_iters,
-               int newton_steps, std::optional<arr<T>> V0, int gemm_threads, bool weight_fused) {
+               int newton_steps, std::optional<arr<T>> V0, int gemm_threads, bool weight_fused,
+               bool cholesky_qr, bool speculate_input) {
   if (W0.ndim() != 2) throw py::value_error("W0 must be 2-D");
   const py::ssize_t m = W0.shape(0), n = W0.shape(1);
   check(W0, "W0", {m, n});
@@ -120,6 +121,8 @@ py::dict solve(const arr<T>& W0, int mode, std::optional<arr<T>> gram, std::opti
   pb.newton_steps = newton_steps;
   pb.gemm_threads = gemm_threads;
   pb.weight_fused = weight_fused;
+  pb.cholqr = cholesky_qr;
+  pb.speculate_input = speculate_input;
 
   lrs::AdmmResult<T> res;
   {
@@ -153,7 +156,10 @@ py::dict solve(const arr<T>& W0, int mode, std::optional<arr<T>> gram, std::opti
   timing["elementwise"] = tm.elementwise;
   timing["wstep"] = tm.wstep;
   timing["total"] = tm.total;
+  timing["lform_gemm_thread"] = tm.lform_gemm_thread;
   out["timing"] = timing;
+  out["qr_fallbacks"] = res.qr_fallbacks;
+  out["speculation_hits"] = res.speculation_hits;
   return out;
 }
 
@@ -167,13 +173,16 @@ void def_solve(py::module_& m, const char* name) {
         py::arg("rho0"), py::arg("mu"), py::arg("tau"), py::arg("rho_growth"),
         py::arg("power_iters"), py::arg("newton_steps"), py::arg("V0").noconvert(),
         py::arg("gemm_threads") = 1, py::arg("weight_fused") = true,
+        py::arg("cholesky_qr") = true, py::arg("speculate_input") = true,
         "L + S ADMM (see csrc/admm.hpp and lowrank_sparse/solve/native.py).  Arrays must be "
         "C-contiguous of this function's dtype; returns a dict with U (m, slices*rt), "
         "V (slices*rt, n), S (m, n), iterations, converged, per-iteration histories and "
         "timing (seconds per phase).  gemm_threads > 1 splits the large GEMMs over the core's "
         "threads; use it with BLAS limited to one thread.  weight_fused=False runs weight mode "
         "through the general loop instead of the restructured one (same iterations; for "
-        "comparisons).");
+        "comparisons).  cholesky_qr=False factors the SVD's tall panels by Householder QR "
+        "instead of CholeskyQR2 (which falls back to Householder by itself when needed).  speculate_input=False: the "
+        "fused weight loop always forms the L-step input in its own pass (P0).");
 }
 
 template <class T>

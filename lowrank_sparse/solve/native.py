@@ -47,6 +47,8 @@ def solve_native(
     bias: Optional[torch.Tensor] = None,
     threads: Optional[int] = None,
     weight_fused: bool = True,
+    cholesky_qr: bool = True,
+    speculate_input: bool = True,
 ) -> RawSolve:
     """Run the ADMM of ``spec`` in C++; same arguments and result as
     :func:`lowrank_sparse.solve.torch_backend.solve_torch` (CPU tensors only).
@@ -58,9 +60,19 @@ def solve_native(
             arrays, fused passes; csrc/admm.cpp ``admm_weight_fused``).  False runs the
             general loop, which performs the same iterations with more memory traffic;
             it is kept for comparisons.
+        cholesky_qr: QR of the truncated SVD's (m, p) and (n, p) panels by CholeskyQR2
+            (syrk + potrf + trsm, twice; Householder fallback when a panel is too
+            ill-conditioned, counted in ``extra["qr_fallbacks"]``).  False: always
+            Householder (geqrf + orgqr); kept for comparisons.
+        speculate_input: fused weight loop: the residual pass also writes the next
+            iteration's L-step input, assuming the balanced penalty update (factor
+            ``rho_growth``), so the pass that forms it runs only after the other
+            updates (count of saved passes: ``extra["speculation_hits"]``).  Same
+            iterates either way; False is kept for comparisons.
 
     ``extra["timing"]`` holds the seconds spent per phase (svd_products, svd_qr,
-    svd_small, svd, lform, project, elementwise, wstep, total), summed over iterations.
+    svd_small, svd, lform, project, elementwise, wstep, total), summed over iterations;
+    ``extra["qr_fallbacks"]`` counts the SVD panels that needed the Householder fallback.
     """
     from .. import _core
 
@@ -105,6 +117,8 @@ def solve_native(
                 _np(V0, dt) if spec.rank > 0 else None,
                 nthreads,
                 bool(weight_fused),
+                bool(cholesky_qr),
+                bool(speculate_input),
             )
     finally:
         _core.set_num_threads(old)
@@ -114,6 +128,8 @@ def solve_native(
         "gscale": float(out["gscale"]),
         "threads": nthreads,
         "timing": dict(out["timing"]),
+        "qr_fallbacks": int(out["qr_fallbacks"]),
+        "speculation_hits": int(out["speculation_hits"]),
     }
     if spec.mode == "nonlinear":
         extra.update(
