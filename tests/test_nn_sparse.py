@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as F
 
 from lowrank_sparse.nn.sparse import (
@@ -235,9 +237,9 @@ def test_packed_csr_is_the_smallest_code_and_near_entropy(p: float, tgen: torch.
     if q <= 0.3:
         assert sp.num_index_bytes(packed=True) <= 1.25 * entropy + counts_bits / 8 + 4
     if meta["support"]["codec"] == "rice":
-        st = meta["support"]
+        sup = meta["support"]
         dec = plain_rice_decode(bytes(tensors["support.rice_unary"].numpy()), bytes(tensors["support.rice_rem"].numpy()),
-                                st["nnz"], st["k"])
+                                sup["nnz"], sup["k"])
         assert dec == gaps
 
 
@@ -288,3 +290,19 @@ def test_corrupt_packed_indices_raise(case: tuple, tgen: torch.Generator) -> Non
         config = sp.config()
         bufs = unpack_index_state(config, t2, m2)
         sparse_from_config(config, {**bufs, "values": sp.values.detach()})
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 12), n=st.integers(1, 40), p=st.floats(0.0, 1.0), seed=st.integers(0, 2**31 - 1))
+def test_packed_csr_round_trip_property(m: int, n: int, p: float, seed: int) -> None:
+    """Any support (empty rows, full rows, a single entry, one column) packs and unpacks
+    to the same CSR indices, whichever code is picked."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(m, n, generator=g) < p
+    mask[0, n - 1] = True  # never empty
+    S = (torch.rand(m, n, generator=g) + 0.5) * mask
+    sp = CSRSparse.from_dense(S)
+    tensors, meta = pack_index_state(sp)
+    back = unpack_index_state(sp.config(), tensors, meta)
+    assert torch.equal(back["crow_indices"], sp.crow_indices) and torch.equal(back["col_indices"], sp.col_indices)
+    assert back["col_indices"].dtype == sp.col_indices.dtype
