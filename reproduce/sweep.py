@@ -637,6 +637,9 @@ def run_aq(args: argparse.Namespace, ctx: Context, budget: str, method: str, all
     row["file_bytes"] = save_model(q, path, ctx.arch, {"sweep_key": list(row_key(row)), "stage": "final"})
     row["file_report"] = file_parts(path)
     row["model_file"] = str(path)
+    # the file stores float16 codebooks: the accuracy of the model as saved (acc_ft is that of
+    # the fine-tuned float32 codebooks in memory)
+    row["acc_file"] = accuracy(lio.load(path).eval(), ctx.test, dev)
     row["latency"] = latency_ms(q, ctx.input_shape, args.latency_batch, args.latency_runs, args.threads)
     row["latency_note"] = "AQ weights are decoded from the codebooks inside every forward pass"
     row["latency_dense"] = dense_row.get("latency")
