@@ -539,7 +539,7 @@ def sparse_from_config(config: dict[str, Any], tensors: dict[str, Tensor]) -> Co
 # Per format:
 # * RowSparse rows / ColumnSparse groups: "bits" or "bitmap", whichever is smaller.
 #   ColumnSparse ``channels`` is derived from the groups and not stored.
-# * NMSparse offsets: "bits" (log2 M bits each, e.g. 1 bit for 2:4... 2 bits when M = 4).
+# * NMSparse offsets: "bits" (ceil(log2 M) bits each: 2 bits for 2:4, 4 bits for 1:16).
 # * CSRSparse: the smallest of (a) per-row counts ("bits") + columns ("bits"), (b) per-row
 #   counts + within-row column gaps ("rice"; the first gap of a row is the column itself,
 #   later ones col - previous col - 1), (c) one bitmap of the whole (m, n) support.
