@@ -189,11 +189,12 @@ void zstep(const T* y, const T* c, T* u, index_t count, T rho, Activation act, T
 namespace {
 
 // out.U (m, g rt) = U_i sqrt(s_i), out.V (g rt, n) = block-diagonal sqrt(s_i) V_i^T from
-// the per-slice factors Ub (g, m, r), sb (g, r), Vtb (g, r, n / g); q[i] triplets kept.
+// the per-slice factors Ub (g, m, r), sb (g, r), Vtb (g, >= r, n / g) (slice s's rows at
+// Vtb + s * vstride, vstride = r * n / g unless given); q[i] triplets kept.
 template <class T>
 void write_factors(AdmmResult<T>& out, index_t m, index_t n, index_t g, index_t r, index_t rt,
                    const std::vector<index_t>& q, const std::vector<T>& Ub,
-                   const std::vector<T>& sb, const std::vector<T>& Vtb) {
+                   const std::vector<T>& sb, const std::vector<T>& Vtb, index_t vstride = -1) {
   const index_t nsl = n / g;
   out.rt = rt;
   out.U.assign(static_cast<size_t>(m * g * rt), T(0));
@@ -202,7 +203,7 @@ void write_factors(AdmmResult<T>& out, index_t m, index_t n, index_t g, index_t 
     const index_t qq = q[static_cast<size_t>(s)];
     const T* U_ = Ub.data() + s * m * r;
     const T* s_ = sb.data() + s * r;
-    const T* Vt_ = Vtb.data() + s * r * nsl;
+    const T* Vt_ = Vtb.data() + s * (vstride >= 0 ? vstride : r * nsl);
     for (index_t j = 0; j < qq; ++j) {
       const T sq = std::sqrt(s_[j]);
       for (index_t i = 0; i < m; ++i) out.U[i * g * rt + s * rt + j] = U_[i * r + j] * sq;
@@ -223,6 +224,26 @@ double sumsq(const T* x, index_t n) {
   for (; j < n; ++j) s += static_cast<double>(x[j]) * x[j];
   for (int l = 0; l < 8; ++l) s += lane[l];
   return s;
+}
+
+// One row of the fused loop's P4 (admm_weight_fused): from Lam (lamr), W0, T' (t) and
+// S' (s), with B = W0 (first iteration) or W + Lam, W = (W0 + rr (M - Lam)) ii:
+// Lam' = T' - S', M' = B - Lam'; ev = Lam' - Lam (= W - M'), dm = M' - M, eo = W0 - M';
+// mr: M in, M' out.  All (n,), non-overlapping (restrict: vectorised).
+template <class T, bool First>
+inline void p4_row(index_t n, T rr, T ii, const T* __restrict lamr, const T* __restrict w0,
+                   const T* __restrict t, const T* __restrict s, T* __restrict mr,
+                   T* __restrict ev, T* __restrict dm, T* __restrict eo) {
+  for (index_t j = 0; j < n; ++j) {
+    const T lam = lamr[j];
+    const T bv = First ? w0[j] : ((w0[j] + rr * (mr[j] - lam)) * ii) + lam;
+    const T lp = t[j] - s[j];
+    const T mnew = bv - lp;
+    ev[j] = lp - lam;
+    dm[j] = mnew - mr[j];
+    eo[j] = w0[j] - mnew;
+    mr[j] = mnew;
+  }
 }
 
 // S of one ADMM iteration as a function of its S-step input T (the state the fused
@@ -281,15 +302,13 @@ struct SDecode {
                         const std::vector<index_t>& cap, const std::vector<Cnt>& cnt, index_t rows,
                         int nch, index_t kk) {
     zero = false;
-    thread_local std::vector<T> work;
-    work.clear();
+    std::vector<T> work;
     for (int c = 0; c < nch; ++c)
       work.insert(work.end(), val.begin() + cap[c], val.begin() + cap[c] + cnt[c].count);
     std::nth_element(work.begin(), work.begin() + (kk - 1), work.end(), std::greater<T>());
     const T t = work[static_cast<size_t>(kk - 1)];
     index_t greater = 0;
-    thread_local std::vector<index_t> ties;
-    ties.clear();
+    std::vector<index_t> ties;
     for (int c = 0; c < nch; ++c) {
       const index_t base = chunk_begin(rows, nch, c) * n;
       for (index_t j = cap[c]; j < cap[c] + cnt[c].count; ++j) {
@@ -393,8 +412,10 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
   // Row chunks of the fused passes, fixed for the solve: per-chunk scratch, and
   // per-chunk partial sums combined in chunk order (deterministic results).
   const int nch = static_cast<int>(std::max<index_t>(1, std::min<index_t>(num_chunks(mn), m)));
-  // Per chunk: a decoded S row and three residual rows, (4, n).
-  std::vector<T> rowS = buf(index_t{nch} * 4 * n);
+  // Scratch per worker thread (at most `nwk` run at once), not per chunk.
+  const int nwk = chunk_workers(get_num_threads(), nch);
+  // Per worker: a decoded S row and three residual rows, (4, n).
+  std::vector<T> rowS = buf(index_t{nwk} * 4 * n);
   // L' tiles (rb, cb) of about 256 KiB, so that a tile stays in cache between the
   // GEMM that writes it and the pass that reads it; 64-row blocks keep BLAS's packing
   // of Vt cheap.  Column blocks only without slices (cb = n otherwise); for N:M a
@@ -406,10 +427,13 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
     if (pb.structure.kind == StructureKind::NM) cb = std::max<index_t>(1, cb / pb.structure.nm_m) * pb.structure.nm_m;
     cb = std::min(cb, n);
   }
-  std::vector<T> tiles = buf(r > 0 ? index_t{nch} * rb * cb : 0);  // (nch, rb, cb)
+  std::vector<T> tiles = buf(r > 0 ? index_t{nwk} * rb * cb : 0);  // (nwk, rb, cb)
   std::vector<std::array<double, 3>> part(static_cast<size_t>(nch));
+  // f(worker, chunk, begin, end) over the row chunks; scratch by worker, partial
+  // results by chunk (combined in chunk order: deterministic).
   auto rows = [&](auto&& f) {
-    parallel_chunks(m, nch, [&](int c, index_t b, index_t e) { f(c, b, e); });
+    parallel_chunks_worker_on(get_num_threads(), m, nch,
+                              [&](int w, int c, index_t b, index_t e) { f(w, c, b, e); });
   };
   SDecode<T> dold, dnew;  // selections of the previous and of the current iteration
   for (SDecode<T>* d : {&dold, &dnew}) {
@@ -435,7 +459,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
   std::vector<index_t> band_cap(static_cast<size_t>(nch) + 1, 0);  // chunk c: [cap[c], cap[c+1])
   for (int c = 0; c < nch && band_ok; ++c) {
     const index_t rows_c = chunk_begin(m, nch, c + 1) - chunk_begin(m, nch, c);
-    band_cap[c + 1] = band_cap[c] + rows_c * n / 64 + 256;
+    band_cap[c + 1] = band_cap[c] + rows_c * n / 128 + 256;
   }
   std::vector<T> band_val(static_cast<size_t>(band_ok ? band_cap[nch] : 0));  // |T'| in band
   std::vector<std::uint32_t> band_off(band_val.size());  // offset from the chunk's first entry
@@ -452,16 +476,20 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
   for (int c = 0; c < nch; ++c)
     if ((chunk_begin(m, nch, c + 1) - chunk_begin(m, nch, c)) * n >= (index_t{1} << 32)) band_fits = false;
   // truncated SVD state per slice
-  std::vector<T> Vs, Ub, sb, Vtb, Tsl, Us;
+  // Right subspaces as rows, Vs (g, p, nsl): truncated_svd_rows refines them in place,
+  // and their first r rows are the right singular vectors of L (no separate copy).
+  std::vector<T> Vs, Ub, sb, Tsl, Us;
   SvdWorkspace<T> ws;
   ws.gemm_threads = gt;
   ws.cholqr = pb.cholqr;
   std::vector<index_t> q(static_cast<size_t>(g), r);
   if (r > 0) {
-    Vs.assign(pb.V0, pb.V0 + g * nsl * p);
+    Vs = buf(g * p * nsl);
+    for (index_t s = 0; s < g; ++s)
+      for (index_t i = 0; i < nsl; ++i)
+        for (index_t j = 0; j < p; ++j) Vs[s * p * nsl + j * nsl + i] = pb.V0[s * nsl * p + i * p + j];
     Ub = buf(g * m * r);
     sb = buf(g * r);
-    Vtb = buf(g * r * nsl);
     Us = buf(g * m * r);
     if (g > 1) Tsl = buf(m * nsl);
   }
@@ -484,8 +512,8 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
     // ---- P0: Ab <- A = B - S ----
     if (r > 0) {
       // Rows [b, e) of A into Ab (chunk ch's scratch).
-      auto form_a = [&](int ch, index_t b, index_t e) {
-        T* sr = rowS.data() + index_t{ch} * 4 * n;
+      auto form_a = [&](int wk, int, index_t b, index_t e) {
+        T* sr = rowS.data() + index_t{wk} * 4 * n;
         for (index_t i = b; i < e; ++i) {
           const index_t o = i * n;
           const T* t = Tb.data() + o;
@@ -521,9 +549,8 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
         }
         T* U_ = Ub.data() + s * m * r;
         T* s_ = sb.data() + s * r;
-        T* Vt_ = Vtb.data() + s * r * nsl;
-        truncated_svd<T>(Ap, m, nsl, r, p, pb.power_iters, Vs.data() + s * nsl * p, U_, s_, Vt_,
-                         ws);
+        truncated_svd_rows<T>(Ap, m, nsl, r, p, pb.power_iters, Vs.data() + s * p * nsl, U_, s_,
+                              ws);
         index_t qq = r;
         if (pb.relaxed) {
           const T thr = static_cast<T>(pb.lam_nuclear) / rho;
@@ -548,8 +575,8 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
       band_lo = static_cast<T>(dold.tval * (1.0 - band_rel));
       band_hi = static_cast<T>(dold.tval * (1.0 + band_rel));
     }
-    rows([&](int ch, index_t b, index_t e) {
-      T* sr = rowS.data() + index_t{ch} * 4 * n;
+    rows([&](int wk, int ch, index_t b, index_t e) {
+      T* sr = rowS.data() + index_t{wk} * 4 * n;
       BandCount bc;
       double tg = 0;  // seconds in the tile GEMMs (this chunk)
       const index_t cap0 = band_on ? band_cap[ch] : 0;
@@ -581,7 +608,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
           }
         }
       };
-      T* tile = r > 0 ? tiles.data() + index_t{ch} * rb * cb : nullptr;
+      T* tile = r > 0 ? tiles.data() + index_t{wk} * rb * cb : nullptr;
       for (index_t i0 = b; i0 < e; i0 += rb) {
         const index_t len = std::min(rb, e - i0);
         for (index_t j0 = 0; j0 < n; j0 += cb) {
@@ -591,13 +618,13 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
             if (g == 1)
               blas::gemm_rm<T>(false, false, static_cast<int>(len), static_cast<int>(w),
                                static_cast<int>(r), T(1), Us.data() + i0 * r, static_cast<int>(r),
-                               Vtb.data() + j0, static_cast<int>(n), T(0), tile,
+                               Vs.data() + j0, static_cast<int>(n), T(0), tile,
                                static_cast<int>(w));
             else  // cb = n: one GEMM per slice
               for (index_t s = 0; s < g; ++s)
                 blas::gemm_rm<T>(false, false, static_cast<int>(len), static_cast<int>(nsl),
                                  static_cast<int>(r), T(1), Us.data() + s * m * r + i0 * r,
-                                 static_cast<int>(r), Vtb.data() + s * r * nsl,
+                                 static_cast<int>(r), Vs.data() + s * p * nsl,
                                  static_cast<int>(nsl), T(0), tile + s * nsl, static_cast<int>(n));
             tg += now() - tg0;
           }
@@ -675,8 +702,8 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
     const bool spec = pb.speculate_input && r > 0 && it < pb.max_iter;
     const T cs = static_cast<T>(1.0 / f_spec), rs = static_cast<T>(rho_rel * f_spec);
     const T is = T(1) / (T(1) + rs);
-    rows([&](int ch, index_t b, index_t e) {
-      T* sr = rowS.data() + index_t{ch} * 4 * n;
+    rows([&](int wk, int ch, index_t b, index_t e) {
+      T* sr = rowS.data() + index_t{wk} * 4 * n;
       double a0 = 0, a1 = 0, a2 = 0;
       for (index_t i = b; i < e; ++i) {
         const index_t o = i * n;
@@ -691,16 +718,10 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
         T* ev = sr + n;
         T* dm = sr + 2 * n;
         T* eo = sr + 3 * n;
-        for (index_t j = 0; j < n; ++j) {
-          const T lam = lamr[j];
-          const T bv = fst ? w0[j] : ((w0[j] + rr * (mr[j] - lam)) * ii) + lam;
-          const T lp = t[j] - sr[j];
-          const T mnew = bv - lp;
-          ev[j] = lp - lam;  // W - M'
-          dm[j] = mnew - mr[j];
-          eo[j] = w0[j] - mnew;
-          mr[j] = mnew;
-        }
+        if (fst)
+          p4_row<T, true>(n, rr, ii, lamr, w0, t, sr, mr, ev, dm, eo);
+        else
+          p4_row<T, false>(n, rr, ii, lamr, w0, t, sr, mr, ev, dm, eo);
         if (spec) {  // Ab row (read above) <- next A, as P0 computes it (bitwise)
           T* ar = Ab.data() + o;
           for (index_t j = 0; j < n; ++j) {
@@ -750,7 +771,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
   out.gscale = 1.0;
   // S of the last iteration, decoded into Ab (no longer needed) and moved out.
   if (pb.sparse) {
-    rows([&](int, index_t b, index_t e) {
+    rows([&](int, int, index_t b, index_t e) {
       for (index_t i = b; i < e; ++i) dold.row(i, Tb.data() + i * n, Ab.data() + i * n);
     });
     out.S = std::move(Ab);
@@ -764,7 +785,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
   tm.total = now() - t_start;
   index_t rt = r;
   if (pb.relaxed && r > 0) rt = *std::max_element(q.begin(), q.end());
-  write_factors(out, m, n, g, r, rt, q, Ub, sb, Vtb);
+  write_factors(out, m, n, g, r, rt, q, Ub, sb, Vs, p * nsl);
 }
 
 }  // namespace

@@ -69,27 +69,37 @@ inline index_t chunk_begin(index_t n, int chunks, int c) {
   return n / chunks * c + std::min<index_t>(c, n % chunks);
 }
 
-// f(chunk, begin, end) for each of `chunks` contiguous chunks of [0, n), in parallel
-// on min(chunks, max_workers) threads that claim chunks dynamically.
+// Number of distinct worker ids (0 .. result - 1) parallel_chunks_worker_on passes
+// for `chunks` chunks on up to max_workers threads: per-worker scratch needs this many
+// slots (instead of one per chunk).
+inline int chunk_workers(int max_workers, int chunks) {
+  if (chunks <= 1 || max_workers <= 1 || detail::in_worker()) return 1;
+  return std::min(chunks, max_workers);
+}
+
+// f(worker, chunk, begin, end) for each of `chunks` contiguous chunks of [0, n), in
+// parallel on chunk_workers(max_workers, chunks) threads that claim chunks dynamically;
+// worker (0 ..) identifies the thread, so no two concurrent calls share a worker id.
 template <class F>
-void parallel_chunks_on(int max_workers, index_t n, int chunks, F&& f) {
-  const int workers = std::min(chunks, max_workers);
-  if (chunks <= 1 || workers <= 1 || detail::in_worker()) {
+void parallel_chunks_worker_on(int max_workers, index_t n, int chunks, F&& f) {
+  const int workers = chunk_workers(max_workers, chunks);
+  if (workers <= 1) {
     if (chunks <= 1) {
-      f(0, index_t{0}, n);
+      f(0, 0, index_t{0}, n);
     } else {
-      for (int c = 0; c < chunks; ++c) f(c, chunk_begin(n, chunks, c), chunk_begin(n, chunks, c + 1));
+      for (int c = 0; c < chunks; ++c)
+        f(0, c, chunk_begin(n, chunks, c), chunk_begin(n, chunks, c + 1));
     }
     return;
   }
   std::atomic<int> next{0};
   std::vector<std::exception_ptr> errors(static_cast<size_t>(chunks));
-  auto run = [&] {
+  auto run = [&](int w) {
     for (;;) {
       const int c = next.fetch_add(1, std::memory_order_relaxed);
       if (c >= chunks) break;
       try {
-        f(c, chunk_begin(n, chunks, c), chunk_begin(n, chunks, c + 1));
+        f(w, c, chunk_begin(n, chunks, c), chunk_begin(n, chunks, c + 1));
       } catch (...) {
         errors[static_cast<size_t>(c)] = std::current_exception();
       }
@@ -98,17 +108,25 @@ void parallel_chunks_on(int max_workers, index_t n, int chunks, F&& f) {
   std::vector<std::thread> threads;
   threads.reserve(static_cast<size_t>(workers - 1));
   for (int w = 1; w < workers; ++w) {
-    threads.emplace_back([&] {
+    threads.emplace_back([&run, w] {
       detail::in_worker() = true;
-      run();
+      run(w);
     });
   }
   detail::in_worker() = true;
-  run();
+  run(0);
   detail::in_worker() = false;
   for (auto& t : threads) t.join();
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
+}
+
+// f(chunk, begin, end) for each of `chunks` contiguous chunks of [0, n), in parallel
+// on min(chunks, max_workers) threads that claim chunks dynamically.
+template <class F>
+void parallel_chunks_on(int max_workers, index_t n, int chunks, F&& f) {
+  parallel_chunks_worker_on(max_workers, n, chunks,
+                            [&](int, int c, index_t b, index_t e) { f(c, b, e); });
 }
 
 template <class F>

@@ -50,9 +50,8 @@ struct Selection {
 template <class U, class Get>
 void select_threshold(index_t n, index_t k, Get get, Selection& sel) {
   constexpr int W = 8 * sizeof(U);
-  thread_local std::vector<U> cand;
   if (n < kRadixMin) {
-    cand.resize(static_cast<size_t>(n));
+    std::vector<U> cand(static_cast<size_t>(n));
     for (index_t i = 0; i < n; ++i) cand[i] = get(i);
     std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), std::greater<U>());
     const U t = cand[k - 1];
@@ -68,36 +67,57 @@ void select_threshold(index_t n, index_t k, Get get, Selection& sel) {
   constexpr int shift = W - 1 - kRadixBits;
   constexpr index_t nb = index_t{1} << kRadixBits;
   const int chunks = num_chunks(n);
-  thread_local std::vector<index_t> hist;
-  hist.assign(static_cast<size_t>(chunks * nb), 0);
-  // (thread_local buffers are reached through plain pointers inside the workers)
-  index_t* hist_p = hist.data();
-  parallel_chunks(n, chunks, [&](int c, index_t b, index_t e) {
-    index_t* h = hist_p + c * nb;
+  // One histogram per worker thread (not per chunk: 2^16 counters are 256 KiB), 32-bit
+  // counts (a chunk has < 2^32 entries), freed on return (a solve's peak memory
+  // includes it; nothing stays resident between calls).
+  const int threads = get_num_threads();
+  const int workers = chunk_workers(threads, chunks);
+  std::vector<std::uint32_t> hist(static_cast<size_t>(workers * nb), 0);
+  std::uint32_t* hist_p = hist.data();
+  parallel_chunks_worker_on(threads, n, chunks, [&](int w, int, index_t b, index_t e) {
+    std::uint32_t* h = hist_p + w * nb;
     for (index_t i = b; i < e; ++i) ++h[static_cast<index_t>((get(i) >> shift) & (nb - 1))];
   });
   // Walk buckets from the top until the k-th largest is inside.
-  index_t above = 0, bucket = nb - 1;
+  index_t above = 0, bucket = nb - 1, in_bucket = 0;
   for (;; --bucket) {
     index_t cnt = 0;
-    for (int c = 0; c < chunks; ++c) cnt += hist[c * nb + bucket];
-    if (above + cnt >= k) break;
+    for (int w = 0; w < workers; ++w) cnt += hist[w * nb + bucket];
+    if (above + cnt >= k) {
+      in_bucket = cnt;
+      break;
+    }
     above += cnt;
   }
-  // Gather the bucket's keys, chunk by chunk, into disjoint regions.
-  std::vector<index_t> off(static_cast<size_t>(chunks + 1), 0);
-  for (int c = 0; c < chunks; ++c) off[c + 1] = off[c] + hist[c * nb + bucket];
-  cand.resize(static_cast<size_t>(off[chunks]));
-  U* cand_p = cand.data();
-  parallel_chunks(n, chunks, [&](int c, index_t b, index_t e) {
-    U* dst = cand_p + off[c];
+  std::vector<std::uint32_t>().swap(hist);
+  // Gather the bucket's keys: each worker appends its chunks' keys to its own region
+  // of `pool` (allocated here, on the calling thread: workers allocate nothing, so no
+  // per-thread malloc arena is touched), recording each chunk's segment; then the
+  // segments are concatenated in chunk order (= flat order).
+  std::vector<U> pool(static_cast<size_t>(workers * in_bucket));
+  std::vector<index_t> fill(static_cast<size_t>(workers), 0);
+  std::vector<index_t> seg_start(static_cast<size_t>(chunks), 0), seg_len(static_cast<size_t>(chunks), 0);
+  U* pool_p = pool.data();
+  parallel_chunks_worker_on(threads, n, chunks, [&](int w, int c, index_t b, index_t e) {
+    U* base = pool_p + w * in_bucket;
+    index_t f = fill[static_cast<size_t>(w)];
+    seg_start[static_cast<size_t>(c)] = w * in_bucket + f;
+    const index_t f0 = f;
     for (index_t i = b; i < e; ++i) {
       const U key = get(i);
-      if (static_cast<index_t>((key >> shift) & (nb - 1)) == bucket) *dst++ = key;
+      if (static_cast<index_t>((key >> shift) & (nb - 1)) == bucket) base[f++] = key;
     }
+    seg_len[static_cast<size_t>(c)] = f - f0;
+    fill[static_cast<size_t>(w)] = f;
   });
-  thread_local std::vector<U> work;
-  work.assign(cand.begin(), cand.end());
+  std::vector<index_t> off(static_cast<size_t>(chunks + 1), 0);
+  for (int c = 0; c < chunks; ++c) off[c + 1] = off[c] + seg_len[static_cast<size_t>(c)];
+  std::vector<U> cand_r(static_cast<size_t>(off[chunks]));
+  for (int c = 0; c < chunks; ++c)
+    std::copy(pool.begin() + seg_start[c], pool.begin() + seg_start[c] + seg_len[c],
+              cand_r.begin() + off[c]);
+  std::vector<U>().swap(pool);
+  std::vector<U> work(cand_r.begin(), cand_r.end());
   const index_t kk = k - above;  // rank inside the bucket, 1-based
   std::nth_element(work.begin(), work.begin() + (kk - 1), work.end(), std::greater<U>());
   const U t = work[kk - 1];
@@ -107,8 +127,8 @@ void select_threshold(index_t n, index_t k, Get get, Selection& sel) {
   for (int c = 0; c < chunks; ++c) {
     sel.eq_before[c] = eq_run;
     for (index_t i = off[c]; i < off[c + 1]; ++i) {
-      gt_in += cand[i] > t;
-      eq_run += cand[i] == t;
+      gt_in += cand_r[i] > t;
+      eq_run += cand_r[i] == t;
     }
   }
   sel.t = t;

@@ -50,7 +50,6 @@ void prepare(SvdWorkspace<T>& ws, index_t m, index_t n, index_t p) {
   ensure(ws.small_u, p * p);
   ensure(ws.small_w, p * p);
   ensure(ws.small_s, p);
-  ensure(ws.small_vt, p * n);
   if (static_cast<index_t>(ws.iwork.size()) < 8 * p) ws.iwork.resize(static_cast<size_t>(8 * p));
   if (ws.qm == m && ws.qn == n && ws.qp == p) return;
   const auto& L = blas::routines<T>();
@@ -223,22 +222,18 @@ void panel_qr(T* X, int rows, int p, T* R, SvdWorkspace<T>& ws) {
   }
 }
 
-// Runs the iterations; afterwards ws.Y = Q^T (p, m), ws.small_u = Ub (p, p),
-// ws.small_s = s (p,), ws.small_vt = Vb^T (p, n); V (n, p) is updated.
+// Runs the iterations on the right subspace kept as rows, Vt (p, n): in, the start;
+// out, Vb^T.  Afterwards ws.Y = Q^T (p, m), ws.small_u = Ub (p, p), ws.small_s = s (p,).
 template <class T>
-void iterate(const T* A, index_t m, index_t n, index_t p, int power_iters, T* V,
-             SvdWorkspace<T>& ws) {
-  prepare(ws, m, n, p);
+void iterate_rows(const T* A, index_t m, index_t n, index_t p, int power_iters, T* Vt,
+                  SvdWorkspace<T>& ws) {
   const auto& L = blas::routines<T>();
   const int im = static_cast<int>(m), in = static_cast<int>(n), ip = static_cast<int>(p);
   const int lwork = static_cast<int>(ws.work.size());
   const int gt = ws.gemm_threads;
-  T* Vt = ws.small_vt.data();  // (p, n)
   T* Y = ws.Y.data();          // (p, m)
   T* B = ws.B.data();          // (p, n)
   T* R = ws.R.data();          // (p, p) column-major
-  for (index_t i = 0; i < n; ++i)
-    for (index_t j = 0; j < p; ++j) Vt[j * n + i] = V[i * p + j];
   const char jobz = 'S';
   int info = 0;
   for (int it = 0; it < power_iters; ++it) {
@@ -265,8 +260,30 @@ void iterate(const T* A, index_t m, index_t n, index_t p, int power_iters, T* V,
                      in);
     ws.t_small += now() - t1;
   }
+}
+
+// The same with V (n, p) in and out (through ws.small_vt).
+template <class T>
+void iterate(const T* A, index_t m, index_t n, index_t p, int power_iters, T* V,
+             SvdWorkspace<T>& ws) {
+  prepare(ws, m, n, p);
+  ensure(ws.small_vt, p * n);
+  T* Vt = ws.small_vt.data();  // (p, n)
+  for (index_t i = 0; i < n; ++i)
+    for (index_t j = 0; j < p; ++j) Vt[j * n + i] = V[i * p + j];
+  iterate_rows(A, m, n, p, power_iters, Vt, ws);
   for (index_t i = 0; i < n; ++i)
     for (index_t j = 0; j < p; ++j) V[i * p + j] = Vt[j * n + i];
+}
+
+// U (m, r) = Q Ub[:, :r] and sv (r,) from the workspace after an iteration.
+template <class T>
+void finish_u(index_t m, index_t r, index_t p, T* U, T* sv, SvdWorkspace<T>& ws) {
+  // U (m, r) = Q (m, p) Ub[:, :r]; Q = (Q^T)^T with Q^T stored (p, m).
+  gemm_rm_split<T>(ws.gemm_threads, true, false, static_cast<int>(m), static_cast<int>(r),
+                   static_cast<int>(p), T(1), ws.Y.data(), static_cast<int>(m),
+                   ws.small_u.data(), static_cast<int>(p), T(0), U, static_cast<int>(r));
+  std::copy(ws.small_s.data(), ws.small_s.data() + r, sv);
 }
 
 }  // namespace
@@ -277,12 +294,19 @@ void truncated_svd(const T* A, index_t m, index_t n, index_t r, index_t p, int p
   check_args<T>(m, n, r, p, power_iters);
   iterate(A, m, n, p, power_iters, V, ws);
   const double t0 = now();
-  // U (m, r) = Q (m, p) Ub[:, :r]; Q = (Q^T)^T with Q^T stored (p, m).
-  gemm_rm_split<T>(ws.gemm_threads, true, false, static_cast<int>(m), static_cast<int>(r),
-                   static_cast<int>(p), T(1), ws.Y.data(), static_cast<int>(m),
-                   ws.small_u.data(), static_cast<int>(p), T(0), U, static_cast<int>(r));
-  std::copy(ws.small_s.data(), ws.small_s.data() + r, sv);
+  finish_u(m, r, p, U, sv, ws);
   std::copy(ws.small_vt.data(), ws.small_vt.data() + r * n, Vt);
+  ws.t_small += now() - t0;
+}
+
+template <class T>
+void truncated_svd_rows(const T* A, index_t m, index_t n, index_t r, index_t p, int power_iters,
+                        T* Vt, T* U, T* sv, SvdWorkspace<T>& ws) {
+  check_args<T>(m, n, r, p, power_iters);
+  prepare(ws, m, n, p);
+  iterate_rows(A, m, n, p, power_iters, Vt, ws);
+  const double t0 = now();
+  finish_u(m, r, p, U, sv, ws);
   ws.t_small += now() - t0;
 }
 
@@ -304,6 +328,10 @@ template void truncated_svd<float>(const float*, index_t, index_t, index_t, inde
                                    float*, float*, float*, SvdWorkspace<float>&);
 template void truncated_svd<double>(const double*, index_t, index_t, index_t, index_t, int,
                                     double*, double*, double*, double*, SvdWorkspace<double>&);
+template void truncated_svd_rows<float>(const float*, index_t, index_t, index_t, index_t, int,
+                                        float*, float*, float*, SvdWorkspace<float>&);
+template void truncated_svd_rows<double>(const double*, index_t, index_t, index_t, index_t, int,
+                                         double*, double*, double*, SvdWorkspace<double>&);
 template index_t svt<float>(const float*, index_t, index_t, index_t, index_t, int, float, float*,
                             float*, float*, float*, SvdWorkspace<float>&);
 template index_t svt<double>(const double*, index_t, index_t, index_t, index_t, int, double,

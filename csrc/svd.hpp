@@ -20,7 +20,7 @@ struct SvdWorkspace {
   std::vector<T> small_u;  // (p, p): left singular vectors of B, row-major
   std::vector<T> small_w;  // (p, p): gesdd's left vectors of R (= Ur^T read row-major)
   std::vector<T> small_s;  // (p,): singular values of B
-  std::vector<T> small_vt; // (p, n): right singular vectors of B (rows)
+  std::vector<T> small_vt; // (p, n): right singular vectors of B (rows); truncated_svd only
   std::vector<int> iwork;  // gesdd: 8 p
   std::vector<T> G;        // (blocks, p, p): partial Grams of the Cholesky QR's row blocks
   std::vector<T> G1;       // (p, p): Gram, then first Cholesky factor R1 (column-major)
@@ -60,6 +60,14 @@ struct SvdWorkspace {
 template <class T>
 void truncated_svd(const T* A, index_t m, index_t n, index_t r, index_t p, int power_iters, T* V,
                    T* U, T* sv, T* Vt, SvdWorkspace<T>& ws);
+
+// The same with the right subspace kept as rows (no transposes, no (p, n) copy in the
+// workspace): Vt (p, n) in, orthonormal rows spanning the start; out, the refined
+// right singular vectors (rows; the first r are those of the result, the rest the
+// oversampled ones, the warm start of the next call).  U (m, r), sv (r,) as above.
+template <class T>
+void truncated_svd_rows(const T* A, index_t m, index_t n, index_t r, index_t p, int power_iters,
+                        T* Vt, T* U, T* sv, SvdWorkspace<T>& ws);
 
 // Singular-value thresholding on the same subspace machinery, restricted to the
 // leading r singular triplets (the same semantics as torch_ops.svt): the rank-r
