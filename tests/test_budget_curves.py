@@ -157,3 +157,97 @@ def test_activation_error_scale_predicts_post_relu_error(tgen):
     assert activation_error_scale(w, None, x, lambda u: u) == pytest.approx(1.0, abs=1e-9)
     with pytest.raises(ValueError, match="do not match"):
         activation_error_scale(w, b, x[:5], torch.relu)
+
+
+# ----------------------------------------------------------------------------- round 2: speed paths
+@pytest.mark.parametrize("m,c,b", [(12, 16, 9), (40, 8, 9)], ids=["slices-wide", "slices-tall"])
+def test_all_slice_counts_against_block_svds(m, c, b, tgen):
+    """g = 8, 4, 2 from nested block Grams (wide slices) or per-slice Grams (tall slices):
+    every rank of every slice count against numpy SVDs of the column blocks."""
+    w = torch.randn(m, c * b, generator=tgen) * torch.linspace(0.2, 2.0, c * b)[None, :]
+    cur = build_curves(LayerSpec("c", w, "conv", b, (4, 4)), "rank_only", parse_structure("unstructured"),
+                       slice_candidates=(1, 2, 4, 8))
+    from lowrank_sparse.budget.curves import rank_tails
+
+    cache = CurveCache()
+    layer = LayerSpec("c", w, "conv", b, (4, 4))
+    build_curves(layer, "rank_only", parse_structure("unstructured"), slice_candidates=(8, 2, 4), cache=cache)
+    wn = w.double().numpy()
+    tot = (wn**2).sum()
+    for g in (2, 4, 8):
+        tails, total = rank_tails(layer, g, cache)
+        assert total == pytest.approx(tot, rel=1e-5)
+        blocks = np.split(wn, g, axis=1)
+        svs = [np.linalg.svd(bk, compute_uv=False) ** 2 for bk in blocks]
+        for j in range(len(tails)):
+            ref = sum(s[j:].sum() for s in svs)
+            assert math.sqrt(tails[j] / total) == pytest.approx(math.sqrt(ref / tot), abs=2e-5), (g, j)
+    assert set(cur.slices[:-1].tolist()) <= {1, 2, 4, 8}
+
+
+def test_data_aware_slices_use_diagonal_gram_blocks(tgen):
+    m, c, b, g, N = 10, 8, 4, 2, 300
+    n = c * b
+    w = torch.randn(m, n, generator=tgen, dtype=torch.float64)
+    x = torch.randn(n, N, generator=tgen, dtype=torch.float64) * torch.linspace(0.3, 2.0, n, dtype=torch.float64)[:, None]
+    gram = x @ x.T / N
+    from lowrank_sparse.budget.curves import rank_tails
+
+    layer = LayerSpec("c", w.float(), "conv", b, (3, 3), gram=gram.float())
+    tails, total = rank_tails(layer, g, CurveCache())
+    nb = n // g
+    svs = []
+    for i in range(g):
+        gb = gram[i * nb:(i + 1) * nb, i * nb:(i + 1) * nb]
+        ev, q = torch.linalg.eigh(gb)
+        half = (q * ev.clamp_min(0).sqrt()) @ q.T
+        svs.append(np.linalg.svd((w[:, i * nb:(i + 1) * nb] @ half).numpy(), compute_uv=False) ** 2)
+    tot = sum(s.sum() for s in svs)
+    for j in range(len(tails)):
+        assert math.sqrt(tails[j] / total) == pytest.approx(math.sqrt(sum(s[j:].sum() for s in svs) / tot), abs=1e-4)
+
+
+def test_large_layer_path_exact_values_and_close_proxy(monkeypatch, tgen):
+    """A matrix forced through the large-layer path (top 32 vectors from subspace iteration
+    for the L + S proxy): the rank curve stays exact (numpy SVD) and the proxy at its grid
+    ranks <= 32 is within 2e-3 of the one-pass reference computed with numpy's SVD."""
+    import lowrank_sparse.budget.curves as C
+
+    m, n, K = 120, 400, 32
+    u, _ = torch.linalg.qr(torch.randn(m, m, generator=tgen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, m, generator=tgen, dtype=torch.float64))
+    s = torch.arange(1, m + 1, dtype=torch.float64) ** -0.7
+    w = (u * s) @ v.T
+    w += (torch.rand(w.shape, generator=tgen) < 0.01) * 0.05 * torch.randn(w.shape, generator=tgen, dtype=torch.float64)
+    monkeypatch.setattr(C, "LARGE_MIN_DIM", 50)
+    monkeypatch.setattr(C, "LS_VECTOR_RANK", K)
+    layer = LayerSpec("l", w.float())
+    assert C._is_large(m, n) and m * n <= C.LS_SAMPLE_ENTRIES  # all columns in the residual sample
+    cache = CurveCache()
+    sz, err, ranks, _, nnz, _ = C._ls_configs(layer, parse_structure("unstructured"), (0.25,), cache, 0)
+    tails, total = C.rank_tails(layer, 1, cache)
+    wn = w.float().double().numpy()
+    sv = np.linalg.svd(wn, compute_uv=False) ** 2
+    for j in (1, 10, 32, 80, 119):
+        assert math.sqrt(tails[j] / total) == pytest.approx(math.sqrt(sv[j:].sum() / sv.sum()), abs=1e-4)
+    assert cache.store[cache.key(layer, "spectrum+u")]["u"].shape == (m, K)
+    grid = np.unique(np.round(np.geomspace(1, K, C.RANK_GRID)).astype(int))
+    for r in grid:
+        i = int(np.nonzero(ranks == r)[0][0])
+        ref = min(_one_pass_ref(wn, int(r), int(nnz[i])), _svd_rel_err(wn, int(r)))
+        assert err[i] == pytest.approx(ref, abs=2e-3), r
+
+
+def test_curves_restore_thread_counts(tgen):
+    from threadpoolctl import threadpool_info
+
+    from lowrank_sparse.budget.curves import serial_linalg
+
+    before = torch.get_num_threads()
+    blas_before = [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+    with serial_linalg():
+        assert torch.get_num_threads() == 1
+        assert all(d["num_threads"] == 1 for d in threadpool_info() if d["user_api"] == "blas")
+    build_curves(LayerSpec("l", torch.randn(30, 40, generator=tgen)), "lowrank_sparse", parse_structure("unstructured"))
+    assert torch.get_num_threads() == before
+    assert [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"] == blas_before

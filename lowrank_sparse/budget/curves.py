@@ -6,11 +6,15 @@ input Gram, so ``||Y C||_F = ||Y G^{1/2}||_F``) or C = I without a gram.  The si
 values of ``A = W C`` are those of ``W G^{1/2}``.
 
 * rank (Eckart-Young-Mirsky): ``e(j)^2 = sum_{i>j} s_i^2 / sum_i s_i^2``.  Singular values
-  come from ``eigvalsh`` of the smaller Gram ``A A^T`` / ``A^T A`` in float32 (about 10x
-  faster than ``svdvals`` at 4096x25088; squared values are accurate to ~1e-7 ||A||_2^2,
-  far below what matters for the curves).  With ALDS slicing (g slices) the tails of the
-  g column blocks add; with a gram, slice i uses the diagonal block G_ii (cross-slice
-  input correlations are ignored, an approximation).
+  come from ``eigvalsh`` of the smaller Gram ``A A^T`` / ``A^T A`` (one syrk; float64 for
+  small layers, float32 else: squared values accurate to ~k * 1.2e-7 ||A||_2^2, far below
+  what matters for the curves), exact for every layer size (VGG's 4096x25088 included:
+  syrk ~4 s + ``eigvalsh`` ~1.6 s on one core).  All small linear algebra runs
+  single-threaded (:func:`serial_linalg`).  With ALDS slicing (g contiguous column
+  slices) the tails of the g column blocks add; all slices' spectra come from one batched
+  ``eigvalsh`` of their Grams, which without a gram are W_b W_b^T blocks (one batched
+  GEMM at the finest slice count, summed for coarser ones).  With a gram, slice i uses
+  the diagonal block G_ii (cross-slice input correlations are ignored, an approximation).
 * sparse only: ``e^2 = 1 - (energy of the kept groups) / (total energy)`` with groups
   ranked by energy (magnitude pruning).  With a gram the columns are scaled by
   sqrt(diag G) (exact for diagonal G, the usual activation-aware saliency otherwise).
@@ -21,8 +25,11 @@ values of ``A = W C`` are those of ``W G^{1/2}``.
   projection step in the whitened space: L = A_r (truncated SVD), S = top-k groups of the
   residual R = A - A_r, ``e^2 = ||R||^2 (1 - kept(R, k)) / ||A||^2``, with ||R||^2 exact
   from the spectrum and ``kept`` measured on all columns of small layers or on a seeded
-  sample of whole column blocks (2^18 entries) of large ones.  It is evaluated on a
-  geometric grid of 16 ranks and interpolated (linearly in log rank) in between.  In the
+  sample of whole column blocks (2^16 entries) of large ones.  It is evaluated on a
+  geometric grid of 16 ranks (one batched sort of the 16 residuals' group energies) and
+  interpolated (linearly in log rank) in between.  Large layers (:func:`_is_large`) take
+  the top LS_VECTOR_RANK singular vectors from subspace iteration on the Gram; beyond that
+  rank the last grid rank's kept fraction is held.  In the
   data-aware case the proxy puts the sparse support in whitened coordinates (exact for a
   diagonal G).  It upper-bounds the error of the real solver, which iterates further.
 
@@ -35,9 +42,10 @@ MACs are ``spatial * size``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -50,14 +58,17 @@ ErrorFn = Callable[[LayerSpec, int, float], float]
 
 SAMPLE_ENTRIES = 1 << 18
 RANK_GRID = 16
-#: Layers with min(m, n) above this, or a Gram costing more than SKETCH_MIN_WORK
-#: multiply-adds, get a sketched spectrum (top SKETCH_RANK values + modelled tail).
 #: Entries of the residual sample of the L + S proxy (per grid rank: one sort).
 LS_SAMPLE_ENTRIES = 1 << 16
-SKETCH_MIN_DIM = 2048
-SKETCH_MIN_WORK = 1 << 34
-SKETCH_RANK = 384
-SKETCH_OVERSAMPLE = 64
+#: Layers with min(m, n) above LARGE_MIN_DIM or a Gram costing more than LARGE_MIN_WORK
+#: multiply-adds are "large" (:func:`_is_large`).
+LARGE_MIN_DIM = 2048
+LARGE_MIN_WORK = 1 << 34
+#: Large layers: singular vectors for the L + S proxy (top LS_VECTOR_RANK, subspace
+#: iteration with LS_VECTOR_OVERSAMPLE extra columns and LS_VECTOR_ITERS extra passes).
+LS_VECTOR_RANK = 512
+LS_VECTOR_OVERSAMPLE = 64
+LS_VECTOR_ITERS = 1
 
 
 # ----------------------------------------------------------------------------- cache
@@ -119,6 +130,61 @@ def whitened(layer: LayerSpec, cols: Optional[slice] = None) -> torch.Tensor:
     return (w.to(torch.float64) @ _chol(g)).to(torch.float32).contiguous()
 
 
+_OUTER_BLAS_THREADS: list[Optional[int]] = []
+
+
+@contextlib.contextmanager
+def serial_linalg() -> Iterator[None]:
+    """Run torch and SciPy's BLAS/LAPACK single-threaded inside the block; the caller's
+    thread counts are restored after.
+
+    The curves are many small eigendecompositions, GEMMs and sorts.  With two OpenMP
+    threads on a loaded 2-core machine these were measured 10-100x slower than with one
+    (``eigvalsh`` of a 512x512 Gram: 1.4 s vs 0.016 s; 4096x4096: 8.0 s vs 1.6 s); these
+    calls gain little from a second thread even on an idle machine.  Only the Gram of a
+    large layer (:func:`_is_large`) runs with the BLAS's own thread count
+    (:func:`_outer_blas`).  Nested use is fine; not meant for concurrent Python threads."""
+    if _OUTER_BLAS_THREADS:  # already serial
+        yield
+        return
+    ctl = _blas_controller()
+    outer = max((lib.num_threads for lib in ctl.lib_controllers), default=None)
+    nt = torch.get_num_threads()
+    _OUTER_BLAS_THREADS.append(outer)
+    torch.set_num_threads(1)
+    try:
+        with ctl.limit(limits=1):
+            yield
+    finally:
+        _OUTER_BLAS_THREADS.pop()
+        torch.set_num_threads(nt)
+
+
+_BLAS_CTL: list = []
+
+
+def _blas_controller():
+    """threadpoolctl controller of the loaded BLAS libraries (SciPy's included), built once
+    (building one scans the loaded libraries, ~7 ms)."""
+    if not _BLAS_CTL:
+        import scipy.linalg.blas  # noqa: F401  (load SciPy's BLAS so threadpoolctl sees it)
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CTL.append(ThreadpoolController().select(user_api="blas"))
+    return _BLAS_CTL[0]
+
+
+@contextlib.contextmanager
+def _outer_blas() -> Iterator[None]:
+    """Inside :func:`serial_linalg`: SciPy's BLAS with the thread count from outside it."""
+    n = _OUTER_BLAS_THREADS[0] if _OUTER_BLAS_THREADS else None
+    if n is None or n <= 1:
+        yield
+        return
+    with _blas_controller().limit(limits=n):
+        yield
+
+
 def _smaller_gram(x: torch.Tensor) -> torch.Tensor:
     """Gram of the smaller side of x (m, n): x x^T (m <= n) or x^T x, with only the UPPER
     triangle valid (use ``UPLO="U"``).  Level-3 syrk from SciPy's BLAS (half the work of
@@ -134,31 +200,21 @@ def _smaller_gram(x: torch.Tensor) -> torch.Tensor:
 
 
 def _is_small(m: int, n: int) -> bool:
+    """Layers whose Gram is computed in float64 (min(m,n)^2 * max(m,n) <= 2^24)."""
     k = min(m, n)
     return k * k * max(m, n) <= (1 << 24)
 
 
-def _is_sketched(m: int, n: int) -> bool:
-    """Layers whose exact spectrum costs too much (VGG's 4096x4096 and 4096x25088)."""
+def _is_large(m: int, n: int) -> bool:
+    """Layers (VGG's 4096x4096 and 4096x25088) whose Gram runs with the BLAS's own threads
+    and whose singular vectors (L + S proxy only) come from subspace iteration."""
     k = min(m, n)
-    return k > SKETCH_MIN_DIM or k * k * max(m, n) > SKETCH_MIN_WORK
-
-
-def sq_singular_values(a: torch.Tensor) -> tuple[np.ndarray, float]:
-    """Squared singular values of a (m, n) matrix, descending, float64, length min(m, n),
-    and the relative error below which the tail is numerical noise.
-
-    Small layers (min(m,n)^2 * max(m,n) <= 2^24) use a float64 Gram; larger ones float32,
-    whose eigenvalues carry an absolute error of about k * 1.2e-7 * s_1^2 (k = min(m, n))."""
-    m, n = a.shape
-    k = min(m, n)
-    small = _is_small(m, n)
-    x = a.to(torch.float64) if small else a.to(torch.float32)
-    ev = torch.linalg.eigvalsh(_smaller_gram(x), UPLO="U").flip(0).clamp_min(0.0).to(torch.float64).numpy()
-    return ev, _noise_floor(ev, small, k)
+    return k > LARGE_MIN_DIM or k * k * max(m, n) > LARGE_MIN_WORK
 
 
 def _noise_floor(ev: np.ndarray, small: bool, k: int) -> float:
+    """Relative error below which a rank tail is numerical noise: float64 Gram ~1e-7,
+    float32 Gram ~k * 1.2e-7 * s_1^2 absolute per eigenvalue."""
     tot = float(ev.sum())
     if tot <= 0.0:
         return 0.0
@@ -166,150 +222,158 @@ def _noise_floor(ev: np.ndarray, small: bool, k: int) -> float:
     return max(math.sqrt(eps * float(ev[0]) / tot), 1e-7)
 
 
-def _decomp(a: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-    """(squared singular values desc, U (m, p) orthonormal left singular vectors) of a."""
-    m, n = a.shape
-    x = a.to(torch.float64) if _is_small(m, n) else a.to(torch.float32)
-    ev, vec = torch.linalg.eigh(_smaller_gram(x), UPLO="U")
-    ev, vec = ev.flip(0).clamp_min(0.0), vec.flip(1)
-    if m <= n:
-        u = vec
-    else:
-        tol = float(ev[0]) * 1e-10 if ev.numel() else 0.0
-        keep = int((ev > tol).sum())
-        ev, v = ev[:keep], vec[:, :keep]
-        u = (x @ v) / ev.sqrt()
-    return ev.to(torch.float64).numpy(), u.to(torch.float32).contiguous()
+def _gram(layer: LayerSpec, cache: CurveCache) -> torch.Tensor:
+    """Cached (k, k) Gram of the smaller side of the whitened layer A (k = min(m, n)), upper
+    triangle valid; float64 for small layers, float32 else."""
 
+    def compute() -> torch.Tensor:
+        a = cache.get(layer, "A", lambda: whitened(layer))
+        m, n = a.shape  # type: ignore[union-attr]
+        x = a.to(torch.float64) if _is_small(m, n) else a  # type: ignore[union-attr]
+        if _is_large(m, n):
+            with _outer_blas():
+                return _smaller_gram(x)
+        return _smaller_gram(x)
 
-def _bf16_ok() -> bool:
-    f = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    try:
-        return bool(f()) if f is not None else False
-    except Exception:  # pragma: no cover - capability probe only
-        return False
-
-
-def _sketch(a: torch.Tensor, seed: int) -> tuple[np.ndarray, torch.Tensor, float]:
-    """Top spectrum of a large (m, n) matrix by a randomized range finder with one power
-    iteration: Y = A Omega (Omega (n, l) Gaussian), Q = orth(Y), V = orth(A^T Q),
-    C = A V = U_C diag(s) W^T.  Returns (s^2 (l,) desc, U_C (m, l), ||A||_F^2 exact).
-
-    sum_{i<=j} s_i^2 is the energy of a rank-j approximation that exists (A V_j V_j^T
-    with V_j = V W_j), so ``total - sum_{i<=j} s_i^2`` upper-bounds the optimal tail up to
-    rounding.  The three products run in bfloat16 with float32 accumulation where the
-    CPU has native bf16 (about 4x faster; the entry-wise rounding, relative 2^-9, moves the
-    energies by ~1e-5 of the total); l = SKETCH_RANK + SKETCH_OVERSAMPLE."""
-    m, n = a.shape
-    l = min(min(m, n), SKETCH_RANK + SKETCH_OVERSAMPLE)
-    lowp = torch.bfloat16 if _bf16_ok() else torch.float32
-    al = a.to(lowp)
-    gen = torch.Generator().manual_seed(seed)
-    omega = torch.randn(n, l, generator=gen).to(lowp)
-    q = _orth((al @ omega).float())
-    v = _orth((q.to(lowp).T @ al).float().T)
-    c = (al @ v.to(lowp)).to(torch.float64)
-    ev, w = torch.linalg.eigh(c.T @ c)  # (l, l): C's right singular vectors
-    ev, w = ev.flip(0).clamp_min(0.0), w.flip(1)
-    keep = ev > float(ev[0]) * 1e-12 if ev.numel() else ev > 0
-    ev, w = ev[keep], w[:, keep]
-    uc = (c @ w) / ev.sqrt()
-    total = float(torch.linalg.vector_norm(a, dtype=torch.float64) ** 2)
-    return ev.numpy(), uc.to(torch.float32).contiguous(), total
-
-
-def _tail_second_moment(a: torch.Tensor, u: torch.Tensor, seed: int, probes: int = 16) -> float:
-    """Hutchinson estimate of sum_{i>K} s_i^4 = tr((R^T R)^2), R = (I - U U^T) A (U: (m, K)
-    orthonormal, the known top subspace): mean of ||A^T P A z||^2 over Gaussian z."""
-    lowp = torch.bfloat16 if _bf16_ok() else torch.float32
-    al = a.to(lowp)
-    gen = torch.Generator().manual_seed(seed + 1)
-    z = torch.randn(a.shape[1], probes, generator=gen).to(lowp)
-    y = (al @ z).float()
-    y = y - u @ (u.T @ y)
-    w = (y.to(lowp).T @ al).float()
-    return float(w.to(torch.float64).square().sum()) / probes
+    return cache.get(layer, "gram", compute)  # type: ignore[return-value]
 
 
 def _orth(y: torch.Tensor) -> torch.Tensor:
-    """Orthonormal basis of the columns of y (k, l), k >= l: Cholesky-QR in float64 (two
-    passes; GEMMs only, much faster than Householder QR on a loaded machine)."""
-    x = y.to(torch.float64)
-    for _ in range(2):
-        g = x.T @ x
-        g.diagonal().add_(float(g.diagonal().mean()) * 1e-12 + 1e-300)
-        r, info = torch.linalg.cholesky_ex(g, upper=True)
-        if int(info) != 0:  # rank-deficient sketch: fall back to Householder
-            return torch.linalg.qr(y.to(torch.float32))[0]
-        x = torch.linalg.solve_triangular(r, x, upper=True, left=False)
-    return x.to(torch.float32)
+    """Orthonormal basis (k, l) of the columns of y (k, l), k >= l: Householder QR, float32."""
+    return torch.linalg.qr(y.to(torch.float32))[0]
 
 
-def _tail_model(s2: np.ndarray, total: float, p: int, m2: float) -> np.ndarray:
-    """Tails t[j] = sum_{i>j} s_i^2, j = 0..p, from the top K = len(s2) values, the exact
-    total and m2 ~ sum_{i>K} s_i^4 (:func:`_tail_second_moment`).
+def _top_vectors(a: torch.Tensor, gram: torch.Tensor, K: int, seed: int) -> torch.Tensor:
+    """(m, K') orthonormal approximations of the top-K left singular vectors of a (m, n)
+    from its smaller-side Gram (k, k, upper triangle valid): subspace iteration on the Gram
+    (ssymm, reads the upper triangle) with K + LS_VECTOR_OVERSAMPLE columns and
+    LS_VECTOR_ITERS extra passes, then Rayleigh-Ritz.  Each pass is two power steps of a.
+    The vectors only place the L + S proxy's residual; the singular values themselves
+    come from the exact ``eigvalsh``."""
+    from scipy.linalg import blas
 
-    Exact up to K.  Beyond, the remaining energy T_K = total - sum(s2) is spread over
-    i = K+1..p with the quantile shape lambda(x) = lambda_0 (1 - x)^b (x = (i-K)/(p-K)),
-    whose tail is t[j] = T_K (1 - x)^(b+1); b >= 0 matches the measured second moment:
-    rho = (p-K) m2 / T_K^2 = (b+1)^2 / (2b+1) (b = 0: flat, the linear bound; a
-    Marchenko-Pastur noise bulk of a square matrix has rho = 2, b = 2.41).  b is capped
-    so that lambda_0 <= s_K^2 (descending).  Any descending tail lies below the linear
-    bound T_K (p-j)/(p-K), and so does the model."""
-    K = len(s2)
-    top = np.concatenate([[0.0], np.cumsum(s2)])
-    tK = max(total - float(top[-1]), 0.0)
-    t = np.empty(p + 1)
-    t[: K + 1] = np.maximum(total - top, 0.0)
-    if p <= K:
-        return t[: p + 1]
-    npts = p - K
-    b = 0.0
-    if tK > 0.0 and m2 > 0.0 and math.isfinite(m2):
-        rho = max(1.0, npts * m2 / tK**2)
-        b = (rho - 1.0) + math.sqrt(rho * (rho - 1.0))
-        sK = float(s2[-1]) if K else math.inf
-        if sK > 0.0:
-            b = min(b, max(0.0, sK * npts / tK - 1.0))
-    x = np.arange(1, npts + 1, dtype=np.float64) / npts
-    t[K + 1:] = tK * (1.0 - x) ** (b + 1.0)
-    return t
+    m, n = a.shape
+    gn = gram.numpy()
+    symm = blas.dsymm if gn.dtype == np.float64 else blas.ssymm
+
+    def gmul(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(symm(1.0, gn, x.to(gram.dtype).numpy(), side=0, lower=0)))
+
+    k = gn.shape[0]
+    l = min(k, K + LS_VECTOR_OVERSAMPLE)
+    gen = torch.Generator().manual_seed(seed)
+    y = gmul(torch.randn(k, l, generator=gen))
+    for _ in range(LS_VECTOR_ITERS):
+        y = gmul(_orth(y))
+    q = _orth(y)
+    b = (q.T.to(torch.float64) @ gmul(q).to(torch.float64))
+    ev, w = torch.linalg.eigh(0.5 * (b + b.T))
+    ev, w = ev.flip(0)[:K].clamp_min(0.0), w.flip(1)[:, :K]
+    v = q @ w.to(torch.float32)  # (k, K) top eigenvectors of the Gram
+    if m <= n:
+        return v.contiguous()
+    keep = ev > float(ev[0]) * 1e-10 if ev.numel() else ev > 0
+    u = (a.to(torch.float32) @ v[:, keep]) / ev[keep].sqrt().to(torch.float32)
+    return _orth(u).contiguous()
 
 
 def spectrum(layer: LayerSpec, cache: CurveCache, vectors: bool = False, seed: int = 0) -> dict:
-    """The layer's whitened spectrum, cached: {"tails": t[j] for j = 0..p, "total",
-    "noise" (tail energy below which it is numerical noise), "u": (m, k) left singular
-    vectors or None, "s2": the k known squared singular values, "sketched": bool}.
+    """The layer's whitened spectrum, cached: {"tails": t[j] = sum_{i>j} s_i^2 for
+    j = 0..min(m, n), "total", "noise" (tail energy below which it is numerical noise),
+    "u": (m, K) left singular vectors or None, "s2": squared singular values (desc)}.
 
-    Exact (one syrk Gram of the smaller side, float64 for small layers, float32 else;
-    ``eigvalsh`` or, with ``vectors``, ``eigh``) unless :func:`_is_sketched`: then the top
-    SKETCH_RANK values from :func:`_sketch` and the tail from :func:`_tail_model`."""
+    Exact: one syrk Gram of the smaller side (float64 for small layers, float32 else) and
+    ``eigvalsh`` (``eigh`` with ``vectors``), single-threaded (:func:`serial_linalg`).  For
+    large layers (:func:`_is_large`) ``vectors`` gives the top LS_VECTOR_RANK vectors
+    from subspace iteration on the same Gram, the values stay exact."""
     m, n = layer.m, layer.n
     p = min(m, n)
+    small = _is_small(m, n)
 
-    def compute(with_vec: bool) -> dict:
-        a = cache.get(layer, "A", lambda: whitened(layer))
-        if _is_sketched(m, n):
-            s2, u, total = _sketch(a, seed)  # type: ignore[arg-type]
-            s2, u = s2[:SKETCH_RANK], u[:, :SKETCH_RANK]
-            tails = _tail_model(s2, total, p, _tail_second_moment(a, u, seed))  # type: ignore[arg-type]
-            return {"tails": tails, "total": total, "noise": 0.0, "u": u, "s2": s2, "sketched": True}
-        if with_vec:
-            s2, u = _decomp(a)  # type: ignore[arg-type]
-            floor = _noise_floor(s2, _is_small(m, n), p)
-        else:
-            s2, floor = sq_singular_values(a)  # type: ignore[arg-type]
-            u = None
+    def pack(s2: np.ndarray, u: Optional[torch.Tensor]) -> dict:
         total = float(s2.sum())
         t = np.maximum(total - np.concatenate([[0.0], np.cumsum(s2)]), 0.0)
         if len(t) < p + 1:
             t = np.concatenate([t, np.zeros(p + 1 - len(t))])
-        return {"tails": t, "total": total, "noise": floor**2 * total, "u": u, "s2": s2, "sketched": False}
+        floor = _noise_floor(s2, small, p)
+        return {"tails": t, "total": total, "noise": floor**2 * total, "u": u, "s2": s2}
+
+    def values() -> dict:
+        g = _gram(layer, cache)
+        with serial_linalg():
+            ev = torch.linalg.eigvalsh(g, UPLO="U").flip(0).clamp_min(0.0).to(torch.float64).numpy()
+        return pack(ev, None)
+
+    def with_vectors() -> dict:
+        a: torch.Tensor = cache.get(layer, "A", lambda: whitened(layer))  # type: ignore[assignment]
+        g = _gram(layer, cache)
+        with serial_linalg():
+            if _is_large(m, n):
+                sp = cache.get(layer, "spectrum", values)
+                u = _top_vectors(a, g, min(p, LS_VECTOR_RANK), seed)
+                return {**sp, "u": u}  # type: ignore[dict-item]
+            ev, vec = torch.linalg.eigh(g, UPLO="U")
+            ev, vec = ev.flip(0).clamp_min(0.0), vec.flip(1)
+            if m <= n:
+                u = vec
+            else:
+                tol = float(ev[0]) * 1e-10 if ev.numel() else 0.0
+                keep = int((ev > tol).sum())
+                u = (a.to(vec.dtype) @ vec[:, :keep]) / ev[:keep].sqrt()
+            return pack(ev.to(torch.float64).numpy(), u.to(torch.float32).contiguous())
 
     kv = cache.key(layer, "spectrum+u")
-    if vectors or kv in cache.store or _is_sketched(m, n):
-        return cache.get(layer, "spectrum+u", lambda: compute(True))  # type: ignore[return-value]
-    return cache.get(layer, "spectrum", lambda: compute(False))  # type: ignore[return-value]
+    if vectors or kv in cache.store:
+        return cache.get(layer, "spectrum+u", with_vectors)  # type: ignore[return-value]
+    return cache.get(layer, "spectrum", values)  # type: ignore[return-value]
+
+
+def _block_grams(layer: LayerSpec, g: int, cache: CurveCache) -> tuple[torch.Tensor, bool]:
+    """(g, k, k) smaller-side Grams of the g whitened column slices (k = min(m, n/g)), full
+    symmetric, and whether they are float64.
+
+    Without a gram and with slices at least m wide these are W_b W_b^T: one batched GEMM
+    (m^2 n multiply-adds for all slices) at the finest requested slice count, coarser
+    counts by summing neighbouring blocks (contiguous slices nest).  Otherwise each slice
+    is whitened with its diagonal gram block and its smaller Gram formed directly."""
+    m, n = layer.m, layer.n
+    nb = n // g
+    if layer.gram is None and nb >= m:
+        for key, h in list(cache.store.items()):
+            # a cached finer block Gram of this layer: sum neighbouring blocks
+            if key[:-1] == cache.key(layer, "")[:-1] and isinstance(key[-1], str) and key[-1].startswith("blockgram"):
+                f = int(key[-1][len("blockgram"):])
+                if f > g and f % g == 0:
+                    cache.hits += 1
+                    return h.reshape(g, f // g, m, m).sum(1), h.dtype == torch.float64
+
+        def compute() -> torch.Tensor:
+            w = layer.weight.detach().to("cpu", torch.float64 if _is_small(m, n) else torch.float32)
+            wb = w.reshape(m, g, nb).permute(1, 0, 2)
+            return torch.bmm(wb, wb.transpose(1, 2))
+
+        h: torch.Tensor = cache.get(layer, f"blockgram{g}", compute)  # type: ignore[assignment]
+        return h, h.dtype == torch.float64
+    small = _is_small(m, nb)
+    dt = torch.float64 if small else torch.float32
+    blocks = [whitened(layer, slice(i * nb, (i + 1) * nb)).to(dt) for i in range(g)]
+    if _is_large(m, nb):
+        with _outer_blas():
+            return torch.stack([_smaller_gram(b) for b in blocks]), small
+    a = torch.stack(blocks)
+    return (torch.bmm(a, a.transpose(1, 2)) if m <= nb else torch.bmm(a.transpose(1, 2), a)), small
+
+
+def _slice_tails(layer: LayerSpec, g: int, cache: CurveCache) -> tuple[np.ndarray, float, float]:
+    """(t[j] = sum over the g slices of their rank-j tails, j = 0..min(m, n/g); total
+    energy; noise energy) from one batched ``eigvalsh`` of the slices' Grams."""
+    h, small = _block_grams(layer, g, cache)
+    k = h.shape[-1]
+    ev = torch.linalg.eigvalsh(h, UPLO="U").flip(-1).clamp_min(0.0).to(torch.float64).numpy()  # (g, k) desc
+    tot = ev.sum(1)
+    tails = np.maximum(tot[:, None] - np.concatenate([np.zeros((g, 1)), np.cumsum(ev, 1)], 1), 0.0).sum(0)
+    noise = sum(_noise_floor(ev[b], small, k) ** 2 * float(tot[b]) for b in range(g))
+    return tails, float(tot.sum()), noise
 
 
 # ----------------------------------------------------------------------------- sparse energies
@@ -328,10 +392,9 @@ def _sample_cols(layer: LayerSpec, st: Structure, seed: int, entries: int = SAMP
     return (blocks[:, None] * w + torch.arange(w)[None, :]).reshape(-1)
 
 
-def _group_energies(r: torch.Tensor, st: Structure) -> torch.Tensor:
-    """Energies (sum of squares) of the groups of st inside a (m, c) block r, float64, sorted desc.
-
-    For N:M it returns the kept energy per M-group (top N of M) and the rest, see _kept_nm."""
+def _group_energies(r: torch.Tensor, st: Structure, sort: bool = True) -> torch.Tensor:
+    """Energies (sum of squares) of the groups of st (not N:M) inside a (m, c) block r:
+    float64 sorted descending, or float32 in group order with ``sort=False``."""
     e = r.to(torch.float32).square()
     if st.kind == "row":
         g = e.sum(1)
@@ -341,6 +404,8 @@ def _group_energies(r: torch.Tensor, st: Structure) -> torch.Tensor:
         g = e.reshape(e.shape[0], -1, st.block).sum((0, 2))
     else:
         g = e.reshape(-1)
+    if not sort:
+        return g
     return g.sort(descending=True).values.to(torch.float64)
 
 
@@ -448,33 +513,17 @@ def _slice_options(layer: LayerSpec, candidates: Sequence[int]) -> list[int]:
 def rank_tails(layer: LayerSpec, g: int, cache: CurveCache) -> tuple[np.ndarray, float]:
     """(tail energies t[j] = sum over slices of sum_{i>j} s_i^2 for j = 0..jmax, total energy).
 
-    g = 1 shares the layer's cached :func:`spectrum`; g > 1 computes each slice's spectrum
-    (whitened with its diagonal gram block) once."""
+    g = 1 shares the layer's cached :func:`spectrum`; g > 1 takes all g slices' spectra
+    from one batched eigendecomposition (:func:`_slice_tails`).  Tails below the numerical
+    resolution are reported as exactly 0."""
 
     def compute():
-        if g == 1:
-            sp = spectrum(layer, cache)
-            tails, total, noise = sp["tails"], sp["total"], sp["noise"]
-        else:
-            n = layer.n
-            w = n // g
-            tails = None
-            total = 0.0
-            noise = 0.0
-            for i in range(g):
-                a = whitened(layer, slice(i * w, (i + 1) * w))
-                if _is_sketched(*a.shape):
-                    s2, uu, tot = _sketch(a, i)
-                    s2, uu = s2[:SKETCH_RANK], uu[:, :SKETCH_RANK]
-                    t = _tail_model(s2, tot, min(a.shape), _tail_second_moment(a, uu, i))
-                    floor = 0.0
-                else:
-                    s2, floor = sq_singular_values(a)
-                    tot = float(s2.sum())
-                    t = np.maximum(tot - np.concatenate([[0.0], np.cumsum(s2)]), 0.0)
-                tails = t if tails is None else tails + t
-                total += tot
-                noise += floor**2 * tot
+        with serial_linalg():
+            if g == 1:
+                sp = spectrum(layer, cache)
+                tails, total, noise = sp["tails"], sp["total"], sp["noise"]
+            else:
+                tails, total, noise = _slice_tails(layer, g, cache)
         tails = np.where(tails <= noise, 0.0, tails)  # below numerical resolution: exact
         return tails, total
 
@@ -484,6 +533,9 @@ def rank_tails(layer: LayerSpec, g: int, cache: CurveCache) -> tuple[np.ndarray,
 def _rank_configs(layer: LayerSpec, gs: Sequence[int], cache: CurveCache):
     m, n = layer.m, layer.n
     S, E, R, G = [], [], [], []
+    # largest slice count first: the smaller ones that divide it reuse its block Grams
+    for g in sorted(gs, reverse=True):
+        rank_tails(layer, g, cache)
     for g in gs:
         tails, total = rank_tails(layer, g, cache)
         jmax = len(tails) - 1
@@ -565,12 +617,30 @@ def _ls_configs(layer: LayerSpec, st: Structure, shares: Sequence[float], cache:
     r_res = a_j.clone()
     prev = 0
     ng, gsz = st.num_groups(m, n), st.group_size(m, n)
-    kept_at: list[object] = []
+    nm_kept: list[float] = []
+    energies: list[torch.Tensor] = []
     for r in rg:
         r = int(r)
         r_res -= u[:, prev:r] @ proj[prev:r]
         prev = r
-        kept_at.append(_kept_nm(r_res, st) if st.kind == "nm" else _Kept(_group_energies(r_res, st)))
+        if st.kind == "nm":
+            nm_kept.append(_kept_nm(r_res, st))
+        else:
+            energies.append(_group_energies(r_res, st, sort=False))
+    if st.kind != "nm":
+        # all grid ranks at once: one sort + cumsum of the (grid, groups) residual energies
+        e = np.sort(torch.stack(energies).numpy(), axis=1)[:, ::-1]  # float32 sort (SIMD), desc
+        cum = np.concatenate([np.zeros((len(rg), 1)), np.cumsum(e, axis=1, dtype=np.float64)], axis=1)
+        tot_r = cum[:, -1:]
+        ns = e.shape[1]
+
+        def kept_grid(q: np.ndarray) -> np.ndarray:
+            """(grid, len(q)) fraction of each grid residual's energy in its top q groups."""
+            x = np.clip(q, 0.0, 1.0) * ns
+            i0 = np.minimum(np.floor(x).astype(np.int64), ns - 1)
+            w = x - i0
+            c = cum[:, i0] * (1.0 - w) + cum[:, i0 + 1] * w
+            return np.where(tot_r > 0.0, c / np.where(tot_r > 0.0, tot_r, 1.0), 1.0)
     j = np.arange(1, rmax + 1, dtype=np.int64)
     # position of every rank between the grid ranks (log scale); beyond the last grid
     # rank (sketched layers) the last kept fraction is held
@@ -585,13 +655,13 @@ def _ls_configs(layer: LayerSpec, st: Structure, shares: Sequence[float], cache:
     for sh in shares:
         if st.kind == "nm":
             nz = np.full_like(j, mn * st.n // st.m)
-            fr = np.array([float(kp) for kp in kept_at])  # type: ignore[arg-type]
+            fr = np.array(nm_kept)
             frac = (1.0 - wt) * fr[lo] + wt * fr[hi]
         else:
             d = sh / (1.0 - sh) * j * (m + n) / mn
             nz = np.clip(np.floor(d * mn / gsz + 0.5), 0, ng).astype(np.int64) * gsz
             q = nz / gsz / ng
-            fr = np.stack([kp(q) for kp in kept_at])  # type: ignore[operator]  (grid, ranks)
+            fr = kept_grid(q)  # (grid, ranks)
             idx = np.arange(len(j))
             frac = (1.0 - wt) * fr[lo, idx] + wt * fr[hi, idx]
         # one alternating step: S keeps the top groups of the rank-j residual, whose kept
@@ -616,7 +686,16 @@ def build_curves(layer: LayerSpec, mode: str, structure: Structure, *, slice_can
         (0 = pure low rank, which also uses the slice candidates; >0 uses slices=1).
     """
     cache = cache if cache is not None else CurveCache()
+    with serial_linalg():
+        return _build_curves(layer, mode, structure, slice_candidates, sparse_shares, cache, seed)
+
+
+def _build_curves(layer: LayerSpec, mode: str, structure: Structure, slice_candidates: Sequence[int],
+                  sparse_shares: Sequence[float], cache: CurveCache, seed: int) -> LayerCurves:
     parts = []
+    if (mode == "lowrank_sparse" and any(s > 0.0 for s in sparse_shares) and not _is_large(layer.m, layer.n)
+            and layer.m * layer.n // (layer.m + layer.n) >= 1):
+        spectrum(layer, cache, vectors=True, seed=seed)  # one eigh serves the rank and the L + S configs
     if mode in ("rank_only", "lowrank_sparse"):
         gs = _slice_options(layer, slice_candidates)
         if mode == "rank_only" or any(s == 0.0 for s in sparse_shares):
@@ -643,6 +722,12 @@ def config_error(layer: LayerSpec, rank: int, density: float, slices: int, struc
 
     Exact for rank only / sparse only; error_fn (else the proxy curves) for L + S; times
     the layer's ``error_scale`` except for error_fn's (already post-activation) value."""
+    with serial_linalg():
+        return _config_error(layer, rank, density, slices, structure, cache, error_fn)
+
+
+def _config_error(layer: LayerSpec, rank: int, density: float, slices: int, structure: Structure,
+                  cache: CurveCache, error_fn: Optional[ErrorFn]) -> float:
     m, n = layer.m, layer.n
     nnz = sparse_nnz(m, n, density, structure)
     if nnz == 0:
