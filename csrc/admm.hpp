@@ -93,6 +93,7 @@ struct AdmmResult {
   double rho_final = 0, rho_z_final = 0, gscale = 1;
   AdmmTiming timing;
   int qr_fallbacks = 0;  // SVD panels whose Cholesky QR fell back to Householder
+  int band_hits = 0;  // fused loop: top-k cuts found in P3's band (topk_select skipped)
   int speculation_hits = 0;  // fused loop: iterations whose P0 was done by the previous P4
 };
 

@@ -3,6 +3,8 @@ reference: same iteration count, same histories, same result to float tolerance.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -213,3 +215,122 @@ def test_fused_topk_ties_keep_exactly_k_lowest_indices(dtype: torch.dtype) -> No
     # later iterations (values no longer exact ties) still keep exactly k
     pr3 = prepare(W, 0, 0.1, max_iter=3, tol=1e-12)
     assert int((solve_native(pr3.W, pr3.spec, V0, threads=2).S != 0).sum()) == pr.spec.k
+
+
+# ---- round 4: CholeskyQR2 panels, top-k band inside P3, speculative L-step input ----
+def _fused_problem(dtype: torch.dtype = torch.float64, m: int = 130, n: int = 1200, seed: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(m, n, generator=g, dtype=torch.float64) * torch.linspace(2, 0.3, n, dtype=torch.float64)
+    W += torch.randn(m, 6, generator=g, dtype=torch.float64) @ torch.randn(6, n, generator=g, dtype=torch.float64)
+    return W.to(dtype)
+
+
+SPEC_CASES = {"unstructured": dict(), "row": dict(structure="row"), "channel": dict(structure="channel", block=3),
+              "2:4": dict(structure="2:4"), "slices": dict(slices=4),
+              "relaxed": dict(relaxed=True, lam_nuclear=3.0, lam_sparse=0.5)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", list(SPEC_CASES), ids=list(SPEC_CASES))
+def test_speculative_input_gives_bitwise_the_same_iterates(case: str, dtype: torch.dtype) -> None:
+    """P4 writing the next L-step input (assuming the balanced penalty update) must give
+    exactly the iterates of forming it in its own pass: same bits, same histories."""
+    W = _fused_problem(dtype)
+    # rho0 far from balanced: the first updates rebalance (P0 runs), later ones do not
+    pr = prepare(W, 12, 0.05, max_iter=14, tol=1e-12, **SPEC_CASES[case])
+    spec = dataclasses.replace(pr.spec, rho0=300.0)
+    V0 = initial_subspace(spec, pr.W.dtype, pr.W.device)
+    a = solve_native(pr.W, spec, V0, threads=2, speculate_input=True)
+    b = solve_native(pr.W, spec, V0, threads=2, speculate_input=False)
+    assert b.extra["speculation_hits"] == 0
+    steps = np.array(a.rho[1:]) / np.array(a.rho[:-1])
+    balanced = int(np.isclose(steps, pr.spec.rho_growth, rtol=1e-12).sum())
+    assert a.extra["speculation_hits"] == balanced
+    assert 1 <= balanced < len(steps)  # both paths were taken
+    for x, y in ((a.U, b.U), (a.V, b.V), (a.S, b.S)):
+        assert torch.equal(x, y)
+    assert a.primal == b.primal and a.dual == b.dual and a.rho == b.rho
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_topk_band_selection_matches_the_full_selection(dtype: torch.dtype) -> None:
+    """Unstructured top-k in the fused loop: most cuts come from the band of candidates
+    around the previous threshold; the result equals the general loop's (explicit
+    projection over all entries) and torch's, and S keeps exactly k entries."""
+    W = _fused_problem(dtype, m=160, n=1500)
+    pr = prepare(W, 10, 0.05, max_iter=25, tol=1e-12)
+    V0 = initial_subspace(pr.spec, pr.W.dtype, pr.W.device)
+    c = solve_native(pr.W, pr.spec, V0, threads=2)
+    o = solve_native(pr.W, pr.spec, V0, threads=2, weight_fused=False)
+    assert c.extra["band_hits"] >= 10 and o.extra["band_hits"] == 0
+    assert int((c.S != 0).sum()) == pr.spec.k
+    if dtype == torch.float64:
+        a = solve_torch(pr.W, pr.spec, V0)
+        for ref_ in (o, a):
+            assert torch.equal(c.S != 0, ref_.S != 0)
+            assert float((c.S - ref_.S).norm()) <= 1e-9 * float(ref_.S.norm())
+            np.testing.assert_allclose(c.primal, ref_.primal, rtol=1e-7, atol=1e-13)
+    else:  # float32: the two loops round differently; same support up to a few swaps
+        assert int(((c.S != 0) != (o.S != 0)).sum()) <= 4
+        Mc, Mo = c.U @ c.V + c.S, o.U @ o.V + o.S
+        assert float((Mc - Mo).norm() / Mo.norm()) < 1e-4
+
+
+def test_topk_band_keeps_ties_by_flat_index() -> None:
+    """Eleven entries planted at exactly the k-th largest magnitude, six of them kept.
+    Rank 0 and rho fixed at 1 make iteration 2's S-step input equal W bit for bit, so
+    its cut comes from the band around iteration 1's threshold: it must keep exactly k
+    entries, the tied ones with the lowest flat indices (an index-order oracle)."""
+    g = torch.Generator().manual_seed(4)
+    m, n = 96, 800
+    W = torch.randn(m, n, generator=g, dtype=torch.float64)
+    pr = prepare(W, 0, 0.1, max_iter=2, tol=1e-12)
+    k = pr.spec.k
+    order = torch.argsort(W.abs().flatten(), descending=True)
+    tied = order[k - 6 : k + 5]  # ranks k-5 .. k+5 (1-based)
+    flat = W.flatten().clone()
+    flat[tied] = torch.sign(flat[tied]) * flat[order[k - 1]].abs()
+    W = flat.reshape(m, n)
+    pr = prepare(W, 0, 0.1, max_iter=2, tol=1e-12)
+    spec = dataclasses.replace(pr.spec, rho_growth=1.0)  # rho stays 1: exact arithmetic
+    V0 = initial_subspace(spec, pr.W.dtype, pr.W.device)
+    c = solve_native(pr.W, spec, V0, threads=2)
+    o = solve_native(pr.W, spec, V0, threads=2, weight_fused=False)
+    assert c.iterations == 2 and c.extra["band_hits"] == 1  # iteration 2's cut: the band
+    mags = W.abs().flatten().tolist()
+    keep = sorted(range(m * n), key=lambda i: (-mags[i], i))[:k]
+    mask = torch.zeros(m * n, dtype=torch.bool)
+    mask[keep] = True
+    assert torch.equal(c.S != 0, mask.reshape(m, n))
+    assert torch.equal(c.S, o.S)
+    kept_ties = sorted(int(i) for i in tied if mask[int(i)])
+    assert kept_ties == sorted(int(i) for i in tied)[:6]
+
+
+def test_cholesky_qr_and_householder_give_the_same_iterates() -> None:
+    W = _fused_problem(torch.float64)
+    pr = prepare(W, 12, 0.05, max_iter=10, tol=1e-12)
+    V0 = initial_subspace(pr.spec, pr.W.dtype, pr.W.device)
+    c = solve_native(pr.W, pr.spec, V0, threads=2, cholesky_qr=True)
+    h = solve_native(pr.W, pr.spec, V0, threads=2, cholesky_qr=False)
+    assert c.extra["qr_fallbacks"] == 0
+    Mc, Mh = c.U @ c.V + c.S, h.U @ h.V + h.S
+    assert float((Mc - Mh).norm() / Mh.norm()) < 1e-9
+    np.testing.assert_allclose(c.primal, h.primal, rtol=1e-7, atol=1e-13)
+
+
+def test_cholesky_qr_fallback_on_a_rank_deficient_weight() -> None:
+    """W of rank 2 plus 1e-10 noise, fitted with rank 5: the SVD's panels A V have
+    condition ~1e10, beyond CholeskyQR2 in float64; the Householder fallback takes over
+    and the iterates still match torch's."""
+    g = torch.Generator().manual_seed(8)
+    W = torch.randn(60, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 90, generator=g, dtype=torch.float64)
+    W += 1e-10 * torch.randn(60, 90, generator=g, dtype=torch.float64)
+    pr = prepare(W, 5, 0.0, max_iter=4, tol=1e-12)
+    V0 = initial_subspace(pr.spec, pr.W.dtype, pr.W.device)
+    c = solve_native(pr.W, pr.spec, V0, threads=2)
+    a = solve_torch(pr.W, pr.spec, V0)
+    assert c.extra["qr_fallbacks"] >= 1
+    assert a.iterations == c.iterations
+    Ma, Mc = a.U @ a.V + a.S, c.U @ c.V + c.S
+    assert float((Ma - Mc).norm() / Ma.norm()) < 1e-9

@@ -179,3 +179,59 @@ def test_large_wide_and_tall_match_full_svd_f32(rng, shape):
     err = np.linalg.norm(A64 - (U * s) @ Vt)
     best = float(np.sqrt(np.sum(st[r:].numpy() ** 2)))
     assert err <= best * 1.01
+
+
+# ---- QR of the tall panels: CholeskyQR2 (default) vs Householder (geqrf + orgqr) ----
+def _start(rng, n: int, p: int, dtype) -> np.ndarray:
+    return np.linalg.qr(rng.standard_normal((n, p)))[0].astype(dtype)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+@pytest.mark.parametrize("shape", [pytest.param((300, 1200), id="wide"), pytest.param((1100, 260), id="tall")])
+def test_cholesky_qr_matches_householder_and_full_svd(rng, dtype, tol, shape):
+    """Same subspace iteration with the panels factored two ways: the same singular
+    values, the same rank-r product and the same refined subspace, all close to the
+    full SVD's; the outputs are orthonormal."""
+    m, n = shape
+    A, _ = ref.decaying_matrix(rng, m, n, decay=0.9, dtype=dtype)
+    r, p = 16, 24
+    V0 = _start(rng, n, p, dtype)
+    from lowrank_sparse import _core
+
+    Uc, sc, Vtc, Vc = _core.truncated_svd(A, r, V0, 4, cholesky_qr=True)
+    Uh, sh, Vth, Vh = _core.truncated_svd(A, r, V0, 4, cholesky_qr=False)
+    scale = float(sh[0])
+    np.testing.assert_allclose(sc, sh, rtol=20 * tol, atol=tol * scale)
+    np.testing.assert_allclose((Uc * sc) @ Vtc, (Uh * sh) @ Vth, atol=50 * tol * scale)
+    np.testing.assert_allclose(Vc @ Vc.T, Vh @ Vh.T, atol=50 * tol)  # same subspace
+    for Q in (Uc, Vtc.T, Vc):
+        np.testing.assert_allclose(Q.T @ Q, np.eye(Q.shape[1]), atol=20 * tol)
+    st = torch.linalg.svd(torch.from_numpy(A.astype(np.float64)), full_matrices=False)[1]
+    np.testing.assert_allclose(sc, st[:r].numpy(), rtol=2e-3, atol=tol * scale)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_cholesky_qr_falls_back_on_rank_deficient_panels(rng, dtype, tol):
+    """A of exact rank 3 < p: the (m, p) panel A V is singular, its Gram is not
+    positive definite and the Householder fallback takes over; the result still has
+    orthonormal factors and the exact singular values (zeros beyond rank 3)."""
+    m, n, k, r, p = 90, 140, 3, 6, 10
+    A = (rng.standard_normal((m, k)) @ rng.standard_normal((k, n))).astype(dtype)
+    V0 = _start(rng, n, p, dtype)
+    from lowrank_sparse import _core
+
+    U, s, Vt, V = _core.truncated_svd(A, r, V0, 2, cholesky_qr=True)
+    exact = np.linalg.svd(A.astype(np.float64), compute_uv=False)
+    np.testing.assert_allclose(s[:k], exact[:k], rtol=50 * tol)
+    assert np.all(np.abs(s[k:]) <= 100 * tol * exact[0])
+    np.testing.assert_allclose(U.T @ U, np.eye(r), atol=50 * tol)
+    np.testing.assert_allclose(V.T @ V, np.eye(p), atol=50 * tol)
+    np.testing.assert_allclose((U * s) @ Vt, A, atol=100 * tol * exact[0])
+
+
+def test_cholesky_qr_flag_is_checked(rng):
+    from lowrank_sparse import _core
+
+    A = rng.standard_normal((20, 30))
+    with pytest.raises(TypeError):
+        _core.truncated_svd(A, 2, _start(rng, 30, 4, np.float64), 1, cholesky_qr="yes")

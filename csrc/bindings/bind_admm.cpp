@@ -160,6 +160,7 @@ py::dict solve(const arr<T>& W0, int mode, std::optional<arr<T>> gram, std::opti
   out["timing"] = timing;
   out["qr_fallbacks"] = res.qr_fallbacks;
   out["speculation_hits"] = res.speculation_hits;
+  out["band_hits"] = res.band_hits;
   return out;
 }
 

@@ -72,7 +72,10 @@ def solve_native(
 
     ``extra["timing"]`` holds the seconds spent per phase (svd_products, svd_qr,
     svd_small, svd, lform, project, elementwise, wstep, total), summed over iterations;
-    ``extra["qr_fallbacks"]`` counts the SVD panels that needed the Householder fallback.
+    ``extra["qr_fallbacks"]`` counts the SVD panels that needed the Householder fallback;
+    ``extra["band_hits"]`` the iterations of the fused weight loop whose top-k cut was
+    found among the candidates near the previous threshold (collected during the pass
+    that forms the S-step input) instead of by a separate selection over all entries.
     """
     from .. import _core
 
@@ -130,6 +133,7 @@ def solve_native(
         "timing": dict(out["timing"]),
         "qr_fallbacks": int(out["qr_fallbacks"]),
         "speculation_hits": int(out["speculation_hits"]),
+        "band_hits": int(out["band_hits"]),
     }
     if spec.mode == "nonlinear":
         extra.update(
