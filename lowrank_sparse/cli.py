@@ -327,7 +327,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
         if src.dataset == "imagenet_samples":
             raise CLIError("--fine-tune needs a training set; imagenet_samples has only 20 images")
-        ds = _data.load(src.dataset, "train", subset=min(args.fine_tune_subset, 60_000), seed=args.seed)
+        ds = _data.load(src.dataset, "train")
+        if args.fine_tune_subset < len(ds):  # a seeded subset; the whole split when it is smaller
+            ds = _data.load(src.dataset, "train", subset=args.fine_tune_subset, seed=args.seed)
         _train.fine_tune(new, ds, epochs=args.fine_tune, lr=args.fine_tune_lr, seed=args.seed, progress=progress)
         new.eval()
         result["accuracy_fine_tuned"] = _accuracy(new, x_test, y_test)

@@ -523,7 +523,7 @@ def compress(
         nnz = 0 if newmod.sparse is None else int(newmod.sparse.nnz)
         rep.density = nnz / float(m * n)
         rep.params_after = int(newmod.num_params())
-        rep.index_bytes = int(newmod.num_index_bytes())
+        rep.index_bytes = int(newmod.num_index_bytes(packed=True))  # as saved
         index_bytes += rep.index_bytes
         rep.flops_after = newmod.flops(stats.in_hw) * stats.calls if stats.kind == "conv" else newmod.flops() * positions
         rep.output_error_after = err

@@ -34,7 +34,7 @@ class LayerReport:
         structure: sparsity structure of S.
         slices: ALDS channel slices of L (1: plain low rank).
         params_before, params_after: stored values of the layer (bias included).
-        index_bytes: bytes of index storage of S after compression.
+        index_bytes: bytes of index storage of S after compression, as saved (packed).
         flops_before, flops_after: MACs per sample of the layer.
         output_error_before: error of the original layer (0 by definition).
         output_error_after: ||act(y) - act(y')|| / ||act(y)|| with y the original
@@ -109,7 +109,7 @@ class CompressionReport:
             (every parameter, not only the compressed layers).
         flops_before, flops_after: MACs per sample of all Linear / Conv2d / pair
             modules of the model (input shape from the calibration data).
-        index_bytes: index storage of all sparse parts after compression.
+        index_bytes: index storage of all sparse parts after compression, as saved (packed).
         method, structure: as passed to compress.
         target: the Budget as a dict ({"params": ..., "flops": ...}) or None.
         allocation: allocation method ("alds", "enc", "uniform") or None when the

@@ -122,3 +122,30 @@ def test_source_says_whether_the_model_was_trained_or_loaded(cache: Path) -> Non
     assert "from cache" in again.source
     for a, b in zip(first.model.parameters(), again.model.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("structure", ["unstructured", "row"])
+def test_compress_quantize_with_fine_tuning(structure: str, tmp_path: Path, cache: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from lowrank_sparse import data, io
+
+    base = ["compress", "mlp", "--dataset", "digits", "--params", "0.5", "--calib", "256", "--structure", structure]
+    plain, quant = tmp_path / "plain.safetensors", tmp_path / "aq.safetensors"
+    rc, _, err = run(base + ["-o", str(plain), "--json"], capsys)
+    assert rc == 0, err
+    rc, text, err = run(base + ["--fine-tune", "1", "--quantize", "aq:M=2,K=16,d=4", "-o", str(quant), "--json"], capsys)
+    assert rc == 0, err
+    res = json.loads(text)
+    assert res["file_bytes"] == quant.stat().st_size
+    # factors and sparse values become 2 x 4-bit codes per 4 values (2 bits instead of 32);
+    # the dense first/last layers stay float
+    fp, fq = io.file_report(plain), io.file_report(quant)
+    assert fq["aq_codes"] > 0 and fq["total"] < fp["total"]
+    assert fp["float_values"] - fq["float_values"] >= 10 * fq["aq_codes"]
+    x, y = data.digits("test")
+    with torch.no_grad():
+        acc = float((io.load(quant)(x).argmax(1) == y).float().mean())
+    # the reported accuracy is the saved file's (codebooks stored in float16: allow one image)
+    assert res["accuracy_quantized"] == pytest.approx(acc, abs=1.5 / len(y))
+    assert acc > 0.7

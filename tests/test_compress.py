@@ -207,7 +207,7 @@ def test_cnn_compresses_and_counts_match_the_modules(cnn, digits):
         assert r.params_after == mod.num_params()
         assert r.flops_before == dense_flops(old, hw)
         assert r.flops_after == mod.flops(hw)
-        assert r.index_bytes == mod.num_index_bytes()
+        assert r.index_bytes == mod.num_index_bytes(packed=True)
     assert rep.layer("conv2").activation.startswith("relu") and "bn2" in rep.layer("conv2").activation
     assert rep.params_before == model_params(cnn) and rep.params_after == model_params(new)
     assert rep.flops_before == model_flops(cnn, (64,)) and rep.flops_after == model_flops(new, (64,))
@@ -357,3 +357,18 @@ def test_public_names_survive_submodule_imports():
         "assert callable(l.decompose) and l.decompose.__name__ == 'decompose', l.decompose\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_reported_index_bytes_are_what_the_file_stores(cnn, digits, tmp_path):
+    from lowrank_sparse import io
+
+    Xtr = digits[0]
+    new, rep = compress(cnn, Xtr[:100], rank=0.25, density=0.1, keep_first_last=False, progress=False, **FAST)
+    path = tmp_path / "cnn.safetensors"
+    io.save(new, path)
+    stored = io.file_report(path)["indices"]
+    assert rep.index_bytes == sum(r.index_bytes for r in rep.layers) > 0
+    assert rep.index_bytes == stored
+    # packed indices are smaller than one int32 per kept value
+    nnz = sum(int(m.sparse.nnz) for m in new.modules() if getattr(m, "sparse", None) is not None)
+    assert stored < 4 * nnz

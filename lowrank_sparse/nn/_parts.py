@@ -48,6 +48,7 @@ class PairBase(nn.Module):
         n = sum(int(p.numel()) for p in (self.U, self.V, self.bias) if p is not None)
         return n + (0 if self.sparse is None else int(self.sparse.nnz))
 
-    def num_index_bytes(self) -> int:
-        """Bytes of index storage of the sparse part."""
-        return 0 if self.sparse is None else int(self.sparse.num_index_bytes())
+    def num_index_bytes(self, packed: bool = False) -> int:
+        """Bytes of index storage of the sparse part: in memory (int32 indices) by
+        default, or as :func:`lowrank_sparse.save` stores them (``packed=True``)."""
+        return 0 if self.sparse is None else int(self.sparse.num_index_bytes(packed=packed))
