@@ -9,6 +9,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "blas.hpp"
 #include "parallel.hpp"
@@ -246,6 +247,81 @@ inline void p4_row(index_t n, T rr, T ii, const T* __restrict lamr, const T* __r
   }
 }
 
+// Fast paths of the two passes for the usual case, unstructured hard top-k on a row
+// segment without a partially kept tie: S decoded inline (s = t if |t| > tv, or >= tv
+// when every tie of the segment is kept), in the same loop as the updates (the
+// general path decodes into a scratch row first).  Same expressions, same results.
+// (As a bit mask, t or +0: a select whose result feeds arithmetic is not if-converted
+// by GCC under the default -ftrapping-math, which would leave the loop scalar.)
+template <class T, bool Ge>
+inline T topk_keep(T t, T tv) {
+  using U = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  const T a = std::fabs(t);
+  const bool keep = Ge ? a >= tv : a > tv;
+  U b;
+  std::memcpy(&b, &t, sizeof(T));
+  b &= U(0) - static_cast<U>(keep);
+  T s;
+  std::memcpy(&s, &b, sizeof(T));
+  return s;
+}
+
+// P3 on a segment (w,): Lam = cc (T - S), W = (W0 + rr (M - Lam)) ii, lamr <- Lam,
+// t <- T' = W + Lam - L' (lt: the L' tile row; HasL false: no L).  With Band, counts
+// |T'| > hi into above and lo <= |T'| <= hi into inband.
+template <class T, bool Ge, bool HasL, bool Band>
+inline void p3_seg_topk(index_t w, T tv, T cc, T rr, T ii, const T* __restrict w0,
+                        const T* __restrict mr, const T* __restrict lt, T* __restrict t,
+                        T* __restrict lamr, T lo, T hi, index_t& above, index_t& inband) {
+  int ab = 0, in = 0;
+  for (index_t j = 0; j < w; ++j) {
+    const T tj = t[j];
+    const T lam = cc * (tj - topk_keep<T, Ge>(tj, tv));
+    const T wv = (w0[j] + rr * (mr[j] - lam)) * ii;
+    lamr[j] = lam;
+    T tn;
+    if constexpr (HasL)
+      tn = (wv + lam) - lt[j];
+    else
+      tn = wv + lam;
+    t[j] = tn;
+    if constexpr (Band) {
+      const T a = std::fabs(tn);
+      ab += a > hi;
+      in += (a >= lo) & (a <= hi);
+    }
+  }
+  above = ab;
+  inband = in;
+}
+
+// P4 on a row (n,) (see p4_row), S' decoded inline; with Spec also ab <- the next
+// L-step input (ab holds Lam on entry): Lam2 = cs (T' - S'), W2 = (W0 + rs (M' - Lam2)) is,
+// A = W2 + Lam2 - S' (P0's expressions).
+template <class T, bool Ge, bool First, bool Spec>
+inline void p4_row_topk(index_t n, T tv, T rr, T ii, T cs, T rs, T is, T* __restrict ab,
+                        const T* __restrict w0, const T* __restrict t, T* __restrict mr,
+                        T* __restrict ev, T* __restrict dm, T* __restrict eo) {
+  for (index_t j = 0; j < n; ++j) {
+    const T tj = t[j];
+    const T s = topk_keep<T, Ge>(tj, tv);
+    const T lam = ab[j];
+    const T mo = mr[j];
+    const T bv = First ? w0[j] : ((w0[j] + rr * (mo - lam)) * ii) + lam;
+    const T lp = tj - s;
+    const T mnew = bv - lp;
+    ev[j] = lp - lam;
+    dm[j] = mnew - mo;
+    eo[j] = w0[j] - mnew;
+    mr[j] = mnew;
+    if constexpr (Spec) {
+      const T lam2 = cs * (tj - s);
+      const T w2 = (w0[j] + rs * (mnew - lam2)) * is;
+      ab[j] = (w2 + lam2) - s;
+    }
+  }
+}
+
 // S of one ADMM iteration as a function of its S-step input T (the state the fused
 // weight mode keeps instead of S, Lam, W): S = P(T) with the selection fixed once per
 // iteration (top-k cut, per-group factors, soft threshold), decoded row by row.
@@ -324,6 +400,17 @@ struct SDecode {
       std::nth_element(ties.begin(), ties.begin() + (quota - 1), ties.end());
       cut.cutoff = ties[static_cast<size_t>(quota - 1)];
     }
+  }
+
+  // Which fast path decodes S[i, j0 : j0 + len]: -1 none (use seg), 0 keep |t| > tval,
+  // 1 keep |t| >= tval (unstructured hard top-k without a partially kept tie there).
+  int topk_mode(index_t i, index_t j0, index_t len) const {
+    if (zero || relaxed || st.kind != StructureKind::Unstructured || cut.keep_none || cut.keep_all)
+      return -1;
+    const index_t last = cut.cutoff - i * n - j0;
+    if (last < 0) return 0;
+    if (last >= len - 1) return 1;
+    return -1;
   }
 
   // s (n,) = row i of S from row i of the input, t (n,).
@@ -585,12 +672,17 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
       std::uint32_t* boff = band_on ? band_off.data() + cap0 : nullptr;
       const T lo = band_lo, hi = band_hi;
       // Counts T'[i, j0 : j0 + w] (t) against the band and collects its members.
-      auto band_scan = [&](index_t i, index_t j0, index_t w, const T* t) {
-        index_t ab = 0, in = 0;
-        for (index_t j = 0; j < w; ++j) {
-          const T a = std::fabs(t[j]);
-          ab += a > hi;
-          in += (a >= lo) & (a <= hi);
+      // counted: ab / in already known (the fast path counts while it writes t).
+      auto band_scan = [&](index_t i, index_t j0, index_t w, const T* t, bool counted,
+                           index_t ab, index_t in) {
+        if (!counted) {
+          ab = 0;
+          in = 0;
+          for (index_t j = 0; j < w; ++j) {
+            const T a = std::fabs(t[j]);
+            ab += a > hi;
+            in += (a >= lo) & (a <= hi);
+          }
         }
         bc.above += ab;
         if (in == 0) return;
@@ -640,6 +732,25 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
                 for (index_t j = 0; j < w; ++j) t[j] = w0[j] - lt[j];
               else
                 std::copy(w0, w0 + w, t);
+            } else if (const int md = dold.topk_mode(i, j0, w); md >= 0) {
+              const T* mr = Mb.data() + o;
+              const T tv = dold.tval;
+              index_t ab = 0, in = 0;
+              auto run = [&](auto ge, auto has_l, auto band) {
+                p3_seg_topk<T, decltype(ge)::value, decltype(has_l)::value, decltype(band)::value>(
+                    w, tv, c, rh, rinv, w0, mr, lt, t, lamr, lo, hi, ab, in);
+              };
+              using F = std::false_type;
+              using Tr = std::true_type;
+              if (md == 0) {
+                if (lt) band_on ? run(F{}, Tr{}, Tr{}) : run(F{}, Tr{}, F{});
+                else band_on ? run(F{}, F{}, Tr{}) : run(F{}, F{}, F{});
+              } else {
+                if (lt) band_on ? run(Tr{}, Tr{}, Tr{}) : run(Tr{}, Tr{}, F{});
+                else band_on ? run(Tr{}, F{}, Tr{}) : run(Tr{}, F{}, F{});
+              }
+              if (band_on) band_scan(i, j0, w, t, true, ab, in);
+              continue;
             } else {
               dold.seg(i, j0, w, t, sr);
               const T* mr = Mb.data() + o;
@@ -660,7 +771,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
                 }
               }
             }
-            if (band_on) band_scan(i, j0, w, t);
+            if (band_on) band_scan(i, j0, w, t, false, 0, 0);
           }
         }
       }
@@ -714,8 +825,6 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
       for (index_t i = b; i < e; ++i) {
         const index_t o = i * n;
         const T* t = Tb.data() + o;
-        dnew.row(i, t, sr);
-        const T* lamr = Ab.data() + o;
         T* mr = Mb.data() + o;
         const T* w0 = W0 + o;
         const T rr = rh, ii = rinv;
@@ -724,6 +833,29 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
         T* ev = sr + n;
         T* dm = sr + 2 * n;
         T* eo = sr + 3 * n;
+        if (const int md = dnew.topk_mode(i, 0, n); md >= 0) {
+          T* abr = Ab.data() + o;
+          const T tv = dnew.tval;
+          auto run = [&](auto ge, auto fs, auto sp) {
+            p4_row_topk<T, decltype(ge)::value, decltype(fs)::value, decltype(sp)::value>(
+                n, tv, rr, ii, cs, rs, is, abr, w0, t, mr, ev, dm, eo);
+          };
+          using F = std::false_type;
+          using Tr = std::true_type;
+          if (md == 0) {
+            if (fst) spec ? run(F{}, Tr{}, Tr{}) : run(F{}, Tr{}, F{});
+            else spec ? run(F{}, F{}, Tr{}) : run(F{}, F{}, F{});
+          } else {
+            if (fst) spec ? run(Tr{}, Tr{}, Tr{}) : run(Tr{}, Tr{}, F{});
+            else spec ? run(Tr{}, F{}, Tr{}) : run(Tr{}, F{}, F{});
+          }
+          a0 += sumsq(ev, n);
+          a1 += sumsq(dm, n);
+          a2 += sumsq(eo, n);
+          continue;
+        }
+        dnew.row(i, t, sr);
+        const T* lamr = Ab.data() + o;
         if (fst)
           p4_row<T, true>(n, rr, ii, lamr, w0, t, sr, mr, ev, dm, eo);
         else
