@@ -176,17 +176,23 @@ bool gram_factor(T* G, int p) {
   return lo > hi * T(4) * std::sqrt(std::numeric_limits<T>::epsilon());
 }
 
+// Returns true when the last step X <- X R2^{-1} was left to the caller (defer_last and
+// the Cholesky path taken): X then holds Q1 with Q = Q1 R2^{-1}, R2 in ws.G2 (upper).
 template <class T>
-void panel_qr(T* X, int rows, int p, T* R, SvdWorkspace<T>& ws) {
+bool panel_qr(T* X, int rows, int p, T* R, SvdWorkspace<T>& ws, bool defer_last = false) {
   const index_t pp = index_t{p} * p;
-  if (!ws.cholqr) return panel_householder(X, rows, p, R, ws);
+  if (!ws.cholqr) {
+    panel_householder(X, rows, p, R, ws);
+    return false;
+  }
   ensure(ws.G1, pp);
   ensure(ws.G2, pp);
   T* R1 = ws.G1.data();
   panel_gram(X, rows, p, R1, ws);
   if (!gram_factor(R1, p)) {  // X untouched so far
     ++ws.qr_fallbacks;
-    return panel_householder(X, rows, p, R, ws);
+    panel_householder(X, rows, p, R, ws);
+    return false;
   }
   panel_trsm(X, rows, p, R1, ws);
   T* R2 = ws.G2.data();
@@ -209,9 +215,10 @@ void panel_qr(T* X, int rows, int p, T* R, SvdWorkspace<T>& ws) {
     const T one = 1, zero = 0;
     blas::routines<T>().gemm(&nn, &nn, &rows, &p, &p, &one, ws.spare.data(), &rows, R1, &p, &zero,
                              X, &rows);
-    return panel_householder(X, rows, p, R, ws);
+    panel_householder(X, rows, p, R, ws);
+    return false;
   }
-  panel_trsm(X, rows, p, R2, ws);
+  if (!defer_last) panel_trsm(X, rows, p, R2, ws);
   if (R) {  // R = R2 R1 (both upper), column-major
     for (index_t j = 0; j < p; ++j)
       for (index_t i = 0; i < p; ++i) {
@@ -220,6 +227,7 @@ void panel_qr(T* X, int rows, int p, T* R, SvdWorkspace<T>& ws) {
         R[j * p + i] = i <= j ? acc : T(0);
       }
   }
+  return defer_last;
 }
 
 // Runs the iterations on the right subspace kept as rows, Vt (p, n): in, the start;
@@ -250,11 +258,16 @@ void iterate_rows(const T* A, index_t m, index_t n, index_t p, int power_iters, 
     t1 = now();
     ws.t_products += t1 - t0;
     // B^T (n x p, column-major) = Qb R
-    panel_qr<T>(B, in, ip, R, ws);
+    const bool deferred = panel_qr<T>(B, in, ip, R, ws, true);
     // R = Ur s Vr^T: small_w <- Ur (column-major), small_u <- Vr^T (column-major) = Ub
     L.gesdd(&jobz, &ip, &ip, R, &ip, ws.small_s.data(), ws.small_w.data(), &ip,
             ws.small_u.data(), &ip, ws.work.data(), &lwork, ws.iwork.data(), &info);
     lapack_check("gesdd", info);
+    if (deferred) {  // Qb = Q1 R2^{-1}: Ur <- R2^{-1} Ur (p x p), then Vb^T = Ur^T Q1^T
+      const char side = 'L', uplo = 'U', tr = 'N', diag = 'N';
+      const T one = 1;
+      L.trsm(&side, &uplo, &tr, &diag, &ip, &ip, &one, ws.G2.data(), &ip, ws.small_w.data(), &ip);
+    }
     // Vb^T (p, n) = Ur^T (p, p) Qb^T (p, n)
     gemm_rm_split<T>(gt, false, false, ip, in, ip, T(1), ws.small_w.data(), ip, B, in, T(0), Vt,
                      in);
