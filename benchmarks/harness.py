@@ -200,6 +200,10 @@ class Run:
     converged: bool
     rel_error: float
     partial: bool = False  # stopped at an iteration cap lower than the case's (naive only)
+    # native only: seconds per iteration of each phase of the solver (info.extra["timing"]
+    # divided by the iteration count) and its counters (band_hits, speculation_hits,
+    # qr_fallbacks)
+    phases: Optional[dict[str, float]] = None
 
     @property
     def per_iter(self) -> float:
@@ -266,8 +270,16 @@ def run_once(case: Case, W: np.ndarray, backend: str, *, tol: float,
     info = res.info
     err = rel_error(W, res.U, res.V, res.S)
     cap = case.max_iter if max_iter is None else max_iter
+    phases = None
+    extra = getattr(info, "extra", None) or {}
+    if backend == "native" and "timing" in extra:
+        it = max(1, int(info.iterations))
+        phases = {k: float(v) / it for k, v in extra["timing"].items()}
+        for k in ("band_hits", "speculation_hits", "qr_fallbacks"):
+            if k in extra:
+                phases[k] = float(extra[k])
     return Run(backend, dt, int(info.iterations), bool(info.converged), err,
-               partial=cap < case.max_iter)
+               partial=cap < case.max_iter, phases=phases)
 
 
 def warmup(backends: list[str]) -> None:
@@ -423,6 +435,9 @@ def summarize(runs: list[Run], ref_iters: Optional[int] = None) -> dict[str, Any
     if last.partial and ref_iters is not None:
         d["seconds_est"] = per * ref_iters
         d["iterations_est"] = ref_iters
+    ph = [r.phases for r in runs if r.phases]
+    if ph:  # per-phase medians over the repeats
+        d["phases"] = {k: statistics.median(p[k] for p in ph) for k in ph[0]}
     return d
 
 

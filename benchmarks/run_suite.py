@@ -265,6 +265,32 @@ def markdown(results: list[CaseResult], meta: dict[str, Any], targets: list[dict
     lines += ["", "## Targets", "", "| target | case | value | met | note |", "|---|---|---:|:-:|---|"]
     for t in targets:
         lines.append(f"| {t['target']} | {t['case']} | {t['value']} | {'yes' if t['met'] else '**no**'} | {t['note']} |")
+    phased = [(r, r.runs["native"]["phases"]) for r in results
+              if "phases" in r.runs.get("native", {})]
+    if phased:
+        lines += ["", "## Native solver: time per iteration by phase (ms)", "",
+                  "Wall time per iteration of each phase (csrc/admm.cpp timers, `info.extra[\"timing\"]`; "
+                  "medians over the repeats).  `products`: the two GEMMs with A of the truncated SVD; "
+                  "`QR Y`: CholeskyQR2 of the (m, p) panel; `SVD B`: QR of B^T, SVD of the p x p factor, "
+                  "Vb and U; `P3`: L' tiles + S-step input (+ top-k band counts), of which `L GEMM` "
+                  "the tile GEMMs' thread-seconds / threads; `select`: the S-step selection; `P0+P4`: the "
+                  "L-step input pass (when not formed by P4) and the residual pass; `other`: the rest.  "
+                  "`floor`: the sgemm floor per iteration.  Counters (whole solve): band = top-k cuts found "
+                  "in P3's band, spec = iterations whose L-step input P4 had formed, fb = QR fallbacks.",
+                  "",
+                  "| layer | shape | total | floor | products | QR Y | SVD B | P3 | L GEMM | select | P0+P4 | other | band / spec / fb |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r, ph in phased:
+            thr = max(1, int(meta["threads"]["core"]))
+            named = ["svd_products", "svd_qr", "svd_small", "lform", "project", "elementwise"]
+            other = ph.get("total", 0.0) - sum(ph.get(k, 0.0) for k in named)
+            ms = lambda x: f"{1e3 * x:.2f}"  # noqa: E731
+            cnt = " / ".join(f"{int(ph.get(k, 0))}" for k in ("band_hits", "speculation_hits", "qr_fallbacks"))
+            lines.append(
+                f"| {r.case['name']} | {r.case['shape']} | {ms(ph.get('total', 0))} | {ms(r.floor['seconds'])} | "
+                f"{ms(ph.get('svd_products', 0))} | {ms(ph.get('svd_qr', 0))} | {ms(ph.get('svd_small', 0))} | "
+                f"{ms(ph.get('lform', 0))} | {ms(ph.get('lform_gemm_thread', 0) / thr)} | {ms(ph.get('project', 0))} | "
+                f"{ms(ph.get('elementwise', 0))} | {ms(other)} | {cnt} |")
     notes = [f"- {r.case['label']}: {n}" for r in results for n in r.notes]
     if notes:
         lines += ["", "## Flags", ""] + notes
