@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
 
+    load0 = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     t = time.perf_counter()
     layers, tp, tf = vgg16_layers()
     print(f"VGG-16 ImageNet shapes: {tp:,} params, {tf:,} MACs; weights built in {time.perf_counter() - t:.1f} s "
@@ -108,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         f"`python benchmarks/bench_allocate.py --repeats {args.repeats}`; Budget(params={args.params}), first/last "
         f"layer dense; synthetic weights (benchmarks/shapes.py); {len(layers)} layers, {tp:,} params.",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-        f"{torch.__version__} ({torch.get_num_threads()} threads); load average at the end "
-        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (shared machine: absolute seconds are noisy).",
+        f"{torch.__version__} ({torch.get_num_threads()} threads); load average (1/5/15 min) at the start "
+        f"{load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f}, at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} "
+        f"(shared machine: absolute seconds are noisy).",
         "",
         "Seconds, medians over the repeats. cold: fresh CurveCache; warm: same call with the cache; "
         "curves/search: the cold call's split.",
