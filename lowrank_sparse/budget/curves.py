@@ -643,7 +643,7 @@ def _ls_configs(layer: LayerSpec, st: Structure, shares: Sequence[float], cache:
             return np.where(tot_r > 0.0, c / np.where(tot_r > 0.0, tot_r, 1.0), 1.0)
     j = np.arange(1, rmax + 1, dtype=np.int64)
     # position of every rank between the grid ranks (log scale); beyond the last grid
-    # rank (sketched layers) the last kept fraction is held
+    # rank (large layers: top LS_VECTOR_RANK vectors only) the last kept fraction is held
     lr = np.log(rg.astype(np.float64))
     pos = np.interp(np.log(j), lr, np.arange(len(rg), dtype=np.float64))
     lo = np.floor(pos).astype(np.int64)
