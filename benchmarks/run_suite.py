@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -106,6 +107,22 @@ def run_case(case: Case, backends: list[str], args: argparse.Namespace, log: Any
     for b in fast:
         res.runs[b] = summarize(runs[b])
 
+    # The floor ratio from interleaved pairs (floor, native solve): on a shared machine the
+    # GEMM speed drifts with the load, so each native time is divided by a floor timed
+    # right before it and the median ratio is reported (the floor above, timed once at
+    # the start of the case, is kept for the table).
+    if "native" in runs and args.floor_pairs > 0 and case.m * case.n >= 100_000:
+        pairs = []
+        for _ in range(args.floor_pairs):
+            f = harness.gemm_floor(case, p, q, repeats=5)["seconds"]
+            rn = harness.run_once(case, W, "native", tol=args.tol)
+            pairs.append({"floor_seconds": f, "native_per_iter": rn.per_iter, "ratio": rn.per_iter / f})
+            log(f"  pair: floor {f * 1e3:8.2f} ms  native {rn.per_iter * 1e3:8.2f} ms/iter  "
+                f"ratio {rn.per_iter / f:.2f}")
+            harness.clear()
+        res.floor["pairs"] = pairs
+        res.floor["paired_ratio"] = statistics.median(pp["ratio"] for pp in pairs)
+
     if "torch_fullsvd" in backends:
         res.runs.update(run_naive(case, W, args, repeats, ref_iters, log))
 
@@ -192,8 +209,15 @@ def evaluate_targets(results: list[CaseResult]) -> list[dict[str, Any]]:
         if c["m"] * c["n"] < 100_000:
             continue  # tiny (--quick) shapes: fixed overheads dominate, no target applies
         mult = nat["per_iter"] / r.floor["seconds"]
+        note = ""
+        if "paired_ratio" in r.floor:
+            ratios = [pp["ratio"] for pp in r.floor["pairs"]]
+            note = (f"median of {len(ratios)} interleaved (floor, native) pairs, ratios "
+                    f"{min(ratios):.2f}-{max(ratios):.2f}; against the floor timed once at the case's "
+                    f"start: {mult:.2f}x")
+            mult = r.floor["paired_ratio"]
         out.append({"target": f"native s/iter <= {TARGET_FLOOR_MULT:g}x GEMM floor", "case": label,
-                    "value": f"{mult:.2f}x", "met": mult <= TARGET_FLOOR_MULT, "note": ""})
+                    "value": f"{mult:.2f}x", "met": mult <= TARGET_FLOOR_MULT, "note": note})
         mem = r.memory.get("native")
         if mem is not None:
             mm = mem["extra_bytes"] / mem["weight_bytes"]
@@ -352,6 +376,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--memory-backends", nargs="*", default=["native", "torch"])
     ap.add_argument("--memory-iters", type=int, default=4, help="iterations of each memory probe")
     ap.add_argument("--name", default="decompose_cpu", help="output file stem")
+    ap.add_argument("--floor-pairs", type=int, default=3,
+                    help="interleaved (GEMM floor, native solve) pairs per case for the floor ratio "
+                         "(0: ratio against the floor timed once at the case's start)")
     args = ap.parse_args(argv)
 
     t_start = time.perf_counter()
