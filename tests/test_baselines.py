@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lowrank_sparse.solve.baselines import rank_only, refit_support, sparse_only
+from lowrank_sparse.solve.baselines import REFIT_RIDGE, rank_only, refit_support, sparse_only
 
 
 def test_rank_only_identity_gram_is_truncated_svd(rng: np.random.Generator) -> None:
@@ -43,6 +43,16 @@ def test_sparse_only_no_data_is_magnitude_topk(rng: np.random.Generator) -> None
     assert d.U.shape == (10, 0) and d.params == 30
 
 
+def ridge_refit(X: np.ndarray, w: np.ndarray, J: np.ndarray, rel: float = REFIT_RIDGE) -> np.ndarray:
+    """Oracle: argmin_s ||X^T (w - s)||^2 / N + lam ||s - w_J||^2 over s supported on J,
+    lam = rel * mean(diag(X X^T / N)), by an augmented numpy least-squares problem."""
+    N = X.shape[1]
+    lam = rel * float(np.mean(np.sum(X * X, axis=1) / N))
+    A = np.vstack([X[J].T / np.sqrt(N), np.sqrt(lam) * np.eye(len(J))])
+    b = np.concatenate([X.T @ w / np.sqrt(N), np.sqrt(lam) * w[J]])
+    return np.linalg.lstsq(A, b, rcond=None)[0]
+
+
 def test_sparse_only_refit_is_row_least_squares(rng: np.random.Generator) -> None:
     n = 16
     X = rng.normal(size=(n, 200)) * np.linspace(2, 0.2, n)[:, None]
@@ -50,8 +60,25 @@ def test_sparse_only_refit_is_row_least_squares(rng: np.random.Generator) -> Non
     d = sparse_only(W, 0.3, X=X)
     for i in range(6):
         J = np.flatnonzero(d.S[i])
+        np.testing.assert_allclose(d.S[i, J], ridge_refit(X, W[i], J), rtol=1e-6, atol=1e-8)
+        # the ridge is small: the plain least-squares solution is within 1e-3
         sol, *_ = np.linalg.lstsq(X[J].T, X.T @ W[i], rcond=None)  # min ||X^T (w - s)||
-        np.testing.assert_allclose(d.S[i, J], sol, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(d.S[i, J], sol, rtol=1e-3, atol=1e-3)
+
+
+def test_refit_stays_bounded_with_fewer_samples_than_kept_entries(rng: np.random.Generator) -> None:
+    # 64 inputs, 24 samples of rank-24 data, ~45 kept per row: plain least squares on the
+    # kept columns is underdetermined and float32 rounding in the Gram's null space used
+    # to blow the values up (|S| ~ 20x |W| on AlexNet's first classifier layer)
+    n, N = 64, 24
+    X = rng.normal(size=(n, N)).astype(np.float32)
+    W = rng.normal(size=(8, n)).astype(np.float32) * 0.05
+    d = sparse_only(W, 0.7, X=X)
+    assert np.abs(d.S).max() <= 2 * np.abs(W).max()
+    for i in range(8):
+        J = np.flatnonzero(d.S[i])
+        np.testing.assert_allclose(d.S[i, J], ridge_refit(X.astype(np.float64), W[i].astype(np.float64), J),
+                                   rtol=2e-3, atol=2e-3 * np.abs(W).max())
 
 
 @pytest.mark.parametrize("structure", ["column", "row"])
@@ -69,5 +96,5 @@ def test_refit_support_group_structures(structure: str, rng: np.random.Generator
     for i in range(5):
         J = mask[i].numpy()
         if J.any():
-            sol, *_ = np.linalg.lstsq(X.numpy()[J].T, X.numpy().T @ R[i].numpy(), rcond=None)
+            sol = ridge_refit(X.numpy(), R[i].numpy(), np.flatnonzero(J))
             np.testing.assert_allclose(S[i, mask[i]].numpy(), sol, rtol=1e-6, atol=1e-8)

@@ -27,13 +27,21 @@ from ..ops import torch_ops
 from .result import Decomposition, SolveInfo
 
 
-def refit_support(R: torch.Tensor, mask: torch.Tensor, G: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Least-squares values on a fixed support.
+#: Ridge of the least-squares refit, relative to the mean diagonal of G (see refit_support).
+REFIT_RIDGE = 1e-4
+
+
+def refit_support(R: torch.Tensor, mask: torch.Tensor, G: Optional[torch.Tensor] = None,
+                  ridge: Optional[float] = None) -> torch.Tensor:
+    """Least-squares values on a fixed support, with a small ridge toward R.
 
     Returns S (m, n), zero off ``mask``, minimising, row by row,
-    (R_i - S_i) G (R_i - S_i)^T (||R_i - S_i||^2 when G is None).  With J the kept
-    columns of a row: S_J = R_J + G_JJ^{-1} G_{J,J^c} R_{J^c} (a ridge of 1e-8 times
-    the mean diagonal keeps G_JJ invertible).
+    (R_i - S_i) G (R_i - S_i)^T + lam ||S_iJ - R_iJ||^2 (||R_i - S_i||^2 when G is
+    None).  With J the kept columns of a row: S_J = R_J + (G_JJ + lam I)^{-1} G_{J,J^c}
+    R_{J^c}, lam = ``ridge`` (default :data:`REFIT_RIDGE` = 1e-4) times the mean diagonal
+    of G.  The ridge shrinks toward plain masking (S_J = R_J); it matters when the
+    calibration data has fewer samples than a row keeps entries (G_JJ singular), where
+    an unregularised refit fits rounding noise and returned values 20x the weights.
 
     Args:
         R: (m, n) target (W0 minus the low-rank part).
@@ -44,7 +52,7 @@ def refit_support(R: torch.Tensor, mask: torch.Tensor, G: Optional[torch.Tensor]
     if G is None:
         return torch.where(mask, R, zero)
     m, n = R.shape
-    ridge = 1e-8 * float(torch.diagonal(G).mean().clamp(min=1e-30))
+    ridge = (REFIT_RIDGE if ridge is None else float(ridge)) * float(torch.diagonal(G).mean().clamp(min=1e-30))
     S = torch.zeros_like(R)
 
     def solve_rows(rows: torch.Tensor, J: torch.Tensor) -> None:
