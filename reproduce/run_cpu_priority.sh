@@ -20,3 +20,18 @@ $S --models alexnet,googlenet --budgets p20 --methods lowrank_sparse,rank_only,s
 # (5) additive quantization on VGG-16: AQ alone, L+S then AQ (L+S alone is a row of step 1)
 $S --models vgg16 --budgets p20 --methods aq,lowrank_sparse+aq --allocations alds
 python reproduce/tables.py
+
+# ---- session 2 (commands as run; steps (4) and (3)'s remaining rows, then the rest of the grid) ----
+# AlexNet / GoogLeNet: all budgets with ALDS, then ENC and uniform at 20% params
+$S --models alexnet,googlenet --budgets p50,p33,p20,f25 --methods lowrank_sparse,rank_only,sparse_only --allocations alds
+$S --models alexnet,googlenet --budgets p20 --methods lowrank_sparse,rank_only,sparse_only --allocations enc,uniform
+# MobileNetV2, split protocol, 50% and 80% params
+$S --models mobilenet_v2 --budgets p80,p50 --methods lowrank_sparse,rank_only,sparse_only --allocations alds --mnv2-protocols split
+# storage: AQ alone at 1 / 2 / 4 bits, L+S with unstructured / channel / row S then AQ at 2-4 bits
+$S --models vgg16 --methods aq --aq M=1,K=256,d=8
+$S --models vgg16 --methods aq --aq M=2,K=256,d=4
+for st in unstructured channel row; do
+  $S --models vgg16 --budgets p50,p33,p20 --methods lowrank_sparse+aq --allocations alds --structures $st --aq M=2,K=256,d=4
+done
+$S --models vgg16 --budgets p20,p33,p50 --methods lowrank_sparse+aq --allocations alds --structures unstructured --aq M=3,K=256,d=8
+python reproduce/tables.py
