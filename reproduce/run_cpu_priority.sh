@@ -21,7 +21,8 @@ $S --models alexnet,googlenet --budgets p20 --methods lowrank_sparse,rank_only,s
 $S --models vgg16 --budgets p20 --methods aq,lowrank_sparse+aq --allocations alds
 python reproduce/tables.py
 
-# ---- session 2 (commands as run; steps (4) and (3)'s remaining rows, then the rest of the grid) ----
+# ---- session 2: commands that regenerate its rows (the exact command of every row is in its
+# `command` field in docs/results/results.jsonl) ----
 # AlexNet / GoogLeNet: all budgets with ALDS, then ENC and uniform at 20% params
 $S --models alexnet,googlenet --budgets p50,p33,p20,f25 --methods lowrank_sparse,rank_only,sparse_only --allocations alds
 $S --models alexnet,googlenet --budgets p20 --methods lowrank_sparse,rank_only,sparse_only --allocations enc,uniform
