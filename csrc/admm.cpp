@@ -269,6 +269,15 @@ inline T topk_keep(T t, T tv) {
 // P3 on a segment (w,): Lam = cc (T - S), W = (W0 + rr (M - Lam)) ii, lamr <- Lam,
 // t <- T' = W + Lam - L' (lt: the L' tile row; HasL false: no L).  With Band, counts
 // |T'| > hi into above and lo <= |T'| <= hi into inband.
+// Calls f(A{}, B{}, C{}) with A, B, C = std::bool_constant of the three run-time flags a, b,
+// c: one call site instantiates the 8 specialisations of a row kernel.
+template <class F>
+inline void with_flags(bool a, bool b, bool c, F&& f) {
+  auto last = [&](auto x, auto y) { c ? f(x, y, std::true_type{}) : f(x, y, std::false_type{}); };
+  auto mid = [&](auto x) { b ? last(x, std::true_type{}) : last(x, std::false_type{}); };
+  a ? mid(std::true_type{}) : mid(std::false_type{});
+}
+
 template <class T, bool Ge, bool HasL, bool Band>
 inline void p3_seg_topk(index_t w, T tv, T cc, T rr, T ii, const T* __restrict w0,
                         const T* __restrict mr, const T* __restrict lt, T* __restrict t,
@@ -740,15 +749,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
                 p3_seg_topk<T, decltype(ge)::value, decltype(has_l)::value, decltype(band)::value>(
                     w, tv, c, rh, rinv, w0, mr, lt, t, lamr, lo, hi, ab, in);
               };
-              using F = std::false_type;
-              using Tr = std::true_type;
-              if (md == 0) {
-                if (lt) band_on ? run(F{}, Tr{}, Tr{}) : run(F{}, Tr{}, F{});
-                else band_on ? run(F{}, F{}, Tr{}) : run(F{}, F{}, F{});
-              } else {
-                if (lt) band_on ? run(Tr{}, Tr{}, Tr{}) : run(Tr{}, Tr{}, F{});
-                else band_on ? run(Tr{}, F{}, Tr{}) : run(Tr{}, F{}, F{});
-              }
+              with_flags(md != 0, lt != nullptr, band_on, run);
               if (band_on) band_scan(i, j0, w, t, true, ab, in);
               continue;
             } else {
@@ -840,15 +841,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
             p4_row_topk<T, decltype(ge)::value, decltype(fs)::value, decltype(sp)::value>(
                 n, tv, rr, ii, cs, rs, is, abr, w0, t, mr, ev, dm, eo);
           };
-          using F = std::false_type;
-          using Tr = std::true_type;
-          if (md == 0) {
-            if (fst) spec ? run(F{}, Tr{}, Tr{}) : run(F{}, Tr{}, F{});
-            else spec ? run(F{}, F{}, Tr{}) : run(F{}, F{}, F{});
-          } else {
-            if (fst) spec ? run(Tr{}, Tr{}, Tr{}) : run(Tr{}, Tr{}, F{});
-            else spec ? run(Tr{}, F{}, Tr{}) : run(Tr{}, F{}, F{});
-          }
+          with_flags(md != 0, fst, spec, run);
           a0 += sumsq(ev, n);
           a1 += sumsq(dm, n);
           a2 += sumsq(eo, n);
