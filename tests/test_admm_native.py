@@ -57,14 +57,18 @@ def test_native_matches_torch(case: str, dtype: torch.dtype) -> None:
     assert a.U.shape == c.U.shape and c.S.dtype == dtype
 
 
+# Keyword arguments of a valid raw _core.admm_solve_f64 call on a (4, 6) weight.
+RAW_ARGS = dict(mode=0, gram=None, X=None, bias=None, activation=0, negative_slope=0.01, rank=0,
+                slices=1, p=0, kind=0, block=1, nm_n=2, nm_m=4, k=3, sparse=True, relaxed=False,
+                lam_nuclear=0.0, lam_sparse=0.0, max_iter=5, tol=1e-4, rho0=1.0, mu=10.0,
+                tau=2.0, rho_growth=1.0, power_iters=1, newton_steps=4, V0=None)
+
+
 def test_native_errors_are_python_exceptions() -> None:
     from lowrank_sparse import _core
 
     W = np.ones((4, 6))
-    args = dict(mode=0, gram=None, X=None, bias=None, activation=0, negative_slope=0.01, rank=0,
-                slices=1, p=0, kind=0, block=1, nm_n=2, nm_m=4, k=3, sparse=True, relaxed=False,
-                lam_nuclear=0.0, lam_sparse=0.0, max_iter=5, tol=1e-4, rho0=1.0, mu=10.0,
-                tau=2.0, rho_growth=1.0, power_iters=1, newton_steps=4, V0=None)
+    args = dict(RAW_ARGS)
     _core.admm_solve_f64(W, **args)  # valid
     with pytest.raises(TypeError):
         _core.admm_solve_f64(W.astype(np.float32), **args)
@@ -126,10 +130,7 @@ def test_native_rejects_bad_gemm_threads() -> None:
     from lowrank_sparse import _core
 
     W = np.ones((4, 6))
-    args = dict(mode=0, gram=None, X=None, bias=None, activation=0, negative_slope=0.01, rank=0,
-                slices=1, p=0, kind=0, block=1, nm_n=2, nm_m=4, k=3, sparse=True, relaxed=False,
-                lam_nuclear=0.0, lam_sparse=0.0, max_iter=5, tol=1e-4, rho0=1.0, mu=10.0,
-                tau=2.0, rho_growth=1.0, power_iters=1, newton_steps=4, V0=None)
+    args = dict(RAW_ARGS)
     with pytest.raises(ValueError, match="iteration settings"):
         _core.admm_solve_f64(W, **{**args, "gemm_threads": 0})
 
