@@ -22,7 +22,8 @@ import numpy as np
 
 from ..structure import Structure, parse_structure
 from .alds import alds_search
-from .curves import CurveCache, ErrorFn, LayerCurves, activation_error_scale, build_curves, config_error
+from .curves import (CurveCache, ErrorFn, LayerCurves, _config_error, activation_error_scale, build_curves,
+                     config_error)
 from .enc import enc_search, network_metric
 from .spec import (Allocation, Budget, LayerAllocation, LayerSpec, layer_flops, layer_params, lowrank_params,
                    sparse_nnz)
@@ -266,7 +267,7 @@ def _best_split(l: LayerSpec, size: int, st: Structure, shares: Sequence[float],
             r, d = size // (m + n), 0.0
             if r < 1:
                 continue
-            err = config_error(l, r, 0.0, 1, st, cache)  # exact rank-only error, scaled
+            err = _config_error(l, r, 0.0, 1, st, cache, None)  # exact rank-only error, scaled
         else:
             if st.kind == "nm":
                 nnz, d = mn * st.n // st.m, st.n / st.m
