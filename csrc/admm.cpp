@@ -578,6 +578,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
   SvdWorkspace<T> ws;
   ws.gemm_threads = gt;
   ws.cholqr = pb.cholqr;
+  ws.gram_svd = pb.gram_svd;
   std::vector<index_t> q(static_cast<size_t>(g), r);
   if (r > 0) {
     Vs = buf(g * p * nsl);
@@ -913,6 +914,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
   tm.svd_qr = ws.t_qr;
   tm.svd_small = ws.t_small;
   out.qr_fallbacks = ws.qr_fallbacks;
+  out.gram_fallbacks = ws.gram_fallbacks;
   tm.total = now() - t_start;
   index_t rt = r;
   if (pb.relaxed && r > 0) rt = *std::max_element(q.begin(), q.end());
@@ -1060,6 +1062,7 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
   SvdWorkspace<T> ws;
   ws.gemm_threads = gt;
   ws.cholqr = pb.cholqr;
+  ws.gram_svd = pb.gram_svd;
   std::vector<index_t> q(static_cast<size_t>(g), r);
   if (r > 0) {
     Vs.assign(pb.V0, pb.V0 + g * nsl * p);
@@ -1330,6 +1333,7 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
   tm.svd_qr = ws.t_qr;
   tm.svd_small = ws.t_small;
   out.qr_fallbacks = ws.qr_fallbacks;
+  out.gram_fallbacks = ws.gram_fallbacks;
   tm.total = now() - t_start;
   // ---- factors ----
   index_t rt = r;

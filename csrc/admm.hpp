@@ -58,6 +58,9 @@ struct AdmmProblem {
   // QR of the truncated SVD's tall panels: CholeskyQR2 with a Householder fallback
   // (true) or always Householder (false; svd.hpp, SvdWorkspace::cholqr).
   bool cholqr = true;
+  // B's SVD inside the truncated SVD from its Gram when well conditioned (svd.hpp,
+  // SvdWorkspace::gram_svd); false: always the QR of B^T + gesdd (for comparisons).
+  bool gram_svd = true;
   // Weight mode, fused loop: the residual pass (P4) also writes the next L-step input,
   // assuming the balanced penalty update (factor rho_growth); the separate pass that
   // forms it (P0) then runs only in iterations where the penalty changed otherwise.
@@ -93,6 +96,7 @@ struct AdmmResult {
   double rho_final = 0, rho_z_final = 0, gscale = 1;
   AdmmTiming timing;
   int qr_fallbacks = 0;  // SVD panels whose Cholesky QR fell back to Householder
+  int gram_fallbacks = 0;  // iterations whose B was too ill-conditioned for the Gram path
   int band_hits = 0;  // fused loop: top-k cuts found in P3's band (topk_select skipped)
   int speculation_hits = 0;  // fused loop: iterations whose P0 was done by the previous P4
 };

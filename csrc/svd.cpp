@@ -72,6 +72,13 @@ void prepare(SvdWorkspace<T>& ws, index_t m, index_t n, index_t p) {
           ws.small_u.data(), &ip, &w, &query, ws.iwork.data(), &info);
   lapack_check("gesdd (workspace query)", info);
   need = std::max(need, static_cast<double>(w));
+  // syevd of the (p, p) Gram (Gram path of B's SVD)
+  const char jv = 'V', up = 'U';
+  int iw = 0;
+  L.syevd(&jv, &up, &ip, ws.R.data(), &ip, ws.small_s.data(), &w, &query, &iw, &query, &info);
+  lapack_check("syevd (workspace query)", info);
+  need = std::max(need, static_cast<double>(w));
+  if (static_cast<index_t>(ws.iwork.size()) < iw) ws.iwork.resize(static_cast<size_t>(iw));
   // Single-precision work sizes can round down: leave some slack.
   ws.work.resize(static_cast<size_t>(need * 1.01) + 64);
   ws.qm = m;
@@ -230,6 +237,56 @@ bool panel_qr(T* X, int rows, int p, T* R, SvdWorkspace<T>& ws, bool defer_last 
   return defer_last;
 }
 
+// SVD of B (p, n, row-major) from its Gram (SvdWorkspace::gram_svd): G = B B^T
+// (upper, by panel_gram on B^T), G = E diag(w) E^T (syevd, ascending), Ub = E with the
+// columns reversed, C = Ub^T B (p, n) into Vt, s_i = ||C_i||, Vt_i = C_i / s_i; pairs
+// out of order by a rounding (near-equal values) are swapped back.  Afterwards
+// ws.small_u = Ub (p, p) row-major and ws.small_s = s, descending.  Returns false when
+// s_min < 16 sqrt(eps) s_max (or s_max = 0, or syevd fails): the trailing rows are then
+// not resolved by the Gram, and the caller takes the QR path (B is only read here).
+template <class T>
+bool small_svd_gram(const T* B, int n, int p, T* Vt, SvdWorkspace<T>& ws) {
+  const auto& L = blas::routines<T>();
+  const index_t pp = index_t{p} * p;
+  ensure(ws.G1, pp);
+  T* G = ws.G1.data();
+  panel_gram(B, n, p, G, ws);
+  const char jv = 'V', up = 'U';
+  const int lwork = static_cast<int>(ws.work.size()), liwork = static_cast<int>(ws.iwork.size());
+  int info = 0;
+  T* w = ws.small_s.data();
+  L.syevd(&jv, &up, &p, G, &p, w, ws.work.data(), &lwork, ws.iwork.data(), &liwork, &info);
+  if (info != 0) return false;
+  T* Ub = ws.small_u.data();  // Ub[i][k] = E[i, p - 1 - k]
+  for (index_t k = 0; k < p; ++k)
+    for (index_t i = 0; i < p; ++i) Ub[i * p + k] = G[(p - 1 - k) * p + i];
+  gemm_rm_split<T>(ws.gemm_threads, true, false, p, n, p, T(1), Ub, p, B, n, T(0), Vt, n);
+  T* s = ws.small_s.data();
+  T smax = 0, smin = std::numeric_limits<T>::infinity();
+  for (index_t k = 0; k < p; ++k) {
+    const T* c = Vt + k * n;
+    double acc = 0;
+    for (index_t j = 0; j < n; ++j) acc += static_cast<double>(c[j]) * c[j];
+    s[k] = static_cast<T>(std::sqrt(acc));
+    smax = std::max(smax, s[k]);
+    smin = std::min(smin, s[k]);
+  }
+  if (!(smax > 0) || !(smin >= smax * T(16) * std::sqrt(std::numeric_limits<T>::epsilon())))
+    return false;
+  for (index_t k = 1; k < p; ++k)  // insertion sort, descending (rarely moves anything)
+    for (index_t j = k; j > 0 && s[j] > s[j - 1]; --j) {
+      std::swap(s[j], s[j - 1]);
+      std::swap_ranges(Vt + j * n, Vt + (j + 1) * n, Vt + (j - 1) * n);
+      for (index_t i = 0; i < p; ++i) std::swap(Ub[i * p + j], Ub[i * p + j - 1]);
+    }
+  for (index_t k = 0; k < p; ++k) {
+    T* c = Vt + k * n;
+    const T f = T(1) / s[k];
+    for (index_t j = 0; j < n; ++j) c[j] *= f;
+  }
+  return true;
+}
+
 // Runs the iterations on the right subspace kept as rows, Vt (p, n): in, the start;
 // out, Vb^T.  Afterwards ws.Y = Q^T (p, m), ws.small_u = Ub (p, p), ws.small_s = s (p,).
 template <class T>
@@ -257,6 +314,13 @@ void iterate_rows(const T* A, index_t m, index_t n, index_t p, int power_iters, 
     gemm_rm_split<T>(gt, false, false, ip, in, im, T(1), Y, im, A, in, T(0), B, in);
     t1 = now();
     ws.t_products += t1 - t0;
+    if (ws.gram_svd) {
+      if (small_svd_gram<T>(B, in, ip, Vt, ws)) {
+        ws.t_small += now() - t1;
+        continue;
+      }
+      ++ws.gram_fallbacks;
+    }
     // B^T (n x p, column-major) = Qb R
     const bool deferred = panel_qr<T>(B, in, ip, R, ws, true);
     // R = Ur s Vr^T: small_w <- Ur (column-major), small_u <- Vr^T (column-major) = Ub

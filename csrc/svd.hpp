@@ -37,10 +37,17 @@ struct SvdWorkspace {
   // diagonal of R spans more than 1 / sqrt(8 eps)); false: always Householder.
   bool cholqr = true;
   int qr_fallbacks = 0;  // how many panels fell back to Householder (accumulated)
+  // SVD of the wide B (p, n) from its Gram B B^T (syrk + syevd of a (p, p) matrix + one
+  // (p, p, n) GEMM) instead of the QR of B^T + gesdd: about half the work on the (n, p)
+  // panel.  Used when B's singular values span less than 1 / (16 sqrt(eps)) (the Gram
+  // then resolves every direction); otherwise that iteration takes the QR path
+  // (counted in gram_fallbacks).  Off by default; the ADMM turns it on.
+  bool gram_svd = false;
+  int gram_fallbacks = 0;
   // Seconds spent, accumulated over calls (for profiling; reset by the caller):
   double t_products = 0;  // Y = A V and B = Q^T A
   double t_qr = 0;        // QR of Y (geqrf + orgqr)
-  double t_small = 0;     // SVD of B: QR of B^T, gesdd of R, Vb = Qb Ur; U = Q Ub
+  double t_small = 0;     // SVD of B (QR of B^T + gesdd of R, or its Gram); U = Q Ub
 };
 
 // Rank-r truncated SVD of A (m, n), row-major.
@@ -55,8 +62,11 @@ struct SvdWorkspace {
 // V <- Vb.  Result U = Q Ub[:, :r].  The SVD of the wide B (p, n) is taken through
 // the QR of B^T = Qb R (geqrf + orgqr, O(n p^2)), gesdd of the small R = Ur s Vr^T,
 // and Vb = Qb Ur (one (n, p, p) GEMM), Ub = Vr: backward stable like gesdd of B and
-// several times cheaper (gesdd's bidiagonalisation of a wide matrix is level-2 bound).  Throws std::invalid_argument on bad sizes and
-// std::runtime_error when a LAPACK routine reports failure (info != 0).
+// several times cheaper (gesdd's bidiagonalisation of a wide matrix is level-2 bound).
+// With ws.gram_svd, from the Gram instead: B B^T = Ub s^2 Ub^T (syevd), C = Ub^T B,
+// s = row norms of C, Vb^T = diag(1/s) C (see SvdWorkspace::gram_svd).  Throws
+// std::invalid_argument on bad sizes and std::runtime_error when a LAPACK routine
+// reports failure (info != 0).
 template <class T>
 void truncated_svd(const T* A, index_t m, index_t n, index_t r, index_t p, int power_iters, T* V,
                    T* U, T* sv, T* Vt, SvdWorkspace<T>& ws);

@@ -261,8 +261,11 @@ def test_topk_band_selection_matches_the_full_selection(dtype: torch.dtype) -> N
     W = _fused_problem(dtype, m=160, n=1500)
     pr = prepare(W, 10, 0.05, max_iter=25, tol=1e-12)
     V0 = initial_subspace(pr.spec, pr.W.dtype, pr.W.device)
-    c = solve_native(pr.W, pr.spec, V0, threads=2)
-    o = solve_native(pr.W, pr.spec, V0, threads=2, weight_fused=False)
+    # B's SVD by the QR path in both loops: its float32 rounding is the smaller one, so
+    # the two loops' iterates stay close enough to compare supports (the Gram path has
+    # its own test below)
+    c = solve_native(pr.W, pr.spec, V0, threads=2, gram_svd=False)
+    o = solve_native(pr.W, pr.spec, V0, threads=2, weight_fused=False, gram_svd=False)
     assert c.extra["band_hits"] >= 10 and o.extra["band_hits"] == 0
     assert int((c.S != 0).sum()) == pr.spec.k
     if dtype == torch.float64:
@@ -320,6 +323,37 @@ def test_cholesky_qr_and_householder_give_the_same_iterates() -> None:
     np.testing.assert_allclose(c.primal, h.primal, rtol=1e-7, atol=1e-13)
 
 
+def test_gram_svd_and_qr_path_give_the_same_iterates() -> None:
+    """B's SVD from its Gram (default) or from the QR of B^T + gesdd: the same ADMM
+    iterates to rounding (float64), with no fallback on a full-rank weight."""
+    W = _fused_problem(torch.float64)
+    pr = prepare(W, 12, 0.05, max_iter=10, tol=1e-12)
+    V0 = initial_subspace(pr.spec, pr.W.dtype, pr.W.device)
+    g = solve_native(pr.W, pr.spec, V0, threads=2, gram_svd=True)
+    q = solve_native(pr.W, pr.spec, V0, threads=2, gram_svd=False)
+    assert g.extra["gram_fallbacks"] == 0 and q.extra["gram_fallbacks"] == 0
+    Mg, Mq = g.U @ g.V + g.S, q.U @ q.V + q.S
+    assert float((Mg - Mq).norm() / Mq.norm()) < 1e-9
+    np.testing.assert_allclose(g.primal, q.primal, rtol=1e-7, atol=1e-13)
+
+
+@pytest.mark.parametrize("weight_fused", [True, False], ids=["fused", "general"])
+def test_gram_svd_reaches_the_qr_paths_error_in_float32(weight_fused: bool) -> None:
+    """float32, 25 iterations: the Gram path rounds more in near-tied singular directions,
+    so the trajectories drift apart, but the final error ||W - L - S|| / ||W|| (computed
+    here in float64) is the QR path's to 1e-4 and S keeps exactly k entries."""
+    W = _fused_problem(torch.float32, m=160, n=1500)
+    pr = prepare(W, 10, 0.05, max_iter=25, tol=1e-12)
+    V0 = initial_subspace(pr.spec, pr.W.dtype, pr.W.device)
+    Wd = W.double()
+    err = {}
+    for gs in (True, False):
+        x = solve_native(pr.W, pr.spec, V0, threads=2, gram_svd=gs, weight_fused=weight_fused)
+        assert int((x.S != 0).sum()) == pr.spec.k and x.extra["gram_fallbacks"] == 0
+        err[gs] = float((Wd - (x.U.double() @ x.V.double() + x.S.double())).norm() / Wd.norm())
+    assert abs(err[True] - err[False]) <= 1e-4 * err[False]
+
+
 def test_cholesky_qr_fallback_on_a_rank_deficient_weight() -> None:
     """W of rank 2 plus 1e-10 noise, fitted with rank 5: the SVD's panels A V have
     condition ~1e10, beyond CholeskyQR2 in float64; the Householder fallback takes over
@@ -332,6 +366,7 @@ def test_cholesky_qr_fallback_on_a_rank_deficient_weight() -> None:
     c = solve_native(pr.W, pr.spec, V0, threads=2)
     a = solve_torch(pr.W, pr.spec, V0)
     assert c.extra["qr_fallbacks"] >= 1
+    assert c.extra["gram_fallbacks"] >= 1  # B's singular values span ~1e10: QR path
     assert a.iterations == c.iterations
     Ma, Mc = a.U @ a.V + a.S, c.U @ c.V + c.S
     assert float((Ma - Mc).norm() / Ma.norm()) < 1e-9

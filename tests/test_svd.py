@@ -229,6 +229,52 @@ def test_cholesky_qr_falls_back_on_rank_deficient_panels(rng, dtype, tol):
     np.testing.assert_allclose((U * s) @ Vt, A, atol=100 * tol * exact[0])
 
 
+# ---- SVD of the (p, n) panel B from its Gram (gram_svd) vs the QR of B^T + gesdd ----
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+@pytest.mark.parametrize("shape", [pytest.param((300, 1200), id="wide"), pytest.param((1100, 260), id="tall")])
+def test_gram_svd_matches_qr_path_and_full_svd(rng, dtype, tol, shape):
+    """B's SVD taken from B B^T (syevd) gives the singular values, the rank-r product and
+    the refined subspace of the QR path, close to torch.linalg.svd's; U, Vt, V orthonormal."""
+    m, n = shape
+    A, _ = ref.decaying_matrix(rng, m, n, decay=0.9, dtype=dtype)
+    r, p = 16, 24
+    V0 = _start(rng, n, p, dtype)
+    from lowrank_sparse import _core
+
+    Ug, sg, Vtg, Vg = _core.truncated_svd(A, r, V0, 4, gram_svd=True)
+    Uq, sq, Vtq, Vq = _core.truncated_svd(A, r, V0, 4, gram_svd=False)
+    scale = float(sq[0])
+    np.testing.assert_allclose(sg, sq, rtol=20 * tol, atol=tol * scale)
+    assert np.all(np.diff(sg) <= 0)  # descending
+    np.testing.assert_allclose((Ug * sg) @ Vtg, (Uq * sq) @ Vtq, atol=50 * tol * scale)
+    np.testing.assert_allclose(Vg @ Vg.T, Vq @ Vq.T, atol=50 * tol)  # same subspace
+    for Q in (Ug, Vtg.T, Vg):
+        np.testing.assert_allclose(Q.T @ Q, np.eye(Q.shape[1]), atol=50 * tol)
+    st = torch.linalg.svd(torch.from_numpy(A.astype(np.float64)), full_matrices=False)[1]
+    np.testing.assert_allclose(sg, st[:r].numpy(), rtol=2e-3, atol=tol * scale)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+@pytest.mark.parametrize("k", [pytest.param(3, id="rank3"), pytest.param(12, id="rank12")])
+def test_gram_svd_falls_back_when_b_is_rank_deficient(rng, dtype, tol, k):
+    """A of exact rank k < p: B's trailing singular values are zero, so 1 / s would blow
+    up; the Gram path must hand the iteration to the QR path, whose result is exact."""
+    m, n, r, p = 90, 140, 6, 16
+    A = (rng.standard_normal((m, k)) @ rng.standard_normal((k, n))).astype(dtype)
+    V0 = _start(rng, n, p, dtype)
+    from lowrank_sparse import _core
+
+    U, s, Vt, V = _core.truncated_svd(A, r, V0, 2, gram_svd=True)
+    exact = np.linalg.svd(A.astype(np.float64), compute_uv=False)
+    kk = min(k, r)
+    np.testing.assert_allclose(s[:kk], exact[:kk], rtol=50 * tol)
+    assert np.all(np.isfinite(V))
+    np.testing.assert_allclose(V.T @ V, np.eye(p), atol=50 * tol)
+    np.testing.assert_allclose(U.T @ U, np.eye(r), atol=50 * tol)
+    if k <= r:
+        np.testing.assert_allclose((U * s) @ Vt, A, atol=100 * tol * exact[0])
+
+
 def test_cholesky_qr_flag_is_checked(rng):
     from lowrank_sparse import _core
 

@@ -49,7 +49,7 @@ lrs::SvdWorkspace<T>& workspace() {
 // Shared driver: rank r (1 <= r <= p, checked by common_checks); is_svt selects svt.
 template <class T>
 py::tuple run_svd(const py::array& Aa, const py::array& Va, index_t r, int power_iters,
-                  bool is_svt, double tau, bool cholesky_qr) {
+                  bool is_svt, double tau, bool cholesky_qr, bool gram_svd) {
   const index_t m = Aa.shape(0), n = Aa.shape(1), p = Va.shape(1);
   const index_t rr = r;
   py::array_t<T> U({m, rr}), s(rr), Vt({rr, n});
@@ -68,6 +68,7 @@ py::tuple run_svd(const py::array& Aa, const py::array& Va, index_t r, int power
     if (!all_finite(Vp, n * p)) throw std::invalid_argument("V contains NaN or Inf");
     auto& ws = workspace<T>();
     ws.cholqr = cholesky_qr;
+    ws.gram_svd = gram_svd;
     if (is_svt)
       k = lrs::svt<T>(A, m, n, rr, p, power_iters, static_cast<T>(tau), Vp, Up, sp, Vtp, ws);
     else
@@ -98,19 +99,21 @@ void bind_svd(py::module_& m) {
   m.def(
       "truncated_svd",
       [](const py::object& A, index_t rank, const py::object& V, int power_iters,
-         bool cholesky_qr) {
+         bool cholesky_qr, bool gram_svd) {
         py::array Aa = checked(A, "A"), Va = checked(V, "V");
         common_checks(Aa, Va, rank, power_iters);
         if (Aa.dtype().is(py::dtype::of<float>()))
-          return run_svd<float>(Aa, Va, rank, power_iters, false, 0, cholesky_qr);
-        return run_svd<double>(Aa, Va, rank, power_iters, false, 0, cholesky_qr);
+          return run_svd<float>(Aa, Va, rank, power_iters, false, 0, cholesky_qr, gram_svd);
+        return run_svd<double>(Aa, Va, rank, power_iters, false, 0, cholesky_qr, gram_svd);
       },
       py::arg("A"), py::arg("rank"), py::arg("V"), py::arg("power_iters") = 1,
-      py::arg("cholesky_qr") = true,
+      py::arg("cholesky_qr") = true, py::arg("gram_svd") = false,
       "Rank-`rank` SVD of A (m, n) by subspace iteration from V (n, p).  Returns "
       "(U (m, rank), s (rank,), Vt (rank, n), V_new (n, p)); V is not modified.  "
       "cholesky_qr: QR of the (m, p) and (n, p) panels by CholeskyQR2 (Householder "
-      "fallback when ill-conditioned); False: always Householder (geqrf + orgqr).");
+      "fallback when ill-conditioned); False: always Householder (geqrf + orgqr).  gram_svd: the SVD "
+      "of the (p, n) panel B = Q^T A from its Gram B B^T (syevd) when B's singular values span "
+      "less than 1 / (16 sqrt(eps)); otherwise (and by default) through the QR of B^T and gesdd.");
   m.def(
       "svt",
       [](const py::object& A, double tau, const py::object& V, int power_iters,
@@ -126,8 +129,8 @@ void bind_svd(py::module_& m) {
         }
         common_checks(Aa, Va, r, power_iters);
         if (Aa.dtype().is(py::dtype::of<float>()))
-          return run_svd<float>(Aa, Va, r, power_iters, true, tau, true);
-        return run_svd<double>(Aa, Va, r, power_iters, true, tau, true);
+          return run_svd<float>(Aa, Va, r, power_iters, true, tau, true, false);
+        return run_svd<double>(Aa, Va, r, power_iters, true, tau, true, false);
       },
       py::arg("A"), py::arg("tau"), py::arg("V"), py::arg("power_iters") = 1,
       py::arg("rank") = py::none(),

@@ -49,6 +49,7 @@ def solve_native(
     weight_fused: bool = True,
     cholesky_qr: bool = True,
     speculate_input: bool = True,
+    gram_svd: bool = True,
 ) -> RawSolve:
     """Run the ADMM of ``spec`` in C++; same arguments and result as
     :func:`lowrank_sparse.solve.torch_backend.solve_torch` (CPU tensors only).
@@ -69,6 +70,11 @@ def solve_native(
             ``rho_growth``), so the pass that forms it runs only after the other
             updates (count of saved passes: ``extra["speculation_hits"]``).  Same
             iterates either way; False is kept for comparisons.
+        gram_svd: the SVD of the truncated SVD's (p, n) panel B = Q^T A from its Gram
+            B B^T (syrk + syevd + one (p, p, n) GEMM; about half the work of the QR
+            path) whenever B's singular values span less than 1 / (16 sqrt(eps));
+            iterations with a worse-conditioned B take the QR path and are counted in
+            ``extra["gram_fallbacks"]``.  False: always the QR of B^T and gesdd.
 
     ``extra["timing"]`` holds the seconds spent per phase (svd_products, svd_qr,
     svd_small, svd, lform, project, elementwise, wstep, total), summed over iterations;
@@ -122,6 +128,7 @@ def solve_native(
                 bool(weight_fused),
                 bool(cholesky_qr),
                 bool(speculate_input),
+                bool(gram_svd),
             )
     finally:
         _core.set_num_threads(old)
@@ -132,6 +139,7 @@ def solve_native(
         "threads": nthreads,
         "timing": dict(out["timing"]),
         "qr_fallbacks": int(out["qr_fallbacks"]),
+        "gram_fallbacks": int(out["gram_fallbacks"]),
         "speculation_hits": int(out["speculation_hits"]),
         "band_hits": int(out["band_hits"]),
     }
