@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -16,7 +17,33 @@
 #include "prox.hpp"
 #include "svd.hpp"
 
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define LRS_X86_DISPATCH 1
+#else
+#define LRS_X86_DISPATCH 0
+#endif
+
 namespace lrs {
+
+namespace {
+std::atomic<bool>& simd_slot() {
+  static std::atomic<bool> on{simd_available()};
+  return on;
+}
+}  // namespace
+
+bool simd_available() {
+#if LRS_X86_DISPATCH
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+bool simd_enabled() { return simd_slot().load(std::memory_order_relaxed); }
+
+void set_simd_enabled(bool on) { simd_slot().store(on && simd_available(), std::memory_order_relaxed); }
 
 namespace {
 
@@ -213,123 +240,43 @@ void write_factors(AdmmResult<T>& out, index_t m, index_t n, index_t g, index_t 
   }
 }
 
-// sum_j x_j^2 in double, in 8 independent lanes (vectorisable without reassociating
-// one accumulator; fixed order, so deterministic).   x: (n,)
-template <class T>
-double sumsq(const T* x, index_t n) {
-  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  index_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int l = 0; l < 8; ++l) lane[l] += static_cast<double>(x[j + l]) * x[j + l];
-  double s = 0;
-  for (; j < n; ++j) s += static_cast<double>(x[j]) * x[j];
-  for (int l = 0; l < 8; ++l) s += lane[l];
-  return s;
-}
-
-// One row of the fused loop's P4 (admm_weight_fused): from Lam (lamr), W0, T' (t) and
-// S' (s), with B = W0 (first iteration) or W + Lam, W = (W0 + rr (M - Lam)) ii:
-// Lam' = T' - S', M' = B - Lam'; ev = Lam' - Lam (= W - M'), dm = M' - M, eo = W0 - M';
-// mr: M in, M' out.  All (n,), non-overlapping (restrict: vectorised).
-template <class T, bool First>
-inline void p4_row(index_t n, T rr, T ii, const T* __restrict lamr, const T* __restrict w0,
-                   const T* __restrict t, const T* __restrict s, T* __restrict mr,
-                   T* __restrict ev, T* __restrict dm, T* __restrict eo) {
-  for (index_t j = 0; j < n; ++j) {
-    const T lam = lamr[j];
-    const T bv = First ? w0[j] : ((w0[j] + rr * (mr[j] - lam)) * ii) + lam;
-    const T lp = t[j] - s[j];
-    const T mnew = bv - lp;
-    ev[j] = lp - lam;
-    dm[j] = mnew - mr[j];
-    eo[j] = w0[j] - mnew;
-    mr[j] = mnew;
-  }
-}
-
-// Fast paths of the two passes for the usual case, unstructured hard top-k on a row
-// segment without a partially kept tie: S decoded inline (s = t if |t| > tv, or >= tv
-// when every tie of the segment is kept), in the same loop as the updates (the
-// general path decodes into a scratch row first).  Same expressions, same results.
-// (As a bit mask, t or +0: a select whose result feeds arithmetic is not if-converted
-// by GCC under the default -ftrapping-math, which would leave the loop scalar.)
-template <class T, bool Ge>
-inline T topk_keep(T t, T tv) {
-  using U = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
-  const T a = std::fabs(t);
-  const bool keep = Ge ? a >= tv : a > tv;
-  U b;
-  std::memcpy(&b, &t, sizeof(T));
-  b &= U(0) - static_cast<U>(keep);
-  T s;
-  std::memcpy(&s, &b, sizeof(T));
-  return s;
-}
-
-// P3 on a segment (w,): Lam = cc (T - S), W = (W0 + rr (M - Lam)) ii, lamr <- Lam,
-// t <- T' = W + Lam - L' (lt: the L' tile row; HasL false: no L).  With Band, counts
-// |T'| > hi into above and lo <= |T'| <= hi into inband.
-// Calls f(A{}, B{}, C{}) with A, B, C = std::bool_constant of the three run-time flags a, b,
-// c: one call site instantiates the 8 specialisations of a row kernel.
+// Calls f(A{}, B{}, ...) with A, B, ... = std::bool_constant of the run-time flags a, b,
+// ...: one call site instantiates the 2^k specialisations of a row kernel.
 template <class F>
-inline void with_flags(bool a, bool b, bool c, F&& f) {
-  auto last = [&](auto x, auto y) { c ? f(x, y, std::true_type{}) : f(x, y, std::false_type{}); };
-  auto mid = [&](auto x) { b ? last(x, std::true_type{}) : last(x, std::false_type{}); };
-  a ? mid(std::true_type{}) : mid(std::false_type{});
+inline void with_flags(F&& f) {
+  f();
+}
+template <class F, class... Bs>
+inline void with_flags(F&& f, bool a, Bs... bs) {
+  auto bind = [&](auto tag) { with_flags([&](auto... rest) { f(tag, rest...); }, bs...); };
+  a ? bind(std::true_type{}) : bind(std::false_type{});
 }
 
-template <class T, bool Ge, bool HasL, bool Band>
-inline void p3_seg_topk(index_t w, T tv, T cc, T rr, T ii, const T* __restrict w0,
-                        const T* __restrict mr, const T* __restrict lt, T* __restrict t,
-                        T* __restrict lamr, T lo, T hi, index_t& above, index_t& inband) {
-  int ab = 0, in = 0;
-  for (index_t j = 0; j < w; ++j) {
-    const T tj = t[j];
-    const T lam = cc * (tj - topk_keep<T, Ge>(tj, tv));
-    const T wv = (w0[j] + rr * (mr[j] - lam)) * ii;
-    lamr[j] = lam;
-    T tn;
-    if constexpr (HasL)
-      tn = (wv + lam) - lt[j];
-    else
-      tn = wv + lam;
-    t[j] = tn;
-    if constexpr (Band) {
-      const T a = std::fabs(tn);
-      ab += a > hi;
-      in += (a >= lo) & (a <= hi);
-    }
-  }
-  above = ab;
-  inband = in;
-}
-
-// P4 on a row (n,) (see p4_row), S' decoded inline; with Spec also ab <- the next
-// L-step input (ab holds Lam on entry): Lam2 = cs (T' - S'), W2 = (W0 + rs (M' - Lam2)) is,
-// A = W2 + Lam2 - S' (P0's expressions).
-template <class T, bool Ge, bool First, bool Spec>
-inline void p4_row_topk(index_t n, T tv, T rr, T ii, T cs, T rs, T is, T* __restrict ab,
-                        const T* __restrict w0, const T* __restrict t, T* __restrict mr,
-                        T* __restrict ev, T* __restrict dm, T* __restrict eo) {
-  for (index_t j = 0; j < n; ++j) {
-    const T tj = t[j];
-    const T s = topk_keep<T, Ge>(tj, tv);
-    const T lam = ab[j];
-    const T mo = mr[j];
-    const T bv = First ? w0[j] : ((w0[j] + rr * (mo - lam)) * ii) + lam;
-    const T lp = tj - s;
-    const T mnew = bv - lp;
-    ev[j] = lp - lam;
-    dm[j] = mnew - mo;
-    eo[j] = w0[j] - mnew;
-    mr[j] = mnew;
-    if constexpr (Spec) {
-      const T lam2 = cs * (tj - s);
-      const T w2 = (w0[j] + rs * (mnew - lam2)) * is;
-      ab[j] = (w2 + lam2) - s;
-    }
-  }
-}
+// The row kernels (sumsq, p4_row, topk_keep, p3_seg_topk, p4_row_topk), compiled twice:
+// for the baseline ISA (kbase) and, on x86-64 with GCC or Clang, for AVX2 + FMA (kavx2,
+// chosen at run time when the CPU has both; see simd_avx2()).  -ffp-contract=off keeps
+// the two bitwise identical (no fused multiply-adds the baseline would not form).
+#define LRS_KERNEL_NS kbase
+#include "admm_kernels.inc"
+#undef LRS_KERNEL_NS
+#if LRS_X86_DISPATCH
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+#define LRS_KERNEL_NS kavx2
+#include "admm_kernels.inc"
+#undef LRS_KERNEL_NS
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#else
+namespace kavx2 = kbase;
+#endif
 
 // S of one ADMM iteration as a function of its S-step input T (the state the fused
 // weight mode keeps instead of S, Lam, W): S = P(T) with the selection fixed once per
@@ -488,21 +435,25 @@ struct SDecode {
 //   next Lam = Lam' / f,  next W = (W0 + rh (M' - Lam)) / (1 + rh).
 // So S and Lam are functions of T and the iteration's selection (SDecode), and the
 // arrays kept are  Tb = T (the last S-step input),  Mb = M (= L + S)  and  Ab (the
-// L-step input A while the SVD runs, then the dual Lam of the iteration, which the
-// residual pass needs after Tb is overwritten).  W0 is read, never copied.  Per
-// iteration:
+// L-step input A while the SVD runs, then the new S-step input T').  W0 is read, never
+// copied.  Per iteration:
 //   P0  Ab <- A = B - S                   (reads W0, Mb, Tb; skipped when rank = 0)
 //   truncated SVD of Ab (two GEMMs with A)
 //   P3  per row block: L' tile = (U s) Vt into a cache-sized tile (one small GEMM),
-//       Tb <- T' = B - L',  Ab <- Lam     (reads W0, Mb, Tb)
-//   selection of S' on Tb (top-k cut: histogram + candidate pass; groups: norms)
-//   P4  Mb <- M' = B - Lam';  sums of the primal and dual residuals and of the
-//       objective                          (reads W0, Mb, Ab, Tb)
+//       Ab <- T' = B - L'                  (reads W0, Mb, Tb; A is no longer needed)
+//   selection of S' on Ab (top-k cut: histogram + candidate pass; groups: norms)
+//   P4  Mb <- M' = B - Lam' (Lam decoded from Tb, S' from Ab);  sums of the primal and
+//       dual residuals and of the objective (reads W0, Mb, Tb, Ab)
+//   Tb and Ab swap (O(1)): Tb = T' for the next iteration.
 template <class T>
 void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_start, double nW) {
   const index_t m = pb.m, n = pb.n, r = pb.rank, g = pb.slices, p = pb.p;
   const index_t nsl = n / g, mn = m * n;
   const int gt = std::max(1, pb.gemm_threads);
+  const bool avx2 = simd_enabled();  // row kernels: kavx2 or kbase (bitwise the same)
+  auto row_sumsq = [avx2](const T* x, index_t len) {
+    return avx2 ? kavx2::sumsq(x, len) : kbase::sumsq(x, len);
+  };
   auto buf = [](index_t sz) { return std::vector<T>(static_cast<size_t>(sz), T(0)); };
   std::vector<T> Tb = buf(mn), Mb = buf(mn), Ab = buf(mn);
   // Row chunks of the fused passes, fixed for the solve: per-chunk scratch, and
@@ -510,8 +461,8 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
   const int nch = static_cast<int>(std::max<index_t>(1, std::min<index_t>(num_chunks(mn), m)));
   // Scratch per worker thread (at most `nwk` run at once), not per chunk.
   const int nwk = chunk_workers(get_num_threads(), nch);
-  // Per worker: a decoded S row and three residual rows, (4, n).
-  std::vector<T> rowS = buf(index_t{nwk} * 4 * n);
+  // Per worker: a decoded S row, three residual rows and the previous S row, (5, n).
+  std::vector<T> rowS = buf(index_t{nwk} * 5 * n);
   // L' tiles (rb, cb) of about 256 KiB, so that a tile stays in cache between the
   // GEMM that writes it and the pass that reads it; 64-row blocks keep BLAS's packing
   // of Vt cheap.  Column blocks only without slices (cb = n otherwise); for N:M a
@@ -610,7 +561,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
     if (r > 0) {
       // Rows [b, e) of A into Ab (chunk ch's scratch).
       auto form_a = [&](int wk, int, index_t b, index_t e) {
-        T* sr = rowS.data() + index_t{wk} * 4 * n;
+        T* sr = rowS.data() + index_t{wk} * 5 * n;
         for (index_t i = b; i < e; ++i) {
           const index_t o = i * n;
           const T* t = Tb.data() + o;
@@ -673,7 +624,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
       band_hi = static_cast<T>(dold.tval * (1.0 + band_rel));
     }
     rows([&](int wk, int ch, index_t b, index_t e) {
-      T* sr = rowS.data() + index_t{wk} * 4 * n;
+      T* sr = rowS.data() + index_t{wk} * 5 * n;
       BandCount bc;
       double tg = 0;  // seconds in the tile GEMMs (this chunk)
       const index_t cap0 = band_on ? band_cap[ch] : 0;
@@ -732,12 +683,11 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
           }
           for (index_t i = i0; i < i0 + len; ++i) {
             const index_t o = i * n + j0;
-            T* t = Tb.data() + o;
-            T* lamr = Ab.data() + o;
+            const T* to = Tb.data() + o;  // T
+            T* t = Ab.data() + o;         // T' (over A, read by the SVD already)
             const T* w0 = W0 + o;
             const T* lt = tile ? tile + (i - i0) * w : nullptr;
             if (first) {  // Lam = 0, B = W0
-              std::fill(lamr, lamr + w, T(0));
               if (lt)
                 for (index_t j = 0; j < w; ++j) t[j] = w0[j] - lt[j];
               else
@@ -746,29 +696,31 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
               const T* mr = Mb.data() + o;
               const T tv = dold.tval;
               index_t ab = 0, in = 0;
-              auto run = [&](auto ge, auto has_l, auto band) {
-                p3_seg_topk<T, decltype(ge)::value, decltype(has_l)::value, decltype(band)::value>(
-                    w, tv, c, rh, rinv, w0, mr, lt, t, lamr, lo, hi, ab, in);
+              auto run = [&](auto avx, auto ge, auto has_l, auto band) {
+                constexpr bool G = decltype(ge)::value, H = decltype(has_l)::value,
+                               Bd = decltype(band)::value;
+                if constexpr (decltype(avx)::value)
+                  kavx2::p3_seg_topk<T, G, H, Bd>(w, tv, c, rh, rinv, w0, mr, lt, to, t, lo, hi, ab, in);
+                else
+                  kbase::p3_seg_topk<T, G, H, Bd>(w, tv, c, rh, rinv, w0, mr, lt, to, t, lo, hi, ab, in);
               };
-              with_flags(md != 0, lt != nullptr, band_on, run);
+              with_flags(run, avx2, md != 0, lt != nullptr, band_on);
               if (band_on) band_scan(i, j0, w, t, true, ab, in);
               continue;
             } else {
-              dold.seg(i, j0, w, t, sr);
+              dold.seg(i, j0, w, to, sr);
               const T* mr = Mb.data() + o;
               const T cc = c, rr = rh, ii = rinv;
               if (lt) {
                 for (index_t j = 0; j < w; ++j) {
-                  const T lam = cc * (t[j] - sr[j]);
+                  const T lam = cc * (to[j] - sr[j]);
                   const T wv = (w0[j] + rr * (mr[j] - lam)) * ii;
-                  lamr[j] = lam;
                   t[j] = (wv + lam) - lt[j];
                 }
               } else {
                 for (index_t j = 0; j < w; ++j) {
-                  const T lam = cc * (t[j] - sr[j]);
+                  const T lam = cc * (to[j] - sr[j]);
                   const T wv = (w0[j] + rr * (mr[j] - lam)) * ii;
-                  lamr[j] = lam;
                   t[j] = wv + lam;
                 }
               }
@@ -808,7 +760,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
           band_rel = std::min(1.0, band_rel * 4);
         }
       }
-      if (!hit) dnew.select(Tb.data(), pb.k, static_cast<T>(pb.lam_sparse) / rho);
+      if (!hit) dnew.select(Ab.data(), pb.k, static_cast<T>(pb.lam_sparse) / rho);
       t0 = now();
       tm.project += t0 - t1;
       t1 = t0;
@@ -822,49 +774,61 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
     const T cs = static_cast<T>(1.0 / f_spec), rs = static_cast<T>(rho_rel * f_spec);
     const T is = T(1) / (T(1) + rs);
     rows([&](int wk, int ch, index_t b, index_t e) {
-      T* sr = rowS.data() + index_t{wk} * 4 * n;
+      T* sr = rowS.data() + index_t{wk} * 5 * n;
       double a0 = 0, a1 = 0, a2 = 0;
       for (index_t i = b; i < e; ++i) {
         const index_t o = i * n;
-        const T* t = Tb.data() + o;
+        T* to = Tb.data() + o;       // T: Lam = c (T - S); then the next A (Spec)
+        const T* t = Ab.data() + o;  // T'
         T* mr = Mb.data() + o;
         const T* w0 = W0 + o;
-        const T rr = rh, ii = rinv;
+        const T cc = c, rr = rh, ii = rinv;
         const bool fst = first;
         // Elementwise part (vectorisable: no reduction), into three scratch rows.
         T* ev = sr + n;
         T* dm = sr + 2 * n;
         T* eo = sr + 3 * n;
-        if (const int md = dnew.topk_mode(i, 0, n); md >= 0) {
-          T* abr = Ab.data() + o;
-          const T tv = dnew.tval;
-          auto run = [&](auto ge, auto fs, auto sp) {
-            p4_row_topk<T, decltype(ge)::value, decltype(fs)::value, decltype(sp)::value>(
-                n, tv, rr, ii, cs, rs, is, abr, w0, t, mr, ev, dm, eo);
+        T* so = sr + 4 * n;
+        const int md = dnew.topk_mode(i, 0, n);
+        const int mdo = fst ? 0 : dold.topk_mode(i, 0, n);
+        if (md >= 0 && mdo >= 0) {
+          const T tv = dnew.tval, tvo = dold.tval;
+          auto run = [&](auto avx, auto geo, auto ge, auto fs, auto sp) {
+            constexpr bool GO = decltype(geo)::value, G = decltype(ge)::value,
+                           F = decltype(fs)::value, Sp = decltype(sp)::value;
+            if constexpr (decltype(avx)::value)
+              kavx2::p4_row_topk<T, GO, G, F, Sp>(n, tvo, tv, cc, rr, ii, cs, rs, is, to, w0, t,
+                                                  mr, ev, dm, eo);
+            else
+              kbase::p4_row_topk<T, GO, G, F, Sp>(n, tvo, tv, cc, rr, ii, cs, rs, is, to, w0, t,
+                                                  mr, ev, dm, eo);
           };
-          with_flags(md != 0, fst, spec, run);
-          a0 += sumsq(ev, n);
-          a1 += sumsq(dm, n);
-          a2 += sumsq(eo, n);
+          with_flags(run, avx2, mdo != 0, md != 0, fst, spec);
+          a0 += row_sumsq(ev, n);
+          a1 += row_sumsq(dm, n);
+          a2 += row_sumsq(eo, n);
           continue;
         }
         dnew.row(i, t, sr);
-        const T* lamr = Ab.data() + o;
-        if (fst)
-          p4_row<T, true>(n, rr, ii, lamr, w0, t, sr, mr, ev, dm, eo);
-        else
-          p4_row<T, false>(n, rr, ii, lamr, w0, t, sr, mr, ev, dm, eo);
-        if (spec) {  // Ab row (read above) <- next A, as P0 computes it (bitwise)
-          T* ar = Ab.data() + o;
+        if (!fst) dold.row(i, to, so);
+        auto run = [&](auto avx, auto fs) {
+          if constexpr (decltype(avx)::value)
+            kavx2::p4_row<T, decltype(fs)::value>(n, cc, rr, ii, to, so, w0, t, sr, mr, ev, dm, eo);
+          else
+            kbase::p4_row<T, decltype(fs)::value>(n, cc, rr, ii, to, so, w0, t, sr, mr, ev, dm, eo);
+        };
+        with_flags(run, avx2, fst);
+        if (spec) {  // Tb row (read above) <- next A, as P0 computes it (bitwise)
+          T* ar = to;
           for (index_t j = 0; j < n; ++j) {
             const T lam = cs * (t[j] - sr[j]);
             const T w = (w0[j] + rs * (mr[j] - lam)) * is;
             ar[j] = (w + lam) - sr[j];
           }
         }
-        a0 += sumsq(ev, n);
-        a1 += sumsq(dm, n);
-        a2 += sumsq(eo, n);
+        a0 += row_sumsq(ev, n);
+        a1 += row_sumsq(dm, n);
+        a2 += row_sumsq(eo, n);
       }
       part[static_cast<size_t>(ch)] = {a0, a1, a2};
     });
@@ -880,6 +844,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
     out.objective.push_back(obj);
     out.rho.push_back(rho_rel);
     std::swap(dold, dnew);  // dold decodes Tb from here on
+    std::swap(Tb, Ab);      // Tb <- T'; Ab <- the next A (speculated) or free
     if (rp < pb.tol && sd < pb.tol) {
       converged = true;
       break;

@@ -113,4 +113,12 @@ template <class T>
 void zstep(const T* y, const T* c, T* u, index_t count, T rho, Activation act, T slope,
            int newton_steps);
 
+// Row kernels of the fused weight loop compiled for AVX2 + FMA beside the baseline ISA
+// (x86-64, GCC/Clang), picked at run time: available = the CPU has both; enabled =
+// available and not switched off (set_simd_enabled(false), for comparisons).  Both give
+// bitwise the same results.
+bool simd_available();
+bool simd_enabled();
+void set_simd_enabled(bool on);
+
 }  // namespace lrs

@@ -209,6 +209,13 @@ py::array_t<T> zstep_py(const arr<T>& y, const arr<T>& c, const arr<T>& u0, doub
 }  // namespace
 
 void bind_admm(py::module_& m) {
+  m.def("simd_available", &lrs::simd_available,
+        "Whether the fused ADMM loop's row kernels can run as AVX2 + FMA code on this CPU.");
+  m.def("simd_enabled", &lrs::simd_enabled,
+        "Whether they do (available and not switched off by set_simd_enabled(False)).");
+  m.def("set_simd_enabled", &lrs::set_simd_enabled, py::arg("on"),
+        "Use the AVX2 + FMA row kernels when available (default) or the baseline ones; "
+        "results are bitwise the same either way (kept for comparisons).");
   def_solve<float>(m, "admm_solve_f32");
   def_solve<double>(m, "admm_solve_f64");
   m.def("admm_zstep_f32", &zstep_py<float>, py::arg("y").noconvert(), py::arg("c").noconvert(), py::arg("u0").noconvert(),
