@@ -11,7 +11,9 @@
 // partial results (sums, histograms) combined in chunk order are deterministic.
 // Calls made from inside a worker run serially, so nested use never
 // oversubscribes.  Exceptions thrown by the body are caught and rethrown on the
-// caller after all chunks finish.
+// caller after all chunks finish.  The worker threads are persistent (parallel.cpp:
+// started once, they spin briefly between jobs and then sleep), so a parallel region
+// costs a wake-up rather than a thread start.
 #pragma once
 
 #include <algorithm>
@@ -35,6 +37,11 @@ inline bool& in_worker() {
   thread_local bool flag = false;
   return flag;
 }
+// Runs fn(ctx, w) for w in [0, workers): w = 0 on the calling thread, the others on the
+// process's persistent worker threads (parallel.cpp), each with in_worker() set; returns
+// when all have returned.  Returns false, having run nothing, when another thread is
+// using the pool (the caller then starts threads of its own).
+bool pool_run(int workers, void (*fn)(void*, int), void* ctx);
 }  // namespace detail
 
 // Entries below which elementwise passes stay on one thread (thread start-up
@@ -105,18 +112,21 @@ void parallel_chunks_worker_on(int max_workers, index_t n, int chunks, F&& f) {
       }
     }
   };
-  std::vector<std::thread> threads;
-  threads.reserve(static_cast<size_t>(workers - 1));
-  for (int w = 1; w < workers; ++w) {
-    threads.emplace_back([&run, w] {
-      detail::in_worker() = true;
-      run(w);
-    });
+  auto call = [](void* ctx, int w) { (*static_cast<decltype(run)*>(ctx))(w); };
+  if (!detail::pool_run(workers, call, &run)) {  // pool busy: threads of our own
+    std::vector<std::thread> threads;
+    threads.reserve(static_cast<size_t>(workers - 1));
+    for (int w = 1; w < workers; ++w) {
+      threads.emplace_back([&run, w] {
+        detail::in_worker() = true;
+        run(w);
+      });
+    }
+    detail::in_worker() = true;
+    run(0);
+    detail::in_worker() = false;
+    for (auto& t : threads) t.join();
   }
-  detail::in_worker() = true;
-  run(0);
-  detail::in_worker() = false;
-  for (auto& t : threads) t.join();
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
 }
