@@ -502,7 +502,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
   // missed or overflowed) topk_select runs as before, and the band adapts.  Same cut
   // either way (the k-th largest magnitude, ties to the lower flat index).
   const bool band_ok = pb.sparse && !pb.relaxed && pb.structure.kind == StructureKind::Unstructured &&
-                       pb.k > 0 && pb.k < mn && mn >= (index_t{1} << 16);
+                       pb.k > 0 && pb.k < mn && mn >= (index_t{1} << 12);
   std::vector<index_t> band_cap(static_cast<size_t>(nch) + 1, 0);  // chunk c: [cap[c], cap[c+1])
   for (int c = 0; c < nch && band_ok; ++c) {
     const index_t rows_c = chunk_begin(m, nch, c + 1) - chunk_begin(m, nch, c);
