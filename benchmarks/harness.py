@@ -266,6 +266,7 @@ def solve(case: Case, W: np.ndarray, backend: str, *, tol: float, max_iter: Opti
 def run_once(case: Case, W: np.ndarray, backend: str, *, tol: float,
              max_iter: Optional[int] = None) -> Run:
     """Solve once and record time, iterations and the independent final error."""
+    settle()
     res, dt = solve(case, W, backend, tol=tol, max_iter=max_iter)
     info = res.info
     err = rel_error(W, res.U, res.V, res.S)
@@ -347,6 +348,7 @@ def gemm_floor(case: Case, p: int, power_iters: int, repeats: int = 7, seed: int
     for comparison).  Returns seconds (median per GEMM, summed) and GFLOP/s."""
     rng = np.random.default_rng(seed)
     gemms = iteration_gemms(case.m, case.n, case.rank, p, power_iters)
+    settle()
     t_sc = 0.0
     t_th = 0.0
     cache: dict[tuple[int, int, int], tuple[float, float]] = {}
@@ -451,3 +453,19 @@ def to_json(obj: Any) -> Any:
 
 def clear() -> None:
     gc.collect()
+
+
+#: Seconds to wait before each timed section (see :func:`settle`).
+SETTLE_SECONDS = 0.15
+
+
+def settle() -> None:
+    """Let the thread pools of whatever ran just before go idle.
+
+    After a call, OpenBLAS's worker threads keep spinning for about 2^28 cycles (~0.1 s)
+    and OpenMP's for a shorter while; on 2 cores a timed call started meanwhile shares
+    them with those spinning threads.  Measured here (512x4608, 22 iterations): the native
+    solve took 8.5 % longer per iteration right after the GEMM floor than after a 0.3 s
+    pause.  Every timed section (solves of every backend, the floor) starts after this
+    pause, so none pays for another's idle threads."""
+    time.sleep(SETTLE_SECONDS)

@@ -33,10 +33,11 @@ void check(const arr<T>& a, const char* name, std::initializer_list<py::ssize_t>
     if (!std::isfinite(p[j])) throw py::value_error(std::string(name) + " contains NaN or Inf");
 }
 
-template <class T>
-py::array_t<T> to_array(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
-  auto* heap = new std::vector<T>(std::move(v));
-  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+template <class T, class A>
+py::array_t<T> to_array(std::vector<T, A>&& v, std::vector<py::ssize_t> shape) {
+  using Vec = std::vector<T, A>;
+  auto* heap = new Vec(std::move(v));
+  py::capsule owner(heap, [](void* p) { delete static_cast<Vec*>(p); });
   return py::array_t<T>(shape, heap->data(), owner);
 }
 
