@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lowrank_sparse as lrs
 from lowrank_sparse.decomposition import decompose
@@ -151,3 +153,33 @@ def test_relaxed_reaches_the_convex_optimum(rng: np.random.Generator) -> None:
     assert d.info.converged
     assert obj(d.U @ d.V, d.S) == pytest.approx(obj(L, S), rel=1e-7)
     assert d.U.shape[1] == np.linalg.matrix_rank(L)
+
+
+# ---- input validation: the finiteness test behind every entry point ----
+_SPECIALS = st.sampled_from([float("nan"), float("inf"), float("-inf"), 3e38, -3e38, 1.7e308, -1.7e308, 0.0])
+
+
+@given(
+    dtype=st.sampled_from([np.float32, np.float64]),
+    size=st.integers(1, 300),
+    specials=st.lists(st.tuples(st.integers(0, 10**6), _SPECIALS), max_size=4),
+    seed=st.integers(0, 2**32 - 1),
+)
+@settings(max_examples=200, deadline=None)
+def test_all_finite_agrees_with_numpy(dtype, size, specials, seed) -> None:
+    """The float64-sum shortcut answers exactly what np.isfinite(a).all() does, also when
+    a finite float64 tensor's sum overflows (1.7e308 + 1.7e308) or infinities cancel."""
+    from lowrank_sparse._validate import all_finite
+
+    a = np.random.default_rng(seed).standard_normal(size).astype(dtype)
+    with np.errstate(over="ignore"):
+        for pos, v in specials:
+            a[pos % size] = dtype(v)  # 1.7e308 is inf in float32
+    assert all_finite(torch.from_numpy(a)) == bool(np.isfinite(a).all())
+
+
+def test_nonfinite_weight_is_rejected_by_name() -> None:
+    W = torch.randn(20, 30)
+    W[3, 4] = float("inf")
+    with pytest.raises(ValueError, match="W contains NaN or Inf"):
+        decompose(W, rank=2, density=0.1)
