@@ -50,6 +50,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from .._blas import blas_controller, blas_threads
 from ..structure import Structure
 from .spec import LayerSpec, lowrank_params, sparse_nnz
 
@@ -147,7 +148,7 @@ def serial_linalg() -> Iterator[None]:
     if _OUTER_BLAS_THREADS:  # already serial
         yield
         return
-    ctl = _blas_controller()
+    ctl = blas_controller()
     outer = max((lib.num_threads for lib in ctl.lib_controllers), default=None)
     nt = torch.get_num_threads()
     _OUTER_BLAS_THREADS.append(outer)
@@ -160,20 +161,6 @@ def serial_linalg() -> Iterator[None]:
         torch.set_num_threads(nt)
 
 
-_BLAS_CTL: list = []
-
-
-def _blas_controller():
-    """threadpoolctl controller of the loaded BLAS libraries (SciPy's included), built once
-    (building one scans the loaded libraries, ~7 ms)."""
-    if not _BLAS_CTL:
-        import scipy.linalg.blas  # noqa: F401  (load SciPy's BLAS so threadpoolctl sees it)
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS_CTL.append(ThreadpoolController().select(user_api="blas"))
-    return _BLAS_CTL[0]
-
-
 @contextlib.contextmanager
 def _outer_blas() -> Iterator[None]:
     """Inside :func:`serial_linalg`: SciPy's BLAS with the thread count from outside it."""
@@ -181,7 +168,7 @@ def _outer_blas() -> Iterator[None]:
     if n is None or n <= 1:
         yield
         return
-    with _blas_controller().limit(limits=n):
+    with blas_threads(n):
         yield
 
 

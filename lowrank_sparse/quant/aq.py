@@ -23,7 +23,7 @@ from typing import Union
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
+from .._blas import blas_threads
 
 from .. import _core
 
@@ -224,14 +224,14 @@ def encode(
         (codes (N, M) uint16, err (N,) squared reconstruction error per vector).
     """
     X, C = _float_pair(vectors, codebooks)
-    with threadpool_limits(1, user_api="blas"):
+    with blas_threads(1):
         return _core.aq_encode_beam(X, C, int(beam), int(refine), int(threads))
 
 
 def encode_greedy(vectors: Array, codebooks: Array, *, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Greedy sequential-residual encoding; same shapes as :func:`encode`."""
     X, C = _float_pair(vectors, codebooks)
-    with threadpool_limits(1, user_api="blas"):
+    with blas_threads(1):
         return _core.aq_encode_greedy(X, C, int(threads))
 
 
@@ -275,7 +275,7 @@ def ls_update(
     k = _codes(codes)
     M, K, d = C.shape
     if 1 < M and M * K <= MAX_JOINT_LS:
-        with threadpool_limits(max(1, int(threads) or _core.get_num_threads()), user_api="blas"):
+        with blas_threads(max(1, int(threads) or _core.get_num_threads())):
             return _core.aq_ls_update(X, k, C, float(ridge))
     # Block-coordinate: for codebook m, C[m, j] = (sum of residuals coded j + ridge C[m, j]) / (count + ridge).
     if not (math.isfinite(ridge) and ridge > 0):

@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
+from .._blas import blas_threads
 
 from .._validate import AdmmSpec
 from .torch_backend import RawSolve
@@ -94,7 +94,7 @@ def solve_native(
     old = _core.get_num_threads()
     _core.set_num_threads(nthreads)
     try:
-        with threadpool_limits(limits=1, user_api="blas"):
+        with blas_threads(1):
             out = fn(
                 _np(W0, dt),
                 _MODES[spec.mode],
