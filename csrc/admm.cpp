@@ -545,6 +545,21 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
     Us = buf(g * m * r);
     if (g > 1) Tsl = buf(m * nsl);
   }
+  // L' = (U s) Vt on rows [i0, i0 + len) x columns [j0, j0 + w) into tile (len, w):
+  // one small GEMM (g > 1: w = n, one per slice).
+  auto form_tile = [&](index_t i0, index_t len, index_t j0, index_t w, T* tile) {
+    if (g == 1) {
+      blas::gemm_rm<T>(false, false, static_cast<int>(len), static_cast<int>(w),
+                       static_cast<int>(r), T(1), Us.data() + i0 * r, static_cast<int>(r),
+                       Vs.data() + j0, static_cast<int>(n), T(0), tile, static_cast<int>(w));
+      return;
+    }
+    for (index_t s = 0; s < g; ++s)
+      blas::gemm_rm<T>(false, false, static_cast<int>(len), static_cast<int>(nsl),
+                       static_cast<int>(r), T(1), Us.data() + s * m * r + i0 * r,
+                       static_cast<int>(r), Vs.data() + s * p * nsl, static_cast<int>(nsl), T(0),
+                       tile + s * nsl, static_cast<int>(n));
+  };
   double rho_rel = pb.rho0;
   const index_t cap = pb.max_iter;
   out.primal.reserve(cap);
@@ -672,17 +687,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
           const index_t w = std::min(cb, n - j0);
           if (r > 0) {
             const double tg0 = now();
-            if (g == 1)
-              blas::gemm_rm<T>(false, false, static_cast<int>(len), static_cast<int>(w),
-                               static_cast<int>(r), T(1), Us.data() + i0 * r, static_cast<int>(r),
-                               Vs.data() + j0, static_cast<int>(n), T(0), tile,
-                               static_cast<int>(w));
-            else  // cb = n: one GEMM per slice
-              for (index_t s = 0; s < g; ++s)
-                blas::gemm_rm<T>(false, false, static_cast<int>(len), static_cast<int>(nsl),
-                                 static_cast<int>(r), T(1), Us.data() + s * m * r + i0 * r,
-                                 static_cast<int>(r), Vs.data() + s * p * nsl,
-                                 static_cast<int>(nsl), T(0), tile + s * nsl, static_cast<int>(n));
+            form_tile(i0, len, j0, w, tile);
             tg += now() - tg0;
           }
           for (index_t i = i0; i < i0 + len; ++i) {
@@ -870,8 +875,49 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
   out.rho_final = rho_rel;
   out.rho_z_final = pb.rho0;
   out.gscale = 1.0;
-  // S of the last iteration, decoded into Ab (no longer needed) and moved out.
-  if (pb.sparse) {
+  // S of the last iteration, decoded into Ab (no longer needed) and moved out.  With
+  // refit_weight, its values on its support are then replaced by those of W0 - L (the
+  // exact minimiser of ||W0 - L - S|| for this L and support), L formed in tiles as in
+  // P3, and the errors before and after are summed per chunk (deterministic).
+  if (pb.sparse && pb.refit_weight) {
+    rows([&](int wk, int ch, index_t b, index_t e) {
+      T* tile = r > 0 ? tiles.data() + index_t{wk} * rb * cb : nullptr;
+      double before = 0, after = 0;
+      for (index_t i0 = b; i0 < e; i0 += rb) {
+        const index_t len = std::min(rb, e - i0);
+        for (index_t j0 = 0; j0 < n; j0 += cb) {
+          const index_t w = std::min(cb, n - j0);
+          if (tile) form_tile(i0, len, j0, w, tile);
+          for (index_t i = i0; i < i0 + len; ++i) {
+            const index_t o = i * n + j0;
+            T* sr = Ab.data() + o;
+            const T* w0 = W0 + o;
+            const T* lt = tile ? tile + (i - i0) * w : nullptr;
+            dold.seg(i, j0, w, Tb.data() + o, sr);
+            for (index_t j = 0; j < w; ++j) {
+              const T ev = lt ? w0[j] - lt[j] : w0[j];  // (W0 - L)[i, j]
+              const double d0 = static_cast<double>(ev) - sr[j];
+              before += d0 * d0;
+              if (sr[j] != T(0)) {
+                sr[j] = ev;
+              } else {
+                after += static_cast<double>(ev) * ev;
+              }
+            }
+          }
+        }
+      }
+      part[static_cast<size_t>(ch)] = {before, after, 0.0};
+    });
+    double before = 0, after = 0;
+    for (const auto& a : part) {
+      before += a[0];
+      after += a[1];
+    }
+    out.refit_before = std::sqrt(before) / nW;
+    out.refit_after = std::sqrt(after) / nW;
+    out.S = std::move(Ab);
+  } else if (pb.sparse) {
     rows([&](int, int, index_t b, index_t e) {
       for (index_t i = b; i < e; ++i) dold.row(i, Tb.data() + i * n, Ab.data() + i * n);
     });

@@ -61,6 +61,10 @@ struct AdmmProblem {
   // B's SVD inside the truncated SVD from its Gram when well conditioned (svd.hpp,
   // SvdWorkspace::gram_svd); false: always the QR of B^T + gesdd (for comparisons).
   bool gram_svd = true;
+  // Weight mode, fused loop: after the last iteration, replace S's values on its
+  // support by those of W0 - L (the exact refit for that L and support) and report the
+  // relative errors ||W0 - L - S|| / ||W0|| before and after (AdmmResult::refit_*).
+  bool refit_weight = false;
   // Weight mode, fused loop: the residual pass (P4) also writes the next L-step input,
   // assuming the balanced penalty update (factor rho_growth); the separate pass that
   // forms it (P0) then runs only in iterations where the penalty changed otherwise.
@@ -97,6 +101,7 @@ struct AdmmResult {
   AdmmTiming timing;
   int qr_fallbacks = 0;  // SVD panels whose Cholesky QR fell back to Householder
   int gram_fallbacks = 0;  // iterations whose B was too ill-conditioned for the Gram path
+  double refit_before = -1, refit_after = -1;  // refit_weight: relative errors (else -1)
   int band_hits = 0;  // fused loop: top-k cuts found in P3's band (topk_select skipped)
   int speculation_hits = 0;  // fused loop: iterations whose P0 was done by the previous P4
 };

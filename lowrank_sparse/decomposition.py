@@ -150,7 +150,9 @@ def decompose(
     if pr.backend == "native":
         from .solve.native import solve_native
 
-        raw = solve_native(W0, spec, V0, gram=pr.gram, X=pr.X, bias=pr.bias, threads=threads)
+        refit_in_core = not spec.relaxed and spec.has_sparse and spec.mode == "weight"
+        raw = solve_native(W0, spec, V0, gram=pr.gram, X=pr.X, bias=pr.bias, threads=threads,
+                           refit=refit_in_core)
     else:
         with torch.no_grad():
             raw = solve_torch(W0, spec, V0, gram=pr.gram, X=pr.X, bias=pr.bias)
@@ -161,8 +163,11 @@ def decompose(
     # modes): for fixed L and support this is the exact minimiser of F, so the error
     # can only go down.  Feasibility (support, rank) is untouched.
     if not spec.relaxed and spec.has_sparse and spec.mode == "weight":
-        with torch.no_grad():
-            before, after = _refit_weight_(W0, U, V, S)
+        if "refit_errors" in extra:  # done by the native core (same formula, its tiles)
+            before, after = extra.pop("refit_errors")
+        else:
+            with torch.no_grad():
+                before, after = _refit_weight_(W0, U, V, S)
         extra["refit"] = True
         extra["error_before_refit"] = before
         extra["error"] = after

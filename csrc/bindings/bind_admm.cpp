@@ -48,7 +48,8 @@ py::dict solve(const arr<T>& W0, int mode, std::optional<arr<T>> gram, std::opti
                bool relaxed, double lam_nuclear, double lam_sparse, int max_iter, double tol,
                double rho0, double mu, double tau, double rho_growth, int power_iters,
                int newton_steps, std::optional<arr<T>> V0, int gemm_threads, bool weight_fused,
-               bool cholesky_qr, bool speculate_input, bool gram_svd) {
+               bool cholesky_qr, bool speculate_input, bool gram_svd,
+               bool refit_weight) {
   if (W0.ndim() != 2) throw py::value_error("W0 must be 2-D");
   const py::ssize_t m = W0.shape(0), n = W0.shape(1);
   check(W0, "W0", {m, n});
@@ -125,6 +126,7 @@ py::dict solve(const arr<T>& W0, int mode, std::optional<arr<T>> gram, std::opti
   pb.cholqr = cholesky_qr;
   pb.speculate_input = speculate_input;
   pb.gram_svd = gram_svd;
+  pb.refit_weight = refit_weight;
 
   lrs::AdmmResult<T> res;
   {
@@ -162,6 +164,8 @@ py::dict solve(const arr<T>& W0, int mode, std::optional<arr<T>> gram, std::opti
   out["timing"] = timing;
   out["qr_fallbacks"] = res.qr_fallbacks;
   out["gram_fallbacks"] = res.gram_fallbacks;
+  out["refit_before"] = res.refit_before;
+  out["refit_after"] = res.refit_after;
   out["speculation_hits"] = res.speculation_hits;
   out["band_hits"] = res.band_hits;
   return out;
@@ -178,7 +182,7 @@ void def_solve(py::module_& m, const char* name) {
         py::arg("power_iters"), py::arg("newton_steps"), py::arg("V0").noconvert(),
         py::arg("gemm_threads") = 1, py::arg("weight_fused") = true,
         py::arg("cholesky_qr") = true, py::arg("speculate_input") = true,
-        py::arg("gram_svd") = true,
+        py::arg("gram_svd") = true, py::arg("refit_weight") = false,
         "L + S ADMM (see csrc/admm.hpp and lowrank_sparse/solve/native.py).  Arrays must be "
         "C-contiguous of this function's dtype; returns a dict with U (m, slices*rt), "
         "V (slices*rt, n), S (m, n), iterations, converged, per-iteration histories and "
@@ -188,7 +192,9 @@ void def_solve(py::module_& m, const char* name) {
         "comparisons).  cholesky_qr=False factors the SVD's tall panels by Householder QR "
         "instead of CholeskyQR2 (which falls back to Householder by itself when needed).  speculate_input=False: the "
         "fused weight loop always forms the L-step input in its own pass (P0).  gram_svd=False: the SVD of the "
-        "(p, n) panel always goes through its QR and gesdd instead of its Gram.");
+        "(p, n) panel always goes through its QR and gesdd instead of its Gram.  refit_weight (weight mode, fused "
+        "loop): S's values on its support replaced by those of W0 - L after the last iteration; the relative "
+        "errors before and after are returned as refit_before / refit_after (-1 when not done).");
 }
 
 template <class T>

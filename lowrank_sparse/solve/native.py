@@ -50,6 +50,7 @@ def solve_native(
     cholesky_qr: bool = True,
     speculate_input: bool = True,
     gram_svd: bool = True,
+    refit: bool = False,
 ) -> RawSolve:
     """Run the ADMM of ``spec`` in C++; same arguments and result as
     :func:`lowrank_sparse.solve.torch_backend.solve_torch` (CPU tensors only).
@@ -75,6 +76,12 @@ def solve_native(
             path) whenever B's singular values span less than 1 / (16 sqrt(eps));
             iterations with a worse-conditioned B take the QR path and are counted in
             ``extra["gram_fallbacks"]``.  False: always the QR of B^T and gesdd.
+        refit: weight mode with the fused loop: after the last iteration S's values on
+            its support become those of W0 - L (the exact minimiser of ||W0 - L - S||
+            for that L and support; the same as decomposition._refit_weight_, done in
+            the core's tiles and threads); ``extra["refit_errors"]`` = (relative error
+            before, after).  Absent when the loop could not do it (other modes, the
+            general loop, no sparse part).
 
     ``extra["timing"]`` holds the seconds spent per phase (svd_products, svd_qr,
     svd_small, svd, lform, project, elementwise, wstep, total), summed over iterations;
@@ -129,6 +136,7 @@ def solve_native(
                 bool(cholesky_qr),
                 bool(speculate_input),
                 bool(gram_svd),
+                bool(refit),
             )
     finally:
         _core.set_num_threads(old)
@@ -143,6 +151,8 @@ def solve_native(
         "speculation_hits": int(out["speculation_hits"]),
         "band_hits": int(out["band_hits"]),
     }
+    if float(out["refit_after"]) >= 0:
+        extra["refit_errors"] = (float(out["refit_before"]), float(out["refit_after"]))
     if spec.mode == "nonlinear":
         extra.update(
             primal_z=list(out["primal_z"]),
