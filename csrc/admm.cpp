@@ -670,15 +670,11 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
           bc.overflow = true;
           return;
         }
-        const index_t base = (i - b) * n + j0;
-        for (index_t j = 0; j < w; ++j) {
-          const T a = std::fabs(t[j]);
-          if (a >= lo && a <= hi) {
-            bval[bc.count] = a;
-            boff[bc.count] = static_cast<std::uint32_t>(base + j);
-            ++bc.count;
-          }
-        }
+        const auto base = static_cast<std::uint32_t>((i - b) * n + j0);
+        T* v = bval + bc.count;
+        std::uint32_t* of = boff + bc.count;
+        bc.count += avx2 ? kavx2::band_collect(w, t, lo, hi, base, v, of)
+                         : kbase::band_collect(w, t, lo, hi, base, v, of);
       };
       T* tile = r > 0 ? tiles.data() + index_t{wk} * rb * cb : nullptr;
       for (index_t i0 = b; i0 < e; i0 += rb) {

@@ -25,6 +25,8 @@ namespace lrs {
 
 namespace {
 
+#include "sumsq.inc"
+
 void lapack_check(const char* routine, int info) {
   if (info != 0)
     throw std::runtime_error(std::string("lrs: LAPACK ") + routine + " failed (info=" +
@@ -262,12 +264,15 @@ bool small_svd_gram(const T* B, int n, int p, T* Vt, SvdWorkspace<T>& ws) {
     for (index_t i = 0; i < p; ++i) Ub[i * p + k] = G[(p - 1 - k) * p + i];
   gemm_rm_split<T>(ws.gemm_threads, true, false, p, n, p, T(1), Ub, p, B, n, T(0), Vt, n);
   T* s = ws.small_s.data();
+  // Row norms and (below) the scaling: p rows of n, over the solve's threads.
+  const int rt = static_cast<double>(p) * n >= 65536 ? ws.gemm_threads : 1;
+  parallel_chunks_on(rt, p, std::min<int>(p, 2 * rt), [&](int, index_t b, index_t e) {
+    for (index_t k = b; k < e; ++k) {
+      s[k] = static_cast<T>(std::sqrt(sumsq(Vt + k * n, n)));
+    }
+  });
   T smax = 0, smin = std::numeric_limits<T>::infinity();
   for (index_t k = 0; k < p; ++k) {
-    const T* c = Vt + k * n;
-    double acc = 0;
-    for (index_t j = 0; j < n; ++j) acc += static_cast<double>(c[j]) * c[j];
-    s[k] = static_cast<T>(std::sqrt(acc));
     smax = std::max(smax, s[k]);
     smin = std::min(smin, s[k]);
   }
@@ -279,11 +284,13 @@ bool small_svd_gram(const T* B, int n, int p, T* Vt, SvdWorkspace<T>& ws) {
       std::swap_ranges(Vt + j * n, Vt + (j + 1) * n, Vt + (j - 1) * n);
       for (index_t i = 0; i < p; ++i) std::swap(Ub[i * p + j], Ub[i * p + j - 1]);
     }
-  for (index_t k = 0; k < p; ++k) {
-    T* c = Vt + k * n;
-    const T f = T(1) / s[k];
-    for (index_t j = 0; j < n; ++j) c[j] *= f;
-  }
+  parallel_chunks_on(rt, p, std::min<int>(p, 2 * rt), [&](int, index_t b, index_t e) {
+    for (index_t k = b; k < e; ++k) {
+      T* c = Vt + k * n;
+      const T f = T(1) / s[k];
+      for (index_t j = 0; j < n; ++j) c[j] *= f;
+    }
+  });
   return true;
 }
 
