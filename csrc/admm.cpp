@@ -798,20 +798,21 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
         const int mdo = fst ? 0 : dold.topk_mode(i, 0, n);
         if (md >= 0 && mdo >= 0) {
           const T tv = dnew.tval, tvo = dold.tval;
+          double sums[3];
           auto run = [&](auto avx, auto geo, auto ge, auto fs, auto sp) {
             constexpr bool GO = decltype(geo)::value, G = decltype(ge)::value,
                            F = decltype(fs)::value, Sp = decltype(sp)::value;
             if constexpr (decltype(avx)::value)
               kavx2::p4_row_topk<T, GO, G, F, Sp>(n, tvo, tv, cc, rr, ii, cs, rs, is, to, w0, t,
-                                                  mr, ev, dm, eo);
+                                                  mr, sums);
             else
               kbase::p4_row_topk<T, GO, G, F, Sp>(n, tvo, tv, cc, rr, ii, cs, rs, is, to, w0, t,
-                                                  mr, ev, dm, eo);
+                                                  mr, sums);
           };
           with_flags(run, avx2, mdo != 0, md != 0, fst, spec);
-          a0 += row_sumsq(ev, n);
-          a1 += row_sumsq(dm, n);
-          a2 += row_sumsq(eo, n);
+          a0 += sums[0];
+          a1 += sums[1];
+          a2 += sums[2];
           continue;
         }
         dnew.row(i, t, sr);
