@@ -458,7 +458,7 @@ void admm_weight_fused(const AdmmProblem<T>& pb, AdmmResult<T>& out, double t_st
   // The three (m, n) arrays are not zeroed: every entry is written before it is read (the
   // first iteration reads none of them: P0 or P3 writes Ab, P4 Mb and Tb), so their pages
   // are first touched by the parallel passes.  Ab ends as the result's S.
-  using Buf = std::vector<T, DefaultInit<T>>;
+  using Buf = std::vector<T, Buffer<T>>;
   Buf Tb(static_cast<size_t>(mn)), Mb(static_cast<size_t>(mn)), Ab(static_cast<size_t>(mn));
   // Row chunks of the fused passes, fixed for the solve: per-chunk scratch, and
   // per-chunk partial sums combined in chunk order (deterministic results).
@@ -989,7 +989,7 @@ void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out) {
   auto buf = [](index_t sz) { return std::vector<T>(static_cast<size_t>(sz), T(0)); };
   const bool w_implicit = !data;
   std::vector<T> W, Lam = buf(mn), L = buf(r > 0 ? mn : 0), Mprev = buf(mn);
-  std::vector<T, DefaultInit<T>> X(static_cast<size_t>(mn), T(0));  // ends as the result's S
+  std::vector<T, Buffer<T>> X(static_cast<size_t>(mn), T(0));  // ends as the result's S
   if (!w_implicit) W.assign(pb.W0, pb.W0 + mn);
   bool w_first = true;   // implicit W: no W-step yet, W = W0
   T w_rh = 0, w_inv1 = 1;  // implicit W: rh and 1 + rh of the last W-step

@@ -92,7 +92,7 @@ struct AdmmResult {
   index_t rt = 0;      // columns of U per slice
   std::vector<T> U;    // (m, slices * rt)   U_i sqrt(s_i)
   std::vector<T> V;    // (slices * rt, n)   block-diagonal sqrt(s_i) V_i^T
-  std::vector<T, DefaultInit<T>> S;  // (m, n)
+  std::vector<T, Buffer<T>> S;  // (m, n)
   int iterations = 0;
   bool converged = false;
   std::vector<double> primal, dual, objective, rho;  // per iteration (relative)
