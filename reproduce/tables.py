@@ -30,6 +30,7 @@ GRID_BUDGETS = ("p50", "p33", "p20", "f25")
 GRID_METHODS = ("lowrank_sparse", "rank_only", "sparse_only")
 GRID_ALLOCS = ("alds", "enc", "uniform")
 METHOD_ORDER = {"dense": 0, "lowrank_sparse": 1, "rank_only": 2, "sparse_only": 3, "aq": 4}
+METHOD_TEXT = {"lowrank_sparse": "L + S (this library)", "rank_only": "rank-only SVD", "sparse_only": "sparse-only pruning"}
 BUDGET_TEXT = {"p50": "50% params", "p33": "33% params", "p20": "20% params (5x)", "f25": "25% MACs"}
 TITLES = {
     "vgg16": "VGG-16 (32x32, BN)",
@@ -194,6 +195,38 @@ def accuracy_table(rows: list[dict[str, Any]]) -> str:
             num(r.get("compress_seconds")), num(r.get("max_layer_error"), "{:.3f}"),
             str(r.get("seed")), r.get("device", "-"), r.get("schedule", "-"), command(r),
         ])  # fmt: skip
+    return md_table(head, body)
+
+
+def grid_table(rows: list[dict[str, Any]]) -> Optional[str]:
+    """The budget x allocation grid at a glance: one line per (budget, allocation), one
+    column per method with "acc no FT / acc FT" (%), the best FT of the line in bold, and
+    the code version (commit) of its rows.  Unstructured S, no AQ; None if no such rows."""
+    cells: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in rows:
+        if is_aq(r) or r["method"] not in GRID_METHODS or structure_of(r) not in ("-", "unstructured"):
+            continue
+        cells[(r["budget"], r["allocation"])][r["method"]] = r
+    if not cells:
+        return None
+    head = ["budget", "alloc"] + [METHOD_TEXT.get(m, m) for m in GRID_METHODS] + ["commit"]
+    body = []
+    for (b, a) in sorted(cells, key=lambda k: sort_key({"budget": k[0], "allocation": k[1]})):
+        ms = cells[(b, a)]
+        fts = [ms[m].get("acc_ft") for m in GRID_METHODS if m in ms and ms[m].get("acc_ft") is not None]
+        best = max(fts) if fts else None
+        line = [BUDGET_TEXT.get(b, b), a]
+        for m in GRID_METHODS:
+            r = ms.get(m)
+            if r is None:
+                line.append("-")
+                continue
+            ft = pct(r.get("acc_ft"))
+            if best is not None and r.get("acc_ft") == best:
+                ft = f"**{ft}**"
+            line.append(f"{pct(r.get('acc_after'))} / {ft}")
+        line.append(", ".join(sorted({str(r.get("commit", "?"))[:7] for r in ms.values()})))
+        body.append(line)
     return md_table(head, body)
 
 
@@ -509,6 +542,10 @@ def render(rows_all: list[dict[str, Any]], out_dir: Path, jsonl: Path) -> str:
                          "the split protocol calibrates on a seeded 10 and evaluates on the other 10. "
                          "No fine-tuning (no training set).")
             parts.append(desc + "\n")
+        gt = None if m == "mobilenet_v2" else grid_table(mrows)
+        if gt:
+            parts.append("Accuracy % without / with fine-tuning, unstructured S (best after fine-tuning "
+                         "in bold; the full rows follow):\n\n" + gt + "\n")
         parts.append(fidelity_table(mrows) if m == "mobilenet_v2" else accuracy_table(mrows))
         parts.append("")
         st = storage_table(mrows)

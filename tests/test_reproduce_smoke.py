@@ -120,5 +120,12 @@ def test_tables_render(swept):
         assert f"| {100 * r['acc_after']:.2f} | {100 * r['acc_ft']:.2f} |" in line
         assert f"{r['params_after'] / r['params_before']:.3f}" in line
         assert r["command"] in line
+    # the grid at a glance: one line per (budget, allocation), "no FT / FT" per method
+    grid = [r for r in rows[1:] if r["method"] in tables.GRID_METHODS]
+    assert len(grid) == 2  # rank_only and sparse_only at p50, uniform
+    gline = next(l for l in text.splitlines() if l.startswith("| 50% params | uniform |"))
+    cols = [c.strip() for c in gline.strip("|").split("|")]
+    assert cols[2] == "-"  # no L + S run in this sweep
+    for r, cell in zip(grid, cols[3:5]):
+        assert cell.startswith(f"{100 * r['acc_after']:.2f} / ") and f"{100 * r['acc_ft']:.2f}" in cell
     png = out_dir / "small_cnn_acc_vs_params.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
