@@ -295,7 +295,8 @@ def markdown(results: list[CaseResult], meta: dict[str, Any], targets: list[dict
         lines += ["", "## Native solver: time per iteration by phase (ms)", "",
                   "Wall time per iteration of each phase (csrc/admm.cpp timers, `info.extra[\"timing\"]`; "
                   "medians over the repeats).  `products`: the two GEMMs with A of the truncated SVD; "
-                  "`QR Y`: CholeskyQR2 of the (m, p) panel; `SVD B`: QR of B^T, SVD of the p x p factor, "
+                  "`QR Y`: CholeskyQR2 of the (m, p) panel; `SVD B`: SVD of the (p, n) panel B (from its "
+                  "Gram B B^T, or the QR of B^T and gesdd of the p x p factor when B is ill-conditioned), "
                   "Vb and U; `P3`: L' tiles + S-step input (+ top-k band counts), of which `L GEMM` "
                   "the tile GEMMs' thread-seconds / threads; `select`: the S-step selection; `P0+P4`: the "
                   "L-step input pass (when not formed by P4) and the residual pass; `other`: the rest.  "
