@@ -36,3 +36,16 @@ for st in unstructured channel row; do
 done
 $S --models vgg16 --budgets p20,p33,p50 --methods lowrank_sparse+aq --allocations alds --structures unstructured --aq M=3,K=256,d=8
 python reproduce/tables.py
+
+# ---- session 3: the 3 x 3 x 3 x 4 grid of VGG-16 / AlexNet / GoogLeNet at one code version
+# (after the refit fix and the error-scaled allocator), cells never measured first. Each
+# row records its commit; tables.py keeps the newest row of each cell.
+M="--methods lowrank_sparse,rank_only,sparse_only"
+$S --models alexnet --budgets p50,p33,p20,f25 $M --allocations alds,enc,uniform
+$S --models vgg16 --budgets p50,p33,f25 $M --allocations enc,uniform
+$S --models googlenet --budgets p50,p33,f25 $M --allocations enc,uniform
+$S --models vgg16 --budgets p50,p33,p20,f25 $M --allocations alds
+$S --models vgg16 --budgets p20 $M --allocations enc,uniform
+$S --models googlenet --budgets p50,p33,p20,f25 $M --allocations alds
+$S --models googlenet --budgets p20 $M --allocations enc,uniform
+python reproduce/tables.py
