@@ -569,13 +569,18 @@ def render(rows_all: list[dict[str, Any]], out_dir: Path, jsonl: Path) -> str:
                                for r in failed]))
         parts.append("")
     miss = missing_cells(rows)
+    tried = {(r.get("model"), r.get("budget"), r.get("method"), r.get("allocation")) for r in failed}
     total = len(GRID_MODELS) * len(GRID_BUDGETS) * len(GRID_METHODS) * len(GRID_ALLOCS)
     n_miss = sum(len(v) for v in miss.values())
     parts.append(f"## Coverage of the full grid\n\n{total - n_miss} of {total} cells (4 networks x 4 budgets x "
-                 f"3 methods x 3 allocations) have a result; not run yet:\n")
+                 f"3 methods x 3 allocations) have a result; without one:\n")
     for m, cells in miss.items():
-        if cells:
-            parts.append(f"- {m} ({len(cells)}): " + ", ".join(cells))
+        fl = [c for c in cells if (m, *c.split("/")) in tried]
+        rest = [c for c in cells if c not in fl]
+        if fl:
+            parts.append(f"- {m}, failed (see the failed runs above) ({len(fl)}): " + ", ".join(fl))
+        if rest:
+            parts.append(f"- {m}, not run ({len(rest)}): " + ", ".join(rest))
     parts.append("")
     return "\n".join(parts)
 
