@@ -186,28 +186,36 @@ def _start(rng, n: int, p: int, dtype) -> np.ndarray:
     return np.linalg.qr(rng.standard_normal((n, p)))[0].astype(dtype)
 
 
+# The same subspace iteration with one step done two ways: the panels' QR by
+# CholeskyQR2 or Householder (cholesky_qr), the (p, n) panel B's SVD from its Gram B B^T
+# (syevd) or the QR of B^T + gesdd (gram_svd).  ortho: tolerance factor of the
+# orthonormality checks (the Gram path's Vt rows are orthogonal to eps s_1^2 / s_i^2).
+ALTERNATIVES = [pytest.param("cholesky_qr", 20, id="cholesky_qr"), pytest.param("gram_svd", 50, id="gram_svd")]
+
+
 @pytest.mark.parametrize("dtype,tol", DTYPES)
 @pytest.mark.parametrize("shape", [pytest.param((300, 1200), id="wide"), pytest.param((1100, 260), id="tall")])
-def test_cholesky_qr_matches_householder_and_full_svd(rng, dtype, tol, shape):
-    """Same subspace iteration with the panels factored two ways: the same singular
-    values, the same rank-r product and the same refined subspace, all close to the
-    full SVD's; the outputs are orthonormal."""
+@pytest.mark.parametrize("flag,ortho", ALTERNATIVES)
+def test_alternative_step_matches_the_other_and_full_svd(rng, dtype, tol, shape, flag, ortho):
+    """Both ways give the same singular values (descending), the same rank-r product and
+    the same refined subspace, all close to the full SVD's; the outputs are orthonormal."""
     m, n = shape
     A, _ = ref.decaying_matrix(rng, m, n, decay=0.9, dtype=dtype)
     r, p = 16, 24
     V0 = _start(rng, n, p, dtype)
     from lowrank_sparse import _core
 
-    Uc, sc, Vtc, Vc = _core.truncated_svd(A, r, V0, 4, cholesky_qr=True)
-    Uh, sh, Vth, Vh = _core.truncated_svd(A, r, V0, 4, cholesky_qr=False)
-    scale = float(sh[0])
-    np.testing.assert_allclose(sc, sh, rtol=20 * tol, atol=tol * scale)
-    np.testing.assert_allclose((Uc * sc) @ Vtc, (Uh * sh) @ Vth, atol=50 * tol * scale)
-    np.testing.assert_allclose(Vc @ Vc.T, Vh @ Vh.T, atol=50 * tol)  # same subspace
-    for Q in (Uc, Vtc.T, Vc):
-        np.testing.assert_allclose(Q.T @ Q, np.eye(Q.shape[1]), atol=20 * tol)
+    Ua, sa, Vta, Va = _core.truncated_svd(A, r, V0, 4, **{flag: True})
+    Ub, sb, Vtb, Vb = _core.truncated_svd(A, r, V0, 4, **{flag: False})
+    scale = float(sb[0])
+    np.testing.assert_allclose(sa, sb, rtol=20 * tol, atol=tol * scale)
+    assert np.all(np.diff(sa) <= 0)  # descending
+    np.testing.assert_allclose((Ua * sa) @ Vta, (Ub * sb) @ Vtb, atol=50 * tol * scale)
+    np.testing.assert_allclose(Va @ Va.T, Vb @ Vb.T, atol=50 * tol)  # same subspace
+    for Q in (Ua, Vta.T, Va):
+        np.testing.assert_allclose(Q.T @ Q, np.eye(Q.shape[1]), atol=ortho * tol)
     st = torch.linalg.svd(torch.from_numpy(A.astype(np.float64)), full_matrices=False)[1]
-    np.testing.assert_allclose(sc, st[:r].numpy(), rtol=2e-3, atol=tol * scale)
+    np.testing.assert_allclose(sa, st[:r].numpy(), rtol=2e-3, atol=tol * scale)
 
 
 @pytest.mark.parametrize("dtype,tol", DTYPES)
@@ -227,31 +235,6 @@ def test_cholesky_qr_falls_back_on_rank_deficient_panels(rng, dtype, tol):
     np.testing.assert_allclose(U.T @ U, np.eye(r), atol=50 * tol)
     np.testing.assert_allclose(V.T @ V, np.eye(p), atol=50 * tol)
     np.testing.assert_allclose((U * s) @ Vt, A, atol=100 * tol * exact[0])
-
-
-# ---- SVD of the (p, n) panel B from its Gram (gram_svd) vs the QR of B^T + gesdd ----
-@pytest.mark.parametrize("dtype,tol", DTYPES)
-@pytest.mark.parametrize("shape", [pytest.param((300, 1200), id="wide"), pytest.param((1100, 260), id="tall")])
-def test_gram_svd_matches_qr_path_and_full_svd(rng, dtype, tol, shape):
-    """B's SVD taken from B B^T (syevd) gives the singular values, the rank-r product and
-    the refined subspace of the QR path, close to torch.linalg.svd's; U, Vt, V orthonormal."""
-    m, n = shape
-    A, _ = ref.decaying_matrix(rng, m, n, decay=0.9, dtype=dtype)
-    r, p = 16, 24
-    V0 = _start(rng, n, p, dtype)
-    from lowrank_sparse import _core
-
-    Ug, sg, Vtg, Vg = _core.truncated_svd(A, r, V0, 4, gram_svd=True)
-    Uq, sq, Vtq, Vq = _core.truncated_svd(A, r, V0, 4, gram_svd=False)
-    scale = float(sq[0])
-    np.testing.assert_allclose(sg, sq, rtol=20 * tol, atol=tol * scale)
-    assert np.all(np.diff(sg) <= 0)  # descending
-    np.testing.assert_allclose((Ug * sg) @ Vtg, (Uq * sq) @ Vtq, atol=50 * tol * scale)
-    np.testing.assert_allclose(Vg @ Vg.T, Vq @ Vq.T, atol=50 * tol)  # same subspace
-    for Q in (Ug, Vtg.T, Vg):
-        np.testing.assert_allclose(Q.T @ Q, np.eye(Q.shape[1]), atol=50 * tol)
-    st = torch.linalg.svd(torch.from_numpy(A.astype(np.float64)), full_matrices=False)[1]
-    np.testing.assert_allclose(sg, st[:r].numpy(), rtol=2e-3, atol=tol * scale)
 
 
 @pytest.mark.parametrize("dtype,tol", DTYPES)
