@@ -1,0 +1,66 @@
+"""SolverConfig: the per-layer solver's settings, one object shared by
+:func:`lowrank_sparse.decompose`, the baselines (:mod:`lowrank_sparse.solve.baselines`),
+argument validation and :func:`lowrank_sparse.compress`.
+
+Every field can also be given as a keyword of those functions (a shortcut that
+overrides the config's field), so ``decompose(W, 8, 0.1, max_iter=50)`` and
+``decompose(W, 8, 0.1, config=SolverConfig(max_iter=50))`` are the same call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Settings of one per-layer solve (the problem itself -- W, rank, density,
+    structure, data, activation -- is given separately).
+
+    Attributes:
+        backend: "auto" (native C++ core for CPU data, torch for CUDA), "native" or
+            "torch".
+        max_iter: iteration cap (ADMM iterations; baselines: refinement steps).
+        tol: tolerance on the relative primal and dual residuals.
+        seed: seeds the initial subspace and the data subsample.
+        subsample: the nonlinear (activation-aware) mode uses at most this many
+            columns of the calibration inputs X (seeded choice).
+        relaxed: solve the convex relaxation F + lam_nuclear ||L||_* + lam_sparse R(S)
+            instead of the rank / sparsity-constrained problem.
+        lam_nuclear, lam_sparse: relaxation weights (None: defaults scaled to W).
+        threads: threads of the native core (None: torch.get_num_threads()).
+        progress: print a one-line summary per solve to stderr.
+    """
+
+    backend: str = "auto"
+    max_iter: int = 300
+    tol: float = 1e-4
+    seed: int = 0
+    subsample: int = 8192
+    relaxed: bool = False
+    lam_nuclear: Optional[float] = None
+    lam_sparse: Optional[float] = None
+    threads: Optional[int] = None
+    progress: bool = False
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def with_overrides(self, **overrides: Any) -> "SolverConfig":
+        """A copy with the given fields replaced; unknown names raise TypeError
+        naming them (so a misspelt keyword is never silently ignored)."""
+        unknown = sorted(set(overrides) - set(self.field_names()))
+        if unknown:
+            raise TypeError(f"unknown solver option(s) {unknown}; known: {list(self.field_names())}")
+        return replace(self, **overrides) if overrides else self
+
+
+def resolve(config: Optional[SolverConfig], overrides: dict[str, Any]) -> SolverConfig:
+    """The config a call runs with: ``config`` (default SolverConfig()) with the
+    keyword shortcuts that are not None applied (None means "not given")."""
+    if config is not None and not isinstance(config, SolverConfig):
+        raise TypeError(f"config must be a lowrank_sparse.SolverConfig, got {type(config).__name__}")
+    base = config if config is not None else SolverConfig()
+    return base.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
