@@ -1,0 +1,336 @@
+"""allocate(): from one network-wide target to every layer's rank, density and slices.
+
+Steps: check the arguments; classify the layers into fixed ones (overrides, excluded,
+first / last under ``keep_first_last``) and free ones; check that the fixed parts fit
+the target; build each free layer's error curves (:mod:`.curves`); search them with
+the chosen method (:mod:`.alds`, :mod:`.enc`, :mod:`.uniform`); assemble the per-layer
+result (with the real solver's rank / sparse split when ``error_fn`` is given).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import time
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from ..calibrate.layers import first_last_protected
+from ..structure import Structure, parse_structure
+from .alds import alds_search
+from .curves import CurveCache, ErrorFn, LayerCurves, _config_error, build_curves, config_error
+from .enc import enc_search
+from .spec import Allocation, Budget, LayerAllocation, LayerSpec, lowrank_params, sparse_nnz
+from .uniform import uniform_search
+
+__all__ = ["METHODS", "MODES", "Override", "allocate"]
+
+#: Allocation methods: name -> search over the layers' curves.
+METHODS = {"alds": alds_search, "enc": enc_search, "uniform": uniform_search}
+#: What a layer may become: both parts, or one of them.
+MODES = ("lowrank_sparse", "rank_only", "sparse_only")
+
+Override = Union[str, Mapping[str, Any], tuple]
+
+
+def allocate(
+    layers: Sequence[LayerSpec],
+    target: Budget,
+    method: str = "alds",
+    *,
+    total_params: Optional[int] = None,
+    total_flops: Optional[int] = None,
+    mode: str = "lowrank_sparse",
+    structure: Union[str, Structure] = "unstructured",
+    error_fn: Optional[ErrorFn] = None,
+    exclude: Sequence[str] = (),
+    overrides: Optional[Mapping[str, Override]] = None,
+    keep_first_last: bool = True,
+    slice_candidates: Sequence[int] = (1, 2, 4, 8),
+    slice_linear: bool = False,
+    sparse_shares: Sequence[float] = (0.0, 0.1, 0.25, 0.5),
+    cache: Optional[CurveCache] = None,
+    seed: int = 0,
+) -> Allocation:
+    """Choose every layer's rank, density and slice count to meet a network-wide target.
+
+    Args:
+        layers: the compressible layers, in network order.
+        target: Budget(params=..., flops=...) as fractions of the WHOLE model.
+        method: "alds" | "enc" | "uniform".
+        total_params: all parameters of the model (including layers not listed, biases,
+            BN); default: the listed layers' weights only.
+        total_flops: the model's MACs per sample (same convention as
+            :func:`spec.layer_flops`); default: the listed layers' MACs only.
+        mode: "lowrank_sparse" (per-layer split from ``sparse_shares``), "rank_only",
+            "sparse_only".
+        structure: sparsity structure of S (see lowrank_sparse.structure); conv layers use
+            their own ``block`` for "channel".
+        error_fn: error_fn(layer, rank, density) -> relative error of the real L+S solver;
+            used in "lowrank_sparse" mode to choose each layer's split at its allocated
+            size (the sizes themselves come from the cheap proxy curves).
+        exclude: fnmatch patterns of layers kept dense.
+        overrides: {pattern: "dense" | {"rank": r, "density": d, "slices": g} | (r, d)}
+            fixing a layer's configuration (first matching pattern wins; beats exclude).
+        keep_first_last: keep the first and last layer dense, by the rule of
+            :func:`lowrank_sparse.calibrate.first_last_protected` (only when there are
+            at least 3 layers).
+        slice_candidates: ALDS slice counts (used by "alds" only; others use 1).
+        slice_linear: also try slices > 1 on linear layers (off by default: each extra
+            slice count costs another spectrum of the layer, which dominates the time at
+            VGG's 4096x25088 classifier).
+        sparse_shares: candidate fractions of a layer's budget given to S ("lowrank_sparse").
+        cache: reuse singular values across calls (see CurveCache).
+        seed: seed of the sampled estimates in the curves.
+
+    The result never exceeds the budget; it undershoots by at most a few rank steps.
+
+    Raises:
+        ValueError: bad arguments, or an infeasible target (the message says by how much).
+    """
+    t0 = time.perf_counter()
+    layers, shares = _checked(layers, target, method, mode, sparse_shares)
+    if isinstance(exclude, str):
+        exclude = (exclude,)
+    overrides = dict(overrides or {})
+    st_name = structure if isinstance(structure, str) else structure.name
+    parse_structure(structure)  # validate early
+    cache = cache if cache is not None else CurveCache()
+    dense_p, dense_f, total_params, total_flops = _totals(layers, total_params, total_flops)
+
+    fixed, free = _classify(layers, structure, overrides, exclude, keep_first_last,
+                            error_fn if mode == "lowrank_sparse" else None, cache)
+    fixed_p = total_params - dense_p + sum(a.params for a in fixed.values())
+    fixed_f = total_flops - dense_f + sum(a.flops for a in fixed.values())
+    bp = None if target.params is None else target.params * total_params
+    bf = None if target.flops is None else target.flops * total_flops
+    _check_fixed_fit((("params", bp, fixed_p, total_params), ("flops", bf, fixed_f, total_flops)))
+
+    t1 = time.perf_counter()
+    gs = tuple(slice_candidates) if method == "alds" else (1,)
+    curves = [_curves_of(layers[li], mode, structure, gs, slice_linear, shares, cache, seed) for li in free]
+    t2 = time.perf_counter()
+    avail_p = None if bp is None else bp - fixed_p
+    avail_f = None if bf is None else bf - fixed_f
+    _check_curves_fit(curves, ((avail_p, fixed_p, total_params), (avail_f, fixed_f, total_flops)))
+    idx, info = METHODS[method](curves, avail_p, avail_f)
+    t3 = time.perf_counter()
+
+    split_fn = error_fn if mode == "lowrank_sparse" else None
+    out = _assemble(layers, fixed, free, curves, idx, structure, shares, split_fn, cache)
+    p = total_params - dense_p + sum(a.params for a in out)
+    f = total_flops - dense_f + sum(a.flops for a in out)
+    if error_fn is not None and mode == "lowrank_sparse" and method == "enc":
+        info["metric_after_split"] = float(np.prod([1.0 - a.predicted_error**2 for a in out]))
+    info.update({"seconds_curves": t2 - t1, "seconds_search": t3 - t2, "seconds_total": time.perf_counter() - t0,
+                 "cache_hits": cache.hits, "cache_misses": cache.misses})
+    return Allocation(out, method, mode, st_name, target, total_params, total_flops, p, f, info)
+
+
+def _checked(layers: Sequence[LayerSpec], target: Budget, method: str, mode: str,
+             sparse_shares: Sequence[float]) -> tuple[list[LayerSpec], list[float]]:
+    """The layers as a list and the sorted distinct sparse shares; raises on bad arguments."""
+    if not isinstance(target, Budget):
+        raise TypeError(f"target must be a Budget, got {type(target).__name__}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    layers = list(layers)
+    for l in layers:
+        if not isinstance(l, LayerSpec):
+            raise TypeError(f"layers must be LayerSpec objects, got {type(l).__name__}")
+    names = [l.name for l in layers]
+    if len(set(names)) != len(names):
+        raise ValueError("layer names must be unique")
+    shares = sorted({float(s) for s in sparse_shares})
+    if any(not (0.0 <= s < 1.0) for s in shares):
+        raise ValueError(f"sparse_shares must lie in [0, 1), got {list(sparse_shares)}")
+    if mode == "lowrank_sparse" and not shares:
+        raise ValueError("sparse_shares must not be empty")
+    return layers, shares
+
+
+def _totals(layers: list[LayerSpec], total_params: Optional[int],
+            total_flops: Optional[int]) -> tuple[int, int, int, int]:
+    """(listed layers' dense params, their dense MACs, model params, model MACs)."""
+    dense_p = sum(l.dense_params for l in layers)
+    dense_f = sum(l.dense_flops for l in layers)
+    total_params = dense_p if total_params is None else int(total_params)
+    total_flops = dense_f if total_flops is None else int(total_flops)
+    if total_params < dense_p:
+        raise ValueError(f"total_params={total_params} is smaller than the listed layers' weights ({dense_p})")
+    if total_flops < dense_f:
+        raise ValueError(f"total_flops={total_flops} is smaller than the listed layers' MACs ({dense_f})")
+    return dense_p, dense_f, total_params, total_flops
+
+
+def _parse_override(name: str, pat: str, ov: Override) -> Optional[tuple[int, float, int]]:
+    """-> (rank, density, slices) or None for "dense"."""
+    if isinstance(ov, str):
+        if ov == "dense":
+            return None
+        raise ValueError(f"override {pat!r} for layer {name!r}: unknown value {ov!r} (use 'dense', a dict or (rank, density))")
+    if isinstance(ov, tuple):
+        if len(ov) not in (2, 3):
+            raise ValueError(f"override {pat!r}: tuple must be (rank, density) or (rank, density, slices)")
+        ov = dict(zip(("rank", "density", "slices"), ov))
+    if not isinstance(ov, Mapping):
+        raise TypeError(f"override {pat!r}: expected 'dense', a dict or a tuple, got {type(ov).__name__}")
+    bad = set(ov) - {"rank", "density", "slices"}
+    if bad:
+        raise ValueError(f"override {pat!r}: unknown keys {sorted(bad)} (allowed: rank, density, slices)")
+    r, d, g = int(ov.get("rank", 0)), float(ov.get("density", 0.0)), int(ov.get("slices", 1))
+    if r < 0 or not (0.0 <= d <= 1.0) or g < 1:
+        raise ValueError(f"override {pat!r} for {name!r}: need rank >= 0, 0 <= density <= 1, slices >= 1")
+    if r == 0 and d == 0.0:
+        raise ValueError(f"override {pat!r} for {name!r}: rank 0 and density 0 would delete the layer")
+    return r, d, g
+
+
+def _override_alloc(l: LayerSpec, pat: str, ov: Override, st: Structure, cache: CurveCache,
+                    error_fn: Optional[ErrorFn]) -> LayerAllocation:
+    cfg = _parse_override(l.name, pat, ov)
+    if cfg is None:
+        return _dense_alloc(l, "override")
+    r, d, g = cfg
+    if l.in_channels % g != 0:
+        raise ValueError(f"override for {l.name!r}: slices={g} must divide in_channels={l.in_channels}")
+    return _alloc(l, r, d, g, st, config_error(l, r, d, g, st, cache, error_fn), "override")
+
+
+def _classify(layers: list[LayerSpec], structure: Union[str, Structure], overrides: dict[str, Override],
+              exclude: Sequence[str], keep_first_last: bool, error_fn: Optional[ErrorFn],
+              cache: CurveCache) -> tuple[dict[int, LayerAllocation], list[int]]:
+    """({index: fixed allocation}, indices of the free layers), in network order.
+    Overrides beat ``exclude``, which beats ``keep_first_last``."""
+    protected = first_last_protected([l.name for l in layers], keep_first_last)
+    fixed: dict[int, LayerAllocation] = {}
+    free: list[int] = []
+    for li, l in enumerate(layers):
+        st = parse_structure(structure, block=l.block)
+        st.check_shape(l.m, l.n)
+        ov_hit = next((p for p in overrides if fnmatch.fnmatchcase(l.name, p)), None)
+        if ov_hit is not None:
+            fixed[li] = _override_alloc(l, ov_hit, overrides[ov_hit], st, cache, error_fn)
+        elif any(fnmatch.fnmatchcase(l.name, p) for p in exclude):
+            fixed[li] = _dense_alloc(l, "excluded")
+        elif l.name in protected:
+            fixed[li] = _dense_alloc(l, "first/last")
+        else:
+            free.append(li)
+    return fixed, free
+
+
+def _check_fixed_fit(checks: Sequence[tuple[str, Optional[float], int, int]]) -> None:
+    """Raise if the parts that are not allocated alone exceed a target (what, budget, fixed, total)."""
+    for what, b, fx, tot in checks:
+        if b is not None and fx > b:
+            raise ValueError(
+                f"infeasible {what} target {b / tot:.4f}: the parts that are not allocated (excluded/overridden/"
+                f"first-last layers and everything outside the listed layers) alone need {fx:,} = "
+                f"{fx / tot:.4f} of the model, exceeding the target by {fx - b:,.0f} ({(fx - b) / tot:.4f} of the model)"
+            )
+
+
+def _curves_of(l: LayerSpec, mode: str, structure: Union[str, Structure], gs: tuple[int, ...],
+               slice_linear: bool, shares: list[float], cache: CurveCache, seed: int) -> LayerCurves:
+    lgs = gs if (l.kind == "conv" or slice_linear) else (1,)
+    return build_curves(l, mode, parse_structure(structure, block=l.block), slice_candidates=lgs,
+                        sparse_shares=shares, cache=cache, seed=seed)
+
+
+def _check_curves_fit(curves: list[LayerCurves], checks: Sequence[tuple[Optional[float], int, int]]) -> None:
+    """Raise if even the smallest configuration of every free layer exceeds a target;
+    ``checks`` = ((available params, fixed params, total params), (same for MACs))."""
+    costs = (("params", lambda c: int(c.sizes[0])), ("flops", lambda c: int(c.sizes[0]) * c.spatial))
+    for (what, costf), (b, fx, tot) in zip(costs, checks):
+        if b is None:
+            continue
+        need = sum(costf(c) for c in curves)
+        if need > b:
+            raise ValueError(
+                f"infeasible {what} target {(b + fx) / tot:.4f}: even the smallest configuration of every allocated "
+                f"layer gives {(need + fx) / tot:.4f} of the model, exceeding the target by {need - b:,.0f} "
+                f"({(need - b) / tot:.4f} of the model)"
+            )
+
+
+def _assemble(layers: list[LayerSpec], fixed: dict[int, LayerAllocation], free: list[int],
+              curves: list[LayerCurves], idx: Sequence[int], structure: Union[str, Structure],
+              shares: list[float], split_fn: Optional[ErrorFn], cache: CurveCache) -> list[LayerAllocation]:
+    """Per-layer result in network order; ``split_fn`` (the real solver's error) picks
+    the rank / sparse split of unsliced free layers at their allocated size."""
+    out: list[LayerAllocation] = []
+    ci = {li: k for k, li in enumerate(free)}
+    for li, l in enumerate(layers):
+        if li in fixed:
+            out.append(fixed[li])
+            continue
+        c, i = curves[ci[li]], idx[ci[li]]
+        st = parse_structure(structure, block=l.block)
+        if bool(c.dense[i]):
+            out.append(_dense_alloc(l, "allocated"))
+            continue
+        r, g, nnz = int(c.ranks[i]), int(c.slices[i]), int(c.nnz[i])
+        err = float(c.errors[i])
+        dens = nnz / (l.m * l.n)
+        if split_fn is not None and g == 1:
+            r, dens, err = _best_split(l, int(c.sizes[i]), st, shares, split_fn, cache)
+        out.append(_alloc(l, r, dens, g, st, err, "allocated"))
+    return out
+
+
+def _dense_alloc(l: LayerSpec, source: str) -> LayerAllocation:
+    return LayerAllocation(l.name, 0, 0.0, 1, l.dense_params, l.dense_flops, 0.0, l.kind, (l.m, l.n),
+                           keep_dense=True, nnz=0, source=source)
+
+
+def _alloc(l: LayerSpec, r: int, d: float, g: int, st: Structure, err: float, source: str) -> LayerAllocation:
+    nnz = sparse_nnz(l.m, l.n, d, st)
+    if nnz == 0:
+        d = 0.0
+    params = lowrank_params(l.m, l.n, r, g) + nnz
+    return LayerAllocation(l.name, int(r), float(d), int(g), params, params * l.spatial, float(err), l.kind,
+                           (l.m, l.n), keep_dense=False, nnz=nnz, source=source)
+
+
+def _split_candidate(l: LayerSpec, sh: float, size: int, st: Structure) -> Optional[tuple[int, float]]:
+    """(rank, density) of sparse share ``sh`` of ``size`` stored values, or None if it does not fit."""
+    m, n, mn = l.m, l.n, l.m * l.n
+    if sh == 0.0:
+        r = size // (m + n)
+        return (r, 0.0) if r >= 1 else None
+    if st.kind == "nm":
+        nnz, d = mn * st.n // st.m, st.n / st.m
+    else:
+        gsz = st.group_size(m, n)
+        k = int(math.floor(sh * size / gsz))
+        nnz, d = k * gsz, k * gsz / mn
+    r = (size - nnz) // (m + n)
+    return None if (nnz == 0 or r < 1) else (r, d)
+
+
+def _best_split(l: LayerSpec, size: int, st: Structure, shares: Sequence[float], error_fn: ErrorFn,
+                cache: CurveCache) -> tuple[int, float, float]:
+    """Among the candidate sparse shares, the (rank, density) of size <= ``size`` with the
+    lowest error (error_fn for shares > 0, exact spectrum for share 0); ties -> smaller share."""
+    best: Optional[tuple[float, int, float]] = None
+    cand = [0.0] + [s for s in shares if s > 0.0] if st.kind != "nm" else [0.0, 1.0]
+    for sh in cand:
+        rd = _split_candidate(l, sh, size, st)
+        if rd is None:
+            continue
+        r, d = rd
+        if sh == 0.0:
+            err = _config_error(l, r, 0.0, 1, st, cache, None)  # exact rank-only error, scaled
+        else:
+            err = float(error_fn(l, int(r), float(d)))
+            if not math.isfinite(err):
+                raise ValueError(f"error_fn returned a non-finite error for layer {l.name!r}")
+        if best is None or err < best[0] - 1e-12:
+            best = (err, int(r), float(d))
+    if best is None:
+        raise ValueError(f"layer {l.name!r}: no rank/sparse split fits its allocated size {size}")
+    return best[1], best[2], best[0]
