@@ -318,19 +318,19 @@ def test_budget_run_reuses_the_allocators_solve(mlp, digits, monkeypatch):
     model as a fresh compress() at the chosen ranks and densities."""
     import importlib
 
-    C = importlib.import_module("lowrank_sparse.compress")  # the module, not the function
+    M = importlib.import_module("lowrank_sparse.compress.methods")  # every solve goes through solve_layer
     Xtr = digits[0]
     calls: list[tuple[tuple[int, ...], int]] = []
-    real = C._solve
+    real = M.solve_layer
 
-    def counting(method, W, rank, density, *args, **kwargs):
-        calls.append((tuple(W.shape), int(rank)))
-        return real(method, W, rank, density, *args, **kwargs)
+    def counting(config, problem):
+        calls.append((tuple(problem.weight.shape), int(problem.rank)))
+        return real(config, problem)
 
-    monkeypatch.setattr(C, "_solve", counting)
+    monkeypatch.setattr(M, "solve_layer", counting)
     new, rep = compress(mlp, Xtr[:300], target=Budget(params=0.5), allocation="alds", max_iter=20,
                         keep_first_last=False, progress=False)
-    monkeypatch.setattr(C, "_solve", real)
+    monkeypatch.setattr(M, "solve_layer", real)
     compressed = [l for l in rep.layers if l.status == "compressed"]
     assert compressed
     for l in compressed:

@@ -1,0 +1,186 @@
+"""Per-layer sizes: (rank, density, slices) for every selected layer, either explicit
+or from a network-wide budget.
+
+Explicit sizes (``target=None``):
+
+* ``rank``: None (no low-rank part), an int (that rank, capped at full rank), a
+  float in [0, 1] (that fraction of full rank min(m, n), rounded), or a dict
+  {fnmatch pattern: int | float}; the first matching pattern wins.
+* ``density``: None (no sparse part), a float in [0, 1] (fraction of the weight's
+  entries S may keep), or a dict {pattern: float}.
+* A layer gets no change (status "untouched") when its rank is full, its density is
+  1, or (dicts) no pattern matches it.
+
+With a :class:`~lowrank_sparse.budget.Budget` the sizes come from
+:func:`lowrank_sparse.budget.allocate` over exactly the selected layers (everything
+else counts as fixed in the model's totals).  For methods with ``solver_split`` the
+allocator's ``error_fn`` runs the real solver on the layer; each such decomposition is
+kept for reuse by the final solve.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Any, Mapping, NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+
+from ..calibrate import LayerStats, folded_problem, unfold_decomposition
+from ..solve.activations import act_fn
+from ..structure import Structure
+from . import methods
+from .configs import DensitySpec, MethodConfig, RankSpec
+from .errors import dense_error
+
+__all__ = ["LayerSize", "Solved", "allocation_plan", "check_plan", "explicit_plan", "layer_specs"]
+
+#: Largest weight (entries) whose allocator-time decompositions are kept for reuse.
+REUSE_MAX_ENTRIES = 1 << 22
+
+
+class LayerSize(NamedTuple):
+    """The size a layer is compressed to (rank per slice, density of S, ALDS slices)."""
+
+    rank: int
+    density: float
+    slices: int = 1
+
+
+#: Decompositions the allocator ran: (name, rank, density) -> Decomposition (unfolded).
+Solved = dict[tuple[str, int, float], Any]
+
+
+def _lookup(spec: Any, name: str) -> tuple[bool, Any]:
+    """(matched, value) of a scalar-or-dict spec for layer ``name``."""
+    if isinstance(spec, Mapping):
+        for pat, val in spec.items():
+            if not isinstance(pat, str):
+                raise TypeError(f"rank / density dict keys must be name patterns (str), got {pat!r}")
+            if fnmatch.fnmatchcase(name, pat):
+                return True, val
+        return False, None
+    return True, spec
+
+
+def _resolve_rank(value: Any, m: int, n: int, name: str) -> int:
+    full = min(m, n)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"layer '{name}': rank must be an int, a fraction in [0, 1] or None, got {value!r}")
+    if isinstance(value, float):
+        if not (0.0 <= value <= 1.0) or math.isnan(value):
+            raise ValueError(f"layer '{name}': a float rank is a fraction of full rank in [0, 1], got {value}")
+        return int(round(value * full))
+    if value < 0:
+        raise ValueError(f"layer '{name}': rank must be >= 0, got {value}")
+    return min(int(value), full)
+
+
+def _resolve_density(value: Any, name: str) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"layer '{name}': density must be a float in [0, 1] or None, got {value!r}")
+    value = float(value)
+    if not (0.0 <= value <= 1.0) or math.isnan(value):
+        raise ValueError(f"layer '{name}': density must be in [0, 1], got {value}")
+    return value
+
+
+def explicit_plan(names: list[str], stats: dict[str, LayerStats], rank: RankSpec,
+                  density: DensitySpec) -> dict[str, LayerSize]:
+    """Sizes from explicit ``rank`` / ``density`` specs (see the module doc)."""
+    plan: dict[str, LayerSize] = {}
+    dicts = isinstance(rank, Mapping) or isinstance(density, Mapping)
+    for name in names:
+        m, n = stats[name].weight_shape
+        hit_r, rv = _lookup(rank, name)
+        hit_d, dv = _lookup(density, name)
+        if dicts and not (hit_r and rv is not None) and not (hit_d and dv is not None):
+            plan[name] = LayerSize(min(m, n), 0.0, 1)  # no pattern matched: untouched
+            continue
+        plan[name] = LayerSize(_resolve_rank(rv if hit_r else None, m, n, name),
+                               _resolve_density(dv if hit_d else None, name), 1)
+    return plan
+
+
+def check_plan(plan: dict[str, LayerSize]) -> None:
+    """Raise for a layer whose size would delete its weight (rank 0 and density 0)."""
+    for name, size in plan.items():
+        if size.rank == 0 and size.density == 0.0:
+            raise ValueError(f"layer '{name}': rank 0 and density 0 would delete the layer's weight; "
+                             f"give it a rank or a density, or exclude it")
+
+
+def layer_specs(selected: list[tuple[str, nn.Module]], stats: dict[str, LayerStats]) -> list[Any]:
+    """The allocator's LayerSpecs: the weight the solver fits (BatchNorm folded by
+    :func:`~lowrank_sparse.calibrate.folded_problem`), its Gram matrix, and the scale
+    that maps predicted errors to errors after the activation."""
+    from .. import budget as B
+
+    specs = []
+    for name, mod in selected:
+        st = stats[name]
+        prob = folded_problem(st, mod)
+        scale = 1.0
+        info = st.activation
+        if info.nonlinear and st.sample is not None:  # predicted errors after the activation
+            scale = B.activation_error_scale(prob.weight, prob.bias, st.sample,
+                                             lambda u, i=info: act_fn(u, i.name, i.negative_slope))
+        specs.append(B.LayerSpec(name=name, weight=prob.weight, kind=st.kind, block=st.block,
+                                 out_hw=st.out_hw, gram=st.gram, error_scale=scale))
+    return specs
+
+
+def _solver_error_fn(config: MethodConfig, structure: Structure, selected: list[tuple[str, nn.Module]],
+                     stats: dict[str, LayerStats], solved: Solved) -> Any:
+    """error_fn(layer, rank, density): post-activation error of the real solver's fit."""
+    mods = dict(selected)
+
+    def error_fn(layer: Any, rank: int, density: float) -> float:
+        name = getattr(layer, "name", layer)
+        st, mod = stats[name], mods[name]
+        prob = folded_problem(st, mod)
+        problem = methods.layer_problem(prob.weight, prob.bias, st, int(rank), float(density), 1, structure)
+        dec = unfold_decomposition(methods.solve_layer(config, problem), prob.scale)
+        if prob.weight.numel() <= REUSE_MAX_ENTRIES:  # big layers: re-solve rather than hold copies
+            solved[(name, int(rank), float(density))] = dec
+        W0 = mod.weight.detach().reshape(st.weight_shape)
+        b0 = None if mod.bias is None else mod.bias.detach()
+        return dense_error(st, W0, b0, torch.as_tensor(dec.dense()).to(W0), b0)
+
+    return error_fn
+
+
+def allocation_plan(
+    target: Any,
+    allocation: str,
+    config: MethodConfig,
+    structure: Structure,
+    selected: list[tuple[str, nn.Module]],
+    stats: dict[str, LayerStats],
+    totals: tuple[int, int],
+    solved: Solved,
+) -> tuple[dict[str, LayerSize], Optional[str]]:
+    """Sizes from :func:`lowrank_sparse.budget.allocate` over the selected layers, and
+    its table.  ``totals`` = (model params, model MACs per sample).  Only the allocator's
+    solves whose sizes the plan picked are left in ``solved``."""
+    from .. import budget as B
+
+    method = methods.method_of_config(config)
+    error_fn = _solver_error_fn(config, structure, selected, stats, solved) if method.solver_split else None
+    alloc = B.allocate(layer_specs(selected, stats), target, method=allocation, total_params=totals[0],
+                       total_flops=totals[1], mode=method.allocation_mode, structure=structure, error_fn=error_fn,
+                       keep_first_last=False, seed=config.solver.seed)
+    plan: dict[str, LayerSize] = {}
+    for la in alloc.layers:
+        if la.keep_dense:
+            plan[la.name] = LayerSize(min(stats[la.name].weight_shape), 0.0, 1)
+        else:
+            plan[la.name] = LayerSize(int(la.rank), float(la.density), int(la.slices))
+    for key in [k for k in solved if tuple(plan.get(k[0], (None, None))[:2]) != k[1:]]:
+        del solved[key]
+    return plan, alloc.table()
