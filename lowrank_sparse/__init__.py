@@ -11,6 +11,9 @@ Public names::
     Budget(params=..., flops=...)
     save(model, path) / load(path)              safetensors, no pickle
     LowRankSparseLinear, LowRankSparseConv2d    the module pair
+    SolverConfig, CalibrationConfig             settings of the solves / the calibration pass
+    LowRankSparseConfig, RankOnlyConfig, SparseOnlyConfig   one config per method:
+        compress(model, data, config=RankOnlyConfig(rank=0.25), calibration=CalibrationConfig(...))
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ _LAZY = {
     "load": ("lowrank_sparse.io", "load"),
     "LowRankSparseLinear": ("lowrank_sparse.nn", "LowRankSparseLinear"),
     "LowRankSparseConv2d": ("lowrank_sparse.nn", "LowRankSparseConv2d"),
+    "SolverConfig": ("lowrank_sparse.solve.config", "SolverConfig"),
+    "CalibrationConfig": ("lowrank_sparse.calibrate", "CalibrationConfig"),
+    "LowRankSparseConfig": ("lowrank_sparse.compress", "LowRankSparseConfig"),
+    "RankOnlyConfig": ("lowrank_sparse.compress", "RankOnlyConfig"),
+    "SparseOnlyConfig": ("lowrank_sparse.compress", "SparseOnlyConfig"),
 }
 
 # compress() lives in the submodule of the same name.  Importing it here binds the
