@@ -28,7 +28,8 @@ class LayerReport:
         activation: the detected activation, as text (e.g. "relu (after bn1, fx)").
         status: "compressed" (replaced by a pair module) or "untouched" (original
             layer kept: full rank, density 1, or no rank/density given for it).
-        method: "lowrank_sparse", "rank_only" or "sparse_only".
+        method: "lowrank_sparse", "rank_only", "sparse_only" (or another method
+            registered with :func:`lowrank_sparse.compress.register_method`).
         rank: rank of L per slice (0: no low-rank part).
         density: nonzeros of S / (m*n), as stored (0: no sparse part).
         structure: sparsity structure of S.
@@ -103,8 +104,9 @@ class CompressionReport:
 
     Attributes:
         layers: one record per compressible layer that was considered, model order.
-        skipped: name -> reason for layers left out (grouped convs, excluded names,
-            keep_first_last, never called during calibration).
+        skipped: name -> reason for layers left out (grouped convs, names not matched
+            by include / matched by exclude, rejected by filter_fn, keep_first_last,
+            never called during calibration).
         params_before, params_after: stored parameter values of the whole model
             (every parameter, not only the compressed layers).
         flops_before, flops_after: MACs per sample of all Linear / Conv2d / pair
