@@ -4,7 +4,8 @@ exact parameter / multiply-accumulate counts."""
 from __future__ import annotations
 
 from .conv import LowRankSparseConv2d
-from .counts import conv_output_hw, dense_flops, dense_params, model_flops, model_params
+from .counts import dense_flops, dense_params, model_flops, model_params
+from .geometry import conv_output_hw, conv_padding, pair
 from .linear import LowRankSparseLinear
 from .sparse import ColumnSparse, CompactSparse, CSRSparse, NMSparse, RowSparse, compact_from_dense
 
@@ -18,6 +19,8 @@ __all__ = [
     "NMSparse",
     "compact_from_dense",
     "conv_output_hw",
+    "conv_padding",
+    "pair",
     "dense_params",
     "dense_flops",
     "model_params",

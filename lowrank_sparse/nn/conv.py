@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..solve.result import Decomposition
 from ..structure import Structure, parse_structure
-from .counts import _pair, conv_output_hw
+from .geometry import conv_output_hw, pair, symmetric_padding
 from .linear import _sparse_from, as_tensor, split_block_diagonal
 from ._parts import PairBase, attach_sparse_and_bias
 from .sparse import CompactSparse, ConvGeometry, compact_from_dense
@@ -33,21 +33,6 @@ from .sparse import CompactSparse, ConvGeometry, compact_from_dense
 __all__ = ["LowRankSparseConv2d"]
 
 _PAD_MODES = ("zeros", "reflect", "replicate", "circular")
-
-
-def _resolve_padding(padding: Any, kernel: tuple[int, int], dilation: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
-    if isinstance(padding, str):
-        if padding == "valid":
-            return (0, 0)
-        if padding == "same":
-            if stride != (1, 1):
-                raise ValueError("padding='same' needs stride 1")
-            tot = [d * (k - 1) for k, d in zip(kernel, dilation)]
-            if any(t % 2 for t in tot):
-                raise ValueError(f"padding='same' with kernel {kernel}, dilation {dilation} is asymmetric; not supported")
-            return (tot[0] // 2, tot[1] // 2)
-        raise ValueError(f"padding must be 'same', 'valid' or ints, got {padding!r}")
-    return _pair(padding, "padding")
 
 
 class LowRankSparseConv2d(PairBase):
@@ -88,10 +73,10 @@ class LowRankSparseConv2d(PairBase):
         super().__init__()
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.dilation = _pair(dilation, "dilation")
-        self.padding = _resolve_padding(padding, self.kernel_size, self.dilation, self.stride)
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.dilation = pair(dilation, "dilation")
+        self.padding = symmetric_padding(padding, self.kernel_size, self.dilation, self.stride)
         if padding_mode not in _PAD_MODES:
             raise ValueError(f"padding_mode must be one of {_PAD_MODES}, got {padding_mode!r}")
         self.padding_mode = padding_mode

@@ -20,46 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .conv import LowRankSparseConv2d
+from .geometry import conv_output_hw
+from .linear import LowRankSparseLinear
+from .sparse import CompactSparse
+
 __all__ = ["conv_output_hw", "dense_params", "dense_flops", "model_params", "model_flops"]
-
-
-def _pair(v: Any, name: str) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    t = tuple(int(a) for a in v)
-    if len(t) != 2:
-        raise ValueError(f"{name} must be an int or a pair, got {v!r}")
-    return t  # type: ignore[return-value]
-
-
-def conv_output_hw(
-    input_hw: tuple[int, int],
-    kernel_size: tuple[int, int] | int,
-    stride: tuple[int, int] | int = 1,
-    padding: tuple[int, int] | int | str = 0,
-    dilation: tuple[int, int] | int = 1,
-) -> tuple[int, int]:
-    """Output (H_out, W_out) of a 2-D conv on an (H, W) input.
-
-    H_out = floor((H + 2*p - d*(k-1) - 1) / s) + 1; ``padding`` may be "valid" or "same".
-
-    Raises:
-        ValueError: a non-positive output size or malformed arguments.
-    """
-    H, W = _pair(input_hw, "input_hw")
-    k, s, d = _pair(kernel_size, "kernel_size"), _pair(stride, "stride"), _pair(dilation, "dilation")
-    if isinstance(padding, str):
-        if padding == "same":
-            return (H, W)
-        if padding != "valid":
-            raise ValueError(f"padding must be 'same', 'valid' or ints, got {padding!r}")
-        p = (0, 0)
-    else:
-        p = _pair(padding, "padding")
-    out = tuple((x + 2 * pp - dd * (kk - 1) - 1) // ss + 1 for x, kk, ss, pp, dd in zip((H, W), k, s, p, d))
-    if out[0] < 1 or out[1] < 1:
-        raise ValueError(f"input {H}x{W} is too small for kernel {k}, stride {s}, padding {p}, dilation {d}")
-    return out  # type: ignore[return-value]
 
 
 def dense_params(module: nn.Module) -> int:
@@ -91,9 +57,6 @@ def dense_flops(module: nn.Module, input_hw: tuple[int, int] | None = None) -> i
 
 
 def _is_pair(module: nn.Module) -> bool:
-    from .conv import LowRankSparseConv2d
-    from .linear import LowRankSparseLinear
-
     return isinstance(module, (LowRankSparseLinear, LowRankSparseConv2d))
 
 
@@ -114,8 +77,6 @@ def model_params(model: nn.Module) -> int:
 
 def _is_compact_sparse(mod: nn.Module) -> bool:
     # a pair's compact sparse part: its values are counted by the pair's num_params()
-    from .sparse import CompactSparse
-
     return isinstance(mod, CompactSparse)
 
 
@@ -133,9 +94,6 @@ def model_flops(
         input_shape: shape of one sample, without the batch dimension, e.g. (3, 32, 32).
         per_layer: return {qualified name: MACs} instead of the total.
     """
-    from .conv import LowRankSparseConv2d
-    from .linear import LowRankSparseLinear
-
     counts: dict[str, int] = {}
     hooks = []
 
