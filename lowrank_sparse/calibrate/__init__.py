@@ -20,7 +20,8 @@ Modules, one job each:
 
 from .activation import NONLINEAR, ActivationInfo
 from .batches import CalibrationData, iter_batches
-from .capture import conv_padding, layer_input_matrix
+from ..nn.geometry import conv_padding
+from .capture import layer_input_matrix
 from .config import DEFAULT_SAMPLE_SIZE, CalibrationConfig, resolve_calibration
 from .detect import detect_activations
 from .fold import FoldedProblem, folded_problem, unfold_decomposition

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch.nn as nn
 
-from .capture import _pair
+from ..nn.geometry import pair
 
 __all__ = ["describe_layer", "find_layers", "first_last_protected"]
 
@@ -62,5 +62,5 @@ def describe_layer(mod: nn.Module) -> str:
         return f"Linear(in_features={mod.in_features}, out_features={mod.out_features})"
     if isinstance(mod, nn.Conv2d):
         return (f"Conv2d(in_channels={mod.in_channels}, out_channels={mod.out_channels}, "
-                f"kernel_size={_pair(mod.kernel_size)})")
+                f"kernel_size={pair(mod.kernel_size)})")
     return type(mod).__name__

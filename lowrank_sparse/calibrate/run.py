@@ -19,9 +19,9 @@ from typing import Any, Iterable, Optional, Union
 import torch
 import torch.nn as nn
 
+from ..nn.geometry import conv_padding, pair
 from .activation import ActivationInfo
 from .batches import CalibrationData, iter_batches
-from .capture import _pair, conv_padding
 from .config import CalibrationConfig, resolve_calibration
 from .detect import RuntimeDetector, detect_activations
 from .fold import bn_affine
@@ -121,9 +121,9 @@ def _device(model: nn.Module, device: Optional[Union[str, torch.device]]) -> tor
 def _new_stats(name: str, mod: nn.Module) -> LayerStats:
     m, n = int(mod.weight.shape[0]), int(mod.weight[0].numel())
     if isinstance(mod, nn.Conv2d):
-        kh, kw = _pair(mod.kernel_size)
-        return LayerStats(name, "conv", (m, n), block=kh * kw, kernel_size=(kh, kw), stride=_pair(mod.stride),
-                          padding=conv_padding(mod), dilation=_pair(mod.dilation))
+        kh, kw = pair(mod.kernel_size)
+        return LayerStats(name, "conv", (m, n), block=kh * kw, kernel_size=(kh, kw), stride=pair(mod.stride),
+                          padding=conv_padding(mod), dilation=pair(mod.dilation))
     return LayerStats(name, "linear", (m, n))
 
 
