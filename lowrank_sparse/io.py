@@ -220,7 +220,7 @@ def _sparse_parts(model: nn.Module) -> dict[str, Any]:
 def _pack_sparse_indices(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Replace the index buffers of every sparse part in ``tensors`` (a state dict, changed
     in place) by their packed form; return the per-part metadata."""
-    from .nn.sparse import pack_index_state
+    from .nn.sparse_index import pack_index_state
 
     meta: dict[str, Any] = {}
     for qual, sp in _sparse_parts(model).items():
@@ -239,7 +239,7 @@ def _pack_sparse_indices(model: nn.Module, tensors: dict[str, torch.Tensor]) -> 
 def _unpack_sparse_indices(p: Path, meta: Any, layers: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     """Inverse of :func:`_pack_sparse_indices` on the tensors read from ``p`` (in place);
     ``layers`` = the file's layer configs (they hold each sparse part's config)."""
-    from .nn.sparse import unpack_index_state
+    from .nn.sparse_index import unpack_index_state
 
     if not isinstance(meta, dict):
         raise ValueError(f"{p}: corrupt metadata (sparse_indices must be a JSON object)")

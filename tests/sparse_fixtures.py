@@ -1,7 +1,6 @@
 """Shared test helper: random decompositions whose sparse part follows a given structure.
 
-(Used by tests/test_io.py and tests/test_io_aq.py; was two near-copies, ``sparse_dec`` and
-``hand_dec``.)
+(Used by the io tests, and the sparse-format tests for :func:`masked`.)
 """
 
 from __future__ import annotations
@@ -49,3 +48,24 @@ def random_decomposition(
     else:
         raise ValueError(f"unknown kind {kind!r}")
     return Decomposition(U, V, W * mask, parse_structure(kind, block=block), SolveInfo(), slices=slices)
+
+
+KINDS = ["unstructured", "row", "column", "channel", "2:4", "1:8", "1:16"]
+
+
+def masked(kind: str, m: int, n: int, g: torch.Generator, block: int = 1) -> torch.Tensor:
+    """Random S (m, n) whose support follows ``kind`` (about 30% density, nonzero values)."""
+    vals = torch.randn(m, n, generator=g).abs().add(0.1) * torch.sign(torch.randn(m, n, generator=g))
+    if kind == "unstructured":
+        mask = torch.rand(m, n, generator=g) < 0.3
+    elif kind == "row":
+        mask = (torch.rand(m, 1, generator=g) < 0.3).expand(m, n)
+    elif kind == "column":
+        mask = (torch.rand(1, n, generator=g) < 0.3).expand(m, n)
+    elif kind == "channel":
+        mask = (torch.rand(1, n // block, 1, generator=g) < 0.4).expand(m, n // block, block).reshape(m, n)
+    else:
+        N, M = map(int, kind.split(":"))
+        idx = torch.rand(m, n // M, M, generator=g).argsort(dim=2)[..., :N]
+        mask = torch.zeros(m, n // M, M, dtype=torch.bool).scatter(2, idx, True).reshape(m, n)
+    return vals * mask

@@ -1,4 +1,5 @@
-"""Geometry of 2-D convolutions: (h, w) pairs, output sizes and explicit padding.
+"""Geometry of 2-D convolutions: (h, w) pairs, output sizes, explicit padding, and the
+:class:`ConvGeometry` record the compact sparse parts convolve with.
 
 The one home for these formulas; the module pairs, the counts and calibration import
 them from here.
@@ -7,11 +8,13 @@ them from here.
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-__all__ = ["pair", "conv_output_hw", "conv_padding", "symmetric_padding"]
+__all__ = ["ConvGeometry", "pair", "conv_output_hw", "conv_padding", "symmetric_padding"]
 
 
 def _as_int(a: Any, name: str, v: Any) -> int:
@@ -117,3 +120,27 @@ def symmetric_padding(
             return (tot[0] // 2, tot[1] // 2)
         raise ValueError(f"padding must be 'same', 'valid' or ints, got {padding!r}")
     return pair(padding, "padding")
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Geometry of a 2-D convolution (zero padding, groups = 1).
+
+    Attributes:
+        in_channels: C.
+        kernel_size: (kh, kw).
+        stride, padding, dilation: (h, w) pairs, as for ``F.conv2d``.
+    """
+
+    in_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+
+    @property
+    def kernel_numel(self) -> int:
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    def conv(self, x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1) -> Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)

@@ -30,23 +30,26 @@ Every format offers the same interface:
   memory; ``packed=True``: as saved);
   ``macs_per_position()`` (multiply-accumulates of one product with one input vector /
   one output pixel); ``config()`` (JSON-able) and ``from_config(config, tensors)``.
+
+The packed form of the indices in a saved file is :mod:`lowrank_sparse.nn.sparse_index`;
+the conv geometry (:class:`~lowrank_sparse.nn.geometry.ConvGeometry`) is
+:mod:`lowrank_sparse.nn.geometry`.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..structure import Structure, parse_structure
+from .geometry import ConvGeometry, conv_output_hw
+from .sparse_index import index_dtype, pack_index_state
 
 __all__ = [
-    "ConvGeometry",
     "CompactSparse",
     "RowSparse",
     "ColumnSparse",
@@ -54,38 +57,7 @@ __all__ = [
     "NMSparse",
     "compact_from_dense",
     "sparse_from_config",
-    "pack_index_state",
-    "unpack_index_state",
 ]
-
-
-@dataclass(frozen=True)
-class ConvGeometry:
-    """Geometry of a 2-D convolution (zero padding, groups = 1).
-
-    Attributes:
-        in_channels: C.
-        kernel_size: (kh, kw).
-        stride, padding, dilation: (h, w) pairs, as for ``F.conv2d``.
-    """
-
-    in_channels: int
-    kernel_size: tuple[int, int]
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
-
-    @property
-    def kernel_numel(self) -> int:
-        return self.kernel_size[0] * self.kernel_size[1]
-
-    def conv(self, x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1) -> Tensor:
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
-
-
-def _index_dtype(upper: int) -> torch.dtype:
-    """Smallest of int32/int64 that holds values up to ``upper``."""
-    return torch.int32 if upper < 2**31 - 1 else torch.int64
 
 
 def _csr_tensor(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
@@ -137,7 +109,7 @@ class CompactSparse(nn.Module):
             packed: False (default): the in-memory index buffers (int32 / int64 / uint8
                 tensors the products use); True: as a file written by
                 :func:`lowrank_sparse.save` stores them (bit-packed / bitmap / Rice-coded,
-                see :func:`pack_index_state`).  Never counts values, AQ codes or codebooks.
+                see :func:`lowrank_sparse.nn.sparse_index.pack_index_state`).  Never counts values, AQ codes or codebooks.
         """
         if packed:
             return sum(int(t.numel()) for t in pack_index_state(self)[0].values())
@@ -182,7 +154,7 @@ class RowSparse(CompactSparse):
         super().__init__(out_features, values.shape[1])
         _check_sorted_unique(rows, out_features, "rows")
         self.values = nn.Parameter(values.detach().clone())
-        self.register_buffer("rows", rows.detach().to(_index_dtype(out_features)).clone())
+        self.register_buffer("rows", rows.detach().to(index_dtype(out_features)).clone())
 
     @classmethod
     def from_dense(cls, S: Tensor) -> "RowSparse":
@@ -240,7 +212,7 @@ class ColumnSparse(CompactSparse):
         self.block = int(block)
         self.kernel_numel = int(kernel_numel)
         self.values = nn.Parameter(values.detach().clone())
-        idt = _index_dtype(in_features)
+        idt = index_dtype(in_features)
         self.register_buffer("groups", groups.detach().to(idt).clone())
         if self.block == 1 and self.kernel_numel > 1:
             if in_features % kernel_numel != 0:
@@ -331,7 +303,7 @@ class CSRSparse(CompactSparse):
         if conv_mode not in ("unfold", "dense_kernel"):
             raise ValueError(f"conv_mode must be 'unfold' or 'dense_kernel', got {conv_mode!r}")
         super().__init__(crow_indices.shape[0] - 1, in_features)
-        idt = _index_dtype(max(in_features, values.shape[0]))
+        idt = index_dtype(max(in_features, values.shape[0]))
         self.conv_mode = conv_mode
         self.register_buffer("crow_indices", crow_indices.detach().to(idt).clone())
         self.register_buffer("col_indices", col_indices.detach().to(idt).clone())
@@ -374,8 +346,7 @@ class CSRSparse(CompactSparse):
         B, _, H, W = x.shape
         cols = F.unfold(x, geom.kernel_size, geom.dilation, geom.padding, geom.stride)  # (B, n, L)
         L = cols.shape[2]
-        Ho = (H + 2 * geom.padding[0] - geom.dilation[0] * (geom.kernel_size[0] - 1) - 1) // geom.stride[0] + 1
-        Wo = L // Ho
+        Ho, Wo = conv_output_hw((H, W), geom.kernel_size, geom.stride, geom.padding, geom.dilation)
         y = self.csr() @ cols.transpose(0, 1).reshape(self.in_features, B * L)  # (m, B*L)
         return _add(out, y.view(m, B, Ho, Wo).transpose(0, 1))
 
@@ -434,7 +405,7 @@ class NMSparse(CompactSparse):
     def _columns(self) -> Tensor:
         """(m, n*N/M) column index of every stored value (int32 when it fits)."""
         k = self.values.shape[1]
-        idt = _index_dtype(self.in_features)
+        idt = index_dtype(self.in_features)
         base = torch.arange(k, device=self.offsets.device, dtype=idt) // self.n * self.m_window
         return base + self.offsets.to(idt)
 
@@ -450,7 +421,7 @@ class NMSparse(CompactSparse):
             return _add(out, F.linear(x, self.to_dense()))
         # sparse patterns (N/M <= 1/8): a CSR product with regular row pointers
         m, k = self.values.shape
-        crow = torch.arange(m + 1, device=self.values.device, dtype=_index_dtype(m * k)) * k
+        crow = torch.arange(m + 1, device=self.values.device, dtype=index_dtype(m * k)) * k
         csr = _csr_tensor(crow, self._columns().reshape(-1), self.values.reshape(-1), self.shape)
         lead = x.shape[:-1]
         y = (csr @ x.reshape(-1, self.in_features).t()).t()
@@ -521,263 +492,4 @@ def sparse_from_config(config: dict[str, Any], tensors: dict[str, Tensor]) -> Co
             return NMSparse(tensors["values"], tensors["offsets"], int(config["n"]), int(config["m"]))
     except KeyError as e:
         raise ValueError(f"sparse format {fmt!r} is missing {e.args[0]!r}") from None
-    raise ValueError(f"unknown sparse format {fmt!r}")
-
-
-# ----------------------------------------------------------------------------- packed indices
-#
-# A saved file stores the support of S in the fewest bits a simple exact code gives
-# (lowrank_sparse.io, schema version 3).  All codes are lossless; the decoder validates
-# sizes and ranges and raises ValueError on corrupt input.  Bits are laid out least
-# significant first (numpy ``packbits(bitorder="little")``).
-#
-# * "bits": n values in [0, upper), each at w = max(1, bit_length(upper - 1)) bits.
-# * "bitmap": a sorted set of distinct values in [0, upper) as ``upper`` membership bits.
-# * "rice": non-negative gaps g as q = g >> k in unary (q ones, then a zero) in one
-#   stream and r = g & (2^k - 1) at k bits in a second stream; k minimises the total.
-#
-# Per format:
-# * RowSparse rows / ColumnSparse groups: "bits" or "bitmap", whichever is smaller.
-#   ColumnSparse ``channels`` is derived from the groups and not stored.
-# * NMSparse offsets: "bits" (ceil(log2 M) bits each: 2 bits for 2:4, 4 bits for 1:16).
-# * CSRSparse: the smallest of (a) per-row counts ("bits") + columns ("bits"), (b) per-row
-#   counts + within-row column gaps ("rice"; the first gap of a row is the column itself,
-#   later ones col - previous col - 1), (c) one bitmap of the whole (m, n) support.
-
-
-def _width(upper: int) -> int:
-    return max(1, (int(upper) - 1).bit_length())
-
-
-def _pack_bits(v: np.ndarray, w: int) -> np.ndarray:
-    """(n,) non-negative ints < 2^w -> uint8 (ceil(n*w/8),)."""
-    v = np.asarray(v, dtype=np.int64).reshape(-1)
-    if w == 0 or v.size == 0:
-        return np.zeros(0, dtype=np.uint8)
-    bits = ((v[:, None] >> np.arange(w, dtype=np.int64)[None, :]) & 1).astype(np.uint8)
-    return np.packbits(bits.reshape(-1), bitorder="little")
-
-
-def _unpack_bits(p: np.ndarray, n: int, w: int, what: str) -> np.ndarray:
-    need = (n * w + 7) // 8
-    if p.dtype != np.uint8 or p.ndim != 1 or p.size != need:
-        raise ValueError(f"packed {what}: {p.size} bytes, expected {need} ({n} values x {w} bits)")
-    if n == 0 or w == 0:
-        return np.zeros(n, dtype=np.int64)
-    bits = np.unpackbits(p, count=n * w, bitorder="little").reshape(n, w).astype(np.int64)
-    return (bits << np.arange(w, dtype=np.int64)[None, :]).sum(axis=1)
-
-
-def _bitmap(v: np.ndarray, upper: int) -> np.ndarray:
-    mask = np.zeros(upper, dtype=np.uint8)
-    mask[np.asarray(v, dtype=np.int64)] = 1
-    return np.packbits(mask, bitorder="little")
-
-
-def _unbitmap(p: np.ndarray, upper: int, what: str) -> np.ndarray:
-    need = (upper + 7) // 8
-    if p.dtype != np.uint8 or p.ndim != 1 or p.size != need:
-        raise ValueError(f"packed {what}: {p.size} bytes, expected a bitmap of {need} bytes ({upper} bits)")
-    return np.flatnonzero(np.unpackbits(p, count=upper, bitorder="little")).astype(np.int64)
-
-
-def _rice_cost(g: np.ndarray, k: int) -> int:
-    return int((g >> k).sum()) + g.size * (1 + k)
-
-
-def _rice_best_k(g: np.ndarray, kmax: int) -> tuple[int, int]:
-    costs = [(_rice_cost(g, k), k) for k in range(kmax + 1)]
-    cost, k = min(costs)
-    return k, cost
-
-
-def _rice_encode(g: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(unary stream, remainder stream, unary bit count)."""
-    q = g >> k
-    nbits = int(q.sum()) + g.size
-    unary = np.ones(nbits, dtype=np.uint8)
-    unary[np.cumsum(q + 1) - 1] = 0
-    return np.packbits(unary, bitorder="little"), _pack_bits(g & ((1 << k) - 1), k), nbits
-
-
-def _rice_decode(unary: np.ndarray, rem: np.ndarray, n: int, k: int, nbits: int, what: str) -> np.ndarray:
-    if unary.dtype != np.uint8 or unary.ndim != 1 or unary.size != (nbits + 7) // 8 or nbits < n:
-        raise ValueError(f"packed {what}: unary stream of {unary.size} bytes does not hold {nbits} bits for {n} gaps")
-    bits = np.unpackbits(unary, count=nbits, bitorder="little")
-    zeros = np.flatnonzero(bits == 0)
-    if zeros.size != n or (n and zeros[-1] != nbits - 1):
-        raise ValueError(f"packed {what}: unary stream holds {zeros.size} terminated gaps, expected {n}")
-    q = np.diff(np.concatenate([[-1], zeros])) - 1
-    return (q << k) + _unpack_bits(rem, n, k, what)
-
-
-def _pack_set(v: np.ndarray, upper: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """A strictly increasing set in [0, upper): "bits" or "bitmap", the smaller."""
-    if v.size * _width(upper) <= upper:
-        return {"": _pack_bits(v, _width(upper))}, {"codec": "bits", "n": int(v.size)}
-    return {"": _bitmap(v, upper)}, {"codec": "bitmap", "n": int(v.size)}
-
-
-def _unpack_set(p: np.ndarray, meta: dict[str, Any], upper: int, what: str) -> np.ndarray:
-    n = _meta_int(meta, "n", what)
-    if meta.get("codec") == "bits":
-        return _unpack_bits(p, n, _width(upper), what)
-    if meta.get("codec") == "bitmap":
-        out = _unbitmap(p, upper, what)
-        if out.size != n:
-            raise ValueError(f"packed {what}: bitmap has {out.size} members, expected {n}")
-        return out
-    raise ValueError(f"packed {what}: unknown codec {meta.get('codec')!r}")
-
-
-def _meta_int(meta: dict[str, Any], key: str, what: str) -> int:
-    v = meta.get(key)
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError(f"packed {what}: metadata {key!r} must be a non-negative int, got {v!r}")
-    return v
-
-
-def _np(t: Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy().astype(np.int64, copy=False).reshape(-1)
-
-
-def pack_index_state(sp: CompactSparse) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """The support of ``sp`` in its compact stored form.
-
-    Returns:
-        (tensors, meta): tensors = {name: uint8 (bytes,)} (names local to the module, e.g.
-        "col_indices.rice_unary"); meta = JSON-able description ("codec", counts, Rice
-        parameter) that :func:`unpack_index_state` needs with the module's ``config()``.
-    """
-    m, n = sp.shape
-    out: dict[str, np.ndarray] = {}
-    meta: dict[str, Any] = {"format": sp.format}
-    if isinstance(sp, RowSparse):
-        t, mt = _pack_set(_np(sp.rows), m)
-        out["rows.packed"], meta["rows"] = t[""], mt
-    elif isinstance(sp, ColumnSparse):
-        t, mt = _pack_set(_np(sp.groups), n // sp.block)
-        out["groups.packed"], meta["groups"] = t[""], mt
-    elif isinstance(sp, NMSparse):
-        w = _width(sp.m_window)
-        out["offsets.packed"] = _pack_bits(_np(sp.offsets), w)
-        meta["offsets"] = {"codec": "bits", "n": int(sp.offsets.numel()), "rows": int(sp.offsets.shape[0])}
-    elif isinstance(sp, CSRSparse):
-        crow, col = _np(sp.crow_indices), _np(sp.col_indices)
-        nnz = int(col.size)
-        counts = np.diff(crow)
-        row_start = np.zeros(nnz, dtype=bool)
-        row_start[crow[:-1][counts > 0]] = True
-        prev = np.concatenate([[-1], col[:-1]]) if nnz else col
-        g = np.where(row_start, col, col - prev - 1) if nnz else col
-        k, rice_bits = _rice_best_k(g, _width(n)) if nnz else (0, 0)
-        wc = _width(n + 1)
-        cost = {"bits": m * wc + nnz * _width(n), "rice": m * wc + rice_bits + 7, "bitmap": m * n}
-        codec = min(cost, key=lambda c: (cost[c], c))
-        meta["support"] = {"codec": codec, "nnz": nnz}
-        if codec == "bitmap":
-            mask = np.zeros(m * n, dtype=np.uint8)
-            rows = np.repeat(np.arange(m), counts)
-            mask[rows * n + col] = 1
-            out["support.bitmap"] = np.packbits(mask, bitorder="little")
-        else:
-            out["support.counts"] = _pack_bits(counts, wc)
-            if codec == "bits":
-                out["support.columns"] = _pack_bits(col, _width(n))
-            else:
-                unary, rem, nbits = _rice_encode(g, k)
-                out["support.rice_unary"], out["support.rice_rem"] = unary, rem
-                meta["support"].update(k=k, unary_bits=nbits)
-    else:  # pragma: no cover - every format is handled above
-        raise TypeError(f"cannot pack the indices of {type(sp).__name__}")
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}, meta
-
-
-def unpack_index_state(config: dict[str, Any], tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Tensor]:
-    """Inverse of :func:`pack_index_state`: the module's index buffers (names as in its
-    ``state_dict``, dtypes as its constructor stores them) from its ``config()``, the packed
-    tensors and the meta.
-
-    Raises:
-        ValueError: missing / mis-sized packed tensors, metadata that does not fit the
-            config, or decoded indices out of range (corrupt file).
-    """
-    fmt = config.get("format")
-    if meta.get("format") != fmt:
-        raise ValueError(f"packed indices are for format {meta.get('format')!r}, the layer is {fmt!r}")
-    try:
-        m, n = (int(v) for v in config["shape"])
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"sparse config has no valid shape: {config!r}") from None
-
-    def get(name: str) -> np.ndarray:
-        t = tensors.get(name)
-        if t is None:
-            raise ValueError(f"missing packed index tensor {name!r}")
-        if t.dtype != torch.uint8 or t.dim() != 1:
-            raise ValueError(f"packed index tensor {name!r} must be 1-D uint8, got {tuple(t.shape)} {t.dtype}")
-        return t.numpy()
-
-    def sub(key: str) -> dict[str, Any]:
-        v = meta.get(key)
-        if not isinstance(v, dict):
-            raise ValueError(f"packed indices of a {fmt!r} part have no {key!r} metadata")
-        return v
-
-    if fmt == "row":
-        rows = _unpack_set(get("rows.packed"), sub("rows"), m, "rows")
-        return {"rows": torch.from_numpy(rows).to(_index_dtype(m))}
-    if fmt == "column":
-        block, kk = int(config["block"]), int(config["kernel_numel"])
-        if block < 1 or n % block:
-            raise ValueError(f"column config: block {block} does not divide {n}")
-        groups = _unpack_set(get("groups.packed"), sub("groups"), n // block, "groups")
-        idt = _index_dtype(n)
-        out = {"groups": torch.from_numpy(groups).to(idt)}
-        if block == 1 and kk > 1:
-            out["channels"] = torch.from_numpy(np.unique(groups // kk)).to(idt)
-        return out
-    if fmt == "nm":
-        mw = int(config["m"])
-        mt = sub("offsets")
-        cnt, rows = _meta_int(mt, "n", "offsets"), _meta_int(mt, "rows", "offsets")
-        if rows != m or (rows and cnt % rows):
-            raise ValueError(f"packed offsets: {cnt} values in {rows} rows do not fit a ({m}, {n}) N:M part")
-        off = _unpack_bits(get("offsets.packed"), cnt, _width(mw), "offsets")
-        return {"offsets": torch.from_numpy(off.astype(np.uint8).reshape(rows, -1) if rows else off.astype(np.uint8))}
-    if fmt == "csr":
-        mt = sub("support")
-        nnz, codec = _meta_int(mt, "nnz", "CSR support"), mt.get("codec")
-        if codec == "bitmap":
-            flat = _unbitmap(get("support.bitmap"), m * n, "CSR support")
-            if flat.size != nnz:
-                raise ValueError(f"packed CSR support: bitmap has {flat.size} entries, expected {nnz}")
-            rows, col = flat // n, flat % n
-            counts = np.bincount(rows, minlength=m)
-        elif codec in ("bits", "rice"):
-            counts = _unpack_bits(get("support.counts"), m, _width(n + 1), "CSR row counts")
-            if int(counts.sum()) != nnz or (counts.size and counts.max() > n):
-                raise ValueError(f"packed CSR row counts sum to {int(counts.sum())}, expected {nnz}")
-            if codec == "bits":
-                col = _unpack_bits(get("support.columns"), nnz, _width(n), "CSR columns")
-            else:
-                k, nbits = _meta_int(mt, "k", "CSR support"), _meta_int(mt, "unary_bits", "CSR support")
-                if k > 62:
-                    raise ValueError(f"packed CSR support: Rice parameter {k} out of range")
-                g = _rice_decode(get("support.rice_unary"), get("support.rice_rem"), nnz, k, nbits, "CSR support")
-                start = np.concatenate([[0], np.cumsum(counts)])[:-1]
-                c = np.cumsum(g + 1)
-                base = np.repeat(np.where(start > 0, c[np.maximum(start - 1, 0)] if nnz else 0, 0), counts)
-                col = c - base - 1
-        else:
-            raise ValueError(f"packed CSR support: unknown codec {codec!r}")
-        if col.size and (col.min() < 0 or col.max() >= n):
-            raise ValueError(f"packed CSR support decodes to columns outside [0, {n})")
-        crow = np.concatenate([[0], np.cumsum(counts)])
-        same_row = np.ones(max(nnz - 1, 0), dtype=bool)
-        same_row[crow[1:-1][(crow[1:-1] > 0) & (crow[1:-1] < nnz)] - 1] = False
-        if nnz > 1 and bool((np.diff(col)[same_row] <= 0).any()):
-            raise ValueError("packed CSR support decodes to columns that do not increase within a row")
-        idt = _index_dtype(max(n, nnz))
-        return {"crow_indices": torch.from_numpy(crow).to(idt), "col_indices": torch.from_numpy(col).to(idt)}
     raise ValueError(f"unknown sparse format {fmt!r}")

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..codec import bit_width, pack_bits, packed_size, unpack_bits
+
 __all__ = [
     "bits_for",
     "pack_codes",
@@ -41,7 +43,7 @@ def bits_for(K: int) -> int:
     """Bits needed for one code of a K-entry codebook: ceil(log2 K), at least 1."""
     if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 2 or K > 65536:
         raise ValueError(f"K must be an int in [2, 65536], got {K!r}")
-    return max(1, (int(K) - 1).bit_length())
+    return bit_width(int(K))
 
 
 def pack_codes(codes: np.ndarray | torch.Tensor, K: int) -> np.ndarray:
@@ -61,8 +63,7 @@ def pack_codes(codes: np.ndarray | torch.Tensor, K: int) -> np.ndarray:
     c = c.reshape(-1).astype(np.int64)
     if c.size and (c.min() < 0 or c.max() >= K):
         raise ValueError(f"codes must lie in [0, {K})")
-    bits = ((c[:, None] >> np.arange(b, dtype=np.int64)[None, :]) & 1).astype(np.uint8)
-    return np.packbits(bits.reshape(-1), bitorder="little")
+    return pack_bits(c, b)
 
 
 def unpack_codes(packed: np.ndarray | torch.Tensor, n: int, K: int) -> np.ndarray:
@@ -71,11 +72,10 @@ def unpack_codes(packed: np.ndarray | torch.Tensor, n: int, K: int) -> np.ndarra
     p = packed.detach().cpu().numpy() if isinstance(packed, torch.Tensor) else np.asarray(packed)
     if p.dtype != np.uint8:
         raise TypeError(f"packed codes must be uint8, got {p.dtype}")
-    need = (n * b + 7) // 8
+    need = packed_size(n, b)
     if p.size != need:
         raise ValueError(f"packed codes have {p.size} bytes, expected {need} for {n} codes of {b} bits")
-    bits = np.unpackbits(p.reshape(-1), count=n * b, bitorder="little").reshape(n, b)
-    vals = (bits.astype(np.int64) << np.arange(b, dtype=np.int64)[None, :]).sum(axis=1)
+    vals = unpack_bits(p.reshape(-1), n, b, "codes")
     if vals.size and vals.max() >= K:
         raise ValueError(f"packed codes decode to values >= K = {K}")
     return vals.astype(np.uint16)
@@ -234,7 +234,7 @@ def storage_report(model: nn.Module, codebook_dtype: str = "float16") -> dict[st
     aq_ids: set[int] = set()
     for _, q in entries:
         M, K, _d = q.codebooks.shape
-        codes_b += (q.codes.numel() * bits_for(K) + 7) // 8
+        codes_b += packed_size(q.codes.numel(), bits_for(K))
         q32 += 4 * q.numel_
         seen_books[id(q.codebooks)] = q.codebooks.numel() * cb_size
         aq_ids.update({id(q.codebooks), id(q.codes)})
