@@ -25,10 +25,14 @@ from torch import Tensor, nn
 
 from ..solve.result import Decomposition
 from ..structure import Structure, parse_structure
-from .geometry import conv_output_hw, pair, symmetric_padding
-from .linear import _sparse_from, as_tensor, split_block_diagonal
-from ._parts import PairBase, attach_sparse_and_bias
-from .sparse import CompactSparse, ConvGeometry, compact_from_dense
+from ._parts import (
+    PairBase,
+    decomposition_tensors,
+    require_decomposition,
+    split_block_diagonal,
+)
+from .geometry import ConvGeometry, conv_output_hw, pair, symmetric_padding
+from .sparse import CompactSparse, compact_from_dense
 
 __all__ = ["LowRankSparseConv2d"]
 
@@ -85,34 +89,31 @@ class LowRankSparseConv2d(PairBase):
         self.slices = int(slices)
         kk = self.kernel_size[0] * self.kernel_size[1]
         self.structure = parse_structure(structure, block=kk).name
-        m, C, g = self.out_channels, self.in_channels, self.slices
-        n = C * kk
         # zero padding is done by the convs themselves; other modes pad x up front
         pad = self.padding if padding_mode == "zeros" else (0, 0)
-        self.geom = ConvGeometry(C, self.kernel_size, self.stride, pad, self.dilation)
+        self.geom = ConvGeometry(self.in_channels, self.kernel_size, self.stride, pad, self.dilation)
 
-        if (U is None) != (V is None):
-            raise ValueError("U and V must both be given or both be None")
-        if U is not None and U.shape[1] == 0:
-            U = V = None
-        if U is not None and V is not None:
-            if U.dim() != 2 or U.shape[0] != m or U.shape[1] % g:
-                raise ValueError(f"U must be (m={m}, g*j) with g={g}, got {tuple(U.shape)}")
-            gj = U.shape[1]
-            if V.dim() == 2:
-                if V.shape != (gj, n):
-                    raise ValueError(f"V must be ({gj}, {n}), got {tuple(V.shape)}")
-                if g > 1:
-                    V = split_block_diagonal(V, g)  # (g, j, n/g); n/g = (C/g)*kh*kw
-                V = V.reshape(gj, C // g, *self.kernel_size)
-            elif V.shape != (gj, C // g, *self.kernel_size):
-                raise ValueError(f"V must be ({gj}, {n}) or ({gj}, {C // g}, {self.kernel_size[0]}, {self.kernel_size[1]}), got {tuple(V.shape)}")
-            self.U = nn.Parameter(U.detach().clone())
-            self.V = nn.Parameter(V.detach().clone())
-        else:
-            self.register_parameter("U", None)
-            self.register_parameter("V", None)
-        attach_sparse_and_bias(self, sparse, bias, m, n)
+        self.set_parts(U, V, sparse, bias)
+
+    def check_right_factor(self, V: Tensor, gj: int) -> Tensor:
+        """V as stored, (g*j, C/g, kh, kw), from a (block-diagonal) (g*j, C*kh*kw) matrix
+        or as given."""
+        g, C, (kh, kw) = self.slices, self.in_channels, self.kernel_size
+        n = C * kh * kw
+        if V.dim() == 2:
+            if V.shape != (gj, n):
+                raise ValueError(f"V must be ({gj}, {n}), got {tuple(V.shape)}")
+            if g > 1:
+                V = split_block_diagonal(V, g)  # (g, j, n/g); n/g = (C/g)*kh*kw
+            return V.reshape(gj, C // g, kh, kw)
+        if V.shape != (gj, C // g, kh, kw):
+            raise ValueError(f"V must be ({gj}, {n}) or ({gj}, {C // g}, {kh}, {kw}), got {tuple(V.shape)}")
+        return V
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """(m, n) = (out_channels, in_channels*kh*kw)."""
+        return (self.out_channels, self.in_channels * self.kernel_size[0] * self.kernel_size[1])
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -126,19 +127,14 @@ class LowRankSparseConv2d(PairBase):
         """
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
-        if not isinstance(dec, Decomposition):
-            raise TypeError(f"dec must be a Decomposition, got {type(dec).__name__}")
+        require_decomposition(dec)
         if conv.groups != 1:
             raise ValueError(f"grouped / depthwise convs (groups={conv.groups}) are not supported")
         w = conv.weight
         m, C, kh, kw = w.shape
         if dec.shape != (m, C * kh * kw):
             raise ValueError(f"decomposition shape {dec.shape} does not match the conv weight matrix ({m}, {C * kh * kw})")
-        U = as_tensor(dec.U, like=w, name="dec.U")
-        V = as_tensor(dec.V, like=w, name="dec.V")
-        S = as_tensor(dec.S, like=w, name="dec.S")
-        if S.shape != (m, C * kh * kw):
-            raise ValueError(f"dec.S must be ({m}, {C * kh * kw}), got {tuple(S.shape)}")
+        U, V, S = decomposition_tensors(dec, w, m, C * kh * kw)
         sparse = compact_from_dense(S, dec.structure, kernel_numel=kh * kw)
         return cls(
             C, m, (kh, kw), conv.stride, conv.padding, conv.dilation,
@@ -147,10 +143,8 @@ class LowRankSparseConv2d(PairBase):
             slices=dec.slices, structure=dec.structure,
         )  # fmt: skip
 
-    def config(self) -> dict[str, Any]:
-        """JSON-able description; with the state tensors it rebuilds the module."""
+    def geometry_config(self) -> dict[str, Any]:
         return {
-            "class": type(self).__name__,
             "in_channels": self.in_channels,
             "out_channels": self.out_channels,
             "kernel_size": list(self.kernel_size),
@@ -158,38 +152,22 @@ class LowRankSparseConv2d(PairBase):
             "padding": list(self.padding),
             "dilation": list(self.dilation),
             "padding_mode": self.padding_mode,
-            "rank": self.rank,
-            "slices": self.slices,
-            "structure": self.structure,
-            "bias": self.bias is not None,
-            "sparse": None if self.sparse is None else self.sparse.config(),
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any], tensors: dict[str, Tensor]) -> "LowRankSparseConv2d":
         """Rebuild from ``config()`` and tensors named as in ``state_dict()``."""
+        geometry = (config["kernel_size"], config["stride"], config["padding"], config["dilation"])
         return cls(
             int(config["in_channels"]),
             int(config["out_channels"]),
-            tuple(config["kernel_size"]),
-            tuple(config["stride"]),
-            tuple(config["padding"]),
-            tuple(config["dilation"]),
+            *(tuple(v) for v in geometry),
             padding_mode=str(config.get("padding_mode", "zeros")),
-            U=tensors.get("U"),
-            V=tensors.get("V"),
-            sparse=_sparse_from(config, tensors),
-            bias=tensors.get("bias"),
-            slices=int(config.get("slices", 1)),
-            structure=str(config.get("structure", "unstructured")),
+            **cls.state_kwargs(config, tensors),
         )
 
     # ------------------------------------------------------------------ compute
-    @property
-    def rank(self) -> int:
-        """Rank per slice j (the rank of L when slices == 1); 0 without low-rank part."""
-        return 0 if self.U is None else int(self.U.shape[1]) // self.slices
-
+    # rank, the sum of the paths: see PairBase
     def forward(self, x: Tensor) -> Tensor:
         unbatched = x.dim() == 3
         if unbatched:
@@ -197,40 +175,36 @@ class LowRankSparseConv2d(PairBase):
         if self.padding_mode != "zeros":
             ph, pw = self.padding
             x = F.pad(x, (pw, pw, ph, ph), mode=self.padding_mode)
-        out: Tensor | None = None
-        if self.U is not None:
-            h = self.geom.conv(x, self.V, None, groups=self.slices)
-            out = F.conv2d(h, self.U[:, :, None, None], self.bias)
-        if self.sparse is not None:
-            out = self.sparse.add_conv(out, x, self.geom)
-            if self.U is None and self.bias is not None:
-                out = out + self.bias.view(1, -1, 1, 1)
-        if out is None:
-            Ho, Wo = conv_output_hw((x.shape[2], x.shape[3]), self.kernel_size, self.stride, self.geom.padding, self.dilation)
-            out = x.new_zeros(x.shape[0], self.out_channels, Ho, Wo)
-            if self.bias is not None:
-                out = out + self.bias.view(1, -1, 1, 1)
+        out = self.sum_paths(x)
         return out.squeeze(0) if unbatched else out
+
+    def low_rank_path(self, x: Tensor) -> Tensor:
+        h = self.geom.conv(x, self.V, None, groups=self.slices)
+        return F.conv2d(h, self.U[:, :, None, None], self.bias)
+
+    def sparse_path(self, out: Tensor | None, x: Tensor) -> Tensor:
+        return self.sparse.add_conv(out, x, self.geom)
+
+    def zero_output(self, x: Tensor) -> Tensor:
+        """Zeros of the output shape, for x (B, C, H, W) as the convs see it (padded
+        already unless the padding mode is zeros)."""
+        Ho, Wo = conv_output_hw((x.shape[2], x.shape[3]), self.kernel_size, self.stride, self.geom.padding, self.dilation)
+        return x.new_zeros(x.shape[0], self.out_channels, Ho, Wo)
+
+    def bias_term(self) -> Tensor:
+        return self.bias.view(1, -1, 1, 1)
 
     def low_rank_dense(self) -> Tensor:
         """(m, C*kh*kw) L = U @ V (zeros for rank 0)."""
-        m, n = self.out_channels, self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         if self.U is None:
-            ref = self.bias if self.bias is not None else (self.sparse.values if self.sparse is not None else None)
-            return torch.zeros(m, n) if ref is None else ref.new_zeros(m, n)
+            return self.zero_matrix()
         g = self.slices
         V = self.V.reshape(g, self.V.shape[0] // g, -1)
         Vd = V[0] if g == 1 else torch.block_diag(*V.unbind(0))
         return self.U @ Vd
 
     # ------------------------------------------------------------------ counts
-    # to_dense_weight, num_params, num_index_bytes: see PairBase
-
-    def macs_per_position(self) -> int:
-        """MACs per output pixel: j*C*kh*kw + m*g*j + (stored values of S)."""
-        n = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        lr = 0 if self.U is None else self.rank * n + self.out_channels * int(self.U.shape[1])
-        return lr + (0 if self.sparse is None else self.sparse.macs_per_position())
+    # to_dense_weight, num_params, num_index_bytes, macs_per_position: see PairBase
 
     def output_hw(self, input_hw: tuple[int, int]) -> tuple[int, int]:
         return conv_output_hw(input_hw, self.kernel_size, self.stride, self.padding, self.dilation)
