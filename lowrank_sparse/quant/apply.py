@@ -212,6 +212,23 @@ def quantize_model(
     names = _select(model, which)
     if not names:
         raise ValueError(f"no parameters selected for quantization (which={which!r})")
+    _check_selected(model, names)
+    new = copy.deepcopy(model)
+    splits: list[tuple[str, np.ndarray, Split, Tensor]] = []
+    for n in names:
+        mod, attr = _param_slot(new, n)
+        p = getattr(mod, attr)
+        vecs, sp = split_tensor(p, cfg.d)
+        splits.append((n, vecs, sp, p))
+    for n, sp, book, codes, group in _learn(splits, cfg, history):
+        mod, attr = _param_slot(new, n)
+        q = AQWeight(book, torch.from_numpy(codes.astype(np.int64)), sp.scale, sp.shape, sp.numel, sp.pad, group=group)
+        _attach(mod, attr, q)
+    return new
+
+
+def _check_selected(model: nn.Module, names: list[str]) -> None:
+    """ValueError for a selected parameter that is parametrized or tied to another."""
     ids: dict[int, str] = {}
     for n in names:
         mod, attr = _param_slot(model, n)
@@ -221,42 +238,32 @@ def quantize_model(
         if id(p) in ids:
             raise ValueError(f"parameters {ids[id(p)]!r} and {n!r} are tied; tied weights are not supported")
         ids[id(p)] = n
-    new = copy.deepcopy(model)
-    splits: list[tuple[str, np.ndarray, Split, Tensor]] = []
-    for n in names:
-        mod, attr = _param_slot(new, n)
-        p = getattr(mod, attr)
-        vecs, sp = split_tensor(p, cfg.d)
-        splits.append((n, vecs, sp, p))
+
+
+def _learn(
+    splits: list[tuple[str, np.ndarray, Split, Tensor]], cfg: AQConfig, history: list[float] | None
+) -> list[tuple[str, Split, nn.Parameter, np.ndarray, str]]:
+    """Learn the codebooks of the split tensors (one shared set, or one per tensor).
+
+    Returns:
+        (name, split, codebooks (M, K, d) parameter, codes (n_vectors, M), group) per tensor.
+    """
+    plan = []
     if cfg.shared:
         allv = np.concatenate([v for _, v, _, _ in splits], axis=0)
         C, codes = learn_codebooks(allv, cfg, history=history)
         device = splits[0][3].device
         book = nn.Parameter(torch.from_numpy(C).to(device=device, dtype=splits[0][3].dtype))
         off = 0
-        plan = []
-        for n, v, sp, p in splits:
-            plan.append((n, sp, p, book, codes[off : off + v.shape[0]], "shared"))
+        for n, v, sp, _p in splits:
+            plan.append((n, sp, book, codes[off : off + v.shape[0]], "shared"))
             off += v.shape[0]
-    else:
-        plan = []
-        for i, (n, v, sp, p) in enumerate(splits):
-            C, codes = learn_codebooks(v, cfg, history=history if i == 0 else None)
-            book = nn.Parameter(torch.from_numpy(C).to(device=p.device, dtype=p.dtype))
-            plan.append((n, sp, p, book, codes, n))
-    for n, sp, p, book, codes, group in plan:
-        mod, attr = _param_slot(new, n)
-        q = AQWeight(
-            book,
-            torch.from_numpy(codes.astype(np.int64)),
-            sp.scale,
-            sp.shape,
-            sp.numel,
-            sp.pad,
-            group=group,
-        )
-        _attach(mod, attr, q)
-    return new
+        return plan
+    for i, (n, v, sp, p) in enumerate(splits):
+        C, codes = learn_codebooks(v, cfg, history=history if i == 0 else None)
+        book = nn.Parameter(torch.from_numpy(C).to(device=p.device, dtype=p.dtype))
+        plan.append((n, sp, book, codes, n))
+    return plan
 
 
 def aq_entries(model: nn.Module) -> tuple[list[tuple[str, AQWeight]], dict[int, str]]:

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from ..codec import bit_width, pack_bits, packed_size, unpack_bits
+from ..nn.sparse import CompactSparse
+from .apply import AQWeight, _attach, _param_slot, aq_entries
 
 __all__ = [
     "bits_for",
@@ -81,12 +83,6 @@ def unpack_codes(packed: np.ndarray | torch.Tensor, n: int, K: int) -> np.ndarra
     return vals.astype(np.uint16)
 
 
-def _entries(model: nn.Module) -> tuple[list[tuple[str, Any]], dict[int, str]]:
-    from .apply import aq_entries
-
-    return aq_entries(model)
-
-
 def aq_state(
     model: nn.Module, codebook_dtype: str = "float32"
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -105,7 +101,7 @@ def aq_state(
     """
     if codebook_dtype not in _CB_DTYPES:
         raise ValueError(f"codebook_dtype must be one of {sorted(_CB_DTYPES)}, got {codebook_dtype!r}")
-    entries, groups = _entries(model)
+    entries, groups = aq_entries(model)
     if not entries:
         raise ValueError("model has no AQ-quantized parameters (use quantize_model first)")
     tensors: dict[str, torch.Tensor] = {}
@@ -153,8 +149,6 @@ def load_aq_state(
     Returns:
         ``model``.
     """
-    from .apply import AQWeight, _attach, _param_slot
-
     if meta.get("aq.format") != FORMAT:
         raise ValueError(f"unknown AQ format {meta.get('aq.format')!r}; expected {FORMAT!r}")
     try:
@@ -163,40 +157,39 @@ def load_aq_state(
         raise ValueError("metadata has no valid 'aq.entries'") from e
     books: dict[str, nn.Parameter] = {}
     for e in entries:
-        g = e["group"]
-        if g not in books:
-            key = f"aq.codebooks.{g}"
-            if key not in tensors:
-                raise ValueError(f"missing tensor {key!r}")
-            books[g] = nn.Parameter(tensors[key].detach().to(getattr(torch, e.get("dtype", "float32"))).clone())
-        C = books[g]
-        M, K, d = e["M"], e["K"], e["d"]
-        if tuple(C.shape) != (M, K, d):
-            raise ValueError(f"codebooks {g!r} have shape {tuple(C.shape)}, metadata says {(M, K, d)}")
-        n = e["n_vectors"]
-        codes = unpack_codes(tensors[f"aq.codes.{e['param']}"], n * M, K).reshape(n, M)
-        scale = float(tensors[f"aq.scale.{e['param']}"])
+        q = _entry_weight(e, tensors, books)
         module, name = _param_slot(model, e["param"])
         current = getattr(module, name)
         if tuple(current.shape) != tuple(e["shape"]):
             raise ValueError(
                 f"parameter {e['param']!r} has shape {tuple(current.shape)}, stored shape is {tuple(e['shape'])}"
             )
-        q = AQWeight(
-            C,
-            torch.from_numpy(codes.astype(np.int64)),
-            scale,
-            tuple(e["shape"]),
-            int(e["numel"]),
-            int(e["pad"]),
-            group=g,
-        )
         if parametrize:
             _attach(module, name, q)
         else:
             with torch.no_grad():
                 current.copy_(q.value())
     return model
+
+
+def _entry_weight(e: dict[str, Any], tensors: dict[str, torch.Tensor], books: dict[str, nn.Parameter]) -> AQWeight:
+    """The AQWeight of one ``aq.entries`` entry; its group's codebooks are made once and
+    shared through ``books`` (filled here)."""
+    g = e["group"]
+    if g not in books:
+        key = f"aq.codebooks.{g}"
+        if key not in tensors:
+            raise ValueError(f"missing tensor {key!r}")
+        books[g] = nn.Parameter(tensors[key].detach().to(getattr(torch, e.get("dtype", "float32"))).clone())
+    C = books[g]
+    M, K, d = e["M"], e["K"], e["d"]
+    if tuple(C.shape) != (M, K, d):
+        raise ValueError(f"codebooks {g!r} have shape {tuple(C.shape)}, metadata says {(M, K, d)}")
+    n = e["n_vectors"]
+    codes = unpack_codes(tensors[f"aq.codes.{e['param']}"], n * M, K).reshape(n, M)
+    scale = float(tensors[f"aq.scale.{e['param']}"])
+    return AQWeight(C, torch.from_numpy(codes.astype(np.int64)), scale, tuple(e["shape"]), int(e["numel"]),
+                    int(e["pad"]), group=g)
 
 
 def non_aq_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -222,11 +215,9 @@ def storage_report(model: nn.Module, codebook_dtype: str = "float16") -> dict[st
     as float32), and "total" = codes + codebooks + scales + indices + float: the tensor bytes
     of the file :func:`lowrank_sparse.save` writes (which adds its header).
     """
-    from ..nn.sparse import CompactSparse
-
     if codebook_dtype not in _CB_DTYPES:
         raise ValueError(f"codebook_dtype must be one of {sorted(_CB_DTYPES)}, got {codebook_dtype!r}")
-    entries, groups = _entries(model)
+    entries, groups = aq_entries(model)
     cb_size = 2 if codebook_dtype == "float16" else 4
     codes_b = 0
     q32 = 0
