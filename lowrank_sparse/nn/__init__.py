@@ -1,5 +1,12 @@
 """The module pair that replaces nn.Linear / nn.Conv2d by low rank + compact sparse, and
-exact parameter / multiply-accumulate counts."""
+exact parameter / multiply-accumulate counts.
+
+Modules: ``linear`` / ``conv`` (the pair classes), ``_parts`` (what they share),
+``sparse`` (the compact sparse formats), ``sparse_index`` (their index buffers' dtype and
+packed form), ``geometry`` (conv geometry), ``counts`` (parameters / MACs).
+Dependencies go one way: counts -> linear, conv -> _parts -> sparse -> sparse_index ->
+:mod:`lowrank_sparse.codec`; geometry depends on nothing in the package.
+"""
 
 from __future__ import annotations
 

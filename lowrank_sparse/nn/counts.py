@@ -25,7 +25,7 @@ from .geometry import conv_output_hw
 from .linear import LowRankSparseLinear
 from .sparse import CompactSparse
 
-__all__ = ["conv_output_hw", "dense_params", "dense_flops", "model_params", "model_flops"]
+__all__ = ["dense_params", "dense_flops", "model_params", "model_flops"]
 
 
 def dense_params(module: nn.Module) -> int:
