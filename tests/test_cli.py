@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from lowrank_sparse import cli
+from lowrank_sparse.cli.args import parse_quantize
+from lowrank_sparse.cli.sources import load_model
 
 
 @pytest.fixture
@@ -67,7 +69,7 @@ def test_corrupt_file_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFix
     ids=["M2K256", "full", "defaults"],
 )
 def test_parse_quantize(text: str, expected: dict[str, object]) -> None:
-    assert cli.parse_quantize(text) == expected
+    assert parse_quantize(text) == expected
 
 
 def test_help_for_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
@@ -116,8 +118,8 @@ def test_compress_evaluate_report_round_trip(tmp_path: Path, cache: Path, capsys
 
 
 def test_source_says_whether_the_model_was_trained_or_loaded(cache: Path) -> None:
-    first = cli._load_model("mlp", "digits", "cpu", 0, None, progress=False)
-    again = cli._load_model("mlp", "digits", "cpu", 0, None, progress=False)
+    first = load_model("mlp", "digits", "cpu", 0, None, progress=False)
+    again = load_model("mlp", "digits", "cpu", 0, None, progress=False)
     assert "trained now" in first.source and "from cache" not in first.source
     assert "from cache" in again.source
     for a, b in zip(first.model.parameters(), again.model.parameters()):

@@ -1,0 +1,205 @@
+"""``lowrank-sparse compress``: compress a model to a budget (or explicit sizes), score
+it on the test split, optionally fine-tune and quantize it, and save it."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from . import measure
+from .args import DATASETS, fraction, nonneg_int, parse_quantize, positive_int
+from .output import CLIError, emit, log, progress_flag
+from .sources import Loaded, calibration, evaluation_data, input_shape, load_model
+
+__all__ = ["register", "run"]
+
+_IMAGENET = "imagenet_samples"
+
+
+def register(sub: Any) -> None:
+    """Add the ``compress`` subparser to ``sub`` (argparse's subparsers action)."""
+    c = sub.add_parser("compress", help="compress a model to a budget and save it (safetensors)")
+    c.add_argument("model", help="built-in model name (vgg16, alexnet, googlenet, small_cnn, mlp, mobilenet_v2) or a .safetensors file")
+    c.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    c.add_argument("--dataset", default="fashion_mnist", choices=DATASETS, help="real data set for calibration and evaluation")
+    c.add_argument("--checkpoint", help="trained weights (state dict, .safetensors or .pt) for the built-in architecture")
+    c.add_argument("--schedule", default="cpu", choices=("cpu", "gpu"), help="training recipe when no checkpoint is cached")
+    c.add_argument("--params", type=fraction, help="keep this fraction of the model's parameters, e.g. 0.25")
+    c.add_argument("--flops", type=fraction, help="keep this fraction of the model's MACs, e.g. 0.75")
+    c.add_argument("--rank", type=float, help="explicit rank for every layer: an int, or a fraction of full rank")
+    c.add_argument("--density", type=float, help="explicit density of S for every layer, in [0, 1)")
+    c.add_argument("--allocation", default="alds", choices=("alds", "enc", "uniform"))
+    c.add_argument("--method", default="lowrank_sparse", choices=("lowrank_sparse", "rank_only", "sparse_only"))
+    c.add_argument("--structure", default="unstructured", help="unstructured | row | column | channel | N:M (e.g. 2:4)")
+    c.add_argument("--exclude", action="append", help="fnmatch pattern of layer names to keep dense (repeatable)")
+    c.add_argument("--all-layers", action="store_true", help="also compress the first and last layers")
+    c.add_argument("--calib", type=positive_int, default=1024, help="calibration images (default 1024)")
+    c.add_argument("--max-iter", type=positive_int, default=300, help="ADMM iteration cap per layer")
+    c.add_argument("--sample-size", type=positive_int, default=8192,
+                   help="input columns per layer kept for the activation-aware objective (default 8192)")
+    c.add_argument("--fine-tune", type=nonneg_int, default=0, metavar="EPOCHS", help="fine-tune the compressed model")
+    c.add_argument("--fine-tune-subset", type=positive_int, default=10_000, help="training images for fine-tuning")
+    c.add_argument("--fine-tune-lr", type=float, default=0.01)
+    c.add_argument("--quantize", type=parse_quantize, help="additive quantization of factors and sparse values, e.g. aq:M=2,K=256")
+    c.add_argument("--dtype", choices=("float16", "bfloat16"), help="store floating values in this dtype")
+    c.add_argument("--test-subset", type=positive_int, help="evaluate on a seeded subset of the test split")
+    c.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    c.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compress, score, (fine-tune, quantize,) save; print the report and a summary."""
+    import torch
+
+    _check_target(args)
+    torch.manual_seed(args.seed)
+    progress = progress_flag(args)
+    src = load_model(args.model, args.dataset, args.schedule, args.seed, args.checkpoint, progress)
+    shape = input_shape(src.dataset)
+    log(args, f"model: {args.model} ({src.source}); data: {src.dataset}")
+    calib = calibration(src.dataset, args.calib, args.seed)
+    t0 = time.perf_counter()
+    new, report = _compress(args, src, calib, progress)
+    seconds = time.perf_counter() - t0
+    x_test, y_test = evaluation_data(src.dataset, args.test_subset, args.seed)
+    result: dict[str, Any] = {"model": args.model, "dataset": src.dataset, "compress_seconds": seconds}
+    if src.dataset == _IMAGENET:
+        result["fidelity"] = measure.fidelity(new, src.model, x_test)
+    else:
+        result["accuracy_before"] = measure.accuracy(src.model, x_test, y_test)
+        result["accuracy_after"] = measure.accuracy(new, x_test, y_test)
+    train_set = None
+    if args.fine_tune:
+        train_set = _fine_tune(args, new, src.dataset, progress)
+        result["accuracy_fine_tuned"] = measure.accuracy(new, x_test, y_test)
+    if args.quantize is not None:
+        new = _quantize(args, new, train_set)
+        result["accuracy_quantized"] = measure.accuracy(new, x_test, y_test) if src.dataset != _IMAGENET else None
+    result.update({"before": measure.summary(src.model, shape), "after": measure.summary(new, shape)})
+    if not args.no_latency:
+        result["latency_ms_before"], result["latency_ms_after"] = measure.paired_latency(src.model, new, shape, 64)
+    out = _save(args, new, src, report, result)
+    emit(args, result, _text(args, result, report, out, seconds))
+    return 0
+
+
+def _check_target(args: argparse.Namespace) -> None:
+    """Exactly one of: a budget (--params/--flops), explicit sizes (--rank/--density)."""
+    budget = args.params is not None or args.flops is not None
+    explicit = args.rank is not None or args.density is not None
+    if not budget and not explicit:
+        raise CLIError("give a target (--params and/or --flops) or explicit --rank/--density")
+    if budget and explicit:
+        raise CLIError("--params/--flops (a budget) and --rank/--density (explicit sizes) exclude each other")
+
+
+def _compress(args: argparse.Namespace, src: Loaded, calib: Any, progress: Optional[bool]) -> tuple[Any, Any]:
+    """lowrank_sparse.compress with the command line's settings -> (new model, report)."""
+    from ..budget import Budget
+    from ..compress import compress
+
+    target = None
+    if args.params is not None or args.flops is not None:
+        target = Budget(params=args.params, flops=args.flops)
+    return compress(
+        src.model,
+        calib,
+        target,
+        allocation=args.allocation,
+        rank=args.rank,
+        density=args.density,
+        structure=args.structure,
+        method=args.method,
+        exclude=args.exclude or None,
+        keep_first_last=not args.all_layers,
+        max_iter=args.max_iter,
+        seed=args.seed,
+        progress=progress,
+        sample_size=args.sample_size,
+    )
+
+
+def _fine_tune(args: argparse.Namespace, model: Any, dataset: str, progress: Optional[bool]) -> Any:
+    """Fine-tune ``model`` in place on (a seeded subset of) the training split; returns
+    that training set."""
+    from .. import data as _data
+    from .. import train as _train
+
+    if dataset == _IMAGENET:
+        raise CLIError("--fine-tune needs a training set; imagenet_samples has only 20 images")
+    ds = _data.load(dataset, "train")
+    if args.fine_tune_subset < len(ds):  # a seeded subset; the whole split when it is smaller
+        ds = _data.load(dataset, "train", subset=args.fine_tune_subset, seed=args.seed)
+    _train.fine_tune(model, ds, epochs=args.fine_tune, lr=args.fine_tune_lr, seed=args.seed, progress=progress)
+    model.eval()
+    return ds
+
+
+def _quantize(args: argparse.Namespace, model: Any, train_set: Any) -> Any:
+    """Additive quantization of factors and sparse values; with a training set (after
+    fine-tuning) one more epoch tunes the codebooks."""
+    from .. import data as _data
+    from ..quant import AQConfig, fine_tune_codebooks, quantize_model
+
+    new = quantize_model(model, AQConfig(**args.quantize), which="factors+sparse")
+    if train_set is not None:
+        import torch.nn.functional as F
+
+        batches = _data.loader(train_set, 128, shuffle=True, seed=args.seed)
+        fine_tune_codebooks(new, batches, F.cross_entropy, epochs=1, lr=1e-3)
+        new.eval()
+    return new
+
+
+def _save(args: argparse.Namespace, model: Any, src: Loaded, report: Any, result: dict[str, Any]) -> Path:
+    """Save with the architecture, data set, report and results so far as metadata; add
+    the file's name, size and byte breakdown to ``result``."""
+    from .. import io as _io
+
+    meta = {"dataset": src.dataset, "report": report.to_dict(), "cli": result}
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _io.save(model, out, metadata={"arch": src.arch, **meta}, dtype=args.dtype)
+    result["file"] = str(out)
+    result["file_bytes"] = out.stat().st_size
+    result["file_parts"] = _io.file_report(out)
+    result["report"] = report.to_dict()
+    return out
+
+
+def _text(args: argparse.Namespace, result: dict[str, Any], report: Any, out: Path, seconds: float) -> str:
+    """The human-readable summary: the report's table, sizes, latency, accuracies, file."""
+    lines = [report.table(), ""]
+    b, a = result["before"], result["after"]
+    lines.append(f"parameters  {b['params']:>12,d} -> {a['params']:>12,d}  ({a['params'] / b['params']:.1%})")
+    lines.append(f"MACs/sample {b['flops']:>12,d} -> {a['flops']:>12,d}  ({a['flops'] / b['flops']:.1%})")
+    if "latency_ms_before" in result:
+        lines.append(f"CPU latency {result['latency_ms_before']:>10.2f} ms -> {result['latency_ms_after']:>10.2f} ms"
+                     "  (batch 64, median of 20, interleaved)")
+    if "accuracy_before" in result:
+        lines.append(f"accuracy    {result['accuracy_before']:.2%} -> {result['accuracy_after']:.2%}")
+    if "accuracy_fine_tuned" in result:
+        lines.append(f"after fine-tuning ({args.fine_tune} epoch(s)): {result['accuracy_fine_tuned']:.2%}")
+    if result.get("accuracy_quantized") is not None:
+        aq = ",".join(f"{k}={v}" for k, v in args.quantize.items())
+        ft = " + 1 epoch of codebook fine-tuning" if args.fine_tune else ""
+        lines.append(f"after AQ ({aq}){ft}: {result['accuracy_quantized']:.2%}")
+    if "fidelity" in result:
+        f = result["fidelity"]
+        lines.append(f"fidelity    top-1 agreement {f['top1_agreement']:.2%}, KL {f['kl']:.4f}")
+    lines.append(f"saved {out} ({result['file_bytes']:,d} bytes) in {seconds:.1f} s of compression")
+    lines.append(_file_parts_line(result["file_parts"]))
+    return "\n".join(lines)
+
+
+def _file_parts_line(fp: dict[str, int]) -> str:
+    """One line: the saved file's bytes by kind (kinds with zero bytes left out)."""
+    kinds = ("float_values", "indices", "aq_codes", "aq_codebooks", "aq_scales", "header")
+    parts = ", ".join(f"{k.replace('_', ' ')} {fp[k]:,d}" for k in kinds if fp[k] or k == "header")
+    return ("  file bytes: " + parts
+            + " (indices packed; the report's index storage counts the in-memory int32 buffers)")

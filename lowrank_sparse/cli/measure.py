@@ -1,0 +1,82 @@
+"""What the subcommands measure on a model: accuracy, fidelity to a reference model,
+parameters and MACs, and CPU latency (median wall time of forward passes)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+__all__ = ["accuracy", "fidelity", "summary", "latency_ms", "paired_latency"]
+
+
+def accuracy(model: Any, x: Any, y: Any) -> float:
+    """Top-1 accuracy of ``model`` on inputs ``x`` (N, C, H, W) with labels ``y`` (N,)."""
+    from .. import train as _train
+
+    return _train.evaluate(model, (x, y))
+
+
+def fidelity(model: Any, reference: Any, x: Any) -> dict[str, float]:
+    """Top-1 agreement and mean KL(reference || model) of the softmax outputs."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.inference_mode():
+        a = reference(x).float()
+        b = model(x).float()
+    agree = float((a.argmax(1) == b.argmax(1)).float().mean())
+    kl = float(F.kl_div(F.log_softmax(b, 1), F.log_softmax(a, 1), log_target=True, reduction="batchmean"))
+    return {"top1_agreement": agree, "kl": kl}
+
+
+def summary(model: Any, shape: tuple[int, ...]) -> dict[str, int]:
+    """{"params": stored parameters, "flops": MACs per sample of input ``shape`` (C, H, W)}."""
+    from ..nn import counts
+
+    return {"params": int(counts.model_params(model)), "flops": int(counts.model_flops(model, shape))}
+
+
+def _seeded_batch(shape: tuple[int, ...], batch: int) -> Any:
+    import torch
+
+    return torch.randn((batch,) + shape, generator=torch.Generator().manual_seed(0))
+
+
+def latency_ms(model: Any, shape: tuple[int, ...], batch: int, runs: int = 30) -> float:
+    """Median wall time (ms) of one forward pass on a batch, CPU, no grad."""
+    import torch
+
+    x = _seeded_batch(shape, batch)
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for _ in range(3):
+            model(x)
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def paired_latency(a: Any, b: Any, shape: tuple[int, ...], batch: int, runs: int = 20) -> tuple[float, float]:
+    """Median forward time (ms) of two models on the same batch, runs interleaved so that
+    machine load affects both alike."""
+    import torch
+
+    x = _seeded_batch(shape, batch)
+    ta: list[float] = []
+    tb: list[float] = []
+    a.eval()
+    b.eval()
+    with torch.inference_mode():
+        for _ in range(2):
+            a(x)
+            b(x)
+        for _ in range(runs):
+            for model, acc in ((a, ta), (b, tb)):
+                t0 = time.perf_counter()
+                model(x)
+                acc.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ta), statistics.median(tb)

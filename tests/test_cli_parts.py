@@ -1,0 +1,70 @@
+"""The command line's shared pieces: argument types, JSON output, the layer table, and
+the demo's hand-built ``compress`` arguments (they must cover every ``compress`` flag)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lowrank_sparse.cli import app, demo
+from lowrank_sparse.cli.args import fraction, int_at_least
+from lowrank_sparse.cli.output import emit
+from lowrank_sparse.cli.report import layer_table
+
+
+@pytest.mark.parametrize("text, ok", [("1", True), ("0.25", True), ("1e-3", True), ("0", False), ("-0.5", False),
+                                      ("1.0001", False), ("nan", False), ("inf", False), ("x", False)])
+def test_fraction_accepts_exactly_the_half_open_unit_interval(text: str, ok: bool) -> None:
+    if ok:
+        assert fraction(text) == float(text)
+    else:
+        with pytest.raises(argparse.ArgumentTypeError):
+            fraction(text)
+
+
+def test_int_at_least() -> None:
+    parse = int_at_least(3)
+    assert parse("3") == 3 and parse("17") == 17
+    for bad in ("2", "-1", "3.5", "three"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(bad)
+
+
+def test_emit_json_is_one_object_with_paths_and_arrays_as_plain_values(capsys: pytest.CaptureFixture[str]) -> None:
+    payload = {"file": Path("a/b.safetensors"), "values": np.arange(3), "n": 2}
+    emit(argparse.Namespace(json=True), payload, "text")
+    assert json.loads(capsys.readouterr().out) == {"file": "a/b.safetensors", "values": [0, 1, 2], "n": 2}
+    emit(argparse.Namespace(json=False), payload, "text")
+    assert capsys.readouterr().out == "text\n"
+
+
+def test_layer_table_rows_and_columns() -> None:
+    rep = {"layers": [
+        {"name": "fc1", "kind": "linear", "shape": [64, 128], "activation": "relu", "rank": 8, "density": 0.05,
+         "params_before": 8192, "params_after": 1946, "output_error_after": 0.01234},
+        {"name": "features.conv", "kind": "conv2d", "shape": [16, 27], "activation": None, "rank": 2, "density": None,
+         "params_before": 0, "params_after": 86, "output_error_after": None},
+    ]}
+    lines = layer_table(rep).splitlines()
+    assert len(lines) == 3
+    assert lines[1].split() == ["fc1", "linear", "64x128", "relu", "8", "0.050", "1,946", "0.24", "0.0123"]
+    assert lines[2].split() == ["features.conv", "conv2d", "16x27", "None", "2", "0.000", "86", "-", "-"]
+    # columns are aligned: every column starts at the same offset in every row
+    starts = [lines[0].index(h) for h in ("kind", "shape", "act", "rank", "params", "error")]
+    for line in lines:
+        assert all(line[s - 1] == " " and line[s] != " " for s in starts), line
+
+
+def test_demo_sets_every_compress_argument(tmp_path: Path) -> None:
+    parser = app.build_parser()
+    parsed = parser.parse_args(["compress", "mlp", "-o", "x.safetensors", "--params", "0.5"])
+    wanted = set(vars(parsed)) - {"func", "command"}
+    demo_args = demo._compress_args(
+        argparse.Namespace(calib=1, params=0.5, max_iter=1, sample_size=1, test_subset=1, json=True, no_progress=True),
+        "mnist", tmp_path / "x.safetensors",
+    )
+    assert wanted <= set(vars(demo_args))
