@@ -322,3 +322,32 @@ def test_pip_mirrors_reads_file_indexes_as_flat_folders(tmp_path: Path) -> None:
     assert mirrors.flat_folder((tmp_path / "m" / "simple").as_uri()) == (tmp_path / "m" / "files").resolve()
     assert mirrors.flat_folder((tmp_path / "bare" / "simple").as_uri()) is None  # no files/ folder
     assert mirrors.flat_folder("https://example.org/simple") is None
+
+
+def test_pip_mirrors_writes_a_config_without_the_mirror_indexes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mirrors = _tool("pip_mirrors")
+    (tmp_path / "m" / "simple").mkdir(parents=True)
+    (tmp_path / "m" / "files").mkdir()
+    (tmp_path / "m" / "files" / "a-1.0-py3-none-any.whl").write_bytes(b"")
+    mirror = (tmp_path / "m" / "simple").as_uri()
+    files = str((tmp_path / "m" / "files").resolve())
+    config = {"global": {"cert": "/c.pem", "extra-index-url": f"{mirror} https://example.org/simple",
+                         "find-links": "/w"}}
+    monkeypatch.setattr(mirrors, "configured", lambda: config)
+    monkeypatch.setenv("PIP_FIND_LINKS", "/w")
+    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
+    conf = tmp_path / "pip.conf"
+    assert mirrors.main([str(conf)]) == 0
+    lines = conf.read_text().splitlines()
+    assert lines == ["[global]", "cert = /c.pem", "extra-index-url = https://example.org/simple",
+                     f"find-links = /w {files}"]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"export PIP_CONFIG_FILE={conf}"
+    assert out[1] == f"export PIP_FIND_LINKS='/w {files}'"
+    # Nothing to convert: nothing written, nothing printed.
+    config["global"]["extra-index-url"] = "https://example.org/simple"
+    conf2 = tmp_path / "other.conf"
+    assert mirrors.main([str(conf2)]) == 0
+    assert not conf2.exists() and capsys.readouterr().out == ""

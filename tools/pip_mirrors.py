@@ -1,4 +1,4 @@
-"""Print pip source settings that read on-disk index mirrors as flat wheel folders.
+"""pip settings that read on-disk index mirrors as flat wheel folders, for setup_env.sh.
 
 Some machines' pip configuration lists on-disk mirrors as extra *indexes*
 (``extra-index-url = file:///opt/pypi/simple ...``) that hold only part of PyPI.
@@ -8,45 +8,42 @@ For every project such a mirror lacks, pip prints ``WARNING: Location
 flat ``files/`` folder beside ``simple/`` (the folder its index pages link to), pip
 finds the same wheels through ``--find-links`` on that folder, which does not warn.
 
-Output, two lines for ``PIP_EXTRA_INDEX_URL`` and ``PIP_FIND_LINKS``: the configured
-extra indexes less the converted mirrors, and the configured find-links plus their
-``files/`` folders.  Nothing is printed when no mirror can be converted.  Nothing is
-changed either: the caller exports the values for its own pip runs only.
+pip cannot be told to drop a configured extra index (an empty environment variable
+is ignored), so ``python tools/pip_mirrors.py CONF`` writes every setting pip
+currently reads from its configuration files into the new file CONF, with the
+mirrors moved from extra-index-url to find-links, and prints the shell commands that
+make this script's caller use it: ``PIP_CONFIG_FILE=CONF`` (pip then skips the
+per-user file, whose settings CONF repeats) and the same change to ``PIP_FIND_LINKS``
+/ ``PIP_EXTRA_INDEX_URL`` where those are set.  Nothing is written or printed when
+no mirror can be converted; no configuration file of the machine is changed.
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-_OPTIONS = ("extra-index-url", "find-links")
+_INDEX, _LINKS = "extra-index-url", "find-links"
 
 
-def configured() -> dict[str, list[str]]:
-    """The effective values of ``_OPTIONS`` as pip reads them: environment variables
-    override ``install.*`` keys, which override ``global.*`` keys."""
+def configured() -> dict[str, dict[str, str]]:
+    """{section: {key: value}} of the settings pip reads from its configuration
+    files (not the environment), as ``pip config list`` reports them."""
     out = subprocess.run(
         [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, check=True
     ).stdout
-    rank = {"global": 0, "install": 1}
-    best: dict[str, tuple[int, list[str]]] = {}
+    sections: dict[str, dict[str, str]] = {}
     for line in out.splitlines():
         key, sep, raw = line.partition("=")
-        section, _, name = key.rpartition(".")
-        if not sep or name not in _OPTIONS or section not in rank:
-            continue
-        if rank[section] >= best.get(name, (-1, []))[0]:
-            best[name] = (rank[section], ast.literal_eval(raw).split())
-    values = {name: best.get(name, (0, []))[1] for name in _OPTIONS}
-    for name in _OPTIONS:
-        env = os.environ.get("PIP_" + name.upper().replace("-", "_"))
-        if env is not None:
-            values[name] = env.split()
-    return values
+        section, _, name = key.partition(".")
+        if sep and name and section != ":env:":
+            sections.setdefault(section, {})[name] = ast.literal_eval(raw)
+    return sections
 
 
 def flat_folder(index_url: str) -> Path | None:
@@ -61,20 +58,58 @@ def flat_folder(index_url: str) -> Path | None:
     return files
 
 
-def main() -> int:
-    values = configured()
-    keep, links = [], list(values["find-links"])
-    for url in values["extra-index-url"]:
+def convert(indexes: str, links: str) -> tuple[str, str, list[str]]:
+    """Move the convertible mirrors of the whitespace-separated ``indexes`` to
+    ``links``; returns (indexes kept, links, flat folders moved)."""
+    keep, out, moved = [], links.split(), []
+    for url in indexes.split():
         folder = flat_folder(url)
         if folder is None:
             keep.append(url)
-        elif str(folder) not in links:
-            links.append(str(folder))
-    if len(keep) < len(values["extra-index-url"]):
-        print(" ".join(keep))
-        print(" ".join(links))
+            continue
+        moved.append(str(folder))
+        if str(folder) not in out:
+            out.append(str(folder))
+    return " ".join(keep), " ".join(out), moved
+
+
+def _write_config(path: Path, sections: dict[str, dict[str, str]]) -> None:
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {value}" for key, value in values.items() if value]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python tools/pip_mirrors.py NEW_PIP_CONF", file=sys.stderr)
+        return 2
+    sections, moved, exports = configured(), [], []
+    for values in sections.values():
+        if _INDEX in values:
+            values[_INDEX], values[_LINKS], m = convert(values[_INDEX], values.get(_LINKS, ""))
+            moved += m
+    env_index = os.environ.get("PIP_EXTRA_INDEX_URL")
+    if env_index is not None:  # environment variables win over the files
+        keep, _, m = convert(env_index, "")
+        if m:
+            moved += m
+            exports.append(f"export PIP_EXTRA_INDEX_URL={shlex.quote(keep)}" if keep else "unset PIP_EXTRA_INDEX_URL")
+    if not moved:
+        return 0
+    env_links = os.environ.get("PIP_FIND_LINKS")
+    if env_links is not None:
+        links = " ".join(dict.fromkeys(env_links.split() + moved))
+        exports.append(f"export PIP_FIND_LINKS={shlex.quote(links)}")
+    conf = Path(argv[0])
+    _write_config(conf, sections)
+    exports.insert(0, f"export PIP_CONFIG_FILE={shlex.quote(str(conf))}")
+    folders = ", ".join(dict.fromkeys(moved))
+    exports.append(f"echo {shlex.quote(f'setup: on-disk index mirrors read as flat wheel folders (find-links): {folders}')}")
+    print("\n".join(exports))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

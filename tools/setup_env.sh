@@ -19,13 +19,13 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
 fi
 
 # Package sources: where pip is configured with on-disk mirrors as extra indexes
-# (file:///.../simple), read their flat wheel folders instead (same wheels), as pip
-# warns for every project such an index lacks. Only this script's pip runs see it.
-mirrors="$(python tools/pip_mirrors.py)"
-if [ -n "$mirrors" ]; then
-  export PIP_EXTRA_INDEX_URL="$(sed -n 1p <<<"$mirrors")" PIP_FIND_LINKS="$(sed -n 2p <<<"$mirrors")"
-  echo "setup: on-disk mirrors read as find-links: $PIP_FIND_LINKS"
-fi
+# (file:///.../simple), read their flat wheel folders instead (the same wheels), as
+# pip warns for every project such an index lacks. Only this script's pip runs see
+# the change (a temporary config file, see tools/pip_mirrors.py).
+pip_conf="$(mktemp)"
+trap 'rm -f "$pip_conf"' EXIT
+pip_env="$(python tools/pip_mirrors.py "$pip_conf")"
+eval "$pip_env"
 
 python -m pip install -q --upgrade pip
 # Pinned CPU torch: an unpinned torch would pull a multi-GB CUDA build.
