@@ -7,10 +7,12 @@ shortcut that overrides the config's field when it is not None).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import torch
+
+from .._overrides import field_names as _field_names, resolve_config
 
 __all__ = ["DEFAULT_SAMPLE_SIZE", "CalibrationConfig", "resolve_calibration"]
 
@@ -59,7 +61,7 @@ class CalibrationConfig:
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+        return _field_names(cls)
 
 
 def resolve_calibration(config: Optional[CalibrationConfig], overrides: dict[str, Any]) -> CalibrationConfig:
@@ -69,11 +71,4 @@ def resolve_calibration(config: Optional[CalibrationConfig], overrides: dict[str
     Raises:
         TypeError: ``config`` is not a CalibrationConfig, or an unknown field name.
     """
-    if config is not None and not isinstance(config, CalibrationConfig):
-        raise TypeError(f"calibration must be a lowrank_sparse.CalibrationConfig, got {type(config).__name__}")
-    base = config if config is not None else CalibrationConfig()
-    given = {k: v for k, v in overrides.items() if v is not None}
-    unknown = sorted(set(given) - set(CalibrationConfig.field_names()))
-    if unknown:
-        raise TypeError(f"unknown calibration option(s) {unknown}; known: {list(CalibrationConfig.field_names())}")
-    return replace(base, **given) if given else base
+    return resolve_config(config, CalibrationConfig, overrides, "calibration", "calibration")

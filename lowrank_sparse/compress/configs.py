@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Mapping, Union
 
+from .._overrides import field_names
 from ..solve.config import SolverConfig
 from ..structure import Structure
 
@@ -81,4 +82,4 @@ MethodConfig = Union[LowRankSparseConfig, RankOnlyConfig, SparseOnlyConfig]
 
 def config_fields(config_cls: type) -> tuple[str, ...]:
     """Field names of a method config class (the ClassVar ``method`` excluded)."""
-    return tuple(f.name for f in fields(config_cls))
+    return field_names(config_cls)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping, Optional
 
 from ..calibrate import CalibrationConfig, resolve_calibration
-from ..solve.config import SolverConfig
+from ..solve.config import SolverConfig, resolve
 from ..structure import Structure, parse_structure
 from .configs import MethodConfig, config_fields
 from .methods import Method, get_method, method_of_config
@@ -78,7 +78,7 @@ def _with_sizes(m: Method, config: MethodConfig, rank: Any, density: Any) -> Met
 def _with_solver(config: MethodConfig, shortcuts: dict[str, Any],
                  solver_options: Optional[Mapping[str, Any]]) -> MethodConfig:
     """The config with the solver shortcuts, then ``solver_options``, applied."""
-    solver = config.solver.with_overrides(**{k: v for k, v in shortcuts.items() if v is not None})
+    solver = resolve(config.solver, shortcuts)
     own = set(config_fields(type(config))) - {"solver", "rank", "density", "structure"}
     opts = dict(solver_options or {})
     mine = {k: opts.pop(k) for k in list(opts) if k in own and k not in SolverConfig.field_names()}

@@ -9,8 +9,10 @@ overrides the config's field), so ``decompose(W, 8, 0.1, max_iter=50)`` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any, Optional
+
+from .._overrides import field_names as _field_names, overridden, resolve_config
 
 
 @dataclass(frozen=True)
@@ -46,21 +48,15 @@ class SolverConfig:
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+        return _field_names(cls)
 
     def with_overrides(self, **overrides: Any) -> "SolverConfig":
         """A copy with the given fields replaced; unknown names raise TypeError
         naming them (so a misspelt keyword is never silently ignored)."""
-        unknown = sorted(set(overrides) - set(self.field_names()))
-        if unknown:
-            raise TypeError(f"unknown solver option(s) {unknown}; known: {list(self.field_names())}")
-        return replace(self, **overrides) if overrides else self
+        return overridden(self, overrides, "solver")
 
 
 def resolve(config: Optional[SolverConfig], overrides: dict[str, Any]) -> SolverConfig:
     """The config a call runs with: ``config`` (default SolverConfig()) with the
     keyword shortcuts that are not None applied (None means "not given")."""
-    if config is not None and not isinstance(config, SolverConfig):
-        raise TypeError(f"config must be a lowrank_sparse.SolverConfig, got {type(config).__name__}")
-    base = config if config is not None else SolverConfig()
-    return base.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
+    return resolve_config(config, SolverConfig, overrides, "config", "solver")
