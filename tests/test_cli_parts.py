@@ -12,7 +12,7 @@ import pytest
 
 from lowrank_sparse.cli import app, demo
 from lowrank_sparse.cli.args import fraction, int_at_least
-from lowrank_sparse.cli.output import emit
+from lowrank_sparse.cli.output import CLIError, emit, read_saved
 from lowrank_sparse.cli.report import layer_table
 
 
@@ -68,3 +68,18 @@ def test_demo_sets_every_compress_argument(tmp_path: Path) -> None:
         "mnist", tmp_path / "x.safetensors",
     )
     assert wanted <= set(vars(demo_args))
+
+
+def test_read_saved_turns_missing_files_and_refusals_into_one_line_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "none.safetensors"
+    with pytest.raises(CLIError, match=f"^{missing}: no such file$"):
+        read_saved(str(missing), lambda p: pytest.fail("reader called on a missing file"))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"x")
+
+    def refuse(p: Path) -> None:
+        raise ValueError(f"{p}: header too short")
+
+    with pytest.raises(CLIError, match="bad.safetensors: header too short"):
+        read_saved(bad, refuse)
+    assert read_saved(bad, lambda p: p.read_bytes()) == b"x"

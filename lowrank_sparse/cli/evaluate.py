@@ -9,7 +9,7 @@ from typing import Any
 
 from . import measure
 from .args import DATASETS, positive_int
-from .output import CLIError, emit
+from .output import CLIError, emit, read_saved
 from .sources import evaluation_data, input_shape
 
 __all__ = ["register", "run"]
@@ -30,13 +30,8 @@ def run(args: argparse.Namespace) -> int:
     """Load the file, measure it, print text or JSON."""
     from .. import io as _io
 
+    model = read_saved(args.path, _io.load)
     path = Path(args.path)
-    if not path.is_file():
-        raise CLIError(f"{args.path}: no such file")
-    try:
-        model = _io.load(path)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
     meta = _io.read_metadata(path)
     dataset = args.dataset or meta.get("user", {}).get("dataset")
     if dataset is None:

@@ -8,13 +8,27 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
-__all__ = ["CLIError", "progress_flag", "emit", "jsonable", "log"]
+T = TypeVar("T")
+
+__all__ = ["CLIError", "progress_flag", "emit", "jsonable", "log", "read_saved"]
 
 
 class CLIError(Exception):
     """A user error: reported as one line on stderr, exit code 2."""
+
+
+def read_saved(path: str | Path, reader: Callable[[Path], T]) -> T:
+    """``reader(path)`` on a saved model file, with a missing file or a file the reader
+    refuses (ValueError) turned into a one-line :class:`CLIError` (naming ``path`` as
+    given)."""
+    if not Path(path).is_file():
+        raise CLIError(f"{path}: no such file")
+    try:
+        return reader(Path(path))
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def progress_flag(args: argparse.Namespace) -> Optional[bool]:

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .output import CLIError, emit
+from .output import CLIError, emit, read_saved
 
 __all__ = ["register", "run", "layer_table"]
 
@@ -45,12 +45,7 @@ def run(args: argparse.Namespace) -> int:
 def _read(p: Path) -> _Entry:
     from .. import io as _io
 
-    if not p.is_file():
-        raise CLIError(f"{p}: no such file")
-    try:
-        meta = _io.read_metadata(p)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    meta = read_saved(p, _io.read_metadata)
     rep = meta.get("user", {}).get("report")
     if rep is None:
         raise CLIError(f"{p} carries no compression report (was it written by 'lowrank-sparse compress'?)")
