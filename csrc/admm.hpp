@@ -7,28 +7,51 @@
 //   Gram:      1/2 tr((W - W0) G (W - W0)^T)                      G (n, n) given
 //   Nonlinear: 1/(2N) ||Y - act(W X + b)||_F^2, Y = act(W0 X + b), split Z = W X.
 // All matrices are row-major.  The iteration is the one of
-// lowrank_sparse/solve/torch_backend.py, step for step.
+// lowrank_sparse/solve/torch_backend.py, step for step (L-step, S-step, [Z-step], dual
+// step and residuals, penalty update, W-step).
+//
+// Files: admm.cpp (checks, dispatch), admm_general.cpp (the loop of every mode),
+// admm_weight.cpp (the restructured weight-mode loop) with s_decode.hpp (its S
+// decoding) and weight_kernels.hpp (its row kernels), admm_data.cpp (the data modes'
+// eigenbasis), admm_lstep.cpp (the per-slice truncated SVD step shared by both loops),
+// activation.hpp (activations and the Z-step).
 #pragma once
 
 #include <vector>
 
+#include "activation.hpp"
 #include "common.hpp"
 
 namespace lrs {
 
-enum class Activation : int { Identity = 0, Relu = 1, LeakyRelu = 2, Gelu = 3, Silu = 4, Tanh = 5 };
 enum class AdmmMode : int { Weight = 0, Gram = 1, Nonlinear = 2 };
 
-template <class T>
+// Implementation variants kept for comparisons (tests, benchmarks; from Python only
+// through the private lowrank_sparse._core._Switches hook).  Every combination runs
+// the same iterations; the defaults are the production path.
+struct Switches {
+  // Weight mode: the restructured loop (admm_weight.cpp: three (m, n) arrays, fused
+  // passes) instead of the general one.
+  bool weight_fused = true;
+  // Fused loop: the residual pass also writes the next L-step input, assuming the
+  // balanced penalty update; the separate pass that forms it then runs only in
+  // iterations where the penalty changed otherwise (bitwise the same iterates).
+  bool speculate_input = true;
+  // QR of the truncated SVD's tall panels: CholeskyQR2 with a Householder fallback
+  // (true) or always Householder (svd.hpp, SvdWorkspace::cholqr).
+  bool cholesky_qr = true;
+  // B's SVD inside the truncated SVD from its Gram when well conditioned (svd.hpp,
+  // SvdWorkspace::gram_svd); false: always the QR of B^T + gesdd.
+  bool gram_svd = true;
+  // Fused loop: the AVX2 + FMA row kernels where the CPU has them (simd_available);
+  // false: the baseline-ISA ones (bitwise the same results).
+  bool simd = true;
+};
+
+// Everything that defines a solve but the arrays (AdmmData).
 struct AdmmProblem {
-  index_t m = 0, n = 0;
-  const T* W0 = nullptr;    // (m, n) original weight
   AdmmMode mode = AdmmMode::Weight;
-  const T* gram = nullptr;  // (n, n) symmetric PSD, mode Gram
-  const T* X = nullptr;     // (n, N) calibration inputs (columns = samples), mode Nonlinear
-  index_t N = 0;
-  const T* bias = nullptr;  // (m,) or nullptr (= 0), mode Nonlinear
-  Activation act = Activation::Identity;
+  Activation activation = Activation::Identity;  // mode Nonlinear
   double negative_slope = 0.01;
   index_t rank = 0;    // rank of L per slice (0: no L)
   index_t slices = 1;  // column slices of L, n % slices == 0
@@ -43,7 +66,6 @@ struct AdmmProblem {
   double rho0 = 1.0, mu = 10.0, tau = 2.0, rho_growth = 1.0;
   int power_iters = 1;
   int newton_steps = 4;
-  const T* V0 = nullptr;  // (slices, n / slices, p) orthonormal start of the right subspaces
   // Large GEMMs (the products with the (m, n) matrices) are split into this many
   // blocks on the core's threads (lrs::gemm_rm_split), each one BLAS call.  Use it with
   // BLAS limited to one thread (lowrank_sparse/solve/native.py does): the core then
@@ -51,25 +73,23 @@ struct AdmmProblem {
   // the synchronisation cost of a multi-threaded BLAS on p-column panels.  1 = plain
   // BLAS calls (BLAS's own threading).
   int gemm_threads = 1;
-  // Weight mode: run the restructured loop (admm.cpp, admm_weight_fused: three (m, n)
-  // arrays, fused passes) instead of the general one.  Same iterations; false is kept
-  // for comparisons (tests, benchmarks).
-  bool weight_fused = true;
-  // QR of the truncated SVD's tall panels: CholeskyQR2 with a Householder fallback
-  // (true) or always Householder (false; svd.hpp, SvdWorkspace::cholqr).
-  bool cholqr = true;
-  // B's SVD inside the truncated SVD from its Gram when well conditioned (svd.hpp,
-  // SvdWorkspace::gram_svd); false: always the QR of B^T + gesdd (for comparisons).
-  bool gram_svd = true;
   // Weight mode, fused loop: after the last iteration, replace S's values on its
   // support by those of W0 - L (the exact refit for that L and support) and report the
-  // relative errors ||W0 - L - S|| / ||W0|| before and after (AdmmResult::refit_*).
+  // relative errors ||W0 - L - S|| / ||W0|| before and after (AdmmReport::refit_*).
   bool refit_weight = false;
-  // Weight mode, fused loop: the residual pass (P4) also writes the next L-step input,
-  // assuming the balanced penalty update (factor rho_growth); the separate pass that
-  // forms it (P0) then runs only in iterations where the penalty changed otherwise.
-  // Same iterates either way (bitwise); false always runs P0 (for comparisons).
-  bool speculate_input = true;
+  Switches switches;
+};
+
+// The arrays of a solve (not owned; row-major, read only).
+template <class T>
+struct AdmmData {
+  index_t m = 0, n = 0;
+  const T* W0 = nullptr;    // (m, n) original weight
+  const T* gram = nullptr;  // (n, n) symmetric PSD, mode Gram
+  const T* X = nullptr;     // (n, N) calibration inputs (columns = samples), mode Nonlinear
+  index_t N = 0;
+  const T* bias = nullptr;  // (m,) or nullptr (= 0), mode Nonlinear
+  const T* V0 = nullptr;    // (slices, n / slices, p) orthonormal start of the right subspaces
 };
 
 // Wall-clock seconds per phase, summed over the iterations (steady_clock).
@@ -87,43 +107,37 @@ struct AdmmTiming {
   double total = 0;         // the whole admm_solve call
 };
 
-template <class T>
-struct AdmmResult {
-  index_t rt = 0;      // columns of U per slice
-  std::vector<T> U;    // (m, slices * rt)   U_i sqrt(s_i)
-  std::vector<T> V;    // (slices * rt, n)   block-diagonal sqrt(s_i) V_i^T
-  std::vector<T, Buffer<T>> S;  // (m, n)
+// What a solve reports besides the factors.
+struct AdmmReport {
   int iterations = 0;
   bool converged = false;
   std::vector<double> primal, dual, objective, rho;  // per iteration (relative)
   std::vector<double> primal_z, dual_z;              // per iteration, mode Nonlinear
   double rho_final = 0, rho_z_final = 0, gscale = 1;
   AdmmTiming timing;
-  int qr_fallbacks = 0;  // SVD panels whose Cholesky QR fell back to Householder
+  int qr_fallbacks = 0;    // SVD panels whose Cholesky QR fell back to Householder
   int gram_fallbacks = 0;  // iterations whose B was too ill-conditioned for the Gram path
   double refit_before = -1, refit_after = -1;  // refit_weight: relative errors (else -1)
   int band_hits = 0;  // fused loop: top-k cuts found in P3's band (topk_select skipped)
   int speculation_hits = 0;  // fused loop: iterations whose P0 was done by the previous P4
+  bool simd_kernels = false;  // fused loop: its row kernels ran as AVX2 + FMA code
 };
 
-// Runs the ADMM.  Throws std::invalid_argument on inconsistent sizes and
-// std::runtime_error when LAPACK fails.  Allocates every buffer before the loop.
 template <class T>
-void admm_solve(const AdmmProblem<T>& pb, AdmmResult<T>& out);
+struct AdmmResult : AdmmReport {
+  index_t rt = 0;      // columns of U per slice
+  std::vector<T> U;    // (m, slices * rt)   U_i sqrt(s_i)
+  std::vector<T> V;    // (slices * rt, n)   block-diagonal sqrt(s_i) V_i^T
+  std::vector<T, Buffer<T>> S;  // (m, n)
+};
 
-// Elementwise Z-step: u = argmin 1/2 (y - act(u))^2 + rho/2 (u - c)^2 for each of the
-// `count` elements; u holds the start on entry (smooth activations) and the result on
-// exit.   y, c, u: (count,)
+// Runs the ADMM.  Throws std::invalid_argument on inconsistent sizes or settings and
+// LapackError when LAPACK fails.  Allocates every buffer before the loop.
 template <class T>
-void zstep(const T* y, const T* c, T* u, index_t count, T rho, Activation act, T slope,
-           int newton_steps);
+void admm_solve(const AdmmProblem& pb, const AdmmData<T>& data, AdmmResult<T>& out);
 
-// Row kernels of the fused weight loop compiled for AVX2 + FMA beside the baseline ISA
-// (x86-64, GCC/Clang), picked at run time: available = the CPU has both; enabled =
-// available and not switched off (set_simd_enabled(false), for comparisons).  Both give
-// bitwise the same results.
+// Whether this CPU can run the fused loop's AVX2 + FMA row kernels (x86-64 builds
+// with GCC or Clang; Switches::simd picks them when true).
 bool simd_available();
-bool simd_enabled();
-void set_simd_enabled(bool on);
 
 }  // namespace lrs

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "blas.hpp"
+#include "errors.hpp"
 
 namespace lrs::aq {
 namespace {
@@ -411,9 +412,7 @@ void ls_update(const T* X, index_t N, index_t d, const std::uint16_t* codes, int
   const int n = static_cast<int>(MK), nd = static_cast<int>(d);
   int info = 0;
   lp.potrf("L", &n, A.data(), &n, &info);
-  if (info != 0)
-    throw std::runtime_error("aq: Cholesky of the normal matrix failed (info=" +
-                             std::to_string(info) + ")");
+  lapack_check("potrf (aq: Cholesky of the normal matrix)", info);
   const double one = 1.0;
   lp.trsm("R", "L", "T", "N", &nd, &n, &one, A.data(), &n, R.data(), &nd);
   lp.trsm("R", "L", "N", "N", &nd, &n, &one, A.data(), &n, R.data(), &nd);

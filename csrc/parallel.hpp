@@ -17,7 +17,9 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <cmath>
 #include <exception>
 #include <thread>
 #include <utility>
@@ -149,6 +151,47 @@ template <class F>
 void parallel_for(index_t n, F&& f, index_t grain = kParallelGrain) {
   const int chunks = num_chunks(n, grain);
   parallel_chunks(n, chunks, [&](int, index_t b, index_t e) { f(b, e); });
+}
+
+// f(i) for each i in [0, n), in parallel (chunks as parallel_for).
+template <class F>
+void parallel_each(index_t n, F&& f) {
+  parallel_for(n, [&](index_t b, index_t e) {
+    for (index_t i = b; i < e; ++i) f(i);
+  });
+}
+
+// K sums over i in [0, n): f(i, acc) adds item i's terms to acc[0..K), accumulated in
+// double per chunk and combined in chunk order (deterministic for a thread count).
+template <int K, class F>
+std::array<double, K> parallel_sums(index_t n, F&& f) {
+  const int chunks = num_chunks(n);
+  std::vector<std::array<double, K>> part(static_cast<size_t>(chunks));
+  parallel_chunks(n, chunks, [&](int c, index_t b, index_t e) {
+    std::array<double, K> acc{};
+    for (index_t i = b; i < e; ++i) f(i, acc.data());
+    part[static_cast<size_t>(c)] = acc;
+  });
+  std::array<double, K> total{};
+  for (const auto& a : part)
+    for (int j = 0; j < K; ++j) total[j] += a[j];
+  return total;
+}
+
+// sqrt(sum_i f(i)) over i in [0, n), f(i) >= 0, accumulated in double per chunk and
+// combined in chunk order.
+template <class F>
+double parallel_root_sum(index_t n, F&& f) {
+  const int chunks = num_chunks(n);
+  std::vector<double> part(static_cast<size_t>(chunks), 0.0);
+  parallel_chunks(n, chunks, [&](int c, index_t b, index_t e) {
+    double acc = 0;
+    for (index_t i = b; i < e; ++i) acc += static_cast<double>(f(i));
+    part[static_cast<size_t>(c)] = acc;
+  });
+  double s = 0;
+  for (double v : part) s += v;
+  return std::sqrt(std::max(s, 0.0));
 }
 
 // Row-major GEMM (same arguments as blas::gemm_rm) split into blocks of C, each

@@ -19,6 +19,7 @@
 #include <string>
 
 #include "blas.hpp"
+#include "errors.hpp"
 #include "parallel.hpp"
 
 namespace lrs {
@@ -26,12 +27,6 @@ namespace lrs {
 namespace {
 
 #include "sumsq.inc"
-
-void lapack_check(const char* routine, int info) {
-  if (info != 0)
-    throw std::runtime_error(std::string("lrs: LAPACK ") + routine + " failed (info=" +
-                             std::to_string(info) + ")");
-}
 
 template <class T>
 void ensure(std::vector<T>& v, index_t size) {

@@ -1,37 +1,27 @@
-// pybind11 bindings of the L + S ADMM (csrc/admm.hpp).
+// pybind11 bindings of the L + S ADMM (csrc/admm.hpp): the typed problem
+// (_core.AdmmProblem = lrs::AdmmProblem, everything but the arrays), the result
+// (_core.AdmmResult: lrs::AdmmReport plus U, V, S), admm_solve and the Z-step.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <cmath>
-#include <optional>
 #include <string>
+#include <utility>
 
 #include "admm.hpp"
+#include "arrays.hpp"
+#include "switches.hpp"
 
 namespace py = pybind11;
+using lrs::index_t;
+using lrs_py::Float;
 
 namespace {
 
-template <class T>
-using arr = py::array_t<T, py::array::c_style>;
-
-template <class T>
-void check(const arr<T>& a, const char* name, std::initializer_list<py::ssize_t> shape) {
-  if (a.ndim() != static_cast<py::ssize_t>(shape.size()))
-    throw py::value_error(std::string(name) + ": expected " + std::to_string(shape.size()) +
-                          "-D array, got " + std::to_string(a.ndim()) + "-D");
-  py::ssize_t i = 0;
-  for (py::ssize_t s : shape) {
-    if (a.shape(i) != s)
-      throw py::value_error(std::string(name) + ": dimension " + std::to_string(i) + " is " +
-                            std::to_string(a.shape(i)) + ", expected " + std::to_string(s));
-    ++i;
-  }
-  const T* p = a.data();
-  for (py::ssize_t j = 0; j < a.size(); ++j)
-    if (!std::isfinite(p[j])) throw py::value_error(std::string(name) + " contains NaN or Inf");
-}
+// The result as Python sees it: the report, and the factors as numpy arrays.
+struct PyAdmmResult : lrs::AdmmReport {
+  py::array U, V, S;
+};
 
 template <class T, class A>
 py::array_t<T> to_array(std::vector<T, A>&& v, std::vector<py::ssize_t> shape) {
@@ -41,194 +31,206 @@ py::array_t<T> to_array(std::vector<T, A>&& v, std::vector<py::ssize_t> shape) {
   return py::array_t<T>(shape, heap->data(), owner);
 }
 
+// An optional array argument: nullptr for None, else checked like W0's kin.
 template <class T>
-py::dict solve(const arr<T>& W0, int mode, std::optional<arr<T>> gram, std::optional<arr<T>> X,
-               std::optional<arr<T>> bias, int activation, double negative_slope, long rank,
-               long slices, long p, int kind, long block, int nm_n, int nm_m, long k, bool sparse,
-               bool relaxed, double lam_nuclear, double lam_sparse, int max_iter, double tol,
-               double rho0, double mu, double tau, double rho_growth, int power_iters,
-               int newton_steps, std::optional<arr<T>> V0, int gemm_threads, bool weight_fused,
-               bool cholesky_qr, bool speculate_input, bool gram_svd,
-               bool refit_weight) {
-  if (W0.ndim() != 2) throw py::value_error("W0 must be 2-D");
-  const py::ssize_t m = W0.shape(0), n = W0.shape(1);
-  check(W0, "W0", {m, n});
-  if (mode < 0 || mode > 2) throw py::value_error("mode must be 0 (weight), 1 (gram), 2 (nonlinear)");
-  if (activation < 0 || activation > 5) throw py::value_error("unknown activation code");
-  if (kind < 0 || kind > 4) throw py::value_error("unknown structure code");
-  if (slices < 1 || n % slices != 0) throw py::value_error("slices must divide n");
-  if (rank < 0 || rank > std::min<long>(m, n / slices)) throw py::value_error("rank out of range");
-  if (rank > 0 && (p < rank || p > std::min<long>(m, n / slices)))
-    throw py::value_error("p must satisfy rank <= p <= min(m, n/slices)");
-  if (rank == 0 && !sparse) throw py::value_error("rank 0 and no sparse part: nothing to fit");
-  if (max_iter < 1 || !(tol > 0) || !(rho0 > 0) || !(mu > 1) || !(tau > 1) || !(rho_growth >= 1) ||
-      power_iters < 1 || newton_steps < 0 || gemm_threads < 1)
-    throw py::value_error("bad iteration settings");
-  lrs::Structure st;
-  st.kind = static_cast<lrs::StructureKind>(kind);
-  st.block = block;
-  st.nm_n = nm_n;
-  st.nm_m = nm_m;
-  if (st.kind == lrs::StructureKind::Channel && (block < 1 || n % block != 0))
-    throw py::value_error("channel structure: block must divide n");
-  if (st.kind == lrs::StructureKind::NM && (nm_n < 1 || nm_m <= nm_n || n % nm_m != 0))
-    throw py::value_error("N:M structure: need 1 <= N < M and M dividing n");
-  if (k < 0) throw py::value_error("k must be >= 0");
+const T* optional_arg(const py::object& o, const char* name,
+                      std::initializer_list<py::ssize_t> shape) {
+  if (o.is_none()) return nullptr;
+  auto a = lrs_py::typed<T>(o, name, -1);
+  lrs_py::check_shape(a, name, shape);
+  lrs_py::check_finite(a, name);
+  return a.data();
+}
 
-  lrs::AdmmProblem<T> pb;
-  pb.m = m;
-  pb.n = n;
-  pb.W0 = W0.data();
-  pb.mode = static_cast<lrs::AdmmMode>(mode);
-  if (mode == 1) {
-    if (!gram) throw py::value_error("mode gram needs gram");
-    check(*gram, "gram", {n, n});
-    pb.gram = gram->data();
+template <class T>
+PyAdmmResult solve(const lrs::AdmmProblem& problem, const py::array& W0a, const py::object& gram,
+                   const py::object& X, const py::object& bias, const py::object& V0) {
+  auto W0 = lrs_py::typed<T>(W0a, "W0", 2);
+  lrs_py::check_finite(W0, "W0");
+  lrs::AdmmData<T> d;
+  d.m = W0.shape(0);
+  d.n = W0.shape(1);
+  d.W0 = W0.data();
+  const py::ssize_t m = d.m, n = d.n;
+  lrs::AdmmProblem pb = problem;
+  pb.switches = lrs_py::admm_switches();
+  if (pb.mode == lrs::AdmmMode::Gram) d.gram = optional_arg<T>(gram, "gram", {n, n});
+  if (pb.mode == lrs::AdmmMode::Nonlinear) {
+    d.X = optional_arg<T>(X, "X", {n, -1});
+    d.N = d.X ? py::reinterpret_borrow<py::array>(X).shape(1) : 0;
+    d.bias = optional_arg<T>(bias, "bias", {m});
   }
-  if (mode == 2) {
-    if (!X) throw py::value_error("mode nonlinear needs X");
-    if (X->ndim() != 2 || X->shape(0) != n || X->shape(1) < 1)
-      throw py::value_error("X must be (n, N) with N >= 1");
-    check(*X, "X", {n, X->shape(1)});
-    pb.X = X->data();
-    pb.N = X->shape(1);
-    if (bias) {
-      check(*bias, "bias", {m});
-      pb.bias = bias->data();
-    }
+  if (pb.rank > 0) {
+    if (V0.is_none()) throw py::value_error("V0 is required when rank > 0");
+    if (pb.slices < 1 || n % pb.slices != 0) throw py::value_error("slices must divide n");
+    d.V0 = optional_arg<T>(V0, "V0", {pb.slices, n / pb.slices, pb.p});
   }
-  if (rank > 0) {
-    if (!V0) throw py::value_error("V0 is required when rank > 0");
-    check(*V0, "V0", {slices, n / slices, p});
-    pb.V0 = V0->data();
-  }
-  pb.act = static_cast<lrs::Activation>(activation);
-  pb.negative_slope = negative_slope;
-  pb.rank = rank;
-  pb.slices = slices;
-  pb.p = p;
-  pb.structure = st;
-  pb.k = k;
-  pb.sparse = sparse;
-  pb.relaxed = relaxed;
-  pb.lam_nuclear = lam_nuclear;
-  pb.lam_sparse = lam_sparse;
-  pb.max_iter = max_iter;
-  pb.tol = tol;
-  pb.rho0 = rho0;
-  pb.mu = mu;
-  pb.tau = tau;
-  pb.rho_growth = rho_growth;
-  pb.power_iters = power_iters;
-  pb.newton_steps = newton_steps;
-  pb.gemm_threads = gemm_threads;
-  pb.weight_fused = weight_fused;
-  pb.cholqr = cholesky_qr;
-  pb.speculate_input = speculate_input;
-  pb.gram_svd = gram_svd;
-  pb.refit_weight = refit_weight;
-
   lrs::AdmmResult<T> res;
   {
     py::gil_scoped_release release;
-    lrs::admm_solve<T>(pb, res);
+    lrs::admm_solve<T>(pb, d, res);
   }
-  const py::ssize_t rt = res.rt;
-  py::dict out;
-  out["U"] = to_array(std::move(res.U), {m, slices * rt});
-  out["V"] = to_array(std::move(res.V), {slices * rt, n});
-  out["S"] = to_array(std::move(res.S), {m, n});
-  out["iterations"] = res.iterations;
-  out["converged"] = res.converged;
-  out["primal"] = res.primal;
-  out["dual"] = res.dual;
-  out["objective"] = res.objective;
-  out["rho"] = res.rho;
-  out["primal_z"] = res.primal_z;
-  out["dual_z"] = res.dual_z;
-  out["rho_final"] = res.rho_final;
-  out["rho_z_final"] = res.rho_z_final;
-  out["gscale"] = res.gscale;
-  const lrs::AdmmTiming& tm = res.timing;
-  py::dict timing;
-  timing["svd_products"] = tm.svd_products;
-  timing["svd_qr"] = tm.svd_qr;
-  timing["svd_small"] = tm.svd_small;
-  timing["svd"] = tm.svd;
-  timing["lform"] = tm.lform;
-  timing["project"] = tm.project;
-  timing["elementwise"] = tm.elementwise;
-  timing["wstep"] = tm.wstep;
-  timing["total"] = tm.total;
-  timing["lform_gemm_thread"] = tm.lform_gemm_thread;
-  out["timing"] = timing;
-  out["qr_fallbacks"] = res.qr_fallbacks;
-  out["gram_fallbacks"] = res.gram_fallbacks;
-  out["refit_before"] = res.refit_before;
-  out["refit_after"] = res.refit_after;
-  out["speculation_hits"] = res.speculation_hits;
-  out["band_hits"] = res.band_hits;
+  const py::ssize_t cols = pb.slices * res.rt;
+  PyAdmmResult out;
+  static_cast<lrs::AdmmReport&>(out) = std::move(static_cast<lrs::AdmmReport&>(res));
+  out.U = to_array(std::move(res.U), {m, cols});
+  out.V = to_array(std::move(res.V), {cols, n});
+  out.S = to_array(std::move(res.S), {m, n});
   return out;
 }
 
-template <class T>
-void def_solve(py::module_& m, const char* name) {
-  m.def(name, &solve<T>, py::arg("W0").noconvert(), py::arg("mode"), py::arg("gram").noconvert(), py::arg("X").noconvert(),
-        py::arg("bias").noconvert(), py::arg("activation"), py::arg("negative_slope"), py::arg("rank"),
-        py::arg("slices"), py::arg("p"), py::arg("kind"), py::arg("block"), py::arg("nm_n"),
-        py::arg("nm_m"), py::arg("k"), py::arg("sparse"), py::arg("relaxed"),
-        py::arg("lam_nuclear"), py::arg("lam_sparse"), py::arg("max_iter"), py::arg("tol"),
-        py::arg("rho0"), py::arg("mu"), py::arg("tau"), py::arg("rho_growth"),
-        py::arg("power_iters"), py::arg("newton_steps"), py::arg("V0").noconvert(),
-        py::arg("gemm_threads") = 1, py::arg("weight_fused") = true,
-        py::arg("cholesky_qr") = true, py::arg("speculate_input") = true,
-        py::arg("gram_svd") = true, py::arg("refit_weight") = false,
-        "L + S ADMM (see csrc/admm.hpp and lowrank_sparse/solve/native.py).  Arrays must be "
-        "C-contiguous of this function's dtype; returns a dict with U (m, slices*rt), "
-        "V (slices*rt, n), S (m, n), iterations, converged, per-iteration histories and "
-        "timing (seconds per phase).  gemm_threads > 1 splits the large GEMMs over the core's "
-        "threads; use it with BLAS limited to one thread.  weight_fused=False runs weight mode "
-        "through the general loop instead of the restructured one (same iterations; for "
-        "comparisons).  cholesky_qr=False factors the SVD's tall panels by Householder QR "
-        "instead of CholeskyQR2 (which falls back to Householder by itself when needed).  speculate_input=False: the "
-        "fused weight loop always forms the L-step input in its own pass (P0).  gram_svd=False: the SVD of the "
-        "(p, n) panel always goes through its QR and gesdd instead of its Gram.  refit_weight (weight mode, fused "
-        "loop): S's values on its support replaced by those of W0 - L after the last iteration; the relative "
-        "errors before and after are returned as refit_before / refit_after (-1 when not done).");
+PyAdmmResult solve_any(const lrs::AdmmProblem& problem, const py::object& W0, const py::object& gram,
+                       const py::object& X, const py::object& bias, const py::object& V0) {
+  py::array a = lrs_py::as_array(W0, "W0");
+  if (lrs_py::float_kind(a, "W0") == Float::F32) return solve<float>(problem, a, gram, X, bias, V0);
+  return solve<double>(problem, a, gram, X, bias, V0);
 }
 
 template <class T>
-py::array_t<T> zstep_py(const arr<T>& y, const arr<T>& c, const arr<T>& u0, double rho,
-                        int activation, double slope, int newton_steps) {
-  if (y.size() != c.size() || y.size() != u0.size())
+py::array zstep_typed(const py::array& ya, const py::object& c, const py::object& u0, double rho,
+                      lrs::Activation act, double slope, int newton_steps) {
+  auto y = lrs_py::typed<T>(ya, "y", -1);
+  auto ca = lrs_py::typed<T>(c, "c", -1);
+  auto ua = lrs_py::typed<T>(u0, "u0", -1);
+  if (y.size() != ca.size() || y.size() != ua.size())
     throw py::value_error("y, c, u0 must have the same size");
+  lrs_py::check_finite(y, "y");
+  lrs_py::check_finite(ca, "c");
+  lrs_py::check_finite(ua, "u0");
   if (!(rho > 0)) throw py::value_error("rho must be > 0");
-  if (activation < 0 || activation > 5) throw py::value_error("unknown activation code");
-  std::vector<T> u(u0.data(), u0.data() + u0.size());
+  if (newton_steps < 0) throw py::value_error("newton_steps must be >= 0");
+  std::vector<T> u(ua.data(), ua.data() + ua.size());
   {
     py::gil_scoped_release release;
-    lrs::zstep<T>(y.data(), c.data(), u.data(), y.size(), static_cast<T>(rho),
-                  static_cast<lrs::Activation>(activation), static_cast<T>(slope), newton_steps);
+    lrs::zstep<T>(y.data(), ca.data(), u.data(), y.size(), static_cast<T>(rho), act,
+                  static_cast<T>(slope), newton_steps);
   }
-  return to_array(std::move(u), {static_cast<py::ssize_t>(y.size())});
+  return to_array(std::move(u), {static_cast<py::ssize_t>(u.size())});
 }
+
+py::array zstep_any(const py::object& y, const py::object& c, const py::object& u0, double rho,
+                    lrs::Activation act, double slope, int newton_steps) {
+  py::array a = lrs_py::as_array(y, "y");
+  if (lrs_py::float_kind(a, "y") == Float::F32)
+    return zstep_typed<float>(a, c, u0, rho, act, slope, newton_steps);
+  return zstep_typed<double>(a, c, u0, rho, act, slope, newton_steps);
+}
+
+void bind_problem(py::module_& m);
+void bind_result(py::module_& m);
 
 }  // namespace
 
 void bind_admm(py::module_& m) {
+  bind_problem(m);
+  bind_result(m);
   m.def("simd_available", &lrs::simd_available,
         "Whether the fused ADMM loop's row kernels can run as AVX2 + FMA code on this CPU.");
-  m.def("simd_enabled", &lrs::simd_enabled,
-        "Whether they do (available and not switched off by set_simd_enabled(False)).");
-  m.def("set_simd_enabled", &lrs::set_simd_enabled, py::arg("on"),
-        "Use the AVX2 + FMA row kernels when available (default) or the baseline ones; "
-        "results are bitwise the same either way (kept for comparisons).");
-  def_solve<float>(m, "admm_solve_f32");
-  def_solve<double>(m, "admm_solve_f64");
-  m.def("admm_zstep_f32", &zstep_py<float>, py::arg("y").noconvert(), py::arg("c").noconvert(), py::arg("u0").noconvert(),
-        py::arg("rho"), py::arg("activation"), py::arg("slope"), py::arg("newton_steps"),
-        "Elementwise Z-step argmin_u 1/2 (y - act(u))^2 + rho/2 (u - c)^2 (flattened).");
-  m.def("admm_zstep_f64", &zstep_py<double>, py::arg("y").noconvert(), py::arg("c").noconvert(), py::arg("u0").noconvert(),
-        py::arg("rho"), py::arg("activation"), py::arg("slope"), py::arg("newton_steps"),
-        "Elementwise Z-step argmin_u 1/2 (y - act(u))^2 + rho/2 (u - c)^2 (flattened).");
+  m.def("admm_solve", &solve_any, py::arg("problem"), py::arg("W0"), py::kw_only(),
+        py::arg("gram") = py::none(), py::arg("X") = py::none(), py::arg("bias") = py::none(),
+        py::arg("V0") = py::none(),
+        "L + S ADMM of `problem` on W0 (m, n), float32 or float64.  The other arrays have "
+        "W0's dtype and are C-contiguous: gram (n, n) for mode gram; X (n, N) and bias (m,) "
+        "(optional) for mode nonlinear; V0 (slices, n / slices, p) when rank > 0.  Returns an "
+        "AdmmResult.  Raises lowrank_sparse.errors.LapackError when LAPACK fails.");
+  m.def("zstep", &zstep_any, py::arg("y"), py::arg("c"), py::arg("u0"), py::arg("rho"),
+        py::arg("activation"), py::arg("slope"), py::arg("newton_steps"),
+        "Elementwise Z-step argmin_u 1/2 (y - act(u))^2 + rho/2 (u - c)^2 (flattened), "
+        "float32 or float64; u0 the start of the smooth activations' Newton steps.");
 }
+
+namespace {
+
+void bind_problem(py::module_& m) {
+  using P = lrs::AdmmProblem;
+  py::class_<P>(m, "AdmmProblem",
+                "Everything that defines an ADMM solve but the arrays (csrc/admm.hpp).  Keyword "
+                "arguments set the attributes of the same names; the rest keep the core's defaults.")
+      .def(py::init([](const py::kwargs& kw) {
+        P p;
+        py::object self = py::cast(&p, py::return_value_policy::reference);
+        for (const auto& item : kw) py::setattr(self, item.first, item.second);
+        return p;
+      }))
+      .def_readwrite("mode", &P::mode)
+      .def_readwrite("activation", &P::activation)
+      .def_readwrite("negative_slope", &P::negative_slope)
+      .def_readwrite("rank", &P::rank)
+      .def_readwrite("slices", &P::slices)
+      .def_readwrite("p", &P::p)
+      .def_readwrite("structure", &P::structure)
+      .def_readwrite("k", &P::k)
+      .def_readwrite("sparse", &P::sparse)
+      .def_readwrite("relaxed", &P::relaxed)
+      .def_readwrite("lam_nuclear", &P::lam_nuclear)
+      .def_readwrite("lam_sparse", &P::lam_sparse)
+      .def_readwrite("max_iter", &P::max_iter)
+      .def_readwrite("tol", &P::tol)
+      .def_readwrite("rho0", &P::rho0)
+      .def_readwrite("mu", &P::mu)
+      .def_readwrite("tau", &P::tau)
+      .def_readwrite("rho_growth", &P::rho_growth)
+      .def_readwrite("power_iters", &P::power_iters)
+      .def_readwrite("newton_steps", &P::newton_steps)
+      .def_readwrite("gemm_threads", &P::gemm_threads)
+      .def_readwrite("refit_weight", &P::refit_weight);
+}
+
+py::dict timing_dict(const lrs::AdmmTiming& t) {
+  py::dict d;
+  d["svd_products"] = t.svd_products;
+  d["svd_qr"] = t.svd_qr;
+  d["svd_small"] = t.svd_small;
+  d["svd"] = t.svd;
+  d["lform"] = t.lform;
+  d["lform_gemm_thread"] = t.lform_gemm_thread;
+  d["project"] = t.project;
+  d["elementwise"] = t.elementwise;
+  d["wstep"] = t.wstep;
+  d["total"] = t.total;
+  return d;
+}
+
+void bind_result(py::module_& m) {
+  using R = PyAdmmResult;
+  using Rep = lrs::AdmmReport;
+  py::class_<lrs::AdmmTiming>(m, "AdmmTiming", "Seconds per phase, summed over the iterations.")
+      .def_readonly("svd_products", &lrs::AdmmTiming::svd_products)
+      .def_readonly("svd_qr", &lrs::AdmmTiming::svd_qr)
+      .def_readonly("svd_small", &lrs::AdmmTiming::svd_small)
+      .def_readonly("svd", &lrs::AdmmTiming::svd)
+      .def_readonly("lform", &lrs::AdmmTiming::lform)
+      .def_readonly("lform_gemm_thread", &lrs::AdmmTiming::lform_gemm_thread)
+      .def_readonly("project", &lrs::AdmmTiming::project)
+      .def_readonly("elementwise", &lrs::AdmmTiming::elementwise)
+      .def_readonly("wstep", &lrs::AdmmTiming::wstep)
+      .def_readonly("total", &lrs::AdmmTiming::total)
+      .def("as_dict", &timing_dict, "The phases as a dict {name: seconds}.");
+  py::class_<R>(m, "AdmmResult",
+                "U (m, slices*rt), V (slices*rt, n), S (m, n) and the solve's report "
+                "(csrc/admm.hpp, AdmmReport).")
+      .def_readonly("U", &R::U)
+      .def_readonly("V", &R::V)
+      .def_readonly("S", &R::S)
+      .def_readonly("iterations", &Rep::iterations)
+      .def_readonly("converged", &Rep::converged)
+      .def_readonly("primal", &Rep::primal)
+      .def_readonly("dual", &Rep::dual)
+      .def_readonly("objective", &Rep::objective)
+      .def_readonly("rho", &Rep::rho)
+      .def_readonly("primal_z", &Rep::primal_z)
+      .def_readonly("dual_z", &Rep::dual_z)
+      .def_readonly("rho_final", &Rep::rho_final)
+      .def_readonly("rho_z_final", &Rep::rho_z_final)
+      .def_readonly("gscale", &Rep::gscale)
+      .def_readonly("timing", &Rep::timing)
+      .def_readonly("qr_fallbacks", &Rep::qr_fallbacks)
+      .def_readonly("gram_fallbacks", &Rep::gram_fallbacks)
+      .def_readonly("refit_before", &Rep::refit_before)
+      .def_readonly("refit_after", &Rep::refit_after)
+      .def_readonly("band_hits", &Rep::band_hits)
+      .def_readonly("speculation_hits", &Rep::speculation_hits)
+      .def_readonly("simd_kernels", &Rep::simd_kernels);
+}
+
+}  // namespace

@@ -1,5 +1,6 @@
 // Python bindings of the additive-quantization core (csrc/aq.hpp).
-// Arrays must already have the right dtype and be C-contiguous: nothing is converted.
+// Arrays must already have the right dtype and be C-contiguous (checked by arrays.hpp):
+// nothing is converted.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -9,6 +10,7 @@
 #include <tuple>
 
 #include "aq.hpp"
+#include "arrays.hpp"
 #include "parallel.hpp"
 
 namespace py = pybind11;
@@ -16,37 +18,19 @@ using lrs::index_t;
 
 namespace {
 
-template <class T>
-const char* dtype_name() {
-  return sizeof(T) == 4 ? "float32" : (sizeof(T) == 8 ? "float64" : "uint16");
-}
-
-template <class T>
-py::array_t<T, py::array::c_style> exact(const py::array& a, const char* name, int ndim) {
-  if (!a.dtype().is(py::dtype::of<T>()))
-    throw py::type_error(std::string(name) + ": expected dtype " + dtype_name<T>() + ", got " +
-                         std::string(py::str(a.dtype())));
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + ": array must be C-contiguous");
-  if (a.ndim() != ndim)
-    throw py::value_error(std::string(name) + ": expected " + std::to_string(ndim) +
-                          "-d array, got " + std::to_string(a.ndim()) + "-d");
-  return py::array_t<T, py::array::c_style>(a);
-}
-
-template <class T>
-void check_finite(const py::array_t<T, py::array::c_style>& a, const char* name) {
-  const T* p = a.data();
-  for (py::ssize_t i = 0; i < a.size(); ++i)
-    if (!std::isfinite(p[i])) throw py::value_error(std::string(name) + ": non-finite value");
+// Whether o is a float64 array (the dtype the float64 instantiation takes; anything
+// else goes to the float32 one, whose checks name what is wrong).
+bool is_f64(const py::object& o) {
+  return py::isinstance<py::array>(o) &&
+         py::reinterpret_borrow<py::array>(o).dtype().is(py::dtype::of<double>());
 }
 
 // X (N, d), C (M, K, d): validated views.
 template <class T>
-std::tuple<py::array_t<T, py::array::c_style>, py::array_t<T, py::array::c_style>> xc_args(
-    const py::array& X, const py::array& C) {
-  auto x = exact<T>(X, "X", 2);
-  auto c = exact<T>(C, "codebooks", 3);
+std::tuple<lrs_py::carray<T>, lrs_py::carray<T>> xc_args(
+    const py::object& X, const py::object& C) {
+  auto x = lrs_py::typed<T>(X, "X", 2);
+  auto c = lrs_py::typed<T>(C, "codebooks", 3);
   if (x.shape(1) != c.shape(2))
     throw py::value_error("X has sub-vector length " + std::to_string(x.shape(1)) +
                           " but codebooks have " + std::to_string(c.shape(2)));
@@ -55,13 +39,13 @@ std::tuple<py::array_t<T, py::array::c_style>, py::array_t<T, py::array::c_style
   if (c.shape(1) < 2 || c.shape(1) > lrs::aq::kMaxK)
     throw py::value_error("codebooks: K must be in [2, 65536]");
   if (c.shape(2) < 1) throw py::value_error("codebooks: d must be >= 1");
-  check_finite(x, "X");
-  check_finite(c, "codebooks");
+  lrs_py::check_finite(x, "X");
+  lrs_py::check_finite(c, "codebooks");
   return {x, c};
 }
 
 template <class T>
-py::tuple encode_impl(const py::array& X, const py::array& C, int beam, int refine, int threads,
+py::tuple encode_impl(const py::object& X, const py::object& C, int beam, int refine, int threads,
                       bool greedy) {
   auto [x, c] = xc_args<T>(X, C);
   const index_t N = x.shape(0), d = x.shape(1), K = c.shape(1);
@@ -93,17 +77,17 @@ void check_int_args(int beam, int refine, int threads) {
   if (threads < 0) throw py::value_error("threads must be >= 0, got " + std::to_string(threads));
 }
 
-py::tuple encode_any(const py::array& X, const py::array& C, int beam, int refine, int threads,
+py::tuple encode_any(const py::object& X, const py::object& C, int beam, int refine, int threads,
                      bool greedy) {
   check_int_args(beam, refine, threads);
   if (threads == 0) threads = lrs::get_num_threads();  // library-wide setting
-  if (X.dtype().is(py::dtype::of<double>()))
+  if (is_f64(X))
     return encode_impl<double>(X, C, beam, refine, threads, greedy);
   return encode_impl<float>(X, C, beam, refine, threads, greedy);
 }
 
-py::array_t<std::uint16_t, py::array::c_style> codes_arg(const py::array& codes, index_t M) {
-  auto k = exact<std::uint16_t>(codes, "codes", 2);
+lrs_py::carray<std::uint16_t> codes_arg(const py::object& codes, index_t M) {
+  auto k = lrs_py::typed<std::uint16_t>(codes, "codes", 2);
   if (k.shape(1) != M)
     throw py::value_error("codes have " + std::to_string(k.shape(1)) + " columns but there are " +
                           std::to_string(M) + " codebooks");
@@ -111,11 +95,12 @@ py::array_t<std::uint16_t, py::array::c_style> codes_arg(const py::array& codes,
 }
 
 template <class T>
-py::array decode_impl(const py::array& codes, const py::array& C) {
-  auto c = exact<T>(C, "codebooks", 3);
+py::array decode_impl(const py::object& codes, const py::object& C) {
+  auto c = lrs_py::typed<T>(C, "codebooks", 3);
   if (c.shape(1) < 2 || c.shape(1) > lrs::aq::kMaxK || c.shape(0) < 1 ||
       c.shape(0) > lrs::aq::kMaxM || c.shape(2) < 1)
     throw py::value_error("codebooks: bad shape (M, K, d)");
+  lrs_py::check_finite(c, "codebooks");
   auto k = codes_arg(codes, c.shape(0));
   const index_t N = k.shape(0), M = c.shape(0), K = c.shape(1), d = c.shape(2);
   py::array_t<T> out({static_cast<py::ssize_t>(N), static_cast<py::ssize_t>(d)});
@@ -133,7 +118,7 @@ py::array decode_impl(const py::array& codes, const py::array& C) {
 }
 
 template <class T>
-py::array ls_impl(const py::array& X, const py::array& codes, const py::array& C, double ridge) {
+py::array ls_impl(const py::object& X, const py::object& codes, const py::object& C, double ridge) {
   auto [x, c] = xc_args<T>(X, C);
   auto k = codes_arg(codes, c.shape(0));
   if (k.shape(0) != x.shape(0))
@@ -167,7 +152,7 @@ py::array ls_impl(const py::array& X, const py::array& codes, const py::array& C
 void bind_aq(py::module_& m) {
   m.def(
       "aq_encode_beam",
-      [](const py::array& X, const py::array& C, int beam, int refine, int threads) {
+      [](const py::object& X, const py::object& C, int beam, int refine, int threads) {
         return encode_any(X, C, beam, refine, threads, false);
       },
       py::arg("X"), py::arg("codebooks"), py::arg("beam") = 8, py::arg("refine") = 1,
@@ -179,24 +164,24 @@ void bind_aq(py::module_& m) {
       "threads: worker threads (0 = the library-wide count, see set_num_threads).");
   m.def(
       "aq_encode_greedy",
-      [](const py::array& X, const py::array& C, int threads) {
+      [](const py::object& X, const py::object& C, int threads) {
         return encode_any(X, C, 1, 0, threads, true);
       },
       py::arg("X"), py::arg("codebooks"), py::arg("threads") = 1,
       "Greedy sequential-residual encoding (codebook order).  Same shapes as aq_encode_beam.");
   m.def(
       "aq_decode",
-      [](const py::array& codes, const py::array& C) -> py::array {
-        if (C.dtype().is(py::dtype::of<double>())) return decode_impl<double>(codes, C);
+      [](const py::object& codes, const py::object& C) -> py::array {
+        if (is_f64(C)) return decode_impl<double>(codes, C);
         return decode_impl<float>(codes, C);
       },
       py::arg("codes"), py::arg("codebooks"),
       "out (N, d) = sum_m codebooks[m, codes[:, m]].  codes (N, M) uint16; codebooks (M, K, d).");
   m.def(
       "aq_ls_update",
-      [](const py::array& X, const py::array& codes, const py::array& C, double ridge)
+      [](const py::object& X, const py::object& codes, const py::object& C, double ridge)
           -> py::array {
-        if (X.dtype().is(py::dtype::of<double>())) return ls_impl<double>(X, codes, C, ridge);
+        if (is_f64(X)) return ls_impl<double>(X, codes, C, ridge);
         return ls_impl<float>(X, codes, C, ridge);
       },
       py::arg("X"), py::arg("codes"), py::arg("codebooks"), py::arg("ridge") = 1e-6,

@@ -22,7 +22,7 @@ void fetch(const py::dict& capi, const char* name, Fn& slot) {
 
 }  // namespace
 
-void bind_blas(py::module_& m) {
+void register_blas(py::module_&) {
   auto& t = lrs::blas::table();
   if (!t.loaded) {
     py::dict b = py::module_::import("scipy.linalg.cython_blas").attr("__pyx_capi__");
@@ -47,6 +47,4 @@ void bind_blas(py::module_& m) {
     fetch(l, "dpotrf", t.d.potrf);
     t.loaded = true;
   }
-  m.def("blas_loaded", [] { return lrs::blas::table().loaded; },
-        "True once the BLAS/LAPACK table has been filled from SciPy.");
 }
