@@ -19,15 +19,8 @@ from .structure import Structure, parse_structure
 
 Array = Union[torch.Tensor, np.ndarray]
 
-#: Activation names accepted by decompose, with the integer codes of the C++ core.
-ACTIVATIONS: dict[str, int] = {
-    "identity": 0,
-    "relu": 1,
-    "leaky_relu": 2,
-    "gelu": 3,
-    "silu": 4,
-    "tanh": 5,
-}
+#: Activation names accepted by decompose (the members of the core's _core.Activation).
+ACTIVATIONS: tuple[str, ...] = ("identity", "relu", "leaky_relu", "gelu", "silu", "tanh")
 
 BACKENDS = ("auto", "native", "torch")
 
@@ -90,10 +83,6 @@ class AdmmSpec:
     @property
     def has_sparse(self) -> bool:
         return self.structure.kind == "nm" or self.k > 0
-
-    @property
-    def activation_code(self) -> int:
-        return ACTIVATIONS[self.activation]
 
 
 def is_array(x: Any) -> bool:

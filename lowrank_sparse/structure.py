@@ -28,8 +28,8 @@ from typing import Literal
 
 Kind = Literal["unstructured", "row", "column", "channel", "nm"]
 
-#: Integer codes shared with the C++ core (csrc/common.hpp, StructureKind).
-KIND_CODES: dict[str, int] = {"unstructured": 0, "row": 1, "column": 2, "channel": 3, "nm": 4}
+#: The kinds, named as the members of the C++ core's _core.StructureKind.
+KINDS: tuple[str, ...] = ("unstructured", "row", "column", "channel", "nm")
 
 _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
@@ -48,11 +48,6 @@ class Structure:
     block: int = 1
     n: int = 0
     m: int = 0
-
-    @property
-    def code(self) -> int:
-        """Integer code of the kind for the C++ core."""
-        return KIND_CODES[self.kind]
 
     @property
     def name(self) -> str:

@@ -13,6 +13,14 @@ from lowrank_sparse._validate import initial_subspace, prepare
 from lowrank_sparse.solve.native import solve_native
 from lowrank_sparse.solve.torch_backend import solve_torch
 
+
+def variant(**switches):
+    """The core's comparison switches (weight_fused, speculate_input, cholesky_qr,
+    gram_svd, simd) for the solves inside the with block."""
+    from lowrank_sparse import _core
+
+    return _core._Switches(**switches)
+
 CASES = {
     "weight-unstructured": dict(),
     "weight-channel": dict(structure="channel", block=3),
@@ -57,29 +65,28 @@ def test_native_matches_torch(case: str, dtype: torch.dtype) -> None:
     assert a.U.shape == c.U.shape and c.S.dtype == dtype
 
 
-# Keyword arguments of a valid raw _core.admm_solve_f64 call on a (4, 6) weight.
-RAW_ARGS = dict(mode=0, gram=None, X=None, bias=None, activation=0, negative_slope=0.01, rank=0,
-                slices=1, p=0, kind=0, block=1, nm_n=2, nm_m=4, k=3, sparse=True, relaxed=False,
-                lam_nuclear=0.0, lam_sparse=0.0, max_iter=5, tol=1e-4, rho0=1.0, mu=10.0,
-                tau=2.0, rho_growth=1.0, power_iters=1, newton_steps=4, V0=None)
+# A valid raw _core.admm_solve problem on a (4, 6) weight: S only, 3 entries.
+def _raw_problem(**kw):
+    from lowrank_sparse import _core
+
+    return _core.AdmmProblem(**{"k": 3, "sparse": True, "max_iter": 5, **kw})
 
 
 def test_native_errors_are_python_exceptions() -> None:
     from lowrank_sparse import _core
 
     W = np.ones((4, 6))
-    args = dict(RAW_ARGS)
-    _core.admm_solve_f64(W, **args)  # valid
+    _core.admm_solve(_raw_problem(), W)  # valid
     with pytest.raises(TypeError):
-        _core.admm_solve_f64(W.astype(np.float32), **args)
+        _core.admm_solve(_raw_problem(), W.astype(np.int64))
     bad = np.array(W)
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        _core.admm_solve_f64(bad, **args)
+        _core.admm_solve(_raw_problem(), bad)
     with pytest.raises(ValueError, match="V0"):
-        _core.admm_solve_f64(W, **{**args, "rank": 2, "p": 3})
+        _core.admm_solve(_raw_problem(rank=2, p=3), W)
     with pytest.raises(ValueError, match="mode gram"):
-        _core.admm_solve_f64(W, **{**args, "mode": 1})
+        _core.admm_solve(_raw_problem(mode=_core.Mode.gram), W)
 
 
 @pytest.mark.parametrize("threads", [1, 2], ids=["1-thread", "2-threads"])
@@ -130,12 +137,11 @@ def test_native_rejects_bad_gemm_threads() -> None:
     from lowrank_sparse import _core
 
     W = np.ones((4, 6))
-    args = dict(RAW_ARGS)
     with pytest.raises(ValueError, match="iteration settings"):
-        _core.admm_solve_f64(W, **{**args, "gemm_threads": 0})
+        _core.admm_solve(_raw_problem(gemm_threads=0), W)
 
 
-# ---- the restructured weight-mode loop (csrc/admm.cpp, admm_weight_fused) ----
+# ---- the restructured weight-mode loop (csrc/admm_weight.cpp) ----
 # 130 x 1200: several row chunks, 64-row tiles (the last one partial) and, in float64,
 # three column blocks of the L tiles (512, 512, 176), so every blocking edge is crossed.
 FUSED_CASES = {
@@ -186,7 +192,8 @@ def test_fused_weight_loop_matches_torch_iterates(case: str) -> None:
                 "2:4": lambda: int(nz.reshape(m, n // 4, 4).sum(2).max())}[st]()
         assert kept == (2 if st == "2:4" else pr.spec.k)
     # the general loop runs the same iterations
-    o = solve_native(pr.W, pr.spec, V0, threads=2, weight_fused=False)
+    with variant(weight_fused=False):
+        o = solve_native(pr.W, pr.spec, V0, threads=2)
     np.testing.assert_allclose(c.primal, o.primal, rtol=1e-9, atol=1e-14)
     assert float((c.S - o.S).norm()) <= 1e-9 * max(float(o.S.norm()), 1.0)
 
@@ -203,7 +210,8 @@ def test_fused_topk_ties_keep_exactly_k_lowest_indices(dtype: torch.dtype) -> No
     pr = prepare(W, 0, 0.1, max_iter=1, tol=1e-12)
     V0 = initial_subspace(pr.spec, pr.W.dtype, pr.W.device)
     c = solve_native(pr.W, pr.spec, V0, threads=2)
-    o = solve_native(pr.W, pr.spec, V0, threads=2, weight_fused=False)
+    with variant(weight_fused=False):
+        o = solve_native(pr.W, pr.spec, V0, threads=2)
     a = solve_torch(pr.W, pr.spec, V0)
     flat = W.abs().flatten().to(torch.float64).tolist()
     order = sorted(range(len(flat)), key=lambda i: (-flat[i], i))[: pr.spec.k]
@@ -218,7 +226,7 @@ def test_fused_topk_ties_keep_exactly_k_lowest_indices(dtype: torch.dtype) -> No
     assert int((solve_native(pr3.W, pr3.spec, V0, threads=2).S != 0).sum()) == pr.spec.k
 
 
-# ---- round 4: CholeskyQR2 panels, top-k band inside P3, speculative L-step input ----
+# ---- CholeskyQR2 panels, top-k band inside P3, speculative L-step input ----
 def _fused_problem(dtype: torch.dtype = torch.float64, m: int = 130, n: int = 1200, seed: int = 5):
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(m, n, generator=g, dtype=torch.float64) * torch.linspace(2, 0.3, n, dtype=torch.float64)
@@ -241,8 +249,10 @@ def test_speculative_input_gives_bitwise_the_same_iterates(case: str, dtype: tor
     pr = prepare(W, 12, 0.05, max_iter=14, tol=1e-12, **SPEC_CASES[case])
     spec = dataclasses.replace(pr.spec, rho0=300.0)
     V0 = initial_subspace(spec, pr.W.dtype, pr.W.device)
-    a = solve_native(pr.W, spec, V0, threads=2, speculate_input=True)
-    b = solve_native(pr.W, spec, V0, threads=2, speculate_input=False)
+    with variant(speculate_input=True):
+        a = solve_native(pr.W, spec, V0, threads=2)
+    with variant(speculate_input=False):
+        b = solve_native(pr.W, spec, V0, threads=2)
     assert b.extra["speculation_hits"] == 0
     steps = np.array(a.rho[1:]) / np.array(a.rho[:-1])
     balanced = int(np.isclose(steps, pr.spec.rho_growth, rtol=1e-12).sum())
@@ -264,8 +274,10 @@ def test_topk_band_selection_matches_the_full_selection(dtype: torch.dtype) -> N
     # B's SVD by the QR path in both loops: its float32 rounding is the smaller one, so
     # the two loops' iterates stay close enough to compare supports (the Gram path has
     # its own test below)
-    c = solve_native(pr.W, pr.spec, V0, threads=2, gram_svd=False)
-    o = solve_native(pr.W, pr.spec, V0, threads=2, weight_fused=False, gram_svd=False)
+    with variant(gram_svd=False):
+        c = solve_native(pr.W, pr.spec, V0, threads=2)
+    with variant(weight_fused=False, gram_svd=False):
+        o = solve_native(pr.W, pr.spec, V0, threads=2)
     assert c.extra["band_hits"] >= 10 and o.extra["band_hits"] == 0
     assert int((c.S != 0).sum()) == pr.spec.k
     if dtype == torch.float64:
@@ -299,7 +311,8 @@ def test_topk_band_keeps_ties_by_flat_index() -> None:
     spec = dataclasses.replace(pr.spec, rho_growth=1.0)  # rho stays 1: exact arithmetic
     V0 = initial_subspace(spec, pr.W.dtype, pr.W.device)
     c = solve_native(pr.W, spec, V0, threads=2)
-    o = solve_native(pr.W, spec, V0, threads=2, weight_fused=False)
+    with variant(weight_fused=False):
+        o = solve_native(pr.W, spec, V0, threads=2)
     assert c.iterations == 2 and c.extra["band_hits"] == 1  # iteration 2's cut: the band
     mags = W.abs().flatten().tolist()
     keep = sorted(range(m * n), key=lambda i: (-mags[i], i))[:k]
@@ -315,8 +328,10 @@ def test_cholesky_qr_and_householder_give_the_same_iterates() -> None:
     W = _fused_problem(torch.float64)
     pr = prepare(W, 12, 0.05, max_iter=10, tol=1e-12)
     V0 = initial_subspace(pr.spec, pr.W.dtype, pr.W.device)
-    c = solve_native(pr.W, pr.spec, V0, threads=2, cholesky_qr=True)
-    h = solve_native(pr.W, pr.spec, V0, threads=2, cholesky_qr=False)
+    with variant(cholesky_qr=True):
+        c = solve_native(pr.W, pr.spec, V0, threads=2)
+    with variant(cholesky_qr=False):
+        h = solve_native(pr.W, pr.spec, V0, threads=2)
     assert c.extra["qr_fallbacks"] == 0
     Mc, Mh = c.U @ c.V + c.S, h.U @ h.V + h.S
     assert float((Mc - Mh).norm() / Mh.norm()) < 1e-9
@@ -329,8 +344,10 @@ def test_gram_svd_and_qr_path_give_the_same_iterates() -> None:
     W = _fused_problem(torch.float64)
     pr = prepare(W, 12, 0.05, max_iter=10, tol=1e-12)
     V0 = initial_subspace(pr.spec, pr.W.dtype, pr.W.device)
-    g = solve_native(pr.W, pr.spec, V0, threads=2, gram_svd=True)
-    q = solve_native(pr.W, pr.spec, V0, threads=2, gram_svd=False)
+    with variant(gram_svd=True):
+        g = solve_native(pr.W, pr.spec, V0, threads=2)
+    with variant(gram_svd=False):
+        q = solve_native(pr.W, pr.spec, V0, threads=2)
     assert g.extra["gram_fallbacks"] == 0 and q.extra["gram_fallbacks"] == 0
     Mg, Mq = g.U @ g.V + g.S, q.U @ q.V + q.S
     assert float((Mg - Mq).norm() / Mq.norm()) < 1e-9
@@ -348,7 +365,8 @@ def test_gram_svd_reaches_the_qr_paths_error_in_float32(weight_fused: bool) -> N
     Wd = W.double()
     err = {}
     for gs in (True, False):
-        x = solve_native(pr.W, pr.spec, V0, threads=2, gram_svd=gs, weight_fused=weight_fused)
+        with variant(gram_svd=gs, weight_fused=weight_fused):
+            x = solve_native(pr.W, pr.spec, V0, threads=2)
         assert int((x.S != 0).sum()) == pr.spec.k and x.extra["gram_fallbacks"] == 0
         err[gs] = float((Wd - (x.U.double() @ x.V.double() + x.S.double())).norm() / Wd.norm())
     assert abs(err[True] - err[False]) <= 1e-4 * err[False]
@@ -384,14 +402,11 @@ def test_simd_row_kernels_give_bitwise_the_baseline_iterates(case: str, dtype: t
     W = _fused_problem(dtype)
     pr = prepare(W, 12, 0.05, max_iter=12, tol=1e-12, **SPEC_CASES[case])
     V0 = initial_subspace(pr.spec, pr.W.dtype, pr.W.device)
-    assert _core.simd_enabled()
     a = solve_native(pr.W, pr.spec, V0, threads=2)
-    _core.set_simd_enabled(False)
-    try:
-        assert not _core.simd_enabled()
+    assert a.extra["simd_kernels"]  # production: the AVX2 + FMA kernels
+    with variant(simd=False):
         b = solve_native(pr.W, pr.spec, V0, threads=2)
-    finally:
-        _core.set_simd_enabled(True)
+    assert not b.extra["simd_kernels"]
     for x, y in ((a.U, b.U), (a.V, b.V), (a.S, b.S)):
         assert torch.equal(x, y)
     assert a.primal == b.primal and a.dual == b.dual and a.objective == b.objective

@@ -182,6 +182,7 @@ def test_large_wide_and_tall_match_full_svd_f32(rng, shape):
 
 
 # ---- QR of the tall panels: CholeskyQR2 (default) vs Householder (geqrf + orgqr) ----
+# (the variants through the private hook lowrank_sparse._core._Switches)
 def _start(rng, n: int, p: int, dtype) -> np.ndarray:
     return np.linalg.qr(rng.standard_normal((n, p)))[0].astype(dtype)
 
@@ -205,8 +206,10 @@ def test_alternative_step_matches_the_other_and_full_svd(rng, dtype, tol, shape,
     V0 = _start(rng, n, p, dtype)
     from lowrank_sparse import _core
 
-    Ua, sa, Vta, Va = _core.truncated_svd(A, r, V0, 4, **{flag: True})
-    Ub, sb, Vtb, Vb = _core.truncated_svd(A, r, V0, 4, **{flag: False})
+    with _core._Switches(**{flag: True}):
+        Ua, sa, Vta, Va = _core.truncated_svd(A, r, V0, 4)
+    with _core._Switches(**{flag: False}):
+        Ub, sb, Vtb, Vb = _core.truncated_svd(A, r, V0, 4)
     scale = float(sb[0])
     np.testing.assert_allclose(sa, sb, rtol=20 * tol, atol=tol * scale)
     assert np.all(np.diff(sa) <= 0)  # descending
@@ -228,7 +231,8 @@ def test_cholesky_qr_falls_back_on_rank_deficient_panels(rng, dtype, tol):
     V0 = _start(rng, n, p, dtype)
     from lowrank_sparse import _core
 
-    U, s, Vt, V = _core.truncated_svd(A, r, V0, 2, cholesky_qr=True)
+    with _core._Switches(cholesky_qr=True):
+        U, s, Vt, V = _core.truncated_svd(A, r, V0, 2)
     exact = np.linalg.svd(A.astype(np.float64), compute_uv=False)
     np.testing.assert_allclose(s[:k], exact[:k], rtol=50 * tol)
     assert np.all(np.abs(s[k:]) <= 100 * tol * exact[0])
@@ -247,7 +251,8 @@ def test_gram_svd_falls_back_when_b_is_rank_deficient(rng, dtype, tol, k):
     V0 = _start(rng, n, p, dtype)
     from lowrank_sparse import _core
 
-    U, s, Vt, V = _core.truncated_svd(A, r, V0, 2, gram_svd=True)
+    with _core._Switches(gram_svd=True):
+        U, s, Vt, V = _core.truncated_svd(A, r, V0, 2)
     exact = np.linalg.svd(A.astype(np.float64), compute_uv=False)
     kk = min(k, r)
     np.testing.assert_allclose(s[:kk], exact[:kk], rtol=50 * tol)
@@ -261,6 +266,25 @@ def test_gram_svd_falls_back_when_b_is_rank_deficient(rng, dtype, tol, k):
 def test_cholesky_qr_flag_is_checked(rng):
     from lowrank_sparse import _core
 
-    A = rng.standard_normal((20, 30))
     with pytest.raises(TypeError):
-        _core.truncated_svd(A, 2, _start(rng, 30, 4, np.float64), 1, cholesky_qr="yes")
+        _core._Switches(cholesky_qr="yes")
+
+
+def test_switches_restore_the_production_path(rng):
+    """Outside a with block (and after it, even when it raised) the standalone SVD takes
+    its production path: CholeskyQR2 panels, B's SVD by QR + gesdd (bitwise)."""
+    from lowrank_sparse import _core
+
+    A, _ = ref.decaying_matrix(rng, 60, 80, decay=0.9, dtype=np.float64)
+    V0 = _start(rng, 80, 12, np.float64)
+    base = _core.truncated_svd(A, 8, V0, 2)
+    with _core._Switches(cholesky_qr=True, gram_svd=False):
+        same = _core.truncated_svd(A, 8, V0, 2)
+    with pytest.raises(RuntimeError, match="inside"):
+        with _core._Switches(gram_svd=True, cholesky_qr=False):
+            changed = _core.truncated_svd(A, 8, V0, 2)
+            raise RuntimeError("inside")
+    after = _core.truncated_svd(A, 8, V0, 2)
+    for x, y, z in zip(base, same, after):
+        assert np.array_equal(x, y) and np.array_equal(x, z)
+    assert not all(np.array_equal(x, y) for x, y in zip(base, changed))
