@@ -7,7 +7,6 @@ iterations from the same seeded start.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from typing import Any, Optional
@@ -16,61 +15,9 @@ import numpy as np
 import torch
 
 from ._validate import Array, compute_dtype, initial_subspace, prepare
-from .solve.baselines import refit_support
+from .solve.refit import refit_support, refit_weight_, relative_error
 from .solve.result import Decomposition, SolveInfo
 from .solve.torch_backend import RawSolve, solve_torch
-
-
-def _error(W0: torch.Tensor, M: torch.Tensor, G: Optional[torch.Tensor]) -> float:
-    """Relative error ||W0 - M|| (in the G metric when given)."""
-    E = W0 - M
-    if G is None:
-        return float(torch.linalg.vector_norm(E)) / max(float(torch.linalg.vector_norm(W0)), 1e-300)
-    num = float(((E @ G) * E).sum())
-    den = float(((W0 @ G) * W0).sum())
-    return math.sqrt(max(num, 0.0)) / math.sqrt(den) if den > 0 else math.sqrt(max(num, 0.0))
-
-
-def _refit_weight_(
-    W0: torch.Tensor, U: torch.Tensor, V: torch.Tensor, S: torch.Tensor
-) -> tuple[float, float]:
-    """Weight-space refit of S on its support, in place: S_J = (W0 - U V)_J.
-
-    The exact minimiser of ||W0 - U V - S|| over S with S's support fixed (the values
-    on the support are free, the rest stays 0), so the error cannot increase.  Runs
-    over blocks of rows (about 2^18 entries each) so that no (m, n) temporary is
-    created: the only (m, n) array is S itself.
-
-    Args:
-        W0: (m, n) weight; U: (m, q); V: (q, n); S: (m, n), overwritten.
-
-    Returns:
-        (relative error before, relative error after), ||W0 - U V - S|| / ||W0||,
-        accumulated in float64.
-    """
-    m, n = W0.shape
-    nt = torch.get_num_threads()
-    if nt != 1 and W0.device.type == "cpu":
-        # One thread: the blocks are small; on a loaded machine torch's pool wake-ups
-        # cost up to 0.8 s per call at 512x4608 (0.013 s on one thread).
-        torch.set_num_threads(1)
-        try:
-            return _refit_weight_(W0, U, V, S)
-        finally:
-            torch.set_num_threads(nt)
-    rows = max(1, min(m, (1 << 18) // max(n, 1)))
-    before = after = nw = 0.0
-    zero = torch.zeros((), dtype=S.dtype, device=S.device)
-    for a in range(0, m, rows):
-        b = min(m, a + rows)
-        W0b, Sb = W0[a:b], S[a:b]
-        E = torch.addmm(W0b, U[a:b], V, alpha=-1) if U.shape[1] > 0 else W0b.clone()  # (rows, n)
-        before += float(torch.linalg.vector_norm(E - Sb, dtype=torch.float64)) ** 2
-        Sb.copy_(torch.where(Sb != 0, E, zero))
-        after += float(torch.linalg.vector_norm(E - Sb, dtype=torch.float64)) ** 2
-        nw += float(torch.linalg.vector_norm(W0b, dtype=torch.float64)) ** 2
-    den = math.sqrt(nw) if nw > 0 else 1.0
-    return math.sqrt(before) / den, math.sqrt(after) / den
 
 
 def decompose(
@@ -167,7 +114,7 @@ def decompose(
             before, after = extra.pop("refit_errors")
         else:
             with torch.no_grad():
-                before, after = _refit_weight_(W0, U, V, S)
+                before, after = refit_weight_(W0, U, V, S)
         extra["refit"] = True
         extra["error_before_refit"] = before
         extra["error"] = after
@@ -175,9 +122,9 @@ def decompose(
         with torch.no_grad():
             L = U @ V
             mask = S != 0
-            before = _error(W0, L + S, pr.gram)
+            before = relative_error(W0, L + S, pr.gram)
             S2 = refit_support(W0 - L, mask, pr.gram)
-            after = _error(W0, L + S2, pr.gram)
+            after = relative_error(W0, L + S2, pr.gram)
             if after <= before:
                 S = S2
                 extra["refit"] = True

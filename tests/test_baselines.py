@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lowrank_sparse.solve.baselines import REFIT_RIDGE, rank_only, refit_support, sparse_only
+from lowrank_sparse.baselines import rank_only, sparse_only
+from lowrank_sparse.solve.refit import REFIT_RIDGE, refit_support
 
 
 def test_rank_only_identity_gram_is_truncated_svd(rng: np.random.Generator) -> None:

@@ -351,7 +351,7 @@ def test_public_names_survive_submodule_imports():
     import sys
 
     code = (
-        "import lowrank_sparse.compress, lowrank_sparse.decomposition, lowrank_sparse.solve.baselines\n"
+        "import lowrank_sparse.compress, lowrank_sparse.decomposition, lowrank_sparse.baselines\n"
         "import lowrank_sparse as l\n"
         "assert callable(l.compress) and l.compress.__name__ == 'compress', l.compress\n"
         "assert callable(l.decompose) and l.decompose.__name__ == 'decompose', l.decompose\n"

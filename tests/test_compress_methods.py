@@ -21,7 +21,7 @@ from lowrank_sparse.compress import (
     solve_layer,
 )
 from lowrank_sparse.compress import methods as M
-from lowrank_sparse.solve import baselines
+from lowrank_sparse import baselines
 from lowrank_sparse.solve.config import SolverConfig
 from lowrank_sparse.structure import parse_structure
 

@@ -46,7 +46,7 @@ class LowRankSparseConfig:
 
 @dataclass(frozen=True)
 class RankOnlyConfig:
-    """W ~ U V alone: activation-aware truncated SVD (:func:`lowrank_sparse.solve.baselines.rank_only`).
+    """W ~ U V alone: activation-aware truncated SVD (:func:`lowrank_sparse.baselines.rank_only`).
 
     Attributes:
         rank: explicit rank per layer (see :data:`RankSpec`), or None.
@@ -61,7 +61,7 @@ class RankOnlyConfig:
 @dataclass(frozen=True)
 class SparseOnlyConfig:
     """W ~ S alone: activation-aware magnitude pruning with a least-squares refit
-    (:func:`lowrank_sparse.solve.baselines.sparse_only`).
+    (:func:`lowrank_sparse.baselines.sparse_only`).
 
     Attributes:
         density: explicit density per layer (see :data:`DensitySpec`), or None.

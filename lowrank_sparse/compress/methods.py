@@ -164,7 +164,7 @@ def _solve_lowrank_sparse(p: LayerProblem, config: LowRankSparseConfig) -> Any:
 
 
 def _solve_rank_only(p: LayerProblem, config: RankOnlyConfig) -> Any:
-    from ..solve import baselines
+    from .. import baselines
 
     return baselines.rank_only(p.weight, p.rank, X=p.X, gram=p.gram, bias=p.bias, activation=p.activation,
                                negative_slope=p.negative_slope, slices=p.slices,
@@ -172,7 +172,7 @@ def _solve_rank_only(p: LayerProblem, config: RankOnlyConfig) -> Any:
 
 
 def _solve_sparse_only(p: LayerProblem, config: SparseOnlyConfig) -> Any:
-    from ..solve import baselines
+    from .. import baselines
 
     return baselines.sparse_only(p.weight, p.density, p.structure, X=p.X, gram=p.gram, bias=p.bias,
                                  activation=p.activation, block=p.block, refit=config.refit,

@@ -3,16 +3,18 @@
 * :mod:`.torch_backend` -- the ADMM in pure torch (CPU/CUDA), the reference;
 * :mod:`.native` -- the same iterations in the C++ core (lowrank_sparse._core);
 * :mod:`.activations` -- activations and the elementwise Z-step;
-* :mod:`.baselines` -- rank_only (activation-aware truncated SVD) and sparse_only
-  (activation-aware magnitude pruning with least-squares refit);
+* :mod:`.refit` -- S's values refit on a fixed support, and the relative error;
+* :mod:`.config` -- SolverConfig;
 * :mod:`.result` -- Decomposition / SolveInfo.
 
-The user-facing entry point is :func:`lowrank_sparse.decompose`.
+The user-facing entry points are :func:`lowrank_sparse.decompose` and the baselines
+of :mod:`lowrank_sparse.baselines` (rank only, sparse only), which sit above this
+package and call into it.
 """
 
 from __future__ import annotations
 
-from .baselines import rank_only, refit_support, sparse_only
+from .refit import refit_support
 from .result import Decomposition, SolveInfo
 
-__all__ = ["Decomposition", "SolveInfo", "rank_only", "refit_support", "sparse_only"]
+__all__ = ["Decomposition", "SolveInfo", "refit_support"]

@@ -1,5 +1,5 @@
 """SolverConfig: the per-layer solver's settings, one object shared by
-:func:`lowrank_sparse.decompose`, the baselines (:mod:`lowrank_sparse.solve.baselines`),
+:func:`lowrank_sparse.decompose`, the baselines (:mod:`lowrank_sparse.baselines`),
 argument validation and :func:`lowrank_sparse.compress`.
 
 Every field can also be given as a keyword of those functions (a shortcut that

@@ -100,7 +100,7 @@ def solve_native(
             single-threaded inside the core's threads.
         refit: weight mode: after the last iteration S's values on its support become
             those of W0 - L (the exact minimiser of ||W0 - L - S|| for that L and
-            support; the same as decomposition._refit_weight_, done in the core's tiles
+            support; the same as solve.refit.refit_weight_, done in the core's tiles
             and threads); ``extra["refit_errors"]`` = (relative error before, after).
             Absent when the loop could not do it (other modes, no sparse part).
 

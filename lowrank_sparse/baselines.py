@@ -8,7 +8,7 @@
 * :func:`sparse_only`: activation-aware magnitude pruning.  Score |W_ij| sqrt(G_jj)
   (the group L2 norm of those for group structures; G = I without data), keep the
   top-k groups, then, with data, refit the kept entries of every row by least squares
-  (:func:`refit_support`).
+  (:func:`lowrank_sparse.solve.refit.refit_support`).
 
 Both return a :class:`~lowrank_sparse.solve.result.Decomposition` (U, V of width 0 for
 sparse_only; S = 0 for rank_only).
@@ -22,61 +22,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .._validate import Array, compute_dtype, prepare
-from ..ops import torch_ops
-from .result import Decomposition, SolveInfo
-
-
-#: Ridge of the least-squares refit, relative to the mean diagonal of G (see refit_support).
-REFIT_RIDGE = 1e-4
-
-
-def refit_support(R: torch.Tensor, mask: torch.Tensor, G: Optional[torch.Tensor] = None,
-                  ridge: Optional[float] = None) -> torch.Tensor:
-    """Least-squares values on a fixed support, with a small ridge toward R.
-
-    Returns S (m, n), zero off ``mask``, minimising, row by row,
-    (R_i - S_i) G (R_i - S_i)^T + lam ||S_iJ - R_iJ||^2 (||R_i - S_i||^2 when G is
-    None).  With J the kept columns of a row: S_J = R_J + (G_JJ + lam I)^{-1} G_{J,J^c}
-    R_{J^c}, lam = ``ridge`` (default :data:`REFIT_RIDGE` = 1e-4) times the mean diagonal
-    of G.  The ridge shrinks toward plain masking (S_J = R_J); it matters when the
-    calibration data has fewer samples than a row keeps entries (G_JJ singular), where
-    an unregularised refit fits rounding noise and returned values 20x the weights.
-
-    Args:
-        R: (m, n) target (W0 minus the low-rank part).
-        mask: (m, n) bool support.
-        G: (n, n) symmetric PSD, or None for the Euclidean metric.
-    """
-    zero = torch.zeros((), dtype=R.dtype, device=R.device)
-    if G is None:
-        return torch.where(mask, R, zero)
-    m, n = R.shape
-    ridge = (REFIT_RIDGE if ridge is None else float(ridge)) * float(torch.diagonal(G).mean().clamp(min=1e-30))
-    S = torch.zeros_like(R)
-
-    def solve_rows(rows: torch.Tensor, J: torch.Tensor) -> None:
-        Jc = ~J
-        nj = int(J.sum())
-        if nj == 0:
-            return
-        if nj == n:
-            S[rows] = R[rows]
-            return
-        GJJ = G[J][:, J] + ridge * torch.eye(nj, dtype=R.dtype, device=R.device)
-        rhs = G[J][:, Jc] @ R[rows][:, Jc].mT  # (nj, rows)
-        sol = torch.linalg.solve(GJJ, rhs).mT  # (rows, nj)
-        block = R[rows][:, J] + sol
-        tmp = torch.zeros(rows.numel(), n, dtype=R.dtype, device=R.device)
-        tmp[:, J] = block
-        S[rows] = tmp
-
-    if bool((mask == mask[0:1]).all()):
-        solve_rows(torch.arange(m, device=R.device), mask[0])
-    else:
-        for i in range(m):
-            solve_rows(torch.tensor([i], device=R.device), mask[i])
-    return S
+from ._validate import Array, compute_dtype, prepare
+from .decomposition import decompose
+from .ops import torch_ops
+from .solve.refit import refit_support
+from .solve.result import Decomposition, SolveInfo
 
 
 def _to_out(t: torch.Tensor, like: Array, dtype: Any) -> Array:
@@ -114,8 +64,6 @@ def rank_only(
     )
     spec = pr.spec
     if spec.mode == "nonlinear" or (spec.mode == "gram" and spec.slices > 1):
-        from ..decomposition import decompose
-
         dec = decompose(
             W, rank, 0.0, X=X, gram=gram, bias=bias, activation=activation,
             negative_slope=negative_slope, slices=slices, backend=backend, max_iter=max_iter,
