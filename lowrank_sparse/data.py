@@ -230,10 +230,18 @@ PACKAGE_DATA: dict[str, PackageData] = {
 }
 
 
+#: Environment variable naming the cache folder (package data, trained checkpoints).
+CACHE_ENV = "LOWRANK_SPARSE_CACHE"
+
+
+def cache_dir() -> Path:
+    """``$LOWRANK_SPARSE_CACHE`` or ``~/.cache/lowrank_sparse`` (not created here)."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "lowrank_sparse"
+
+
 def package_data_root() -> Path:
     """``$LOWRANK_SPARSE_CACHE/package-data``: where setup extracts :data:`PACKAGE_DATA`."""
-    from .train import cache_dir  # train imports this module: import on use
-
     return cache_dir() / "package-data"
 
 

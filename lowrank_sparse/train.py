@@ -51,9 +51,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import data as _data
+from .data import cache_dir
 from . import models as _models
 
-CACHE_ENV = "LOWRANK_SPARSE_CACHE"
 #: Bump when anything that changes trained weights changes (models, data transform, loop).
 CACHE_VERSION = 1
 
@@ -364,12 +364,6 @@ DATASET_OVERRIDES: dict[str, dict[str, object]] = {
 }
 #: Models that need 32x32 inputs (five 2x poolings or fixed-size classifiers).
 _NEEDS_32 = {"vgg16", "alexnet", "googlenet"}
-
-
-def cache_dir() -> Path:
-    """``$LOWRANK_SPARSE_CACHE`` or ``~/.cache/lowrank_sparse`` (not created here)."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "lowrank_sparse"
 
 
 def _recipe(name: str, dataset: str, schedule: str | Schedule) -> tuple[dict[str, object], Schedule]:

@@ -676,7 +676,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.test_subset != "all":
         int(args.test_subset)
     if args.save_dir is None:
-        from lowrank_sparse.train import cache_dir
+        from lowrank_sparse.data import cache_dir
 
         args.save_dir = cache_dir() / "reproduce"
     torch.set_num_threads(args.work_threads)
