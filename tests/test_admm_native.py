@@ -416,9 +416,9 @@ def test_simd_row_kernels_give_bitwise_the_baseline_iterates(case: str, dtype: t
 @pytest.mark.parametrize("case", ["unstructured", "row", "channel", "2:4", "slices"])
 def test_refit_in_the_core_matches_the_python_refit(case: str, dtype: torch.dtype, tol: float) -> None:
     """refit=True: the fused loop's epilogue sets S_J = (W0 - L)_J on S's support (in its
-    L tiles) -- the same as decomposition._refit_weight_ applied to the unrefitted
+    L tiles) -- the same as solve.refit.refit_weight_ applied to the unrefitted
     result: same factors, same support, same values and errors to rounding."""
-    from lowrank_sparse.decomposition import _refit_weight_
+    from lowrank_sparse.solve.refit import refit_weight_
 
     W = _fused_problem(dtype)
     density = 0.3 if case == "2:4" else 0.05
@@ -429,7 +429,7 @@ def test_refit_in_the_core_matches_the_python_refit(case: str, dtype: torch.dtyp
     assert "refit_errors" not in b.extra
     assert torch.equal(a.U, b.U) and torch.equal(a.V, b.V)
     S = b.S.clone()
-    before, after = _refit_weight_(pr.W, b.U, b.V, S)
+    before, after = refit_weight_(pr.W, b.U, b.V, S)
     assert torch.equal(a.S != 0, S != 0)
     assert float((a.S - S).abs().max()) <= tol * float(S.abs().max())
     got_before, got_after = a.extra["refit_errors"]
