@@ -25,6 +25,7 @@ import torch
 from ._validate import Array, compute_dtype, prepare
 from .decomposition import decompose
 from .ops import torch_ops
+from .solve.config import SolverConfig, resolve
 from .solve.refit import refit_support
 from .solve.result import Decomposition, SolveInfo
 
@@ -45,29 +46,38 @@ def rank_only(
     activation: Optional[str] = None,
     negative_slope: float = 0.01,
     slices: int = 1,
-    backend: str = "auto",
-    max_iter: int = 300,
-    tol: float = 1e-4,
-    seed: int = 0,
-    subsample: int = 8192,
+    config: Optional[SolverConfig] = None,
+    backend: Optional[str] = None,
+    max_iter: Optional[int] = None,
+    tol: Optional[float] = None,
+    seed: Optional[int] = None,
+    subsample: Optional[int] = None,
 ) -> Decomposition:
     """Activation-aware truncated SVD of W (m, n) at ``rank`` (per slice); see module doc.
+
+    ``config`` (a :class:`~lowrank_sparse.SolverConfig`) and the keyword shortcuts are
+    those of :func:`lowrank_sparse.decompose`; the closed forms use only ``seed`` and
+    ``subsample`` (checks), the ADMM cases (nonlinear activation, slices with data) all
+    of them but ``relaxed``, ``lam_*`` and ``progress``.
 
     Returns a Decomposition with U (m, slices*rank), V (slices*rank, n), S = 0.
     """
     if isinstance(rank, int) and not isinstance(rank, bool) and rank == 0:
         raise ValueError("rank_only needs rank >= 1")
+    cfg = resolve(config, dict(backend=backend, max_iter=max_iter, tol=tol, seed=seed,
+                               subsample=subsample))
     pr = prepare(
         W, rank, 0.0, "unstructured", X=X, gram=gram, bias=bias, activation=activation,
-        negative_slope=negative_slope, slices=slices, backend=backend, max_iter=max_iter,
-        tol=tol, seed=seed, subsample=subsample,
+        negative_slope=negative_slope, slices=slices, backend=cfg.backend,
+        max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, subsample=cfg.subsample,
     )
     spec = pr.spec
     if spec.mode == "nonlinear" or (spec.mode == "gram" and spec.slices > 1):
+        admm = SolverConfig(backend=cfg.backend, max_iter=cfg.max_iter, tol=cfg.tol,
+                            seed=cfg.seed, subsample=cfg.subsample, threads=cfg.threads)
         dec = decompose(
             W, rank, 0.0, X=X, gram=gram, bias=bias, activation=activation,
-            negative_slope=negative_slope, slices=slices, backend=backend, max_iter=max_iter,
-            tol=tol, seed=seed, subsample=subsample,
+            negative_slope=negative_slope, slices=slices, config=admm,
         )
         dec.info.extra["method"] = "rank_only (ADMM, density 0)"
         return dec
@@ -121,18 +131,22 @@ def sparse_only(
     activation: Optional[str] = None,
     block: int = 1,
     refit: bool = True,
-    seed: int = 0,
-    subsample: int = 8192,
+    config: Optional[SolverConfig] = None,
+    seed: Optional[int] = None,
+    subsample: Optional[int] = None,
 ) -> Decomposition:
     """Activation-aware magnitude pruning of W (m, n) to ``density`` (see module doc).
 
     With X (any activation) or gram, the kept entries are refit by least squares on
-    G = X X^T / N (the linear output before the activation).  Returns a Decomposition
+    G = X X^T / N (the linear output before the activation).  Of ``config`` (a
+    :class:`~lowrank_sparse.SolverConfig`) it uses ``seed`` and ``subsample``; the
+    keywords override them.  Returns a Decomposition
     with U (m, 0), V (0, n).
     """
+    cfg = resolve(config, dict(seed=seed, subsample=subsample))
     pr = prepare(
         W, 0, density, structure, X=X, gram=gram, bias=bias, activation=activation,
-        block=block, backend="torch", seed=seed, subsample=subsample,
+        block=block, backend="torch", seed=cfg.seed, subsample=cfg.subsample,
     )
     spec = pr.spec
     t0 = time.perf_counter()

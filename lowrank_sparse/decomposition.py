@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ._validate import Array, compute_dtype, initial_subspace, prepare
+from .solve.config import SolverConfig, resolve
 from .solve.refit import refit_support, refit_weight_, relative_error
 from .solve.result import Decomposition, SolveInfo
 from .solve.torch_backend import RawSolve, solve_torch
@@ -33,15 +34,16 @@ def decompose(
     negative_slope: float = 0.01,
     block: int = 1,
     slices: int = 1,
-    backend: str = "auto",
-    max_iter: int = 300,
-    tol: float = 1e-4,
-    seed: int = 0,
-    subsample: int = 8192,
-    relaxed: bool = False,
+    config: Optional[SolverConfig] = None,
+    backend: Optional[str] = None,
+    max_iter: Optional[int] = None,
+    tol: Optional[float] = None,
+    seed: Optional[int] = None,
+    subsample: Optional[int] = None,
+    relaxed: Optional[bool] = None,
     lam_nuclear: Optional[float] = None,
     lam_sparse: Optional[float] = None,
-    progress: bool = False,
+    progress: Optional[bool] = None,
     threads: Optional[int] = None,
 ) -> Decomposition:
     """Decompose a weight W (m, n) into L + S, L = U @ V of rank <= ``rank`` (per slice),
@@ -62,16 +64,20 @@ def decompose(
         block: kh*kw, the column group of the "channel" structure.
         slices: ALDS channel slicing: L's columns in ``slices`` contiguous blocks, each of
             rank ``rank``; U is (m, slices*rank), V block-diagonal.
-        backend: "auto" (native for CPU, torch for CUDA), "native" or "torch".
-        max_iter, tol: iteration cap; tolerance on the relative primal and dual residuals.
-        seed: seeds the initial right subspace and the data subsample.
-        subsample: nonlinear mode uses at most this many columns of X (seeded choice).
-        relaxed: solve the convex relaxation F + lam_nuclear ||L||_* + lam_sparse R(S);
-            ``rank`` then caps the rank searched and the budget of S is not enforced.
-        lam_nuclear, lam_sparse: relaxation weights; None picks the defaults of
-            lowrank_sparse._validate.default_lambdas.
-        progress: print a one-line summary to stderr when done.
-        threads: threads of the native backend (default torch.get_num_threads()).
+        config: the solver settings (:class:`~lowrank_sparse.SolverConfig`; default
+            SolverConfig()).  Each of its fields is also a keyword of this function
+            (backend, max_iter, tol, seed, subsample, relaxed, lam_nuclear, lam_sparse,
+            progress, threads); a keyword that is given (not None) overrides the field.
+            backend: "auto" (native for CPU, torch for CUDA), "native" or "torch";
+            max_iter, tol: iteration cap (300), tolerance on the relative primal and
+            dual residuals (1e-4); seed: seeds the initial right subspace and the data
+            subsample; subsample: the nonlinear mode uses at most this many columns of
+            X (8192); relaxed: solve the convex relaxation F + lam_nuclear ||L||_* +
+            lam_sparse R(S), ``rank`` then caps the rank searched and the budget of S
+            is not enforced; lam_nuclear, lam_sparse: relaxation weights (None: the
+            defaults of lowrank_sparse._validate.default_lambdas); progress: print a
+            one-line summary to stderr; threads: threads of the native backend
+            (default torch.get_num_threads()).
 
     Returns:
         Decomposition (U, V, S as the input's type, dtype and device) with ``info``:
@@ -82,12 +88,16 @@ def decompose(
     Raises:
         TypeError, ValueError: see lowrank_sparse._validate.prepare.
     """
+    cfg = resolve(config, dict(backend=backend, max_iter=max_iter, tol=tol, seed=seed,
+                               subsample=subsample, relaxed=relaxed, lam_nuclear=lam_nuclear,
+                               lam_sparse=lam_sparse, progress=progress, threads=threads))
     pr = prepare(
         W, rank, density, structure, X=X, gram=gram, bias=bias, activation=activation,
-        negative_slope=negative_slope, block=block, slices=slices, backend=backend,
-        max_iter=max_iter, tol=tol, seed=seed, subsample=subsample, relaxed=relaxed,
-        lam_nuclear=lam_nuclear, lam_sparse=lam_sparse,
+        negative_slope=negative_slope, block=block, slices=slices, backend=cfg.backend,
+        max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, subsample=cfg.subsample,
+        relaxed=cfg.relaxed, lam_nuclear=cfg.lam_nuclear, lam_sparse=cfg.lam_sparse,
     )
+    threads, progress = cfg.threads, cfg.progress
     spec = pr.spec
     cdt = compute_dtype(pr.W)
     W0 = pr.W.detach().to(cdt).contiguous()

@@ -15,7 +15,6 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..calibrate import LayerStats
-from ..solve.config import SolverConfig
 from ..structure import Structure
 from .configs import LowRankSparseConfig, RankOnlyConfig, SparseOnlyConfig, config_fields
 
@@ -145,22 +144,12 @@ def solve_layer(config: Any, problem: LayerProblem) -> Any:
 
 # ------------------------------------------------------------------------ handlers
 
-#: SolverConfig fields each solver takes as keywords.
-_DECOMPOSE_OPTIONS = SolverConfig.field_names()
-_RANK_ONLY_OPTIONS = ("backend", "max_iter", "tol", "seed", "subsample")
-_SPARSE_ONLY_OPTIONS = ("seed", "subsample")
-
-
-def _options(solver: SolverConfig, names: tuple[str, ...]) -> dict[str, Any]:
-    return {k: getattr(solver, k) for k in names}
-
-
 def _solve_lowrank_sparse(p: LayerProblem, config: LowRankSparseConfig) -> Any:
     from ..decomposition import decompose
 
     return decompose(p.weight, p.rank, p.density, p.structure, X=p.X, gram=p.gram, bias=p.bias,
                      activation=p.activation, negative_slope=p.negative_slope, block=p.block, slices=p.slices,
-                     **_options(config.solver, _DECOMPOSE_OPTIONS))
+                     config=config.solver)
 
 
 def _solve_rank_only(p: LayerProblem, config: RankOnlyConfig) -> Any:
@@ -168,7 +157,7 @@ def _solve_rank_only(p: LayerProblem, config: RankOnlyConfig) -> Any:
 
     return baselines.rank_only(p.weight, p.rank, X=p.X, gram=p.gram, bias=p.bias, activation=p.activation,
                                negative_slope=p.negative_slope, slices=p.slices,
-                               **_options(config.solver, _RANK_ONLY_OPTIONS))
+                               config=config.solver)
 
 
 def _solve_sparse_only(p: LayerProblem, config: SparseOnlyConfig) -> Any:
@@ -176,7 +165,7 @@ def _solve_sparse_only(p: LayerProblem, config: SparseOnlyConfig) -> Any:
 
     return baselines.sparse_only(p.weight, p.density, p.structure, X=p.X, gram=p.gram, bias=p.bias,
                                  activation=p.activation, block=p.block, refit=config.refit,
-                                 **_options(config.solver, _SPARSE_ONLY_OPTIONS))
+                                 config=config.solver)
 
 
 register_method("lowrank_sparse", LowRankSparseConfig, _solve_lowrank_sparse, allocation_mode="lowrank_sparse",
