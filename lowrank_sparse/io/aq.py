@@ -28,7 +28,7 @@ _OUT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 def _load_entries(p: Path, meta: dict[str, str]) -> list[Any]:
     try:
         entries = json.loads(meta["aq.entries"])
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, too deeply nested
         raise ValueError(f"{p}: corrupt AQ metadata (aq.entries is not JSON: {e})") from None
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{p}: corrupt AQ metadata (aq.entries must be a non-empty list)")

@@ -1,5 +1,7 @@
-"""The safetensors container: header parsing and validation (entry shapes / offsets
-against the file size), the format tag, the schema versions, and the tensor checksum."""
+"""Reading the safetensors container: the header parsed (bounded: its length against the
+file, its JSON nesting against the parser's depth) and checked against the schema
+(:mod:`.schema`), and the tensor checksum.  The format tag, schema versions and dtype
+tags are re-exported from :mod:`.schema` and :mod:`.container`, where they live."""
 
 from __future__ import annotations
 
@@ -7,28 +9,21 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
+from .container import FLOAT_DTYPES
+from .schema import FORMAT, READABLE_VERSIONS, SCHEMA_VERSION, check_header, tensor_entries
+
 __all__ = ["FORMAT", "SCHEMA_VERSION", "READABLE_VERSIONS", "FLOAT_DTYPES", "read_header", "digest", "tensor_entries"]
 
-#: value of the ``format`` metadata key of every file this library writes
-FORMAT = "lowrank_sparse"
-SCHEMA_VERSION = 3
-#: Schema versions :func:`lowrank_sparse.load` reads (1: no AQ part; 2: optional AQ part;
-#: 3: packed sparse indices).
-READABLE_VERSIONS = (1, 2, 3)
-
-#: bytes per element of each safetensors dtype tag
-_ST_DTYPE_SIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-                  "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
-#: the floating-point safetensors dtype tags
-FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
 _MAX_HEADER = 100_000_000
 
 
-def _parse_json_header(path: Path, f: Any, size: int) -> tuple[dict[str, Any], int]:
+def _parse_json_header(path: Path, f: BinaryIO, size: int) -> tuple[Any, int]:
+    """(parsed JSON header, its length in bytes); ValueError for a length the file cannot
+    hold, bytes that are not UTF-8 JSON, or JSON nested deeper than the parser goes."""
     head = f.read(8)
     if len(head) < 8:
         raise ValueError(f"{path}: not a safetensors file (only {size} bytes)")
@@ -37,36 +32,16 @@ def _parse_json_header(path: Path, f: Any, size: int) -> tuple[dict[str, Any], i
         raise ValueError(f"{path}: not a safetensors file or truncated (header of {n} bytes, file of {size})")
     raw = f.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return json.loads(raw.decode("utf-8")), n
+    except RecursionError:
+        raise ValueError(f"{path}: corrupt or not a safetensors file (header JSON is nested too deeply)") from None
+    except ValueError as e:  # UnicodeDecodeError, JSONDecodeError, an integer too long to convert
         raise ValueError(f"{path}: corrupt or not a safetensors file (header is not JSON: {e})") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: corrupt safetensors header")
-    return header, n
-
-
-def _check_entries(path: Path, header: dict[str, Any], data_len: int) -> None:
-    """Every tensor's byte range fits its shape and dtype and lies in the data section,
-    and the ranges cover the data section exactly up to its end."""
-    end = 0
-    for name, info in tensor_entries(header):
-        try:
-            lo, hi = info["data_offsets"]
-            numel = 1
-            for d in info["shape"]:
-                numel *= int(d)
-            esize = _ST_DTYPE_SIZE[info["dtype"]]
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: corrupt safetensors header entry for {name!r}") from None
-        if hi - lo != numel * esize or hi > data_len or lo < 0:
-            raise ValueError(f"{path}: truncated or corrupt (tensor {name!r} needs bytes {lo}..{hi}, data has {data_len})")
-        end = max(end, hi)
-    if end != data_len:
-        raise ValueError(f"{path}: corrupt or truncated (data section is {data_len} bytes, tensors cover {end})")
 
 
 def read_header(path: Path) -> tuple[dict[str, Any], int]:
-    """Parse and validate the safetensors header of ``path``.
+    """Parse the safetensors header of ``path`` and check it against the schema
+    (:func:`lowrank_sparse.io.schema.check_header`).
 
     Returns:
         (header, data offset): the JSON header ({tensor name: {dtype, shape,
@@ -74,19 +49,15 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
         (8 + header length).
 
     Raises:
-        ValueError: not a safetensors file, a corrupt header, or a data section that
-            does not match the entries (truncated file).
+        ValueError: not a safetensors file, a corrupt header (badly typed fields, negative
+            shapes, byte ranges that overlap, leave gaps or do not fit shape and dtype,
+            badly typed lowrank_sparse metadata), or a truncated file.
     """
     size = path.stat().st_size
     with open(path, "rb") as f:
         header, n = _parse_json_header(path, f, size)
-    _check_entries(path, header, size - 8 - n)
+    check_header(path, header, size - 8 - n)
     return header, 8 + n
-
-
-def tensor_entries(header: dict[str, Any]) -> list[tuple[str, Any]]:
-    """(name, entry) of every tensor of a safetensors header (the metadata left out)."""
-    return [(k, v) for k, v in header.items() if k != "__metadata__"]
 
 
 def digest(tensors: dict[str, torch.Tensor]) -> str:

@@ -70,7 +70,10 @@ def _skeleton(p: Path, model: nn.Module | None, arch: dict[str, Any] | None) -> 
     build = getattr(models, "build", None)
     if build is None:
         raise ValueError("lowrank_sparse.models.build is not available to rebuild the architecture; pass model=")
-    return build(arch["name"], **arch["kwargs"])
+    try:
+        return build(arch["name"], **arch["kwargs"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{p}: cannot build the recorded architecture {arch['name']!r}: {e}") from None
 
 
 def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, device: str | torch.device = "cpu") -> nn.Module:
