@@ -11,6 +11,7 @@ from torch import nn
 
 from ..quant.apply import aq_entries
 from ..quant.pack import aq_state, non_aq_state_dict
+from .container import write_safetensors
 from .header import FORMAT, SCHEMA_VERSION, digest
 from .indices import pack_sparse_indices
 from .layers import pair_configs
@@ -90,7 +91,11 @@ def save(
     dtype: str | torch.dtype | None = None,
     codebook_dtype: str | torch.dtype = "float16",
 ) -> None:
-    """Write ``model`` (its whole state) to a safetensors file.
+    """Write ``model`` (its whole state) to a safetensors file, atomically.
+
+    The file is written to a temporary file next to ``path``, fsync'ed and renamed onto
+    ``path``: an error or a kill midway leaves an existing file at ``path`` as it was.
+    The same model and arguments always give the same bytes (sorted metadata keys).
 
     AQ-quantized parameters (a model from :func:`lowrank_sparse.quant.quantize_model`,
     possibly fine-tuned) are stored packed: codes at ceil(log2 K) bits each, codebooks once
@@ -98,7 +103,7 @@ def save(
 
     Args:
         model: the (compressed, possibly AQ-quantized) network; not modified.
-        path: destination file.
+        path: destination file (a symbolic link is followed: its target is replaced).
         metadata: optional; key ``arch`` (or ``builder``) = {"name": builder name,
             "kwargs": {...}} (or just the name) lets :func:`load` rebuild the model with
             ``lowrank_sparse.models.build``; the rest must be JSON-serialisable and is
@@ -117,8 +122,6 @@ def save(
         ValueError: bad ``dtype`` / ``codebook_dtype``, metadata that is not JSON, or a state
             entry whose name collides with the AQ tensor names ("aq.codes.*", ...).
     """
-    from safetensors.torch import save_file
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     meta = dict(metadata or {})
@@ -143,4 +146,4 @@ def save(
         "sparse_indices": json.dumps(packed_meta),
         **aq_meta,
     }
-    save_file(tensors, str(path), metadata=header)
+    write_safetensors(path, tensors, header)
