@@ -115,6 +115,36 @@ def check_float_matrix(t: torch.Tensor, name: str, ndim: int = 2) -> None:
         raise ValueError(f"{name} contains NaN or Inf")
 
 
+#: Headroom of :func:`check_magnitude`: the solvers form sums of squares and Gram
+#: matrices of their inputs, which must stay this far below the dtype's largest value.
+MAGNITUDE_HEADROOM = 64.0
+
+
+def check_magnitude(t: Any, name: str, dtype: torch.dtype) -> None:
+    """Raise ValueError when t's entries are finite but so large that sums of their
+    squares (norms, Gram matrices, the SVD's panels) overflow ``dtype``: max|t|^2 *
+    numel * MAGNITUDE_HEADROOM above ``finfo(dtype).max``.  Without it such inputs
+    reach LAPACK as infinities and fail there with an error that names no argument.
+    t: a tensor or numpy array; two reductions (min, max), no temporary.  NaN / Inf
+    pass (the finiteness checks name those)."""
+    numel = t.numel() if isinstance(t, torch.Tensor) else t.size
+    if numel == 0:
+        return
+    if isinstance(t, torch.Tensor):
+        lo, hi = (float(v) for v in torch.aminmax(t.detach()))
+    else:
+        lo, hi = float(t.min()), float(t.max())
+    amax = max(abs(lo), abs(hi))
+    if not math.isfinite(amax):
+        return
+    bound = amax * amax * float(numel) * MAGNITUDE_HEADROOM  # Python float: inf, never an error
+    if bound > float(torch.finfo(dtype).max):
+        raise ValueError(
+            f"{name} has entries too large for {str(dtype).replace('torch.', '')} arithmetic "
+            f"(max |{name}| = {amax:.3g}): the sums of their squares overflow; rescale {name}"
+        )
+
+
 def all_finite(t: torch.Tensor) -> bool:
     """Whether every entry of the float tensor t is finite.
 
@@ -243,6 +273,7 @@ def prepare(
     if Wt.dim() != 2:
         raise ValueError(f"W must be a 2-D (out, in) matrix, got shape {tuple(Wt.shape)}")
     check_float_matrix(Wt, "W")
+    check_magnitude(Wt, "W", compute_dtype(Wt))
     m, n = (int(s) for s in Wt.shape)
     rank_i = _check_int(rank, "rank", 0, min(m, n))
     if isinstance(density, bool) or not isinstance(density, (int, float, np.floating, np.integer)):
@@ -298,6 +329,7 @@ def prepare(
     def _conv(a: Any, name: str, ndim: int) -> torch.Tensor:
         t = as_tensor(a, name)
         check_float_matrix(t, name, ndim)
+        check_magnitude(t, name, cdt)
         if t.device != dev:
             raise ValueError(f"{name} is on {t.device} but W is on {dev}")
         return t.to(cdt)

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import torch
 
+from .._validate import check_magnitude as _check_magnitude
 from ..structure import Structure, parse_structure
 from ._boundary import Array
 
@@ -32,10 +33,11 @@ def check_type(x: Array, name: str) -> None:
         raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
 
 
-def check_finite(x: Array, name: str) -> None:
+def check_finite(x: Array, name: str, always: bool = False) -> None:
     """No NaN or Inf in x (ValueError).  The C++ core checks finiteness itself (same
-    message, no temporary): only the torch (CUDA) path needs the check here."""
-    if not use_torch(x):
+    message, no temporary), but names its own parameter: only the torch (CUDA) path,
+    and (``always``) arguments whose core name differs, need the check here."""
+    if not (always or use_torch(x)):
         return
     ok = bool(torch.isfinite(x).all()) if isinstance(x, torch.Tensor) else bool(np.isfinite(x).all())
     if not ok:
@@ -47,8 +49,17 @@ def check_2d(x: Array, name: str) -> None:
         raise ValueError(f"{name} must be 2-D (m, n), got shape {tuple(x.shape)}")
 
 
+def check_magnitude(x: Array, name: str) -> None:
+    """Finite entries too large for sums of their squares (ValueError naming x; see
+    lowrank_sparse._validate.check_magnitude)."""
+    _check_magnitude(x, name, torch.float64 if x.dtype in (np.float64, torch.float64) else torch.float32)
+
+
 def check_tau(tau: float) -> float:
-    """tau as a float, finite and >= 0 (ValueError)."""
+    """tau as a float, finite and >= 0 (TypeError for a non-number, ValueError)."""
+    if isinstance(tau, bool) or not isinstance(tau, (int, float, np.integer, np.floating)):
+        if not (isinstance(tau, (np.ndarray, torch.Tensor)) and tau.ndim == 0):
+            raise TypeError(f"tau must be a number, got {type(tau).__name__}")
     t = float(tau)
     if not (math.isfinite(t) and t >= 0):
         raise ValueError(f"tau must be a finite number >= 0, got {tau!r}")

@@ -9,7 +9,7 @@ import numpy as np
 from ..structure import Structure
 from . import torch_ops
 from ._boundary import Array, back, core, core_structure, to_np
-from ._checks import check_finite, check_k, check_tau, check_type, structure_for, use_torch
+from ._checks import check_finite, check_int, check_k, check_tau, check_type, structure_for, use_torch
 
 __all__ = ["soft_threshold", "topk_project", "group_soft_threshold", "group_topk_project",
            "nm_project", "project"]
@@ -72,7 +72,8 @@ def nm_project(x: Array, n: int, m: int) -> Array:
     """N:M projection of x (rows, cols): in each row keep ``n`` of every ``m`` consecutive
     entries, those of largest |x| (ties: lower column).  Needs 1 <= n < m, cols % m == 0."""
     check_type(x, "x")
-    s = structure_for(f"{int(n)}:{int(m)}", 1, x)
+    n, m = check_int(n, "n"), check_int(m, "m")
+    s = structure_for(f"{n}:{m}", 1, x)
     check_finite(x, "x")
     if use_torch(x):
         return torch_ops.nm_project(x, s.n, s.m)  # type: ignore[arg-type]

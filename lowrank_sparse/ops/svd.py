@@ -8,7 +8,7 @@ import torch
 
 from . import torch_ops
 from ._boundary import Array, back, core, to_np
-from ._checks import check_2d, check_finite, check_int, check_tau, check_type, use_torch
+from ._checks import check_2d, check_finite, check_int, check_magnitude, check_tau, check_type, use_torch
 
 __all__ = ["truncated_svd", "svt"]
 
@@ -36,8 +36,9 @@ def _svd_args(A: Array, rank: int, V0: Array | None, oversample: int, power_iter
                 f"V0 must be (n, p) with n = {n} and rank ({rank}) <= p <= min(m, n) = {min(m, n)}, "
                 f"got shape {tuple(V0.shape)}"
             )
-        check_finite(V0, "V0")
+        check_finite(V0, "V0", always=True)
     check_finite(A, "A")
+    check_magnitude(A, "A")
     return p, rank
 
 
