@@ -53,7 +53,14 @@ the same outputs bit for bit, can be fine-tuned with
 :func:`lowrank_sparse.quant.fine_tune_codebooks` or baked with
 :func:`lowrank_sparse.quant.bake`.  :func:`file_report` splits the file size by component.
 
-Modules: :mod:`.header` (safetensors header, validation, schema versions, checksum),
+save() writes atomically (a temporary file next to the target, fsync'ed and renamed onto
+it: an error or a kill midway leaves an existing file as it was) and deterministically
+(the same model gives the same bytes).  Every reader checks the whole header against the
+schema first (:mod:`.schema`): a damaged file is a ValueError naming the file and the field.
+
+Modules: :mod:`.header` (reading the safetensors header, checksum), :mod:`.schema` (the
+header schema, format tag, schema versions), :mod:`.container` (the safetensors byte
+layout, written), :mod:`.atomic` (atomic file replacement),
 :mod:`.aq` (the AQ metadata and tensors), :mod:`.indices` (packed sparse indices),
 :mod:`.layers` (pair configs, rebuilding the pairs), :mod:`.saving`, :mod:`.loading`,
 :mod:`.metadata` (read_metadata, file_report).
