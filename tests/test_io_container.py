@@ -69,7 +69,8 @@ def test_refuses_what_safetensors_cannot_store(tmp_path: Path) -> None:
 
 
 def test_header_offsets() -> None:
-    items = [("a", torch.zeros(2, 3), "F32"), ("b", torch.zeros(0), "F32"), ("c", torch.zeros(5, dtype=torch.uint8), "U8")]
+    items = [("a", torch.zeros(2, 3), "F32"), ("b", torch.zeros(0), "F32"),
+             ("c", torch.zeros(5, dtype=torch.uint8), "U8")]
     blob = encode_header(items, {"k": "v"})
     header = json.loads(blob[8:])
     assert [header[k]["data_offsets"] for k in "abc"] == [[0, 24], [24, 24], [24, 29]]

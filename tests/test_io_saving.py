@@ -198,5 +198,6 @@ def test_same_bytes_in_another_process(tmp_path: Path) -> None:
             "from lowrank_sparse.io import save; m, kw = reference_models()['cnn_aq_f32']; save(m, sys.argv[1], **kw)")
     there = tmp_path / "there.safetensors"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    subprocess.run([sys.executable, "-c", code, str(there), str(Path(__file__).parent)], env=env, check=True, timeout=120)
+    args = [sys.executable, "-c", code, str(there), str(Path(__file__).parent)]
+    subprocess.run(args, env=env, check=True, timeout=120)
     assert here.read_bytes() == there.read_bytes()

@@ -104,8 +104,8 @@ def model_and_data(request) -> tuple[nn.Module, torch.Tensor]:
 @pytest.mark.parametrize("method", method_names())
 def test_compress_each_method(method: str, model_and_data) -> None:
     model, x = model_and_data
-    new, _ = _assert_untouched(model, lambda m: lrs.compress(m, x, method=method, keep_first_last=False,
-                                                             batch_size=16, **_SIZES.get(method, {}), **_FAST))  # fmt: skip
+    kw = {"method": method, "keep_first_last": False, "batch_size": 16, **_SIZES.get(method, {}), **_FAST}
+    new, _ = _assert_untouched(model, lambda m: lrs.compress(m, x, **kw))
     assert new is not model and new.training == model.training
 
 

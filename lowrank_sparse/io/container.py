@@ -74,7 +74,8 @@ def write_tensor(f: BinaryIO, t: torch.Tensor) -> None:
         f.write(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
 
 
-def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> None:
+def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor],
+                      metadata: dict[str, str] | None) -> None:
     """Write ``tensors`` and string ``metadata`` as a safetensors file at ``path``,
     atomically (:func:`lowrank_sparse.io.atomic.atomic_write`).
 
