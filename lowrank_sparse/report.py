@@ -1,9 +1,11 @@
 """What :func:`lowrank_sparse.compress` did: per-layer and whole-model records.
 
 Counts: parameters are stored values (weights, biases, factor entries, nonzeros of S;
-index storage of S is reported separately in bytes).  FLOPs are multiply-accumulates
+index storage of S is reported separately in bytes).  MACs are multiply-accumulates
 per input sample of the Linear / Conv2d layers and their replacements (see
-:mod:`lowrank_sparse.nn.counts`).  Errors are relative Frobenius norms of the
+:mod:`lowrank_sparse.nn.counts`; FLOPs = 2 x MACs).  The fields once named
+``flops_*`` are deprecated aliases of the ``macs_*`` ones (the same MAC counts), and
+:func:`current_keys` reads the dicts of reports saved under those names.  Errors are relative Frobenius norms of the
 difference of a layer's output after its activation (see :class:`LayerReport`).
 """
 
@@ -12,11 +14,17 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
-__all__ = ["LayerReport", "CompressionReport"]
+from ._renamed import renamed
+
+__all__ = ["LayerReport", "CompressionReport", "current_keys"]
+
+#: Keys of report dicts written before MACs were called by their name -> current keys.
+OLD_KEYS = {"flops_before": "macs_before", "flops_after": "macs_after", "flops_ratio": "macs_ratio"}
 
 
+@renamed(OLD_KEYS)
 @dataclass
 class LayerReport:
     """One compressible layer.
@@ -36,7 +44,7 @@ class LayerReport:
         slices: ALDS channel slices of L (1: plain low rank).
         params_before, params_after: stored values of the layer (bias included).
         index_bytes: bytes of index storage of S after compression, as saved (packed).
-        flops_before, flops_after: MACs per sample of the layer.
+        macs_before, macs_after: MACs per sample of the layer.
         output_error_before: error of the original layer (0 by definition).
         output_error_after: ||act(y) - act(y')|| / ||act(y)|| with y the original
             layer's output (BatchNorm folded when one sits before the activation) and
@@ -62,8 +70,8 @@ class LayerReport:
     params_before: int = 0
     params_after: int = 0
     index_bytes: int = 0
-    flops_before: int = 0
-    flops_after: int = 0
+    macs_before: int = 0
+    macs_after: int = 0
     output_error_before: float = 0.0
     output_error_after: float = 0.0
     error_on: str = ""
@@ -78,15 +86,15 @@ class LayerReport:
         return self.params_after / self.params_before if self.params_before else math.nan
 
     @property
-    def flops_ratio(self) -> float:
-        """flops_after / flops_before."""
-        return self.flops_after / self.flops_before if self.flops_before else math.nan
+    def macs_ratio(self) -> float:
+        """macs_after / macs_before."""
+        return self.macs_after / self.macs_before if self.macs_before else math.nan
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["shape"] = list(self.shape)
         d["params_ratio"] = _num(self.params_ratio)
-        d["flops_ratio"] = _num(self.flops_ratio)
+        d["macs_ratio"] = _num(self.macs_ratio)
         for k in ("density", "output_error_before", "output_error_after", "seconds"):
             d[k] = _num(d[k])
         return d
@@ -98,6 +106,7 @@ def _num(x: float) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
+@renamed(OLD_KEYS)
 @dataclass
 class CompressionReport:
     """The whole model.
@@ -109,11 +118,11 @@ class CompressionReport:
             never called during calibration).
         params_before, params_after: stored parameter values of the whole model
             (every parameter, not only the compressed layers).
-        flops_before, flops_after: MACs per sample of all Linear / Conv2d / pair
+        macs_before, macs_after: MACs per sample of all Linear / Conv2d / pair
             modules of the model (input shape from the calibration data).
         index_bytes: index storage of all sparse parts after compression, as saved (packed).
         method, structure: as passed to compress.
-        target: the Budget as a dict ({"params": ..., "flops": ...}) or None.
+        target: the Budget as a dict ({"params": ..., "macs": ...}) or None.
         allocation: allocation method ("alds", "enc", "uniform") or None when the
             ranks / densities were given explicitly.
         allocation_table: the budget module's table, when a target was given.
@@ -125,8 +134,8 @@ class CompressionReport:
     skipped: dict[str, str] = field(default_factory=dict)
     params_before: int = 0
     params_after: int = 0
-    flops_before: int = 0
-    flops_after: int = 0
+    macs_before: int = 0
+    macs_after: int = 0
     index_bytes: int = 0
     method: str = "lowrank_sparse"
     structure: str = "unstructured"
@@ -142,9 +151,9 @@ class CompressionReport:
         return self.params_after / self.params_before if self.params_before else math.nan
 
     @property
-    def flops_ratio(self) -> float:
-        """Whole-model flops_after / flops_before."""
-        return self.flops_after / self.flops_before if self.flops_before else math.nan
+    def macs_ratio(self) -> float:
+        """Whole-model macs_after / macs_before."""
+        return self.macs_after / self.macs_before if self.macs_before else math.nan
 
     @property
     def compressed(self) -> list[LayerReport]:
@@ -170,9 +179,9 @@ class CompressionReport:
             "params_before": int(self.params_before),
             "params_after": int(self.params_after),
             "params_ratio": _num(self.params_ratio),
-            "flops_before": int(self.flops_before),
-            "flops_after": int(self.flops_after),
-            "flops_ratio": _num(self.flops_ratio),
+            "macs_before": int(self.macs_before),
+            "macs_after": int(self.macs_after),
+            "macs_ratio": _num(self.macs_ratio),
             "index_bytes": int(self.index_bytes),
             "method": self.method,
             "structure": self.structure,
@@ -203,7 +212,7 @@ class CompressionReport:
             rows.append([
                 r.name, r.kind, "x".join(str(s) for s in r.shape), r.activation, rank, dens,
                 f"{r.params_before}->{r.params_after}", _ratio(r.params_ratio),
-                f"{r.flops_before}->{r.flops_after}", _ratio(r.flops_ratio), err, it, cv, sec,
+                f"{r.macs_before}->{r.macs_after}", _ratio(r.macs_ratio), err, it, cv, sec,
             ])  # fmt: skip
         widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
         lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
@@ -212,7 +221,7 @@ class CompressionReport:
         lines.append("")
         lines.append(
             f"model: params {self.params_before} -> {self.params_after} ({_ratio(self.params_ratio)}), "
-            f"MACs/sample {self.flops_before} -> {self.flops_after} ({_ratio(self.flops_ratio)}), "
+            f"MACs/sample {self.macs_before} -> {self.macs_after} ({_ratio(self.macs_ratio)}), "
             f"sparse index storage {self.index_bytes} bytes"
         )
         how = f"method {self.method}, structure {self.structure}"
@@ -244,3 +253,30 @@ class CompressionReport:
 
 def _ratio(x: float) -> str:
     return "-" if not math.isfinite(x) else f"{x:.3f}"
+
+
+def current_keys(report: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a report dict (:meth:`CompressionReport.to_dict`, e.g. read from a saved
+    file's metadata) with the keys of older versions under their current names:
+    ``flops_before`` / ``flops_after`` / ``flops_ratio`` (whole model and per layer) and
+    the target's ``flops`` become the ``macs`` ones (the same MAC counts).  A dict that
+    has the current keys is returned as an equal copy."""
+    out = _renamed_keys(report, OLD_KEYS)
+    if isinstance(out.get("layers"), list):
+        out["layers"] = [_renamed_keys(r, OLD_KEYS) if isinstance(r, Mapping) else r for r in out["layers"]]
+    if isinstance(out.get("target"), Mapping):
+        out["target"] = _renamed_keys(out["target"], {"flops": "macs"})
+    return out
+
+
+def _renamed_keys(d: Mapping[str, Any], renames: Mapping[str, str]) -> dict[str, Any]:
+    """``d`` with each ``old`` key of ``renames`` stored under its new name (a value under
+    the new name, if present too, wins), in the original key order."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        new = renames.get(k)
+        if new is None:
+            out[k] = v
+        elif new not in d:
+            out[new] = v
+    return out

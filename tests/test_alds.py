@@ -38,17 +38,17 @@ def random_layers(gen: torch.Generator) -> list[LayerSpec]:
 
 
 def _total(layers, extra=1000):
-    return sum(l.dense_params for l in layers) + extra, sum(l.dense_flops for l in layers) + 10 * extra
+    return sum(l.dense_params for l in layers) + extra, sum(l.dense_macs for l in layers) + 10 * extra
 
 
 @pytest.mark.parametrize("mode", ["rank_only", "sparse_only", "lowrank_sparse"])
 @pytest.mark.parametrize("which", ["random", "realistic"])
-@pytest.mark.parametrize("target", [{"params": 0.3}, {"flops": 0.5}, {"params": 0.4, "flops": 0.35}],
-                         ids=["params", "flops", "both"])
+@pytest.mark.parametrize("target", [{"params": 0.3}, {"macs": 0.5}, {"params": 0.4, "macs": 0.35}],
+                         ids=["params", "macs", "both"])
 def test_meets_budget_within_one_percent(mode, which, target, tgen):
     layers = random_layers(tgen) if which == "random" else realistic_layers(tgen)
     tp, tf = _total(layers)
-    a = allocate(layers, Budget(**target), "alds", total_params=tp, total_flops=tf, mode=mode)
+    a = allocate(layers, Budget(**target), "alds", total_params=tp, total_macs=tf, mode=mode)
     # independent totals from the per-layer configurations
     p = tp - sum(l.dense_params for l in layers) + sum(
         (l.m * l.n if la.keep_dense else la.rank * la.slices * l.m + la.rank * l.n + la.nnz)
@@ -58,9 +58,9 @@ def test_meets_budget_within_one_percent(mode, which, target, tgen):
     if "params" in target:
         assert a.params <= target["params"] * tp
         hit.append(a.params >= 0.99 * target["params"] * tp)
-    if "flops" in target:
-        assert a.flops <= target["flops"] * tf
-        hit.append(a.flops >= 0.99 * target["flops"] * tf)
+    if "macs" in target:
+        assert a.macs <= target["macs"] * tf
+        hit.append(a.macs >= 0.99 * target["macs"] * tf)
     assert any(hit)  # the binding constraint is met within 1%
     assert a.layers[0].keep_dense and a.layers[-1].keep_dense  # first/last kept by default
 
@@ -183,7 +183,7 @@ def test_error_fn_decides_split(tgen):
 def test_exclusions_and_overrides(tgen):
     layers = realistic_layers(tgen)
     tp, tf = _total(layers)
-    a = allocate(layers, Budget(params=0.35), "alds", total_params=tp, total_flops=tf, exclude=["conv2"],
+    a = allocate(layers, Budget(params=0.35), "alds", total_params=tp, total_macs=tf, exclude=["conv2"],
                  overrides={"fc*1": {"rank": 7, "density": 0.01}, "conv0": (3, 0.0)}, keep_first_last=True)
     assert a["conv2"].keep_dense and a["conv2"].source == "excluded"
     fc1 = a["fc1"]
@@ -201,8 +201,8 @@ def test_infeasible_raises_with_amount(tgen):
     tp, tf = _total(layers)
     with pytest.raises(ValueError, match=r"exceeding the target by"):
         allocate(layers, Budget(params=0.3), "alds", total_params=tp, exclude=["fc1"])
-    with pytest.raises(ValueError, match=r"infeasible flops"):
-        allocate(layers, Budget(flops=0.01), "alds", total_params=tp, total_flops=tf)
+    with pytest.raises(ValueError, match=r"infeasible macs"):
+        allocate(layers, Budget(macs=0.01), "alds", total_params=tp, total_macs=tf)
 
 
 def test_bad_arguments(tgen):

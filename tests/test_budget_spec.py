@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lowrank_sparse.budget import Budget, LayerSpec, allocate
-from lowrank_sparse.budget.spec import layer_flops, layer_params, lowrank_params, sparse_nnz
+from lowrank_sparse.budget.spec import layer_flops, layer_macs, layer_params, lowrank_params, sparse_nnz
 from lowrank_sparse.solve.result import Decomposition, SolveInfo
 from lowrank_sparse.structure import parse_structure
 
@@ -31,7 +31,7 @@ def test_lowrank_counts_match_module_pair(c_in, c_out, k, g, r):
     hand_params = first.weight.numel() + second.weight.numel()
     assert lowrank_params(m, n, r, g) == hand_params
     hand_macs = _conv_macs(first, hw) + _conv_macs(second, hw)
-    assert layer_flops(m, n, r, 0.0, g, out_hw=hw, block=k * k) == hand_macs
+    assert layer_macs(m, n, r, 0.0, g, out_hw=hw, block=k * k) == hand_macs
 
 
 def test_params_match_decomposition_record():
@@ -54,12 +54,12 @@ def test_sparse_nnz_hand_counts(structure, density, expected):
     assert sparse_nnz(12, 24, density, st) == expected
 
 
-def test_linear_flops_equal_params():
-    assert layer_flops(10, 20, 2, 0.1, structure="unstructured") == 2 * 30 + 20 == layer_params(10, 20, 2, 0.1)
+def test_linear_macs_equal_params():
+    assert layer_macs(10, 20, 2, 0.1, structure="unstructured") == 2 * 30 + 20 == layer_params(10, 20, 2, 0.1)
 
 
 @pytest.mark.parametrize("kw,err", [({}, ValueError), ({"params": 0.0}, ValueError), ({"params": 1.5}, ValueError),
-                                    ({"flops": "x"}, TypeError), ({"params": float("nan")}, ValueError)],
+                                    ({"macs": "x"}, TypeError), ({"params": float("nan")}, ValueError)],
                          ids=["none", "zero", "above1", "str", "nan"])
 def test_budget_validation(kw, err):
     with pytest.raises(err):
@@ -83,7 +83,7 @@ def test_layerspec_validation():
     with pytest.raises(ValueError, match="non-finite"):
         LayerSpec("l", bad)
     spec = LayerSpec("c", w, "conv", 9, (5, 6))
-    assert (spec.in_channels, spec.spatial, spec.dense_flops) == (2, 30, 30 * 72)
+    assert (spec.in_channels, spec.spatial, spec.dense_macs) == (2, 30, 30 * 72)
 
 
 def test_table_and_dict(tgen):
@@ -99,3 +99,46 @@ def test_table_and_dict(tgen):
     assert [x["name"] for x in d["layers"]] == ["l0", "l1", "l2"]
     assert sum(x["params"] for x in d["layers"]) == d["params"]
     assert a["l1"].params == layer_params(40, 60, a["l1"].rank, 0.0, a["l1"].slices)
+
+
+def test_flops_names_are_deprecated_aliases_of_macs(tgen):
+    """The old "flops" names mean the same MAC counts and warn, naming the new name."""
+    with pytest.warns(DeprecationWarning, match=r"Budget\(flops=\.\.\.\) is deprecated; use Budget\(macs=\.\.\.\)"):
+        old = Budget(flops=0.5)
+    assert old == Budget(macs=0.5) == Budget(None, 0.5)
+    with pytest.warns(DeprecationWarning, match=r"Budget\.flops is deprecated; use Budget\.macs"):
+        assert old.flops == 0.5
+    with pytest.raises(TypeError, match="both"):
+        Budget(macs=0.5, flops=0.5)
+    with pytest.warns(DeprecationWarning, match=r"layer_flops\(\) is deprecated; use layer_macs\(\)"):
+        assert layer_flops(12, 18, 2, 0.1, out_hw=(3, 4)) == 12 * (2 * 30 + 22)
+    w = torch.randn(6, 18, generator=tgen)
+    spec = LayerSpec("c", w, "conv", 9, (5, 6))
+    with pytest.warns(DeprecationWarning, match=r"LayerSpec\.dense_flops is deprecated"):
+        assert spec.dense_flops == 30 * 6 * 18
+    with pytest.warns(DeprecationWarning, match=r"LayerSpec\.flops is deprecated"):
+        assert spec.flops(2, 0.0) == 30 * 2 * (6 + 18)
+    layers = [LayerSpec(f"l{i}", torch.randn(40, 60, generator=tgen)) for i in range(3)]
+    new = allocate(layers, Budget(macs=0.5), "uniform", mode="rank_only", keep_first_last=False,
+                   total_macs=10_000)
+    with pytest.warns(DeprecationWarning, match=r"allocate\(total_flops=\.\.\.\) is deprecated"):
+        again = allocate(layers, Budget(macs=0.5), "uniform", mode="rank_only", keep_first_last=False,
+                         total_flops=10_000)
+    assert [(x.rank, x.macs) for x in again.layers] == [(x.rank, x.macs) for x in new.layers]
+    assert (again.macs, again.total_macs) == (new.macs, 10_000)
+    for obj, old_name, new_name in ((new, "flops", "macs"), (new, "total_flops", "total_macs"),
+                                    (new, "flops_ratio", "macs_ratio"), (new.layers[0], "flops", "macs")):
+        with pytest.warns(DeprecationWarning, match=rf"\.{old_name} is deprecated; use \w+\.{new_name}"):
+            assert getattr(obj, old_name) == getattr(obj, new_name)
+    with pytest.raises(TypeError, match="both"):
+        allocate(layers, Budget(macs=0.5), total_macs=1, total_flops=1)
+
+
+def test_allocation_output_says_macs(tgen):
+    layers = [LayerSpec(f"l{i}", torch.randn(40, 60, generator=tgen)) for i in range(3)]
+    a = allocate(layers, Budget(params=0.6, macs=0.5), "alds", mode="rank_only", keep_first_last=False)
+    d = a.to_dict()
+    assert d["target"] == {"params": 0.6, "macs": 0.5} and d["macs"] == sum(x["macs"] for x in d["layers"])
+    assert d["macs_ratio"] == d["macs"] / d["total_macs"] and "flops" not in json.dumps(d)
+    text = a.table()
+    assert "MACs" in text.splitlines()[0] and "flops" not in text.lower()

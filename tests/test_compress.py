@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lowrank_sparse.budget import Budget
 from lowrank_sparse.compress import compress
 from lowrank_sparse.nn import LowRankSparseConv2d, LowRankSparseLinear
-from lowrank_sparse.nn.counts import dense_flops, dense_params, model_flops, model_params
+from lowrank_sparse.nn.counts import dense_macs, dense_params, model_macs, model_params
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:sklearn")
 
@@ -205,12 +205,12 @@ def test_cnn_compresses_and_counts_match_the_modules(cnn, digits):
         old, mod = getattr(cnn, name), getattr(new, name)
         assert r.params_before == dense_params(old)
         assert r.params_after == mod.num_params()
-        assert r.flops_before == dense_flops(old, hw)
-        assert r.flops_after == mod.flops(hw)
+        assert r.macs_before == dense_macs(old, hw)
+        assert r.macs_after == mod.flops(hw)
         assert r.index_bytes == mod.num_index_bytes(packed=True)
     assert rep.layer("conv2").activation.startswith("relu") and "bn2" in rep.layer("conv2").activation
     assert rep.params_before == model_params(cnn) and rep.params_after == model_params(new)
-    assert rep.flops_before == model_flops(cnn, (64,)) and rep.flops_after == model_flops(new, (64,))
+    assert rep.macs_before == model_macs(cnn, (64,)) and rep.macs_after == model_macs(new, (64,))
     assert rep.params_after < rep.params_before
     # conv1's reported error equals the error of the modules' own forward passes
     x = calib.reshape(-1, 1, 8, 8)

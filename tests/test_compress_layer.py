@@ -30,7 +30,7 @@ def test_compressed_layer_is_swapped_in_and_counted(tgen):
     assert rep.status == "compressed" and rep.rank == 2 and rep.density == nnz / 80
     assert rep.params_before == 8 * 10 + 8
     assert rep.params_after == 2 * (8 + 10) + nnz + 8  # factors + nonzeros + bias
-    assert rep.flops_before == 80 and rep.flops_after == 2 * (8 + 10) + nnz
+    assert rep.macs_before == 80 and rep.macs_after == 2 * (8 + 10) + nnz
 
 
 def test_full_rank_keeps_the_original_module(tgen):

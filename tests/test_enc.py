@@ -18,16 +18,16 @@ def _metric(alloc) -> float:
 
 @pytest.mark.parametrize("mode", ["rank_only", "sparse_only", "lowrank_sparse"])
 @pytest.mark.parametrize("which", ["random", "realistic"])
-@pytest.mark.parametrize("target", [{"params": 0.3}, {"flops": 0.4}], ids=["params", "flops"])
+@pytest.mark.parametrize("target", [{"params": 0.3}, {"macs": 0.4}], ids=["params", "macs"])
 def test_enc_meets_budget_and_beats_uniform(mode, which, target, tgen):
-    if which == "realistic" and mode == "lowrank_sparse" and "flops" in target:
+    if which == "realistic" and mode == "lowrank_sparse" and "macs" in target:
         pytest.skip("covered by the params case; keeps the file fast")
     layers = random_layers(tgen) if which == "random" else realistic_layers(tgen)
     tp, tf = _total(layers)
     b = Budget(**target)
-    e = allocate(layers, b, "enc", total_params=tp, total_flops=tf, mode=mode)
-    u = allocate(layers, b, "uniform", total_params=tp, total_flops=tf, mode=mode)
-    key, tot = ("params", tp) if "params" in target else ("flops", tf)
+    e = allocate(layers, b, "enc", total_params=tp, total_macs=tf, mode=mode)
+    u = allocate(layers, b, "uniform", total_params=tp, total_macs=tf, mode=mode)
+    key, tot = ("params", tp) if "params" in target else ("macs", tf)
     used = getattr(e, key)
     assert 0.99 * target[key] * tot <= used <= target[key] * tot
     assert _metric(e) >= _metric(u) - 1e-12

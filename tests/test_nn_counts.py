@@ -8,7 +8,7 @@ from torch import nn
 
 from lowrank_sparse.nn import LowRankSparseConv2d, LowRankSparseLinear
 from lowrank_sparse.nn.geometry import conv_output_hw
-from lowrank_sparse.nn.counts import dense_flops, dense_params, model_flops, model_params
+from lowrank_sparse.nn.counts import dense_flops, dense_macs, dense_params, model_flops, model_macs, model_params
 from lowrank_sparse.solve.result import Decomposition, SolveInfo
 from lowrank_sparse.structure import parse_structure
 
@@ -24,16 +24,16 @@ def test_dense_conv_counts(conv: nn.Conv2d) -> None:
     Ho, Wo = conv(x).shape[2:]
     assert conv_output_hw((17, 19), conv.kernel_size, conv.stride, conv.padding, conv.dilation) == (Ho, Wo)
     kh, kw = conv.kernel_size
-    assert dense_flops(conv, (17, 19)) == Ho * Wo * conv.out_channels * (conv.in_channels // conv.groups) * kh * kw
+    assert dense_macs(conv, (17, 19)) == Ho * Wo * conv.out_channels * (conv.in_channels // conv.groups) * kh * kw
 
 
 def test_dense_linear_counts() -> None:
     lin = nn.Linear(7, 5)
-    assert dense_params(lin) == 40 and dense_flops(lin) == 35
+    assert dense_params(lin) == 40 and dense_macs(lin) == 35
     with pytest.raises(TypeError):
         dense_params(nn.ReLU())
     with pytest.raises(ValueError, match="input_hw"):
-        dense_flops(nn.Conv2d(1, 1, 1))
+        dense_macs(nn.Conv2d(1, 1, 1))
 
 
 class Tiny(nn.Module):
@@ -52,8 +52,8 @@ def test_model_counts_dense_hand_formula() -> None:
     net = Tiny().train()
     assert model_params(net) == sum(p.numel() for p in net.parameters())
     expected = 8 * 8 * 8 * 3 * 9 + 4 * 4 * 8 * 4 * 9 + 128 * 10
-    assert model_flops(net, (3, 8, 8)) == expected
-    per = model_flops(net, (3, 8, 8), per_layer=True)
+    assert model_macs(net, (3, 8, 8)) == expected
+    per = model_macs(net, (3, 8, 8), per_layer=True)
     assert per == {"c1": 8 * 8 * 8 * 27, "c2": 16 * 8 * 36, "fc": 1280}
     assert net.training and net.bn.training  # flags restored
 
@@ -76,10 +76,18 @@ def test_model_counts_with_pairs(tgen: torch.Generator) -> None:
     assert model_params(net) == 8 * 27 + 8 + 16 + c2_params + fc_params
     assert model_params(net) == sum(p.numel() for p in net.parameters())
     c2_macs = 4 * 4 * (r * 72 + 8 * r + nnz)
-    assert model_flops(net, (3, 8, 8)) == 8 * 8 * 8 * 27 + c2_macs + 3 * 128 + 10 * 3 + nnzf
+    assert model_macs(net, (3, 8, 8)) == 8 * 8 * 8 * 27 + c2_macs + 3 * 128 + 10 * 3 + nnzf
 
 
 def test_linear_on_token_sequences() -> None:
     net = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
     # per sample: 5 tokens, each through both layers
-    assert model_flops(net, (5, 6)) == 5 * (24 + 8)
+    assert model_macs(net, (5, 6)) == 5 * (24 + 8)
+
+
+def test_flops_functions_are_deprecated_aliases() -> None:
+    net = Tiny()
+    with pytest.warns(DeprecationWarning, match=r"model_flops\(\) is deprecated; use model_macs\(\)"):
+        assert model_flops(net, (3, 8, 8)) == model_macs(net, (3, 8, 8))
+    with pytest.warns(DeprecationWarning, match=r"dense_flops\(\) is deprecated; use dense_macs\(\)"):
+        assert dense_flops(nn.Linear(7, 5)) == 35

@@ -14,7 +14,7 @@ def test_ratios_equal_up_to_rounding(mode, which, tgen):
     layers = random_layers(tgen) if which == "random" else realistic_layers(tgen)
     tp, tf = _total(layers)
     target = 0.35
-    a = allocate(layers, Budget(params=target), "uniform", total_params=tp, total_flops=tf, mode=mode)
+    a = allocate(layers, Budget(params=target), "uniform", total_params=tp, total_macs=tf, mode=mode)
     assert 0.99 * target * tp <= a.params <= target * tp
     ratios, steps = [], []
     for l, la in zip(layers, a.layers):
@@ -35,8 +35,8 @@ def test_uniform_slices_are_one(tgen):
     assert all(la.slices == 1 for la in a.layers)
 
 
-def test_uniform_flops_target(tgen):
+def test_uniform_macs_target(tgen):
     layers = realistic_layers(tgen)
     tp, tf = _total(layers)
-    a = allocate(layers, Budget(flops=0.45), "uniform", total_params=tp, total_flops=tf, mode="rank_only")
-    assert 0.99 * 0.45 * tf <= a.flops <= 0.45 * tf
+    a = allocate(layers, Budget(macs=0.45), "uniform", total_params=tp, total_macs=tf, mode="rank_only")
+    assert 0.99 * 0.45 * tf <= a.macs <= 0.45 * tf

@@ -27,9 +27,9 @@ from .curves import LayerCurves
 class Costs:
     """Sizes and MACs of frontier choices; budgets for the free layers (None: no constraint)."""
 
-    def __init__(self, curves: Sequence[LayerCurves], bp: Optional[float], bf: Optional[float]) -> None:
+    def __init__(self, curves: Sequence[LayerCurves], bp: Optional[float], bm: Optional[float]) -> None:
         self.curves = list(curves)
-        self.bp, self.bf = bp, bf
+        self.bp, self.bm = bp, bm
 
     def totals(self, idx: Sequence[int]) -> tuple[int, int]:
         p = sum(int(c.sizes[i]) for c, i in zip(self.curves, idx))
@@ -37,7 +37,7 @@ class Costs:
         return p, f
 
     def fits(self, p: float, f: float) -> bool:
-        return (self.bp is None or p <= self.bp) and (self.bf is None or f <= self.bf)
+        return (self.bp is None or p <= self.bp) and (self.bm is None or f <= self.bm)
 
     def feasible(self, idx: Sequence[int]) -> bool:
         return self.fits(*self.totals(idx))
@@ -49,8 +49,8 @@ class Costs:
         out = 0.0
         if self.bp is not None:
             out += s / max(self.bp, 1.0)
-        if self.bf is not None:
-            out += s * c.spatial / max(self.bf, 1.0)
+        if self.bm is not None:
+            out += s * c.spatial / max(self.bm, 1.0)
         return out
 
 
@@ -94,9 +94,9 @@ def fill_max_error(costs: Costs, idx: list[int]) -> list[int]:
     return idx
 
 
-def alds_search(curves: Sequence[LayerCurves], bp: Optional[float], bf: Optional[float]) -> tuple[list[int], dict]:
+def alds_search(curves: Sequence[LayerCurves], bp: Optional[float], bm: Optional[float]) -> tuple[list[int], dict]:
     """Frontier indices minimising the max error under the budgets, plus info."""
-    costs = Costs(curves, bp, bf)
+    costs = Costs(curves, bp, bm)
     if not curves:
         return [], {"error_level": 0.0}
     eps, idx = minmax_level(costs)

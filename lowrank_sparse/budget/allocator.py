@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .._renamed import warn_renamed
 from ..calibrate.layers import first_last_protected
 from ..structure import Structure, parse_structure
 from .alds import alds_search
@@ -40,7 +41,7 @@ def allocate(
     method: str = "alds",
     *,
     total_params: Optional[int] = None,
-    total_flops: Optional[int] = None,
+    total_macs: Optional[int] = None,
     mode: str = "lowrank_sparse",
     structure: Union[str, Structure] = "unstructured",
     error_fn: Optional[ErrorFn] = None,
@@ -52,17 +53,18 @@ def allocate(
     sparse_shares: Sequence[float] = (0.0, 0.1, 0.25, 0.5),
     cache: Optional[CurveCache] = None,
     seed: int = 0,
+    total_flops: Optional[int] = None,
 ) -> Allocation:
     """Choose every layer's rank, density and slice count to meet a network-wide target.
 
     Args:
         layers: the compressible layers, in network order.
-        target: Budget(params=..., flops=...) as fractions of the WHOLE model.
+        target: Budget(params=..., macs=...) as fractions of the WHOLE model.
         method: "alds" | "enc" | "uniform".
         total_params: all parameters of the model (including layers not listed, biases,
             BN); default: the listed layers' weights only.
-        total_flops: the model's MACs per sample (same convention as
-            :func:`spec.layer_flops`); default: the listed layers' MACs only.
+        total_macs: the model's MACs per sample (same convention as
+            :func:`spec.layer_macs`); default: the listed layers' MACs only.
         mode: "lowrank_sparse" (per-layer split from ``sparse_shares``), "rank_only",
             "sparse_only".
         structure: sparsity structure of S (see lowrank_sparse.structure); conv layers use
@@ -83,6 +85,7 @@ def allocate(
         sparse_shares: candidate fractions of a layer's budget given to S ("lowrank_sparse").
         cache: reuse singular values across calls (see CurveCache).
         seed: seed of the sampled estimates in the curves.
+        total_flops: deprecated alias of ``total_macs`` (the same value).
 
     The result never exceeds the budget; it undershoots by at most a few rank steps.
 
@@ -90,6 +93,7 @@ def allocate(
         ValueError: bad arguments, or an infeasible target (the message says by how much).
     """
     t0 = time.perf_counter()
+    total_macs = _renamed_total(total_macs, total_flops)
     layers, shares = _checked(layers, target, method, mode, sparse_shares)
     if isinstance(exclude, str):
         exclude = (exclude,)
@@ -97,35 +101,45 @@ def allocate(
     st_name = structure if isinstance(structure, str) else structure.name
     parse_structure(structure)  # validate early
     cache = cache if cache is not None else CurveCache()
-    dense_p, dense_f, total_params, total_flops = _totals(layers, total_params, total_flops)
+    dense_p, dense_m, total_params, total_macs = _totals(layers, total_params, total_macs)
 
     fixed, free = _classify(layers, structure, overrides, exclude, keep_first_last,
                             error_fn if mode == "lowrank_sparse" else None, cache)
     fixed_p = total_params - dense_p + sum(a.params for a in fixed.values())
-    fixed_f = total_flops - dense_f + sum(a.flops for a in fixed.values())
+    fixed_m = total_macs - dense_m + sum(a.macs for a in fixed.values())
     bp = None if target.params is None else target.params * total_params
-    bf = None if target.flops is None else target.flops * total_flops
-    _check_fixed_fit((("params", bp, fixed_p, total_params), ("flops", bf, fixed_f, total_flops)))
+    bm = None if target.macs is None else target.macs * total_macs
+    _check_fixed_fit((("params", bp, fixed_p, total_params), ("macs", bm, fixed_m, total_macs)))
 
     t1 = time.perf_counter()
     gs = tuple(slice_candidates) if method == "alds" else (1,)
     curves = [_curves_of(layers[li], mode, structure, gs, slice_linear, shares, cache, seed) for li in free]
     t2 = time.perf_counter()
     avail_p = None if bp is None else bp - fixed_p
-    avail_f = None if bf is None else bf - fixed_f
-    _check_curves_fit(curves, ((avail_p, fixed_p, total_params), (avail_f, fixed_f, total_flops)))
-    idx, info = METHODS[method](curves, avail_p, avail_f)
+    avail_m = None if bm is None else bm - fixed_m
+    _check_curves_fit(curves, ((avail_p, fixed_p, total_params), (avail_m, fixed_m, total_macs)))
+    idx, info = METHODS[method](curves, avail_p, avail_m)
     t3 = time.perf_counter()
 
     split_fn = error_fn if mode == "lowrank_sparse" else None
     out = _assemble(layers, fixed, free, curves, idx, structure, shares, split_fn, cache)
     p = total_params - dense_p + sum(a.params for a in out)
-    f = total_flops - dense_f + sum(a.flops for a in out)
+    macs = total_macs - dense_m + sum(a.macs for a in out)
     if error_fn is not None and mode == "lowrank_sparse" and method == "enc":
         info["metric_after_split"] = float(np.prod([1.0 - a.predicted_error**2 for a in out]))
     info.update({"seconds_curves": t2 - t1, "seconds_search": t3 - t2, "seconds_total": time.perf_counter() - t0,
                  "cache_hits": cache.hits, "cache_misses": cache.misses})
-    return Allocation(out, method, mode, st_name, target, total_params, total_flops, p, f, info)
+    return Allocation(out, method, mode, st_name, target, total_params, total_macs, p, macs, info)
+
+
+def _renamed_total(total_macs: Optional[int], total_flops: Optional[int]) -> Optional[int]:
+    """``total_macs``, or the deprecated ``total_flops`` given for it (with a warning)."""
+    if total_flops is None:
+        return total_macs
+    if total_macs is not None:
+        raise TypeError("allocate() got both total_macs= and its deprecated alias total_flops=")
+    warn_renamed("allocate(total_flops=...)", "allocate(total_macs=...)", stacklevel=4)
+    return total_flops
 
 
 def _checked(layers: Sequence[LayerSpec], target: Budget, method: str, mode: str,
@@ -153,17 +167,17 @@ def _checked(layers: Sequence[LayerSpec], target: Budget, method: str, mode: str
 
 
 def _totals(layers: list[LayerSpec], total_params: Optional[int],
-            total_flops: Optional[int]) -> tuple[int, int, int, int]:
+            total_macs: Optional[int]) -> tuple[int, int, int, int]:
     """(listed layers' dense params, their dense MACs, model params, model MACs)."""
     dense_p = sum(l.dense_params for l in layers)
-    dense_f = sum(l.dense_flops for l in layers)
+    dense_m = sum(l.dense_macs for l in layers)
     total_params = dense_p if total_params is None else int(total_params)
-    total_flops = dense_f if total_flops is None else int(total_flops)
+    total_macs = dense_m if total_macs is None else int(total_macs)
     if total_params < dense_p:
         raise ValueError(f"total_params={total_params} is smaller than the listed layers' weights ({dense_p})")
-    if total_flops < dense_f:
-        raise ValueError(f"total_flops={total_flops} is smaller than the listed layers' MACs ({dense_f})")
-    return dense_p, dense_f, total_params, total_flops
+    if total_macs < dense_m:
+        raise ValueError(f"total_macs={total_macs} is smaller than the listed layers' MACs ({dense_m})")
+    return dense_p, dense_m, total_params, total_macs
 
 
 def _parse_override(name: str, pat: str, ov: Override) -> Optional[tuple[int, float, int]]:
@@ -244,7 +258,7 @@ def _curves_of(l: LayerSpec, mode: str, structure: Union[str, Structure], gs: tu
 def _check_curves_fit(curves: list[LayerCurves], checks: Sequence[tuple[Optional[float], int, int]]) -> None:
     """Raise if even the smallest configuration of every free layer exceeds a target;
     ``checks`` = ((available params, fixed params, total params), (same for MACs))."""
-    costs = (("params", lambda c: int(c.sizes[0])), ("flops", lambda c: int(c.sizes[0]) * c.spatial))
+    costs = (("params", lambda c: int(c.sizes[0])), ("macs", lambda c: int(c.sizes[0]) * c.spatial))
     for (what, costf), (b, fx, tot) in zip(costs, checks):
         if b is None:
             continue
@@ -283,7 +297,7 @@ def _assemble(layers: list[LayerSpec], fixed: dict[int, LayerAllocation], free: 
 
 
 def _dense_alloc(l: LayerSpec, source: str) -> LayerAllocation:
-    return LayerAllocation(l.name, 0, 0.0, 1, l.dense_params, l.dense_flops, 0.0, l.kind, (l.m, l.n),
+    return LayerAllocation(l.name, 0, 0.0, 1, l.dense_params, l.dense_macs, 0.0, l.kind, (l.m, l.n),
                            keep_dense=True, nnz=0, source=source)
 
 

@@ -6,7 +6,7 @@ configurations the same ``1 - e^2`` of the predicted error); network metric = pr
 the layer metrics.
 
 * ENC-Map: sweep a common per-layer metric level (bisection) until the configuration
-  meets the FLOPs/params target in one shot; leftover budget goes, greedily, to the
+  meets the MACs/params target in one shot; leftover budget goes, greedily, to the
   upgrade with the best metric gain per cost.
 * ENC-Model (refinement): build candidate configurations near the target - the
   Lagrangian optimum of sum(log a) - lambda * cost (bisection on lambda) with greedy fill,
@@ -120,9 +120,9 @@ def _exchange(costs: Costs, idx: list[int], logm: list[np.ndarray], rounds: int 
     return idx
 
 
-def enc_search(curves: Sequence[LayerCurves], bp: Optional[float], bf: Optional[float]) -> tuple[list[int], dict]:
+def enc_search(curves: Sequence[LayerCurves], bp: Optional[float], bm: Optional[float]) -> tuple[list[int], dict]:
     """ENC-Map + ENC-Model refinement; returns frontier indices and info."""
-    costs = Costs(curves, bp, bf)
+    costs = Costs(curves, bp, bm)
     if not curves:
         return [], {"metric": 1.0}
     logm = [_logmetric(c) for c in curves]

@@ -1,4 +1,4 @@
-"""Budget targets, layer descriptions, allocations, and THE parameter/FLOP formulas.
+"""Budget targets, layer descriptions, allocations, and THE parameter/MAC formulas.
 
 Counting formulas (the single source of truth; the nn module pair must match them)
 -----------------------------------------------------------------------------------
@@ -21,7 +21,8 @@ form is L + S with
 
 MACs are multiply-accumulates per sample; the first factor runs with the layer's stride
 so both factors and S work at the output resolution H_out x W_out.  Bias additions are not
-counted.  A layer kept dense costs m*n params and P*m*n MACs.
+counted.  A layer kept dense costs m*n params and P*m*n MACs.  (FLOPs, where a
+tool reports them, are 2 x MACs: a multiply and an add.)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, Literal, Optional
 
 import torch
 
+from .._renamed import renamed, renamed_function
 from ..structure import Structure, parse_structure
 
 LayerKind = Literal["linear", "conv"]
@@ -64,15 +66,19 @@ def layer_params(m: int, n: int, rank: int, density: float, slices: int = 1,
     return lowrank_params(m, n, rank, slices) + sparse_nnz(m, n, density, st)
 
 
-def layer_flops(m: int, n: int, rank: int, density: float, slices: int = 1,
-                structure: Structure | str = "unstructured", *, block: int = 1,
-                out_hw: Optional[tuple[int, int]] = None) -> int:
+def layer_macs(m: int, n: int, rank: int, density: float, slices: int = 1,
+               structure: Structure | str = "unstructured", *, block: int = 1,
+               out_hw: Optional[tuple[int, int]] = None) -> int:
     """MACs per sample: ``P * (r*n + r*g*m + nnz(S))``, P = H_out*W_out (1 for linear)."""
     p = 1 if out_hw is None else int(out_hw[0]) * int(out_hw[1])
     return p * layer_params(m, n, rank, density, slices, structure, block=block)
 
 
+layer_flops = renamed_function(layer_macs, "layer_flops")
+
+
 # ----------------------------------------------------------------------------- targets
+@renamed({"flops": "macs"})
 @dataclass(frozen=True)
 class Budget:
     """Network-wide target: fractions of the WHOLE model to keep.
@@ -80,17 +86,18 @@ class Budget:
     Attributes:
         params: fraction of all parameters of the model (including layers that are not
             compressed, biases, BatchNorm) to keep, in (0, 1]; None: no parameter target.
-        flops: fraction of the model's MACs per sample to keep, in (0, 1]; None: none.
+        macs: fraction of the model's multiply-accumulates per sample to keep, in (0, 1];
+            None: no MAC target.  (``flops=`` is a deprecated alias with the same meaning.)
     At least one must be given; when both are, both must hold.
     """
 
     params: Optional[float] = None
-    flops: Optional[float] = None
+    macs: Optional[float] = None
 
     def __post_init__(self) -> None:
-        if self.params is None and self.flops is None:
-            raise ValueError("Budget needs params=... and/or flops=... (fractions of the model to keep)")
-        for name in ("params", "flops"):
+        if self.params is None and self.macs is None:
+            raise ValueError("Budget needs params=... and/or macs=... (fractions of the model to keep)")
+        for name in ("params", "macs"):
             v = getattr(self, name)
             if v is None:
                 continue
@@ -100,6 +107,7 @@ class Budget:
                 raise ValueError(f"Budget.{name} must be a fraction in (0, 1], got {v}")
 
 
+@renamed({"dense_flops": "dense_macs", "flops": "macs"})
 @dataclass
 class LayerSpec:
     """One compressible layer as the allocator sees it.
@@ -109,7 +117,7 @@ class LayerSpec:
         weight: (m, n) weight matrix; conv: (out, in*kh*kw).  Not modified.
         kind: "linear" or "conv".
         block: kh*kw for convs (columns per input channel), 1 for linear.
-        out_hw: (H_out, W_out) output size for convs (required for FLOPs of convs).
+        out_hw: (H_out, W_out) output size for convs (required for the MACs of convs).
         gram: optional (n, n) X X^T / N of the layer inputs; makes the error curves
             data-aware (singular values of W G^{1/2}).
         error_scale: factor (> 0) from the relative whitened pre-activation error to the
@@ -181,19 +189,21 @@ class LayerSpec:
         return self.m * self.n
 
     @property
-    def dense_flops(self) -> int:
+    def dense_macs(self) -> int:
+        """MACs per sample of the dense layer: P * m * n."""
         return self.spatial * self.m * self.n
 
     def params(self, rank: int, density: float, slices: int = 1, structure: Structure | str = "unstructured") -> int:
         """:func:`layer_params` for this layer."""
         return layer_params(self.m, self.n, rank, density, slices, structure, block=self.block)
 
-    def flops(self, rank: int, density: float, slices: int = 1, structure: Structure | str = "unstructured") -> int:
-        """:func:`layer_flops` for this layer."""
+    def macs(self, rank: int, density: float, slices: int = 1, structure: Structure | str = "unstructured") -> int:
+        """:func:`layer_macs` for this layer."""
         return self.spatial * self.params(rank, density, slices, structure)
 
 
 # ----------------------------------------------------------------------------- outputs
+@renamed({"flops": "macs"})
 @dataclass
 class LayerAllocation:
     """The configuration chosen for one layer.
@@ -204,7 +214,7 @@ class LayerAllocation:
         density: fraction of W's entries S keeps (0: no sparse part).
         slices: ALDS input-channel slices of L (1: plain low rank).
         params: stored weight values (formula in the module docstring; bias excluded).
-        flops: MACs per sample (bias excluded).
+        macs: MACs per sample (bias excluded).
         predicted_error: predicted relative error ||(W - W_hat) G^{1/2}||_F / ||W G^{1/2}||_F
             (G = identity without a gram); 0 for layers kept dense.
         kind, shape: "linear"/"conv" and (m, n).
@@ -219,7 +229,7 @@ class LayerAllocation:
     density: float
     slices: int
     params: int
-    flops: int
+    macs: int
     predicted_error: float
     kind: str = "linear"
     shape: tuple[int, int] = (0, 0)
@@ -228,6 +238,7 @@ class LayerAllocation:
     source: str = "allocated"
 
 
+@renamed({"total_flops": "total_macs", "flops": "macs", "flops_ratio": "macs_ratio"})
 @dataclass
 class Allocation:
     """Per-layer configurations chosen to meet a network-wide Budget.
@@ -236,8 +247,9 @@ class Allocation:
         layers: one LayerAllocation per LayerSpec, in input order.
         method, mode, structure: what produced it.
         target: the Budget.
-        total_params, total_flops: the dense model's totals (everything, not only the layers).
-        params, flops: the totals after compression (fixed parts + layers).
+        total_params, total_macs: the dense model's totals (everything, not only the layers;
+            MACs per sample).
+        params, macs: the totals after compression (fixed parts + layers).
         info: method-specific details (error level, metric, iterations, seconds).
     """
 
@@ -247,9 +259,9 @@ class Allocation:
     structure: str
     target: Budget
     total_params: int
-    total_flops: int
+    total_macs: int
     params: int
-    flops: int
+    macs: int
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -258,9 +270,9 @@ class Allocation:
         return self.params / self.total_params if self.total_params else float("nan")
 
     @property
-    def flops_ratio(self) -> float:
+    def macs_ratio(self) -> float:
         """Kept fraction of the whole model's MACs."""
-        return self.flops / self.total_flops if self.total_flops else float("nan")
+        return self.macs / self.total_macs if self.total_macs else float("nan")
 
     def __getitem__(self, name: str) -> LayerAllocation:
         for la in self.layers:
@@ -274,7 +286,7 @@ class Allocation:
 
     def table(self) -> str:
         """Aligned text table: one row per layer, then totals and achieved ratios."""
-        head = ["layer", "kind", "shape", "rank", "slices", "density", "params", "FLOPs", "pred.err"]
+        head = ["layer", "kind", "shape", "rank", "slices", "density", "params", "MACs", "pred.err"]
         rows = []
         for la in self.layers:
             dense = la.keep_dense
@@ -283,7 +295,7 @@ class Allocation:
                 "dense" if dense else str(la.rank),
                 "-" if dense else str(la.slices),
                 "-" if dense else f"{la.density:.4f}",
-                f"{la.params:,}", f"{la.flops:,}", f"{la.predicted_error:.4f}",
+                f"{la.params:,}", f"{la.macs:,}", f"{la.predicted_error:.4f}",
             ])
         widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
         left = {0, 1, 2}
@@ -294,17 +306,17 @@ class Allocation:
         out = [fmt(head), "  ".join("-" * w for w in widths)]
         out += [fmt(r) for r in rows]
         lp = sum(la.params for la in self.layers)
-        lf = sum(la.flops for la in self.layers)
+        lm = sum(la.macs for la in self.layers)
         out.append("  ".join("-" * w for w in widths))
-        out.append(f"layers total: params {lp:,}  FLOPs {lf:,}")
+        out.append(f"layers total: params {lp:,}  MACs {lm:,}")
         tgt = []
         if self.target.params is not None:
             tgt.append(f"params {self.target.params:.4f}")
-        if self.target.flops is not None:
-            tgt.append(f"flops {self.target.flops:.4f}")
+        if self.target.macs is not None:
+            tgt.append(f"macs {self.target.macs:.4f}")
         out.append(
             f"model: params {self.params:,} / {self.total_params:,} = {self.params_ratio:.4f}   "
-            f"FLOPs {self.flops:,} / {self.total_flops:,} = {self.flops_ratio:.4f}   "
+            f"MACs {self.macs:,} / {self.total_macs:,} = {self.macs_ratio:.4f}   "
             f"target: {', '.join(tgt)}   method={self.method} mode={self.mode} structure={self.structure}"
         )
         return "\n".join(out)
@@ -313,10 +325,10 @@ class Allocation:
         """JSON-serialisable dictionary (json.dumps works on it)."""
         d = {
             "method": self.method, "mode": self.mode, "structure": self.structure,
-            "target": {"params": self.target.params, "flops": self.target.flops},
-            "total_params": int(self.total_params), "total_flops": int(self.total_flops),
-            "params": int(self.params), "flops": int(self.flops),
-            "params_ratio": self.params_ratio, "flops_ratio": self.flops_ratio,
+            "target": {"params": self.target.params, "macs": self.target.macs},
+            "total_params": int(self.total_params), "total_macs": int(self.total_macs),
+            "params": int(self.params), "macs": int(self.macs),
+            "params_ratio": self.params_ratio, "macs_ratio": self.macs_ratio,
             "layers": [{**asdict(la), "shape": list(la.shape)} for la in self.layers],
             "info": _jsonable(self.info),
         }

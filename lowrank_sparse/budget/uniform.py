@@ -23,9 +23,9 @@ def ratio_indices(curves: Sequence[LayerCurves], rho: float) -> list[int]:
     return [c.index_for_size(rho * c.layer.m * c.layer.n * (1 + 1e-12)) for c in curves]
 
 
-def uniform_search(curves: Sequence[LayerCurves], bp: Optional[float], bf: Optional[float]) -> tuple[list[int], dict]:
+def uniform_search(curves: Sequence[LayerCurves], bp: Optional[float], bm: Optional[float]) -> tuple[list[int], dict]:
     """Frontier indices at the largest common ratio that meets the budgets, plus info."""
-    costs = Costs(curves, bp, bf)
+    costs = Costs(curves, bp, bm)
     if not curves:
         return [], {"ratio": 1.0}
     rhos = np.unique(np.concatenate([c.sizes / float(c.layer.m * c.layer.n) for c in curves]))

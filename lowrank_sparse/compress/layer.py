@@ -47,13 +47,13 @@ def positions(stats: LayerStats, samples: int) -> int:
     return max(1, int(round(stats.count / max(samples, 1))))
 
 
-def _macs(mod: nn.Module, stats: LayerStats, samples: int, dense: bool) -> int:
-    """MACs per sample of ``mod`` (the original layer if ``dense``, else a pair module)."""
-    from ..nn.counts import dense_flops
+def _macs(mod: nn.Module, stats: LayerStats, samples: int) -> int:
+    """MACs per sample of ``mod`` (the original layer or its pair module)."""
+    from ..nn.counts import module_macs
 
     if stats.kind == "conv":
-        return (dense_flops(mod, stats.in_hw) if dense else mod.flops(stats.in_hw)) * stats.calls
-    return (dense_flops(mod) if dense else mod.flops()) * positions(stats, samples)
+        return module_macs(mod, stats.in_hw) * stats.calls
+    return module_macs(mod) * positions(stats, samples)
 
 
 def _new_report(job: LayerJob, name: str, orig: nn.Module, stats: LayerStats) -> LayerReport:
@@ -62,14 +62,14 @@ def _new_report(job: LayerJob, name: str, orig: nn.Module, stats: LayerStats) ->
     return LayerReport(
         name=name, kind=stats.kind, shape=tuple(orig.weight.shape), activation=stats.activation.describe(),
         method=methods.method_of_config(job.config).name, structure=job.structure.name, params_before=dense_params(orig),
-        flops_before=_macs(orig, stats, job.samples, dense=True), note=stats.activation.note,
+        macs_before=_macs(orig, stats, job.samples), note=stats.activation.note,
     )  # fmt: skip
 
 
 def _mark_untouched(rep: LayerReport, m: int, n: int) -> LayerReport:
     rep.status = "untouched"
     rep.rank, rep.density = min(m, n), 0.0
-    rep.params_after, rep.flops_after = rep.params_before, rep.flops_before
+    rep.params_after, rep.macs_after = rep.params_before, rep.macs_before
     rep.note = "; ".join(x for x in (rep.note, "full rank or density 1: original layer kept") if x)
     return rep
 
@@ -127,7 +127,7 @@ def compress_layer(job: LayerJob, name: str, orig: nn.Module, stats: LayerStats,
     rep.density = nnz / float(m * n)
     rep.params_after = int(new.num_params())
     rep.index_bytes = int(new.num_index_bytes(packed=True))  # as saved
-    rep.flops_after = _macs(new, stats, job.samples, dense=False)
+    rep.macs_after = _macs(new, stats, job.samples)
     rep.output_error_after, rep.error_on = err, on
     rep.iterations, rep.converged = int(dec.info.iterations), bool(dec.info.converged)
     rep.seconds = seconds

@@ -84,7 +84,7 @@ def compress(
             tensor (split in ``batch_size`` rows), a list of tensors or (x, y) tuples,
             or a DataLoader; only inputs are used.
         target: a :class:`lowrank_sparse.budget.Budget` (fractions of the whole
-            model's parameters and/or FLOPs to keep); ``allocation`` then chooses each
+            model's parameters and/or MACs to keep); ``allocation`` then chooses each
             layer's rank / density.  None: use ``rank`` / ``density``.
         allocation: "alds", "enc" or "uniform" (with ``target``).
         rank, density: explicit per-layer sizes (see :mod:`lowrank_sparse.compress.plan`);
@@ -165,9 +165,9 @@ def _input_shape(data: CalibrationData, batch_size: int) -> tuple[int, ...]:
 
 def _model_totals(model: nn.Module, new: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
     """(parameters of ``model``, MACs per sample of its copy ``new``) before compression."""
-    from ..nn.counts import model_flops, model_params
+    from ..nn.counts import model_macs, model_params
 
-    return model_params(model), int(model_flops(new, input_shape))
+    return model_params(model), int(model_macs(new, input_shape))
 
 
 def _plan(target: Any, allocation: str, opts: Options, selected: list[tuple[str, nn.Module]], cal: Calibration,
@@ -210,7 +210,7 @@ def _report(reports: list[LayerReport], skipped: dict[str, str], new: nn.Module,
             opts: Options, target: Any, allocation: str, table: Optional[str], cal: Calibration,
             totals: tuple[int, int]) -> CompressionReport:
     """The whole-model record; ``totals`` = (params, MACs per sample) before compression."""
-    from ..nn.counts import model_flops, model_params
+    from ..nn.counts import model_macs, model_params
 
     c = opts.calibration
     return CompressionReport(
@@ -218,12 +218,12 @@ def _report(reports: list[LayerReport], skipped: dict[str, str], new: nn.Module,
         skipped=skipped,
         params_before=totals[0],
         params_after=model_params(new),
-        flops_before=totals[1],
-        flops_after=int(model_flops(new, input_shape)),
+        macs_before=totals[1],
+        macs_after=int(model_macs(new, input_shape)),
         index_bytes=sum(r.index_bytes for r in reports),
         method=opts.method.name,
         structure=opts.structure.name,
-        target=None if target is None else {"params": target.params, "flops": target.flops},
+        target=None if target is None else {"params": target.params, "macs": target.macs},
         allocation=allocation if target is not None else None,
         allocation_table=table,
         calibration={"batches": cal.batches, "samples": cal.samples, "detection": cal.detection,

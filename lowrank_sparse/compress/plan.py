@@ -173,7 +173,7 @@ def allocation_plan(
     method = methods.method_of_config(config)
     error_fn = _solver_error_fn(config, structure, selected, stats, solved) if method.solver_split else None
     alloc = B.allocate(layer_specs(selected, stats), target, method=allocation, total_params=totals[0],
-                       total_flops=totals[1], mode=method.allocation_mode, structure=structure, error_fn=error_fn,
+                       total_macs=totals[1], mode=method.allocation_mode, structure=structure, error_fn=error_fn,
                        keep_first_last=False, seed=config.solver.seed)
     plan: dict[str, LayerSize] = {}
     for la in alloc.layers:

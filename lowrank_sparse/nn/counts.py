@@ -1,16 +1,26 @@
 """Exact parameter and multiply-accumulate (MAC) counts.
 
-FLOPs here are multiply-accumulates per sample (one MAC = one multiply + one add),
-counted for the layers that carry the weights being compressed:
+The library's one definition: **MACs per input sample**, one MAC being one multiply
+and one add (FLOPs = 2 x MACs), of the products of a layer's weight with its input,
+for the layers that carry the weights being compressed:
 
 * ``nn.Linear``: in*out per input vector (times the vectors per sample, e.g. tokens);
 * ``nn.Conv2d``: H_out*W_out * out * (in/groups) * kh*kw;
-* ``LowRankSparseLinear`` / ``LowRankSparseConv2d``: their ``flops()``.
+* ``LowRankSparseLinear`` / ``LowRankSparseConv2d``: per input vector / output pixel
+  ``j*n + m*g*j + nnz(S)`` (rank j per slice, g slices; ``rank*(m+n) + nnz(S)`` for
+  plain low rank), times H_out*W_out for the conv (:func:`module_macs`).
 
-Biases, activations, normalisation, pooling and additions are not counted in
-:func:`model_flops` (they are a few per output element, the same before and after
-compression).  :func:`model_params` counts every parameter of the model (the pair
-modules store exactly their counted values).
+Not counted by :func:`model_macs`: bias additions, activations, normalisation, pooling,
+residual additions, softmax, and products of two activations such as attention's
+Q K^T and A V (no weight takes part; the same before and after compression).
+A hook-based counter such as torch-pruning's ``count_ops_and_params`` reports the same
+conv/linear weight MACs, plus one op per output element for a conv's bias (once per
+output feature for a linear's) and elementwise ops for BN, ReLU and pooling (see
+tests/test_counts_reference.py).  :func:`model_params` counts every parameter of
+the model (the pair modules store exactly their counted values).
+
+``dense_flops`` and ``model_flops`` are deprecated aliases of :func:`dense_macs` and
+:func:`model_macs` (the same MAC counts).
 """
 
 from __future__ import annotations
@@ -20,12 +30,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._renamed import renamed_function
 from .conv import LowRankSparseConv2d
 from .geometry import conv_output_hw
 from .linear import LowRankSparseLinear
 from .sparse import CompactSparse
 
-__all__ = ["dense_params", "dense_flops", "model_params", "model_flops"]
+__all__ = ["dense_params", "dense_macs", "module_macs", "model_params", "model_macs", "dense_flops", "model_flops"]
 
 
 def dense_params(module: nn.Module) -> int:
@@ -36,7 +47,7 @@ def dense_params(module: nn.Module) -> int:
     return int(module.weight.numel()) + (0 if module.bias is None else int(module.bias.numel()))
 
 
-def dense_flops(module: nn.Module, input_hw: tuple[int, int] | None = None) -> int:
+def dense_macs(module: nn.Module, input_hw: tuple[int, int] | None = None) -> int:
     """MACs per input vector (Linear) / per sample (Conv2d on an (H, W) input).
 
     Linear: in*out.  Conv2d: H_out*W_out * out * (in/groups) * kh*kw.
@@ -49,11 +60,30 @@ def dense_flops(module: nn.Module, input_hw: tuple[int, int] | None = None) -> i
         return module.in_features * module.out_features
     if isinstance(module, nn.Conv2d):
         if input_hw is None:
-            raise ValueError("dense_flops of a Conv2d needs input_hw=(H, W)")
+            raise ValueError("dense_macs of a Conv2d needs input_hw=(H, W)")
         Ho, Wo = conv_output_hw(input_hw, module.kernel_size, module.stride, module.padding, module.dilation)
         kh, kw = module.kernel_size
         return Ho * Wo * module.out_channels * (module.in_channels // module.groups) * kh * kw
-    raise TypeError(f"dense_flops expects nn.Linear or nn.Conv2d, got {type(module).__name__}")
+    raise TypeError(f"dense_macs expects nn.Linear or nn.Conv2d, got {type(module).__name__}")
+
+
+def module_macs(module: nn.Module, input_hw: tuple[int, int] | None = None) -> int:
+    """MACs of one nn.Linear / nn.Conv2d / pair module: per input vector (linear) or per
+    sample on an (H, W) input (conv).  A pair module costs ``macs_per_position()`` per
+    input vector / output pixel.
+
+    Raises:
+        ValueError: a conv without ``input_hw``.
+        TypeError: another module type.
+    """
+    if isinstance(module, LowRankSparseLinear):
+        return module.macs_per_position()
+    if isinstance(module, LowRankSparseConv2d):
+        if input_hw is None:
+            raise ValueError("module_macs of a LowRankSparseConv2d needs input_hw=(H, W)")
+        Ho, Wo = module.output_hw(input_hw)
+        return Ho * Wo * module.macs_per_position()
+    return dense_macs(module, input_hw)
 
 
 def _is_pair(module: nn.Module) -> bool:
@@ -80,10 +110,11 @@ def _is_compact_sparse(mod: nn.Module) -> bool:
     return isinstance(mod, CompactSparse)
 
 
-def model_flops(
+def model_macs(
     model: nn.Module, input_shape: tuple[int, ...], *, per_layer: bool = False
 ) -> int | dict[str, int]:
-    """MACs per sample of one forward pass (Linear, Conv2d and the pair modules only).
+    """MACs per sample of one forward pass (Linear, Conv2d and the pair modules only;
+    the definition in the module docstring).
 
     Runs one dummy forward (a batch of 1, zeros, the model's dtype and device) with
     forward hooks, in eval mode and without gradients; the model's train/eval flags are
@@ -102,11 +133,9 @@ def model_flops(
             x = inputs[0]
             if isinstance(mod, (nn.Linear, LowRankSparseLinear)):
                 vectors = x.numel() // x.shape[-1] // x.shape[0] if x.dim() > 1 else 1
-                per = dense_flops(mod) if isinstance(mod, nn.Linear) else mod.flops()
-                c = vectors * per
+                c = vectors * module_macs(mod)
             else:
-                hw = (int(x.shape[-2]), int(x.shape[-1]))
-                c = dense_flops(mod, hw) if isinstance(mod, nn.Conv2d) else mod.flops(hw)
+                c = module_macs(mod, (int(x.shape[-2]), int(x.shape[-1])))
             counts[name] = counts.get(name, 0) + c
 
         return hook
@@ -128,3 +157,7 @@ def model_flops(
         for m, t in flags.items():
             m.training = t
     return dict(counts) if per_layer else sum(counts.values())
+
+
+dense_flops = renamed_function(dense_macs, "dense_flops")
+model_flops = renamed_function(model_macs, "model_flops")
