@@ -90,6 +90,7 @@ def test_compress_evaluate_report_round_trip(tmp_path: Path, cache: Path, capsys
     res = json.loads(text)
     # The budget is met (the allocator's contract: within 1 % of the whole model).
     assert res["after"]["params"] <= 0.5 * res["before"]["params"] * 1.01
+    assert 0 < res["after"]["macs"] < res["before"]["macs"] and "flops" not in text.lower()
     # Independent check of the reported accuracies: evaluate both models ourselves.
     x, y = data.digits("test")
     original = train.get_trained("mlp", "digits", "cpu", 0)

@@ -83,3 +83,47 @@ def test_read_saved_turns_missing_files_and_refusals_into_one_line_errors(tmp_pa
     with pytest.raises(CLIError, match="bad.safetensors: header too short"):
         read_saved(bad, refuse)
     assert read_saved(bad, lambda p: p.read_bytes()) == b"x"
+
+
+def test_flops_flag_is_a_deprecated_alias_of_macs(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = app.build_parser()
+    base = ["compress", "mlp", "-o", "x.safetensors"]
+    new = parser.parse_args(base + ["--macs", "0.5"])
+    assert new.macs == 0.5 and capsys.readouterr().err == ""
+    old = parser.parse_args(base + ["--flops", "0.5"])
+    assert vars(old) == vars(new)
+    err = capsys.readouterr().err
+    assert err == "warning: --flops is deprecated; use --macs (the same value)\n"
+    for both in (["--flops", "0.5", "--macs", "0.4"], ["--macs", "0.4", "--flops", "0.5"]):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(base + both)
+        assert e.value.code == 2 and "given twice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["compress", "--help"])
+    shown = capsys.readouterr().out
+    assert "--macs" in shown and "--flops" not in shown
+
+
+def test_report_reads_files_saved_with_flops_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Files written before the rename carry flops_* keys (MACs all the same): the report
+    command shows them under the macs names."""
+    import torch
+
+    from lowrank_sparse import io
+    from lowrank_sparse.report import CompressionReport, LayerReport
+
+    rep = CompressionReport(layers=[LayerReport("0", "linear", (2, 3), "identity", params_before=8, params_after=5,
+                                                macs_before=6, macs_after=4)],
+                            params_before=8, params_after=5, macs_before=6, macs_after=4,
+                            target={"params": 0.7, "macs": None}).to_dict()
+    old = json.loads(json.dumps(rep).replace('"macs', '"flops'))
+    cli = {"before": {"params": 8, "flops": 6}, "after": {"params": 5, "flops": 4}, "accuracy_before": 0.5,
+           "accuracy_after": 0.25}
+    f = tmp_path / "old.safetensors"
+    io.save(torch.nn.Sequential(torch.nn.Linear(3, 2)), f, metadata={"report": old, "cli": cli})
+    assert app.main(["report", str(f), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["reports"][0]
+    assert out["report"] == rep
+    assert out["result"]["before"] == {"params": 8, "macs": 6} and out["result"]["after"] == {"params": 5, "macs": 4}
+    assert app.main(["report", str(f)]) == 0
+    assert "accuracy 50.00% -> 25.00%" in capsys.readouterr().out

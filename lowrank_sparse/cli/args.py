@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any, Callable
+import sys
+from typing import Any, Callable, Optional, Sequence
 
-__all__ = ["DATASETS", "Parser", "fraction", "int_at_least", "positive_int", "nonneg_int", "parse_quantize"]
+__all__ = ["DATASETS", "Parser", "RenamedOnce", "fraction", "int_at_least", "positive_int", "nonneg_int",
+           "parse_quantize"]
 
 #: Data sets the subcommands accept: the 32x32-resizable image sets the built-in models
 #: train on, and the ImageNet samples for the pretrained MobileNetV2.
@@ -21,6 +23,25 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class RenamedOnce(argparse.Action):
+    """Store an option given at most once, under its name or an old name kept as a
+    deprecated alias (``--flops`` for ``--macs``): the alias prints a one-line warning on
+    stderr and stores the same value.  Register both with the same ``dest``; the first
+    option string of the current name's ``add_argument`` call is the one the warning names."""
+
+    #: deprecated option string -> the current one
+    ALIASES = {"--flops": "--macs"}
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        new = self.ALIASES.get(option_string or "")
+        if new is not None:
+            print(f"warning: {option_string} is deprecated; use {new} (the same value)", file=sys.stderr, flush=True)
+        if getattr(namespace, self.dest, None) is not None:
+            raise argparse.ArgumentError(self, "given twice (--flops is the deprecated name of --macs)")
+        setattr(namespace, self.dest, values)
 
 
 def fraction(text: str) -> float:

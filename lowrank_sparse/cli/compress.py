@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import measure
-from .args import DATASETS, fraction, nonneg_int, parse_quantize, positive_int
+from .args import DATASETS, RenamedOnce, fraction, nonneg_int, parse_quantize, positive_int
 from .output import CLIError, emit, log, progress_flag
 from .sources import Loaded, calibration, evaluation_data, input_shape, load_model
 
@@ -27,7 +27,9 @@ def register(sub: Any) -> None:
     c.add_argument("--checkpoint", help="trained weights (state dict, .safetensors or .pt) for the built-in architecture")
     c.add_argument("--schedule", default="cpu", choices=("cpu", "gpu"), help="training recipe when no checkpoint is cached")
     c.add_argument("--params", type=fraction, help="keep this fraction of the model's parameters, e.g. 0.25")
-    c.add_argument("--flops", type=fraction, help="keep this fraction of the model's MACs, e.g. 0.75")
+    c.add_argument("--macs", type=fraction, action=RenamedOnce,
+                   help="keep this fraction of the model's multiply-accumulates (MACs), e.g. 0.75")
+    c.add_argument("--flops", dest="macs", type=fraction, action=RenamedOnce, help=argparse.SUPPRESS)  # old --macs
     c.add_argument("--rank", type=float, help="explicit rank for every layer: an int, or a fraction of full rank")
     c.add_argument("--density", type=float, help="explicit density of S for every layer, in [0, 1)")
     c.add_argument("--allocation", default="alds", choices=("alds", "enc", "uniform"))
@@ -89,13 +91,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_target(args: argparse.Namespace) -> None:
-    """Exactly one of: a budget (--params/--flops), explicit sizes (--rank/--density)."""
-    budget = args.params is not None or args.flops is not None
+    """Exactly one of: a budget (--params/--macs), explicit sizes (--rank/--density)."""
+    budget = args.params is not None or args.macs is not None
     explicit = args.rank is not None or args.density is not None
     if not budget and not explicit:
-        raise CLIError("give a target (--params and/or --flops) or explicit --rank/--density")
+        raise CLIError("give a target (--params and/or --macs) or explicit --rank/--density")
     if budget and explicit:
-        raise CLIError("--params/--flops (a budget) and --rank/--density (explicit sizes) exclude each other")
+        raise CLIError("--params/--macs (a budget) and --rank/--density (explicit sizes) exclude each other")
 
 
 def _compress(args: argparse.Namespace, src: Loaded, calib: Any, progress: Optional[bool]) -> tuple[Any, Any]:
@@ -104,8 +106,8 @@ def _compress(args: argparse.Namespace, src: Loaded, calib: Any, progress: Optio
     from ..compress import compress
 
     target = None
-    if args.params is not None or args.flops is not None:
-        target = Budget(params=args.params, flops=args.flops)
+    if args.params is not None or args.macs is not None:
+        target = Budget(params=args.params, macs=args.macs)
     return compress(
         src.model,
         calib,
@@ -177,7 +179,7 @@ def _text(args: argparse.Namespace, result: dict[str, Any], report: Any, out: Pa
     lines = [report.table(), ""]
     b, a = result["before"], result["after"]
     lines.append(f"parameters  {b['params']:>12,d} -> {a['params']:>12,d}  ({a['params'] / b['params']:.1%})")
-    lines.append(f"MACs/sample {b['flops']:>12,d} -> {a['flops']:>12,d}  ({a['flops'] / b['flops']:.1%})")
+    lines.append(f"MACs/sample {b['macs']:>12,d} -> {a['macs']:>12,d}  ({a['macs'] / b['macs']:.1%})")
     if "latency_ms_before" in result:
         lines.append(f"CPU latency {result['latency_ms_before']:>10.2f} ms -> {result['latency_ms_after']:>10.2f} ms"
                      "  (batch 64, median of 20, interleaved)")

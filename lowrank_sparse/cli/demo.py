@@ -61,7 +61,7 @@ def _compress_args(args: argparse.Namespace, dataset: str, out: Path) -> argpars
     """The ``compress`` arguments of the demo: small_cnn, ALDS, unstructured L + S."""
     return argparse.Namespace(
         model="small_cnn", dataset=dataset, schedule="cpu", seed=0, checkpoint=None, calib=args.calib,
-        params=args.params, flops=None, rank=None, density=None, allocation="alds", structure="unstructured",
+        params=args.params, macs=None, rank=None, density=None, allocation="alds", structure="unstructured",
         method="lowrank_sparse", exclude=[], all_layers=False, max_iter=args.max_iter, sample_size=args.sample_size,
         test_subset=args.test_subset,
         fine_tune=0, fine_tune_subset=5_000, fine_tune_lr=0.01, quantize=None, output=str(out), dtype=None,

@@ -60,6 +60,6 @@ def _text(path: Path, dataset: str, result: dict[str, Any], n_images: int, batch
         f = result["fidelity"]
         lines.append(f"fidelity     top-1 agreement {f['top1_agreement']:.2%}, KL {f['kl']:.4f} vs the original")
     lines.append(f"parameters   {result['params']:,d}")
-    lines.append(f"MACs/sample  {result['flops']:,d}")
+    lines.append(f"MACs/sample  {result['macs']:,d}")
     lines.append(f"CPU latency  {result['latency_ms']:.2f} ms per batch of {batch} (median of 30)")
     return "\n".join(lines)

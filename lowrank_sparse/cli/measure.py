@@ -31,10 +31,11 @@ def fidelity(model: Any, reference: Any, x: Any) -> dict[str, float]:
 
 
 def summary(model: Any, shape: tuple[int, ...]) -> dict[str, int]:
-    """{"params": stored parameters, "flops": MACs per sample of input ``shape`` (C, H, W)}."""
+    """{"params": stored parameters, "macs": multiply-accumulates per sample of input
+    ``shape`` (C, H, W)}."""
     from ..nn import counts
 
-    return {"params": int(counts.model_params(model)), "flops": int(counts.model_flops(model, shape))}
+    return {"params": int(counts.model_params(model)), "macs": int(counts.model_macs(model, shape))}
 
 
 def _seeded_batch(shape: tuple[int, ...], batch: int) -> Any:

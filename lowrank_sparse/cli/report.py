@@ -45,11 +45,24 @@ def run(args: argparse.Namespace) -> int:
 def _read(p: Path) -> _Entry:
     from .. import io as _io
 
+    from ..report import current_keys
+
     meta = read_saved(p, _io.read_metadata)
     rep = meta.get("user", {}).get("report")
     if rep is None:
         raise CLIError(f"{p} carries no compression report (was it written by 'lowrank-sparse compress'?)")
-    return p, rep, meta.get("user", {}).get("cli", {})
+    return p, current_keys(rep), _current_result_keys(meta.get("user", {}).get("cli", {}))
+
+
+def _current_result_keys(result: dict[str, Any]) -> dict[str, Any]:
+    """The compress command's saved results with the keys of older files under their
+    current names: before/after {"params", "flops"} -> {"params", "macs"} (MACs either way)."""
+    out = dict(result)
+    for when in ("before", "after"):
+        counts = out.get(when)
+        if isinstance(counts, dict) and "flops" in counts and "macs" not in counts:
+            out[when] = {("macs" if k == "flops" else k): v for k, v in counts.items()}
+    return out
 
 
 def _plots(reports: list[_Entry], outdir: Path) -> list[str]:
