@@ -262,11 +262,48 @@ def prepare(
 ) -> Prepared:
     """Validate every argument of decompose; see its docstring for their meaning.
 
+    The checks run in a fixed order (W, sizes and structure, activation, iteration
+    settings, backend, the budget of S, the data), so the first mistake is the one named.
+
     Raises:
         TypeError: non-array W/X/gram/bias, integer or bool dtypes, non-int rank etc.
         ValueError: wrong shapes, empty or non-finite arrays, rank/density out of range,
             unknown structure/activation/backend, N:M not dividing n, native on CUDA.
     """
+    Wt = _weight(W)
+    m, n = (int(s) for s in Wt.shape)
+    rank_i, dens, st, sl = _sizes(rank, density, structure, block, slices, m, n)
+    act = normalize_activation(activation)
+    slope, mi, tol_f, seed_i, sub = _settings(negative_slope, max_iter, tol, seed, subsample)
+    be = check_backend(backend, Wt)
+    k = _sparse_budget(st, dens, rank_i, m, n)
+    if relaxed and st.kind == "nm":
+        raise ValueError("relaxed=True is not defined for N:M structures (no convex group norm)")
+    if relaxed and sl > 1:
+        raise ValueError("relaxed=True supports slices=1 only")
+    Xt, gt, bt = _data(X, gram, bias, m, n, compute_dtype(Wt), Wt.device)
+    n_samples = int(Xt.shape[1]) if Xt is not None else 0
+    mode, Xt, gt = _objective_data(act, Xt, gt, sub, seed_i)
+    if relaxed and (lam_nuclear is None or lam_sparse is None):
+        G = gt if gt is not None else ((Xt @ Xt.mT) / Xt.shape[1] if Xt is not None else None)
+        dn, ds = default_lambdas(Wt, st, rank_i, G)
+        lam_nuclear = dn if lam_nuclear is None else lam_nuclear
+        lam_sparse = ds if lam_sparse is None else lam_sparse
+    for nm_, v in (("lam_nuclear", lam_nuclear), ("lam_sparse", lam_sparse)):
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
+            raise ValueError(f"{nm_} must be a float >= 0, got {v!r}")
+    spec = AdmmSpec(
+        m=m, n=n, rank=rank_i, slices=sl,
+        p=min(rank_i + OVERSAMPLE, m, n // sl) if rank_i > 0 else 0,
+        structure=st, k=int(k), mode=mode, activation=act, negative_slope=slope,
+        relaxed=bool(relaxed), lam_nuclear=float(lam_nuclear or 0.0),
+        lam_sparse=float(lam_sparse or 0.0), max_iter=mi, tol=tol_f, seed=seed_i, subsample=sub,
+    )
+    return Prepared(spec=spec, W=Wt, X=Xt, gram=gt, bias=bt, backend=be, n_samples=n_samples)
+
+
+def _weight(W: Any) -> torch.Tensor:
+    """W as a finite, non-empty 2-D float tensor whose squares fit its compute dtype."""
     Wt = as_tensor(W, "W")
     if Wt.dtype == torch.bool or not Wt.is_floating_point():
         raise TypeError(f"W must have a floating-point dtype, got {Wt.dtype}")
@@ -274,7 +311,12 @@ def prepare(
         raise ValueError(f"W must be a 2-D (out, in) matrix, got shape {tuple(Wt.shape)}")
     check_float_matrix(Wt, "W")
     check_magnitude(Wt, "W", compute_dtype(Wt))
-    m, n = (int(s) for s in Wt.shape)
+    return Wt
+
+
+def _sizes(rank: Any, density: Any, structure: Any, block: Any, slices: Any, m: int,
+           n: int) -> tuple[int, float, Structure, int]:
+    """(rank, density, parsed structure, slices), checked against the (m, n) weight."""
     rank_i = _check_int(rank, "rank", 0, min(m, n))
     if isinstance(density, bool) or not isinstance(density, (int, float, np.floating, np.integer)):
         raise TypeError(f"density must be a float in [0, 1), got {type(density).__name__}")
@@ -291,7 +333,12 @@ def prepare(
         raise ValueError(
             f"rank={rank_i} exceeds min(m, n/slices)={min(m, n // sl)} for slices={sl}"
         )
-    act = normalize_activation(activation)
+    return rank_i, dens, st, sl
+
+
+def _settings(negative_slope: Any, max_iter: Any, tol: Any, seed: Any,
+              subsample: Any) -> tuple[float, int, float, int, int]:
+    """(negative_slope, max_iter, tol, seed, subsample), checked."""
     if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
         raise TypeError("negative_slope must be a float")
     if not (0.0 <= float(negative_slope) < 1.0):
@@ -301,32 +348,30 @@ def prepare(
         raise ValueError(f"tol must be a positive float, got {tol!r}")
     seed_i = _check_int(seed, "seed", 0)
     sub = _check_int(subsample, "subsample", 1)
-    be = check_backend(backend, Wt)
+    return float(negative_slope), mi, float(tol), seed_i, sub
 
-    if st.kind == "nm":
-        k = st.budget(dens, m, n)
-        has_sparse = dens > 0
-    else:
-        k = st.budget(dens, m, n)
-        has_sparse = k > 0
-    if rank_i == 0 and not has_sparse:
+
+def _sparse_budget(st: Structure, dens: float, rank: int, m: int, n: int) -> int:
+    """S's budget k in groups (0 for N:M without a sparse part); refuses a problem in
+    which neither L nor S keeps anything."""
+    k = st.budget(dens, m, n)
+    has_sparse = dens > 0 if st.kind == "nm" else k > 0
+    if rank == 0 and not has_sparse:
         if dens > 0:
             raise ValueError(
                 f"density={dens} rounds to 0 groups of structure {st.name!r} for a "
                 f"{m}x{n} weight and rank is 0: nothing would be kept"
             )
         raise ValueError("rank and density are both 0: nothing would be kept")
-    if st.kind == "nm" and not has_sparse:
-        k = 0
-    if relaxed and st.kind == "nm":
-        raise ValueError("relaxed=True is not defined for N:M structures (no convex group norm)")
-    if relaxed and sl > 1:
-        raise ValueError("relaxed=True supports slices=1 only")
+    return 0 if (st.kind == "nm" and not has_sparse) else k
 
-    cdt = compute_dtype(Wt)
-    dev = Wt.device
 
-    def _conv(a: Any, name: str, ndim: int) -> torch.Tensor:
+def _data(X: Any, gram: Any, bias: Any, m: int, n: int, cdt: torch.dtype,
+          dev: torch.device) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """X (n, N), gram (n, n) and bias (m,) as checked tensors of W's compute dtype and
+    device (None where not given)."""
+
+    def conv(a: Any, name: str, ndim: int) -> torch.Tensor:
         t = as_tensor(a, name)
         check_float_matrix(t, name, ndim)
         check_magnitude(t, name, cdt)
@@ -335,27 +380,32 @@ def prepare(
         return t.to(cdt)
 
     Xt = gt = bt = None
-    n_samples = 0
     if X is not None and gram is not None:
         raise ValueError("give either X (calibration inputs) or gram (X X^T / N), not both")
     if X is not None:
-        Xt = _conv(X, "X", 2)
+        Xt = conv(X, "X", 2)
         if Xt.shape[0] != n:
             raise ValueError(
                 f"X must be (n, N) = ({n}, N) with samples as columns, got shape {tuple(Xt.shape)}"
             )
-        n_samples = int(Xt.shape[1])
     if gram is not None:
-        gt = _conv(gram, "gram", 2)
+        gt = conv(gram, "gram", 2)
         if tuple(gt.shape) != (n, n):
             raise ValueError(f"gram must be (n, n) = ({n}, {n}), got shape {tuple(gt.shape)}")
         if not bool(torch.allclose(gt, gt.mT, rtol=1e-4, atol=1e-6 * float(gt.abs().max()))):
             raise ValueError("gram must be symmetric (X X^T / N)")
     if bias is not None:
-        bt = _conv(bias, "bias", 1)
+        bt = conv(bias, "bias", 1)
         if tuple(bt.shape) != (m,):
             raise ValueError(f"bias must have shape (m,) = ({m},), got {tuple(bt.shape)}")
+    return Xt, gt, bt
 
+
+def _objective_data(act: str, Xt: Optional[torch.Tensor], gt: Optional[torch.Tensor], sub: int,
+                    seed: int) -> tuple[str, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(mode, X, gram) the solver works with: identity -> "weight" (no data) or "gram"
+    (X becomes G = X X^T / N); a nonlinear activation -> "nonlinear" with at most
+    ``sub`` seeded columns of X.  The gram is symmetrised."""
     if act == "identity":
         mode = "weight" if (Xt is None and gt is None) else "gram"
         if Xt is not None:
@@ -370,45 +420,13 @@ def prepare(
         mode = "nonlinear"
         N = Xt.shape[1]
         if N > sub:
-            g = torch.Generator().manual_seed(seed_i)
-            idx = torch.randperm(N, generator=g)[:sub].sort().values.to(dev)
+            g = torch.Generator().manual_seed(seed)
+            idx = torch.randperm(N, generator=g)[:sub].sort().values.to(Xt.device)
             Xt = Xt.index_select(1, idx)
         Xt = Xt.contiguous()
     if gt is not None:
         gt = (0.5 * (gt + gt.mT)).contiguous()
-
-    nsl = n // sl
-    p = min(rank_i + OVERSAMPLE, m, nsl) if rank_i > 0 else 0
-
-    if relaxed and (lam_nuclear is None or lam_sparse is None):
-        G = gt if gt is not None else ((Xt @ Xt.mT) / Xt.shape[1] if Xt is not None else None)
-        dn, ds = default_lambdas(Wt, st, rank_i, G)
-        lam_nuclear = dn if lam_nuclear is None else lam_nuclear
-        lam_sparse = ds if lam_sparse is None else lam_sparse
-    for nm_, v in (("lam_nuclear", lam_nuclear), ("lam_sparse", lam_sparse)):
-        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
-            raise ValueError(f"{nm_} must be a float >= 0, got {v!r}")
-
-    spec = AdmmSpec(
-        m=m,
-        n=n,
-        rank=rank_i,
-        slices=sl,
-        p=p,
-        structure=st,
-        k=int(k),
-        mode=mode,
-        activation=act,
-        negative_slope=float(negative_slope),
-        relaxed=bool(relaxed),
-        lam_nuclear=float(lam_nuclear or 0.0),
-        lam_sparse=float(lam_sparse or 0.0),
-        max_iter=mi,
-        tol=float(tol),
-        seed=seed_i,
-        subsample=sub,
-    )
-    return Prepared(spec=spec, W=Wt, X=Xt, gram=gt, bias=bt, backend=be, n_samples=n_samples)
+    return mode, Xt, gt
 
 
 def initial_subspace(spec: AdmmSpec, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
