@@ -3,7 +3,8 @@
 
 Reproduces, on data and weights available without network access, the comparisons of
 Ma et al. (arXiv 1807.10119: VGG-16 / AlexNet / GoogLeNet, up to 4.9x fewer parameters)
-and Kim et al. (ENC: VGG-16 at 25% of FLOPs):
+and Kim et al. (ENC: VGG-16 at 25% of the MACs; the paper says 25% of the FLOPs, the same
+fraction, as FLOPs = 2 x MACs):
 
 * ``vgg16``, ``alexnet``, ``googlenet`` (32x32 forms of :mod:`lowrank_sparse.models`),
   trained on Fashion-MNIST by :func:`lowrank_sparse.train.get_trained` with
@@ -24,8 +25,8 @@ and any subset can be run (``--models/--budgets/--methods/--allocations``).  Fai
 are recorded with their traceback and retried on the next invocation.
 
 Budgets: ``p50`` = keep 50% of the whole model's parameters, ``p33``, ``p20`` (5x, the
-paper's 4.9x), ``f25`` = keep 25% of its multiply-accumulates; any ``p<percent>`` /
-``f<percent>`` works.
+paper's 4.9x), ``f25`` = keep 25% of its multiply-accumulates (MACs, ``Budget(macs=0.25)``;
+the letter is that of the recorded runs' labels); any ``p<percent>`` / ``f<percent>`` works.
 
 Methods: ``dense`` (only the uncompressed reference, which every sweep of a model runs
 first anyway), ``lowrank_sparse`` (this library's activation-aware ADMM, W ~ L + S),
@@ -84,7 +85,7 @@ DEFAULT_AQ = {"M": 2, "K": 256, "d": 8}
 
 
 def parse_budget(token: str) -> dict[str, float]:
-    """"p50" -> {"params": 0.5}; "f25" -> {"flops": 0.25}; "p20f50" -> both."""
+    """"p50" -> {"params": 0.5}; "f25" -> {"macs": 0.25}; "p20f50" -> both (Budget keywords)."""
     import re
 
     t = token.strip().lower()
@@ -92,7 +93,7 @@ def parse_budget(token: str) -> dict[str, float]:
     if not t or m is None or (m.group(1) is None and m.group(2) is None):
         raise argparse.ArgumentTypeError(f"budget {token!r}: use p<percent> and/or f<percent>, e.g. p20, f25")
     out: dict[str, float] = {}
-    for key, g in (("params", m.group(1)), ("flops", m.group(2))):
+    for key, g in (("params", m.group(1)), ("macs", m.group(2))):
         if g is not None:
             v = float(g) / 100.0
             if not 0.0 < v < 1.0:
@@ -341,7 +342,7 @@ def layer_summary(report: Any) -> list[dict[str, Any]]:
         out.append({
             "name": r.name, "status": r.status, "rank": r.rank, "slices": r.slices,
             "density": round(float(r.density), 6), "params_before": r.params_before, "params_after": r.params_after,
-            "flops_before": r.flops_before, "flops_after": r.flops_after,
+            "macs_before": r.macs_before, "macs_after": r.macs_after,
             "error": None if r.status != "compressed" else round(float(r.output_error_after), 6),
             "iterations": r.iterations, "converged": r.converged, "seconds": round(float(r.seconds), 3),
         })  # fmt: skip
@@ -354,10 +355,10 @@ def param_count(model: torch.nn.Module) -> int:
     return int(model_params(model))
 
 
-def flop_count(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
-    from lowrank_sparse.nn.counts import model_flops
+def mac_count(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
+    from lowrank_sparse.nn.counts import model_macs
 
-    return int(model_flops(model, shape))
+    return int(model_macs(model, shape))
 
 
 # ----------------------------------------------------------------------------- context per model
@@ -483,7 +484,7 @@ def run_dense(args: argparse.Namespace, ctx: Context, protocol: str, dev: torch.
     row = base_row(args, ctx, "-", "dense", "-", protocol)
     model = ctx.model
     row["params_before"] = row["params_after"] = param_count(model)
-    row["flops_before"] = row["flops_after"] = flop_count(model, ctx.input_shape)
+    row["macs_before"] = row["macs_after"] = mac_count(model, ctx.input_shape)
     if ctx.protocols is None:
         acc = accuracy(model, ctx.test, dev)
         row.update(acc_before=acc, acc_after=acc, acc_ft=None)
@@ -528,13 +529,13 @@ def run_compressed(args: argparse.Namespace, ctx: Context, budget: str, method: 
     new, report, seconds = compress_model(args, ctx, budget, method, allocation, calib, dev, structure)
     row["compress_seconds"] = seconds
     row["params_before"] = param_count(ctx.model)
-    row["flops_before"] = flop_count(ctx.model, ctx.input_shape)
+    row["macs_before"] = mac_count(ctx.model, ctx.input_shape)
     new.cpu()
     row["params_after"] = param_count(new)
-    row["flops_after"] = flop_count(new, ctx.input_shape)
+    row["macs_after"] = mac_count(new, ctx.input_shape)
     row["index_bytes"] = int(report.index_bytes)
     row["report_params_after"] = int(report.params_after)
-    row["report_flops_after"] = int(report.flops_after)
+    row["report_macs_after"] = int(report.macs_after)
     row["layers"] = layer_summary(report)
     errs = [l["error"] for l in row["layers"] if l["error"] is not None]
     row["max_layer_error"] = max(errs) if errs else None
@@ -607,9 +608,9 @@ def run_aq(args: argparse.Namespace, ctx: Context, budget: str, method: str, all
             row["compress_seconds"] = r["compress_seconds"]
             row["base_from"] = str(path)
     row["params_before"] = param_count(ctx.model)
-    row["flops_before"] = flop_count(ctx.model, ctx.input_shape)
+    row["macs_before"] = mac_count(ctx.model, ctx.input_shape)
     row["params_after"] = param_count(base)
-    row["flops_after"] = flop_count(base, ctx.input_shape)
+    row["macs_after"] = mac_count(base, ctx.input_shape)
     row["acc_before"] = dense_row["acc_before"]
     row["acc_base"] = accuracy(base, ctx.test, dev)
     cfg = Q.AQConfig(**args.aq, seed=args.seed)

@@ -184,12 +184,12 @@ def accuracy_table(rows: list[dict[str, Any]]) -> str:
     for r in sorted(rows, key=sort_key):
         if is_aq(r):
             continue
-        pb, fb = r.get("params_before"), r.get("flops_before")
+        pb, mb = r.get("params_before"), r.get("macs_before")
         st = structure_of(r)
         body.append([
             BUDGET_TEXT.get(r["budget"], r["budget"]), r["method"] if st in ("-", "unstructured") else f"{r['method']} ({st} S)",
             r["allocation"],
-            ratio(r.get("params_after"), pb), ratio(r.get("flops_after"), fb),
+            ratio(r.get("params_after"), pb), ratio(r.get("macs_after"), mb),
             pct(r.get("acc_after")), pct(r.get("acc_ft")), delta(r.get("acc_ft"), acc0),
             lat_cell(r, dense),
             num(r.get("compress_seconds")), num(r.get("max_layer_error"), "{:.3f}"),
@@ -242,7 +242,7 @@ def fidelity_table(rows: list[dict[str, Any]]) -> str:
             {"overlap": "overlap (cal 20 / eval same 20)", "split": "split (cal 10 / eval other 10)"}.get(
                 r["protocol"], r["protocol"]),
             BUDGET_TEXT.get(r["budget"], r["budget"]), r["method"], r["allocation"],
-            ratio(r.get("params_after"), r.get("params_before")), ratio(r.get("flops_after"), r.get("flops_before")),
+            ratio(r.get("params_after"), r.get("params_before")), ratio(r.get("macs_after"), r.get("macs_before")),
             pct(f.get("top1_agreement"), 0), num(f.get("kl"), "{:.4f}"), pct(f.get("top1_accuracy"), 0),
             lat_cell(r, dense_rows.get(r["protocol"])),
             num(r.get("compress_seconds")), num(r.get("max_layer_error"), "{:.3f}"),
@@ -487,10 +487,11 @@ column means).  Every number below was measured by the sweep; nothing is copied 
 
 What the papers report (ImageNet, not available here): Ma et al. (arXiv 1807.10119) up to 4.9x fewer
 parameters on VGG-16 / AlexNet / GoogLeNet with little or no accuracy loss; Kim et al. (ENC) VGG-16 at
-25% of the FLOPs with +0.7% accuracy.  Here the same comparisons run on real data and real weights
-that ship in packages: the 32x32 networks trained on Fashion-MNIST (70k real images) with the
-schedule named in each row, and torchvision's ImageNet MobileNetV2 measured by fidelity to the
-original network on 20 real ImageNet images.
+25% of the MACs (the paper says FLOPs: the same fraction, as FLOPs = 2 x MACs) with +0.7% accuracy.
+Here the same comparisons run on real data and real weights that ship in packages: the 32x32
+networks trained on Fashion-MNIST (70k real images) with the schedule named in each row, and
+torchvision's ImageNet MobileNetV2 measured by fidelity to the original network on 20 real
+ImageNet images.
 
 Columns: *params kept* / *MACs kept* = whole-model counts after / before (exact counts from the
 modules); *acc no FT* = test accuracy right after compression; *acc FT* = after one epoch of
@@ -529,11 +530,11 @@ def render(rows_all: list[dict[str, Any]], out_dir: Path, jsonl: Path) -> str:
             s = dense.get("settings", {})
             if dense.get("fidelity") is None:
                 desc += (f" Dense: accuracy {pct(dense.get('acc_before'))}% on {s.get('test_subset')} test images, "
-                         f"{dense['params_after']:,d} parameters, {dense['flops_after']:,d} MACs/sample, "
+                         f"{dense['params_after']:,d} parameters, {dense['macs_after']:,d} MACs/sample, "
                          f"latency {num(lat(dense))} ms. Calibration: {s.get('calib')} training images; "
                          f"fine-tuning: {s.get('ft_epochs')} epoch on {s.get('ft_subset')} training images.")
             else:
-                desc += (f" Dense: {dense['params_after']:,d} parameters, {dense['flops_after']:,d} MACs/sample, "
+                desc += (f" Dense: {dense['params_after']:,d} parameters, {dense['macs_after']:,d} MACs/sample, "
                          f"top-1 accuracy vs the true labels "
                          + ", ".join(f"{pct((r.get('fidelity') or {}).get('top1_accuracy'), 0)}% ({r['protocol']})"
                                      for r in mrows if r["method"] == "dense")

@@ -33,9 +33,9 @@ tables = _load("tables")
 
 @pytest.mark.parametrize(
     "token, expected",
-    [("p50", {"params": 0.5}), ("f25", {"flops": 0.25}), ("p20f50", {"params": 0.2, "flops": 0.5}),
+    [("p50", {"params": 0.5}), ("f25", {"macs": 0.25}), ("p20f50", {"params": 0.2, "macs": 0.5}),
      ("P33", {"params": 0.33})],
-    ids=["params", "flops", "both", "upper-case"],
+    ids=["params", "macs", "both", "upper-case"],
 )
 def test_parse_budget(token, expected):
     assert sweep.parse_budget(token) == pytest.approx(expected)
@@ -81,7 +81,7 @@ def test_sweep_rows_and_resume(swept):
         assert r["latency"]["median_ms"] > 0
     for r in rows[1:]:
         assert 0 < r["params_after"] <= 0.5 * r["params_before"] * 1.01, "budget p50 not respected"
-        assert r["flops_after"] < r["flops_before"]
+        assert r["macs_after"] < r["macs_before"]
         assert r["acc_before"] == rows[0]["acc_before"]
         assert r["layers"] and any(l["status"] == "compressed" for l in r["layers"])
     # the command of a row parses back to that single run
