@@ -55,8 +55,8 @@ def vgg16_layers(seed: int = 0) -> tuple[list[LayerSpec], int, int]:
         layers.append(LayerSpec(f"classifier.fc{i + 6}", w))
     biases = sum(o for o, _, _ in VGG16_CONVS) + sum(m for m, _ in VGG16_FCS)
     total_params = sum(l.dense_params for l in layers) + biases
-    total_flops = sum(l.dense_flops for l in layers)
-    return layers, total_params, total_flops
+    total_macs = sum(l.dense_macs for l in layers)
+    return layers, total_params, total_macs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,11 +81,11 @@ def main(argv: list[str] | None = None) -> int:
                 cache = CurveCache()
                 t0 = time.perf_counter()
                 a = allocate(layers, Budget(params=args.params), method, mode=mode, total_params=tp,
-                             total_flops=tf, cache=cache)
+                             total_macs=tf, cache=cache)
                 cold = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 b = allocate(layers, Budget(params=args.params), method, mode=mode, total_params=tp,
-                             total_flops=tf, cache=cache)
+                             total_macs=tf, cache=cache)
                 warm = time.perf_counter() - t0
                 assert [(x.rank, x.nnz, x.slices) for x in a.layers] == [(x.rank, x.nnz, x.slices) for x in b.layers]
                 r = res.setdefault((method, mode), {"cold": [], "warm": [], "curves": [], "search": [], "ratio": []})

@@ -311,6 +311,8 @@ def iteration_gemms(m: int, n: int, r: int, p: int, power_iters: int) -> list[tu
 
 
 def gemm_flops(gemms: list[tuple[str, int, int, int]]) -> float:
+    """Floating-point operations of ``gemms`` ((what, M, N, K) each): 2*M*N*K per GEMM,
+    a multiply and an add per multiply-accumulate (FLOPs = 2 x MACs)."""
     return float(sum(2.0 * M * N * K for _, M, N, K in gemms))
 
 

@@ -278,6 +278,7 @@ def markdown(results: list[CaseResult], meta: dict[str, Any], targets: list[dict
                 f"{_fmt_t(d['per_iter'])} | {d['per_iter'] / r.floor['seconds']:.2f} | {sp} | {err} | {mem_s} |"
             )
     lines += ["", "## GEMM floor per iteration", "",
+              "GFLOP: floating-point operations of the iteration's GEMMs, 2 x M*N*K / 1e9 (FLOPs = 2 x MACs).", "",
               "| layer | shape | p | GFLOP | sgemm s | sgemm GFLOP/s | torch.mm s | torch.mm GFLOP/s |",
               "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
