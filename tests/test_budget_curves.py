@@ -167,7 +167,7 @@ def test_all_slice_counts_against_block_svds(m, c, b, tgen):
     w = torch.randn(m, c * b, generator=tgen) * torch.linspace(0.2, 2.0, c * b)[None, :]
     cur = build_curves(LayerSpec("c", w, "conv", b, (4, 4)), "rank_only", parse_structure("unstructured"),
                        slice_candidates=(1, 2, 4, 8))
-    from lowrank_sparse.budget.curves import rank_tails
+    from lowrank_sparse.budget.spectra import rank_tails
 
     cache = CurveCache()
     layer = LayerSpec("c", w, "conv", b, (4, 4))
@@ -191,7 +191,7 @@ def test_data_aware_slices_use_diagonal_gram_blocks(tgen):
     w = torch.randn(m, n, generator=tgen, dtype=torch.float64)
     x = torch.randn(n, N, generator=tgen, dtype=torch.float64) * torch.linspace(0.3, 2.0, n, dtype=torch.float64)[:, None]
     gram = x @ x.T / N
-    from lowrank_sparse.budget.curves import rank_tails
+    from lowrank_sparse.budget.spectra import rank_tails
 
     layer = LayerSpec("c", w.float(), "conv", b, (3, 3), gram=gram.float())
     tails, total = rank_tails(layer, g, CurveCache())
@@ -212,6 +212,7 @@ def test_large_layer_path_exact_values_and_close_proxy(monkeypatch, tgen):
     for the L + S proxy): the rank curve stays exact (numpy SVD) and the proxy at its grid
     ranks <= 32 is within 2e-3 of the one-pass reference computed with numpy's SVD."""
     import lowrank_sparse.budget.curves as C
+    import lowrank_sparse.budget.spectra as S
 
     m, n, K = 120, 400, 32
     u, _ = torch.linalg.qr(torch.randn(m, m, generator=tgen, dtype=torch.float64))
@@ -219,13 +220,13 @@ def test_large_layer_path_exact_values_and_close_proxy(monkeypatch, tgen):
     s = torch.arange(1, m + 1, dtype=torch.float64) ** -0.7
     w = (u * s) @ v.T
     w += (torch.rand(w.shape, generator=tgen) < 0.01) * 0.05 * torch.randn(w.shape, generator=tgen, dtype=torch.float64)
-    monkeypatch.setattr(C, "LARGE_MIN_DIM", 50)
-    monkeypatch.setattr(C, "LS_VECTOR_RANK", K)
+    monkeypatch.setattr(S, "LARGE_MIN_DIM", 50)
+    monkeypatch.setattr(S, "LS_VECTOR_RANK", K)
     layer = LayerSpec("l", w.float())
-    assert C._is_large(m, n) and m * n <= C.LS_SAMPLE_ENTRIES  # all columns in the residual sample
+    assert S._is_large(m, n) and m * n <= C.LS_SAMPLE_ENTRIES  # all columns in the residual sample
     cache = CurveCache()
     sz, err, ranks, _, nnz, _ = C._ls_configs(layer, parse_structure("unstructured"), (0.25,), cache, 0)
-    tails, total = C.rank_tails(layer, 1, cache)
+    tails, total = S.rank_tails(layer, 1, cache)
     wn = w.float().double().numpy()
     sv = np.linalg.svd(wn, compute_uv=False) ** 2
     for j in (1, 10, 32, 80, 119):
@@ -241,7 +242,7 @@ def test_large_layer_path_exact_values_and_close_proxy(monkeypatch, tgen):
 def test_curves_restore_thread_counts(tgen):
     from threadpoolctl import threadpool_info
 
-    from lowrank_sparse.budget.curves import serial_linalg
+    from lowrank_sparse.budget.spectra import serial_linalg
 
     before = torch.get_num_threads()
     blas_before = [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]

@@ -19,7 +19,8 @@ from .alds import alds_search
 from .allocator import METHODS as _METHODS
 from .allocator import MODES as _MODES
 from .allocator import Override, allocate
-from .curves import CurveCache, ErrorFn, LayerCurves, _config_error, activation_error_scale, build_curves, config_error
+from .curves import ErrorFn, LayerCurves, _config_error, activation_error_scale, build_curves, config_error
+from .spectra import CurveCache
 from .enc import enc_search, network_metric
 from .spec import (Allocation, Budget, LayerAllocation, LayerSpec, layer_flops, layer_macs, layer_params,
                    lowrank_params, sparse_nnz)

@@ -20,7 +20,8 @@ from .._renamed import warn_renamed
 from ..calibrate.layers import first_last_protected
 from ..structure import Structure, parse_structure
 from .alds import alds_search
-from .curves import CurveCache, ErrorFn, LayerCurves, _config_error, build_curves, config_error
+from .curves import ErrorFn, LayerCurves, _config_error, build_curves, config_error
+from .spectra import CurveCache
 from .enc import enc_search
 from .spec import Allocation, Budget, LayerAllocation, LayerSpec, lowrank_params, sparse_nnz
 from .uniform import uniform_search
