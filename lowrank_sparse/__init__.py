@@ -10,6 +10,7 @@ Public names::
     compress(model, calibration_data, target=Budget(params=0.25)) -> (new_model, report)
     Budget(params=..., flops=...)
     save(model, path) / load(path)              safetensors, no pickle
+    export_onnx(model, example_input, path)     ONNX file (needs the "export" extra)
     LowRankSparseLinear, LowRankSparseConv2d    the module pair
     SolverConfig, CalibrationConfig             settings of the solves / the calibration pass
     LowRankSparseConfig, RankOnlyConfig, SparseOnlyConfig   one config per method:
@@ -39,6 +40,7 @@ _LAZY = {
     "LowRankSparseConfig": ("lowrank_sparse.compress", "LowRankSparseConfig"),
     "RankOnlyConfig": ("lowrank_sparse.compress", "RankOnlyConfig"),
     "SparseOnlyConfig": ("lowrank_sparse.compress", "SparseOnlyConfig"),
+    "export_onnx": ("lowrank_sparse.export", "export_onnx"),
 }
 
 # compress() lives in the submodule of the same name.  Importing it here binds the

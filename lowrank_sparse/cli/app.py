@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import compress, demo, evaluate, report
+from . import compress, demo, evaluate, export, report
 from .args import Parser
 from .output import CLIError
 
@@ -15,10 +15,10 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with the four subcommands, each from its own module."""
+    """The top-level parser with the five subcommands, each from its own module."""
     p = Parser(prog="lowrank-sparse", description="Compress trained PyTorch networks as low-rank + structured-sparse layers.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for command in (compress, evaluate, report, demo):
+    for command in (compress, evaluate, report, demo, export):
         command.register(sub)
     return p
 

@@ -2,25 +2,25 @@
 that ONNX has, swapped into a copy of the model for export only.
 
 The normal forward of a pair module is never changed; :func:`export_copy` deep-copies
-the model and replaces, in the copy, each sparse part whose product ONNX cannot express:
+the model and replaces, in the copy, each sparse part whose product ONNX cannot express, or only with a dense
+constant stored in the file:
 
 ===============================  ===================================================
 format (where)                   export form
 ===============================  ===================================================
 CSRSparse (linear, both conv     :class:`ScatteredKernel`: the stored values are
-modes), NMSparse (linear with    scattered into a transient dense (m, n) kernel inside
-N/M <= 1/8, which uses CSR)      the graph (ScatterND on the flat indices), then one
-                                 MatMul / Conv
+modes), NMSparse (a CSR product  scattered into a transient dense (m, n) kernel inside
+for N/M <= 1/8; a dense zeros    the graph (ScatterND on the flat indices, into one
+kernel of fixed shape else)      expanded zero), then one MatMul / Conv
 ColumnSparse of single conv      :class:`TapKernel`: the position of every kept tap in
 taps (``searchsorted``)          the transient (m, c*kh*kw) kernel is precomputed
 RowSparse (``index_add``)        :class:`RowGather`: the kept rows' outputs gathered
                                  into place (an exact Gather instead of a scatter-add)
 ===============================  ===================================================
 
-ColumnSparse of whole channels or linear columns
-(Gather) and NMSparse elsewhere (ScatterElements) export as they are.  The file keeps
-the compact form: only values and int32 indices are initializers; the dense kernels are
-computed by the graph (an ONNX runtime may fold them once when it loads the file).
+ColumnSparse of whole channels or linear columns (Gather) exports as it is.  The file
+keeps the compact form: only values and int32 indices are stored (no constant of a fixed
+dense shape either); the dense kernels are computed by the graph (an ONNX runtime may fold them once when it loads the file).
 Every form computes exactly the same S as ``to_dense()``; products agree with the
 compact ones up to float rounding (summation order).
 """
@@ -43,6 +43,13 @@ __all__ = ["ScatteredKernel", "RowGather", "TapKernel", "export_form", "export_c
 
 def _add(out: Tensor | None, y: Tensor) -> Tensor:
     return y if out is None else out + y
+
+
+def _zeros(like: Tensor, *shape: int) -> Tensor:
+    """Zeros of ``shape`` as one zero expanded: traced as a 1-element constant and an
+    Expand (``new_zeros`` of a fixed shape would be stored in the file as a dense
+    constant of that shape)."""
+    return like.new_zeros([1] * len(shape)).expand(*shape)
 
 
 class ScatteredKernel(nn.Module):
@@ -68,7 +75,7 @@ class ScatteredKernel(nn.Module):
     def to_dense(self) -> Tensor:
         """(m, n) S, built by the graph (ScatterND)."""
         m, n = self.shape
-        dense = self.values.new_zeros(m * n).index_put((self.flat.long(),), self.values.reshape(-1))
+        dense = _zeros(self.values, m * n).index_put((self.flat.long(),), self.values.reshape(-1))
         return dense.view(m, n)
 
     def add_linear(self, out: Tensor | None, x: Tensor) -> Tensor:
@@ -142,7 +149,7 @@ class TapKernel(nn.Module):
         if geom.kernel_numel != self.kernel_numel:
             raise ValueError(f"taps of a {self.kernel_numel}-tap kernel do not fit a {geom.kernel_size} kernel")
         m, c = self.out_features, int(self.channels.shape[0])
-        w = self.values.new_zeros(m, c * self.kernel_numel).index_copy(1, self.positions.long(), self.values)
+        w = _zeros(self.values, m, c * self.kernel_numel).index_copy(1, self.positions.long(), self.values)
         return _add(out, geom.conv(x.index_select(1, self.channels), w.view(m, c, *geom.kernel_size)))
 
 
@@ -165,7 +172,7 @@ def export_form(sparse: CompactSparse, conv: bool) -> nn.Module:
         return RowGather(sparse)
     if isinstance(sparse, CSRSparse):
         return ScatteredKernel(sparse.values, _flat_csr(sparse), sparse.shape)
-    if isinstance(sparse, NMSparse) and not conv and sparse.n * 8 <= sparse.m_window:
+    if isinstance(sparse, NMSparse):
         return ScatteredKernel(sparse.values, _flat_nm(sparse), sparse.shape)
     if isinstance(sparse, ColumnSparse) and conv and sparse.block == 1 and sparse.channels is not None:
         return TapKernel(sparse)

@@ -74,6 +74,8 @@ def onnx_bytes(model: nn.Module, example_input: Tensor, opset: int = DEFAULT_OPS
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+        # the exporter's own note that it cannot fold a reversed Slice (reflect padding)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         torch.onnx.export(
             twin, (example_input.detach(),), buf, dynamo=False, opset_version=opset,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
