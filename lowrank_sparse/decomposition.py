@@ -97,6 +97,10 @@ def decompose(
         max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, subsample=cfg.subsample,
         relaxed=cfg.relaxed, lam_nuclear=cfg.lam_nuclear, lam_sparse=cfg.lam_sparse,
     )
+    if pr.spec.mode == "nonlinear" and not pr.spec.relaxed:
+        from .activation_aware import decompose_activation
+
+        return decompose_activation(W, pr, cfg, density, structure, block)
     threads, progress = cfg.threads, cfg.progress
     spec = pr.spec
     cdt = compute_dtype(pr.W)

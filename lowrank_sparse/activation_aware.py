@@ -1,0 +1,146 @@
+"""The activation-aware mode of :func:`lowrank_sparse.decompose` (nonlinear activation
+with calibration inputs X; docs/method.md, "Activation-aware refinement").
+
+1. Split the calibration columns: the last 1/8 (contiguous, so that tokens or patches
+   of one sequence / image stay together) are held out for early stopping; the rest
+   fit.  Fewer than :data:`MIN_HELDOUT` * 8 columns: no split.
+2. Two data-aware starts on the fitting columns, both solving the identity-activation
+   problem: the library's Gram-mode decompose (ADMM, at most :data:`START_ITER`
+   iterations) and an OATS-style alternation on the input-norm-scaled weight (same
+   structure and budget; slices = 1 only).  The one with the lower post-activation
+   error on the fitting columns is the start.
+3. :func:`lowrank_sparse.solve.refine.refine`: L-BFGS on the post-activation objective
+   with S's support fixed, the held-out iterate kept.  The result is never worse than
+   the start on the calibration objective (all columns used); checked at the end, the
+   start is returned otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ._validate import Array, Prepared, compute_dtype
+from .errors import ConvergenceWarning
+from .ops import torch_ops
+from .peers.oats import oats_scaled
+from .solve.config import SolverConfig
+from .solve.refine import RefineResult, post_activation_error, refine
+from .solve.result import Decomposition, SolveInfo
+
+#: Iteration cap of the Gram-mode start (its error changes by < 0.5 % after ~60).
+START_ITER = 60
+#: Alternations of the OATS-style start (warm-started truncated SVD).
+OATS_ITER = 25
+#: Fraction of the calibration columns held out for early stopping.
+HELDOUT_FRACTION = 1 / 8
+#: Smallest held-out part; with fewer columns the fitting objective stops the loop.
+MIN_HELDOUT = 8
+#: Stopping rule of the refinement: relative improvement of the best held-out
+#: objective over the last PATIENCE iterations below IMPROVE_TOL.
+PATIENCE = 5
+IMPROVE_TOL = 2e-3
+
+Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def split_columns(X: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(fitting columns, held-out columns or None): the last HELDOUT_FRACTION of X."""
+    N = X.shape[1]
+    nh = int(N * HELDOUT_FRACTION)
+    if nh < MIN_HELDOUT:
+        return X, None
+    return X[:, : N - nh].contiguous(), X[:, N - nh :].contiguous()
+
+
+def gram_start(W0: torch.Tensor, Xf: torch.Tensor, density: float, structure: Any, block: int,
+               slices: int, rank: int, cfg: SolverConfig) -> Factors:
+    """The identity-activation decompose on G = Xf Xf^T / Nf (ADMM + support refit)."""
+    from .decomposition import decompose
+
+    G = (Xf @ Xf.mT) / Xf.shape[1]
+    d = decompose(W0, rank, density, structure, gram=G, block=block, slices=slices,
+                  config=cfg.with_overrides(max_iter=min(cfg.max_iter, START_ITER), progress=False))
+    return d.U, d.V, d.S
+
+
+def oats_start(W0: torch.Tensor, Xf: torch.Tensor, pr: Prepared) -> Factors:
+    """OATS-style alternation in the input-norm-scaled space, in decompose's structure."""
+    spec = pr.spec
+    dn = torch.linalg.vector_norm(Xf, dim=1)
+    dn = torch.clamp(dn, min=max(float(dn.max()) * 1e-6, 1e-30))
+    if spec.has_sparse:
+        project = lambda B: torch_ops.project(B, spec.k, spec.structure)  # noqa: E731
+    else:
+        project = torch.zeros_like
+    U, V, S, _ = oats_scaled(W0 * dn, spec.rank, project, OATS_ITER, exact_svd=False)
+    return U, V / dn, S / dn
+
+
+def _starts(W0: torch.Tensor, Xf: torch.Tensor, pr: Prepared, cfg: SolverConfig, density: float,
+            structure: Any, block: int) -> tuple[str, Factors, dict[str, float]]:
+    spec = pr.spec
+    cands = {"gram": gram_start(W0, Xf, density, structure, block, spec.slices, spec.rank, cfg)}
+    if spec.slices == 1:
+        cands["oats"] = oats_start(W0, Xf, pr)
+    errs = {k: post_activation_error(U @ V + S, W0, Xf, pr.bias, spec.activation, spec.negative_slope)
+            for k, (U, V, S) in cands.items()}
+    name = min(errs, key=lambda k: (errs[k], k != "gram"))
+    return name, cands[name], errs
+
+
+def decompose_activation(W: Array, pr: Prepared, cfg: SolverConfig, density: float,
+                         structure: Any, block: int) -> Decomposition:
+    """decompose() for a nonlinear activation (``pr.spec.mode == "nonlinear"``, not
+    relaxed); see the module docstring.  ``info``: iterations and converged of the
+    refinement, objective = its post-activation relative error on the fitting columns
+    per iteration (entry 0: the start), extra: start, start_errors, heldout history,
+    best_iteration, error (all calibration columns), error_start, samples."""
+    spec = pr.spec
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        W0 = pr.W.detach().to(compute_dtype(pr.W)).contiguous()
+        X = pr.X.contiguous()
+        Xf, Xh = split_columns(X)
+        name, (U, V, S), errs = _starts(W0, Xf, pr, cfg, density, structure, block)
+        U, V, S = U.to(W0.dtype), V.to(W0.dtype), S.to(W0.dtype)
+        res = refine(W0, U, V, S, Xf, Xh, pr.bias, spec.activation, spec.negative_slope,
+                     slices=spec.slices, max_iter=cfg.max_iter, patience=PATIENCE,
+                     improve_tol=IMPROVE_TOL)
+        e_start = post_activation_error(U @ V + S, W0, X, pr.bias, spec.activation, spec.negative_slope)
+        e_ref = post_activation_error(res.U @ res.V + res.S, W0, X, pr.bias, spec.activation,
+                                      spec.negative_slope)
+        if not e_ref <= e_start:  # by construction this does not happen; kept as a guarantee
+            res = RefineResult(U, V, S, res.iterations, res.converged, res.fit, res.held, 0)
+            e_ref = e_start
+    extra: dict[str, Any] = {
+        "method": "activation-aware refinement", "start": name, "start_errors": errs,
+        "heldout": res.held, "best_iteration": res.best, "error": e_ref, "error_start": e_start,
+        "samples": int(X.shape[1]), "samples_given": pr.n_samples,
+        "heldout_samples": 0 if Xh is None else int(Xh.shape[1]), "refit": False,
+    }
+    info = SolveInfo(iterations=res.iterations, converged=res.converged,
+                     seconds=time.perf_counter() - t0, objective=list(res.fit),
+                     backend=pr.backend, extra=extra)
+    if not res.converged:
+        warnings.warn(f"activation-aware refinement stopped at max_iter={cfg.max_iter} before its "
+                      "stopping rule (the best held-out iterate is returned)",
+                      ConvergenceWarning, stacklevel=3)
+    if cfg.progress:
+        print(f"decompose {spec.m}x{spec.n} rank={spec.rank} k={spec.k} {spec.structure.name} "
+              f"[nonlinear/{spec.activation}] start={name}: {res.iterations} it, "
+              f"converged={res.converged}, error={e_start:.4g}->{e_ref:.4g}, "
+              f"{info.seconds:.2f}s", file=sys.stderr)
+    return Decomposition(U=_out(res.U, W), V=_out(res.V, W), S=_out(res.S, W),
+                         structure=spec.structure, info=info, slices=spec.slices)
+
+
+def _out(t: torch.Tensor, W: Array) -> Array:
+    if isinstance(W, np.ndarray):
+        return t.detach().cpu().numpy().astype(W.dtype, copy=False)
+    return t.to(dtype=W.dtype, device=W.device)
