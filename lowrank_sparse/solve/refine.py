@@ -21,8 +21,9 @@ the iterate with the lowest held-out objective is returned.  The line search onl
 accepts decreases of the fitting objective, so the returned iterate is never worse
 than the start on either part (and the start is returned when nothing improves).
 Stopping rule: the best held-out objective has improved by less than a relative
-``improve_tol`` over the last ``patience`` iterations, or the line search finds no
-decrease; otherwise the loop ends at ``max_iter`` (``converged`` False).
+``improve_tol`` over the last ``patience`` iterations (tested from iteration
+3 ``patience`` on: L-BFGS can stall for a few early iterations), the held-out relative error is
+below 100 eps of the dtype (an exact fit), or the line search finds no decrease; otherwise the loop ends at ``max_iter`` (``converged`` False).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def _dot(a: Params, b: Params) -> float:
     return sum(float(torch.dot(p.reshape(-1), q.reshape(-1))) for p, q in zip(a, b))
 
 
-def _direction(g: Params, mem: list[tuple[Params, Params, float]], x: Params) -> Params:
+def _direction(g: Params, mem: list[tuple[Params, Params, float]], x: Params, f: float) -> Params:
     """L-BFGS two-loop recursion: approximately -H^{-1} g."""
     q = [t.clone() for t in g]
     alphas = []
@@ -151,8 +152,9 @@ def _direction(g: Params, mem: list[tuple[Params, Params, float]], x: Params) ->
     if mem:
         s, y, _ = mem[-1]
         gamma = _dot(s, y) / max(_dot(y, y), 1e-300)
-    else:  # first step: move the variables by about 1e-2 of their norm
-        gamma = 1e-2 * math.sqrt(max(_dot(x, x), 1e-30)) / math.sqrt(max(_dot(g, g), 1e-300))
+    else:  # first step: Polyak's step for a minimum of 0 (f / ||g||^2), at most 1e-2 ||x||
+        gg = max(_dot(g, g), 1e-300)
+        gamma = min(f / gg, 1e-2 * math.sqrt(max(_dot(x, x), 1e-30) / gg))
     for qi in q:
         qi.mul_(gamma)
     for (s, y, rho), a in zip(mem, reversed(alphas)):
@@ -163,7 +165,7 @@ def _direction(g: Params, mem: list[tuple[Params, Params, float]], x: Params) ->
 
 
 def _line_search(P: _Problem, x: Params, f: float, g: Params, p: Params,
-                 tries: int = 12) -> Optional[tuple[Params, float, Params]]:
+                 tries: int = 20) -> Optional[tuple[Params, float, Params]]:
     """Armijo backtracking from step 1; None when no decrease is found."""
     gp = _dot(g, p)
     if not gp < 0:
@@ -242,10 +244,10 @@ def refine(
     mem: list[tuple[Params, Params, float]] = []
     converged, it, evals = False, 0, 1
     for it in range(1, max_iter + 1):
-        step = _line_search(P, x, f, g, _direction(g, mem, x))
+        step = _line_search(P, x, f, g, _direction(g, mem, x, f))
         if step is None and mem:  # stale curvature pairs: retry along -g
             mem.clear()
-            step = _line_search(P, x, f, g, _direction(g, mem, x))
+            step = _line_search(P, x, f, g, _direction(g, mem, x, f))
         if step is None:
             converged, it = True, it - 1
             break
@@ -263,7 +265,10 @@ def refine(
         held_hist.append(math.sqrt(h))
         if h < best_h:
             best, best_h, best_it = [t.clone() for t in x], h, it
-        if it > patience and min(held_hist[-patience:]) ** 2 > (1 - improve_tol) * min(held_hist[:-patience]) ** 2:
+        if h <= (100.0 * torch.finfo(W0.dtype).eps) ** 2:  # exact up to rounding
+            converged = True
+            break
+        if it > 3 * patience and min(held_hist[-patience:]) ** 2 > (1 - improve_tol) * min(held_hist[:-patience]) ** 2:
             converged = True
             break
     Ub, Vb, Sb = best

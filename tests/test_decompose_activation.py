@@ -1,0 +1,135 @@
+"""The activation-aware mode of decompose: start, refinement, guarantees, warning.
+
+Errors are recomputed here with plain numpy activations (independent of the code
+under test); the starts are recomputed through the public Gram-mode decompose."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import erf
+
+from lowrank_sparse import decompose
+from lowrank_sparse.errors import ConvergenceWarning
+
+ACTS = {
+    "relu": lambda z: np.maximum(z, 0.0),
+    "leaky_relu": lambda z: np.where(z >= 0, z, 0.01 * z),
+    "gelu": lambda z: 0.5 * z * (1.0 + erf(z / np.sqrt(2.0))),
+    "silu": lambda z: z / (1.0 + np.exp(-z)),
+    "tanh": np.tanh,
+}
+
+
+def _layer(m: int = 24, n: int = 16, N: int = 480, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(m, n)) / np.sqrt(n)
+    X = rng.normal(size=(n, N)) * rng.uniform(0.3, 2.0, size=(n, 1))
+    b = 0.2 * rng.normal(size=m)
+    return W, X, b
+
+
+def post_err(M: np.ndarray, W: np.ndarray, X: np.ndarray, b: np.ndarray, act: str) -> float:
+    f = ACTS[act]
+    Y = f(W @ X + b[:, None])
+    return float(np.linalg.norm(f(M @ X + b[:, None]) - Y) / np.linalg.norm(Y))
+
+
+def _dense(d) -> np.ndarray:
+    return d.U @ d.V + d.S
+
+
+@pytest.mark.parametrize("act", sorted(ACTS))
+def test_every_activation_improves_on_its_start(act: str) -> None:
+    W, X, b = _layer()
+    r, dens = 3, 0.1
+    d = decompose(W, r, dens, X=X, bias=b, activation=act)
+    e = d.info.extra
+    # feasible: rank and budget of S
+    assert np.linalg.matrix_rank(d.U @ d.V, tol=1e-9) <= r
+    assert np.count_nonzero(d.S) <= round(dens * W.size)
+    # reported error is the post-activation error on all calibration columns
+    assert e["error"] == pytest.approx(post_err(_dense(d), W, X, b, act), rel=1e-6)
+    # never worse than the start, which is the better of the two candidates on the fit part
+    assert e["error"] <= e["error_start"] + 1e-12
+    assert e["start"] == min(e["start_errors"], key=e["start_errors"].get)
+    # the fitting objective decreases monotonically along the iterations
+    assert np.all(np.diff(d.info.objective) <= 1e-12)
+    assert d.info.iterations == len(d.info.objective) - 1 or d.info.converged
+
+
+def test_result_beats_the_gram_mode_start_recomputed_independently() -> None:
+    W, X, b = _layer(m=32, n=24, N=800, seed=3)
+    d = decompose(W, 4, 0.1, X=X, bias=b, activation="gelu")
+    Xf = X[:, : 800 - 100]  # the fitting columns (the last 1/8 is held out)
+    g = decompose(W, 4, 0.1, gram=Xf @ Xf.T / Xf.shape[1], max_iter=60)
+    assert d.info.extra["start_errors"]["gram"] == pytest.approx(
+        post_err(_dense(g), W, Xf, b, "gelu"), rel=1e-6)
+    if d.info.extra["start"] == "gram":
+        assert d.info.extra["error_start"] == pytest.approx(post_err(_dense(g), W, X, b, "gelu"), rel=1e-6)
+    assert post_err(_dense(d), W, X, b, "gelu") < post_err(_dense(g), W, X, b, "gelu")
+    assert d.info.extra["heldout_samples"] == 100 and d.info.extra["samples"] == 800
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_planted_low_rank_plus_sparse_is_recovered(act: str) -> None:
+    rng = np.random.default_rng(1)
+    m, n, r, k = 24, 16, 3, 30
+    S0 = np.zeros((m, n))
+    S0.flat[rng.choice(m * n, k, replace=False)] = 2.0 * rng.normal(size=k)
+    W = rng.normal(size=(m, r)) @ rng.normal(size=(r, n)) + S0
+    X = rng.normal(size=(n, 400))
+    b = 0.1 * rng.normal(size=m)
+    d = decompose(W, r, k / (m * n), X=X, bias=b, activation=act, max_iter=1000)
+    assert d.info.converged
+    assert d.info.extra["error_start"] > 1e-5  # the start is not exact ...
+    assert post_err(_dense(d), W, X, b, act) < 1e-8  # ... the refinement is
+
+
+def test_native_and_torch_backends_agree() -> None:
+    W, X, b = _layer(seed=4)
+    kw = dict(X=X, bias=b, activation="silu")
+    dn = decompose(W, 3, 0.1, backend="native", **kw)
+    dt = decompose(W, 3, 0.1, backend="torch", **kw)
+    assert dn.info.extra["start"] == dt.info.extra["start"]
+    en, et = post_err(_dense(dn), W, X, b, "silu"), post_err(_dense(dt), W, X, b, "silu")
+    assert en == pytest.approx(et, rel=1e-3, abs=1e-6)
+    np.testing.assert_allclose(_dense(dn), _dense(dt), atol=1e-4 * np.abs(W).max())
+
+
+def test_max_iter_warns() -> None:
+    W, X, b = _layer(seed=5)
+    with pytest.warns(ConvergenceWarning, match="max_iter=1"):
+        d = decompose(W, 3, 0.1, X=X, bias=b, activation="tanh", max_iter=1)
+    assert not d.info.converged and d.info.iterations == 1
+
+
+def test_conv_weight_with_unfolded_patches_and_float32() -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    imgs = torch.randn(6, 3, 8, 8)
+    P = torch.nn.functional.unfold(imgs, 3, padding=1)  # (6, 27, 64)
+    X = P.permute(1, 0, 2).reshape(27, -1)  # (27, 384) patches as columns
+    W = conv.weight.detach().reshape(8, -1)
+    d = decompose(W, 2, 0.2, "channel", block=9, X=X, bias=conv.bias.detach(), activation="relu")
+    assert d.U.dtype == torch.float32
+    groups = (d.S.reshape(8, 3, 9) != 0).any(dim=2)  # channel structure: whole kernels kept
+    assert torch.equal((d.S.reshape(8, 3, 9) != 0), groups[:, :, None].expand(8, 3, 9))
+    Wn, Xn, bn = W.double().numpy(), X.double().numpy(), conv.bias.detach().double().numpy()
+    e = post_err(_dense(d).double().numpy(), Wn, Xn, bn, "relu")
+    assert e == pytest.approx(d.info.extra["error"], rel=1e-4)
+    assert e <= d.info.extra["error_start"] + 1e-6
+
+
+def test_slices_keep_the_block_pattern_of_v() -> None:
+    W, X, b = _layer(m=20, n=16, seed=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        d = decompose(W, 2, 0.05, X=X, bias=b, activation="gelu", slices=2)
+    assert d.info.extra["start"] == "gram" and set(d.info.extra["start_errors"]) == {"gram"}
+    V = d.V
+    assert np.all(V[:2, 8:] == 0) and np.all(V[2:, :8] == 0)
+    assert d.info.extra["error"] <= d.info.extra["error_start"] + 1e-12
