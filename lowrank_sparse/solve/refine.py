@@ -20,7 +20,8 @@ Early stopping: the columns are split into a fitting part and a held-out part;
 the iterate with the lowest held-out objective is returned.  The line search only
 accepts decreases of the fitting objective, so the returned iterate is never worse
 than the start on either part (and the start is returned when nothing improves).
-Stopping rule: the best held-out objective has improved by less than a relative
+Stopping rule: no new best held-out iterate for ``patience`` iterations, or the best
+held-out objective has improved by less than a relative
 ``improve_tol`` over the last ``patience`` iterations (tested from iteration
 3 ``patience`` on: L-BFGS can stall for a few early iterations), the held-out relative error is
 below 100 eps of the dtype (an exact fit), or the line search finds no decrease; otherwise the loop ends at ``max_iter`` (``converged`` False).
@@ -266,6 +267,9 @@ def refine(
         if h < best_h:
             best, best_h, best_it = [t.clone() for t in x], h, it
         if h <= (100.0 * torch.finfo(W0.dtype).eps) ** 2:  # exact up to rounding
+            converged = True
+            break
+        if it - best_it >= patience:  # no new best held-out iterate for `patience` iterations
             converged = True
             break
         if it > 3 * patience and min(held_hist[-patience:]) ** 2 > (1 - improve_tol) * min(held_hist[:-patience]) ** 2:
