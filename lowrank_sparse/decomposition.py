@@ -45,6 +45,7 @@ def decompose(
     lam_sparse: Optional[float] = None,
     progress: Optional[bool] = None,
     threads: Optional[int] = None,
+    refine: bool = False,
 ) -> Decomposition:
     """Decompose a weight W (m, n) into L + S, L = U @ V of rank <= ``rank`` (per slice),
     S structured-sparse with ``density``, keeping the layer output close on data.
@@ -78,6 +79,10 @@ def decompose(
             defaults of lowrank_sparse._validate.default_lambdas); progress: print a
             one-line summary to stderr; threads: threads of the native backend
             (default torch.get_num_threads()).
+        refine: nonlinear activation only: the activation-aware refinement
+            (lowrank_sparse.activation_aware: the better of the Gram-mode and OATS-style
+            starts, then L-BFGS on the post-activation objective with S's support
+            fixed and held-out early stopping) instead of the nonlinear ADMM.
 
     Returns:
         Decomposition (U, V, S as the input's type, dtype and device) with ``info``:
@@ -97,7 +102,7 @@ def decompose(
         max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, subsample=cfg.subsample,
         relaxed=cfg.relaxed, lam_nuclear=cfg.lam_nuclear, lam_sparse=cfg.lam_sparse,
     )
-    if pr.spec.mode == "nonlinear" and not pr.spec.relaxed:
+    if refine and pr.spec.mode == "nonlinear" and not pr.spec.relaxed:
         from .activation_aware import decompose_activation
 
         return decompose_activation(W, pr, cfg, density, structure, block)

@@ -46,7 +46,7 @@ def _dense(d) -> np.ndarray:
 def test_every_activation_improves_on_its_start(act: str) -> None:
     W, X, b = _layer()
     r, dens = 3, 0.1
-    d = decompose(W, r, dens, X=X, bias=b, activation=act)
+    d = decompose(W, r, dens, X=X, bias=b, activation=act, refine=True)
     e = d.info.extra
     # feasible: rank and budget of S
     assert np.linalg.matrix_rank(d.U @ d.V, tol=1e-9) <= r
@@ -63,7 +63,7 @@ def test_every_activation_improves_on_its_start(act: str) -> None:
 
 def test_result_beats_the_gram_mode_start_recomputed_independently() -> None:
     W, X, b = _layer(m=32, n=24, N=800, seed=3)
-    d = decompose(W, 4, 0.1, X=X, bias=b, activation="gelu")
+    d = decompose(W, 4, 0.1, X=X, bias=b, activation="gelu", refine=True)
     Xf = X[:, : 800 - 100]  # the fitting columns (the last 1/8 is held out)
     g = decompose(W, 4, 0.1, gram=Xf @ Xf.T / Xf.shape[1], max_iter=60)
     assert d.info.extra["start_errors"]["gram"] == pytest.approx(
@@ -83,7 +83,7 @@ def test_planted_low_rank_plus_sparse_is_recovered(act: str) -> None:
     W = rng.normal(size=(m, r)) @ rng.normal(size=(r, n)) + S0
     X = rng.normal(size=(n, 400))
     b = 0.1 * rng.normal(size=m)
-    d = decompose(W, r, k / (m * n), X=X, bias=b, activation=act, max_iter=1000)
+    d = decompose(W, r, k / (m * n), X=X, bias=b, activation=act, max_iter=1000, refine=True)
     assert d.info.converged
     assert d.info.extra["error_start"] > 1e-5  # the start is not exact ...
     assert post_err(_dense(d), W, X, b, act) < 1e-8  # ... the refinement is
@@ -91,7 +91,7 @@ def test_planted_low_rank_plus_sparse_is_recovered(act: str) -> None:
 
 def test_native_and_torch_backends_agree() -> None:
     W, X, b = _layer(seed=4)
-    kw = dict(X=X, bias=b, activation="silu")
+    kw = dict(X=X, bias=b, activation="silu", refine=True)
     dn = decompose(W, 3, 0.1, backend="native", **kw)
     dt = decompose(W, 3, 0.1, backend="torch", **kw)
     assert dn.info.extra["start"] == dt.info.extra["start"]
@@ -103,7 +103,7 @@ def test_native_and_torch_backends_agree() -> None:
 def test_max_iter_warns() -> None:
     W, X, b = _layer(seed=5)
     with pytest.warns(ConvergenceWarning, match="max_iter=1"):
-        d = decompose(W, 3, 0.1, X=X, bias=b, activation="tanh", max_iter=1)
+        d = decompose(W, 3, 0.1, X=X, bias=b, activation="tanh", max_iter=1, refine=True)
     assert not d.info.converged and d.info.iterations == 1
 
 
@@ -114,7 +114,7 @@ def test_conv_weight_with_unfolded_patches_and_float32() -> None:
     P = torch.nn.functional.unfold(imgs, 3, padding=1)  # (6, 27, 64)
     X = P.permute(1, 0, 2).reshape(27, -1)  # (27, 384) patches as columns
     W = conv.weight.detach().reshape(8, -1)
-    d = decompose(W, 2, 0.2, "channel", block=9, X=X, bias=conv.bias.detach(), activation="relu")
+    d = decompose(W, 2, 0.2, "channel", block=9, X=X, bias=conv.bias.detach(), activation="relu", refine=True)
     assert d.U.dtype == torch.float32
     groups = (d.S.reshape(8, 3, 9) != 0).any(dim=2)  # channel structure: whole kernels kept
     assert torch.equal((d.S.reshape(8, 3, 9) != 0), groups[:, :, None].expand(8, 3, 9))
@@ -128,7 +128,7 @@ def test_slices_keep_the_block_pattern_of_v() -> None:
     W, X, b = _layer(m=20, n=16, seed=6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        d = decompose(W, 2, 0.05, X=X, bias=b, activation="gelu", slices=2)
+        d = decompose(W, 2, 0.05, X=X, bias=b, activation="gelu", slices=2, refine=True)
     assert d.info.extra["start"] == "gram" and set(d.info.extra["start_errors"]) == {"gram"}
     V = d.V
     assert np.all(V[:2, 8:] == 0) and np.all(V[2:, :8] == 0)
