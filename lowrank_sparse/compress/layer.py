@@ -18,7 +18,8 @@ from .configs import MethodConfig
 from .errors import output_error
 from .plan import LayerSize, Solved
 
-__all__ = ["LayerJob", "compress_layer", "positions"]
+__all__ = ["LayerJob", "compress_layer", "finish_layer", "is_untouched", "positions", "prepare_solve",
+           "untouched_report"]
 
 
 @dataclass
@@ -74,24 +75,34 @@ def _mark_untouched(rep: LayerReport, m: int, n: int) -> LayerReport:
     return rep
 
 
-def _solve(job: LayerJob, name: str, orig: nn.Module, stats: LayerStats, size: LayerSize,
-           reusable: bool) -> tuple[Any, float]:
-    """(decomposition of the layer's own weight, solve seconds)."""
+def prepare_solve(job: LayerJob, name: str, orig: nn.Module, stats: LayerStats, size: LayerSize,
+                  reusable: bool) -> tuple[Any, Optional[methods.LayerProblem], Optional[torch.Tensor]]:
+    """(the allocator's decomposition, None, None) when it already ran this exact solve
+    on the same data, else (None, the problem to solve, the BatchNorm scale to unfold)."""
     dev = orig.weight.device if job.device is None else torch.device(job.device)
     reuse = job.solved.get((name, size.rank, size.density)) if (
         reusable and size.slices == 1 and job.device is None) else None
-    if reuse is not None:  # the allocator already ran this exact solve on the same data
-        return reuse, float(reuse.info.seconds)
+    if reuse is not None:
+        return reuse, None, None
     prob = folded_problem(stats, orig)
     if stats.sample is not None and stats.sample.device != dev:
         stats = replace(stats, sample=stats.sample.to(dev))
     bias = None if prob.bias is None else prob.bias.to(dev)
     problem = methods.layer_problem(prob.weight.to(dev), bias, stats, size.rank, size.density, size.slices,
                                     job.structure)
+    return None, problem, prob.scale
+
+
+def _solve(job: LayerJob, name: str, orig: nn.Module, stats: LayerStats, size: LayerSize,
+           reusable: bool) -> tuple[Any, float]:
+    """(decomposition of the layer's own weight, solve seconds)."""
+    reuse, problem, scale = prepare_solve(job, name, orig, stats, size, reusable)
+    if reuse is not None:
+        return reuse, float(reuse.info.seconds)
     t0 = time.perf_counter()
     dec = methods.solve_layer(job.config, problem)
     seconds = time.perf_counter() - t0
-    return unfold_decomposition(dec, prob.scale), seconds
+    return unfold_decomposition(dec, scale), seconds
 
 
 def _pair_module(orig: nn.Module, stats: LayerStats, dec: Any) -> nn.Module:
@@ -106,6 +117,16 @@ def _pair_module(orig: nn.Module, stats: LayerStats, dec: Any) -> nn.Module:
     return new
 
 
+def is_untouched(stats: LayerStats, size: LayerSize) -> bool:
+    """A size that leaves the layer as it is (full rank, or density 1)."""
+    return size.rank >= min(stats.weight_shape) or size.density >= 1.0
+
+
+def untouched_report(job: LayerJob, name: str, orig: nn.Module, stats: LayerStats) -> LayerReport:
+    """The report of a layer that keeps its original module."""
+    return _mark_untouched(_new_report(job, name, orig, stats), *stats.weight_shape)
+
+
 def compress_layer(job: LayerJob, name: str, orig: nn.Module, stats: LayerStats, size: LayerSize,
                    reusable: bool = True) -> LayerReport:
     """Replace layer ``name`` of ``job.model`` at ``size`` and report it.
@@ -114,11 +135,18 @@ def compress_layer(job: LayerJob, name: str, orig: nn.Module, stats: LayerStats,
     original module.  ``reusable``: ``stats`` are the statistics the allocator saw, so
     its decomposition at this size may be reused.
     """
+    if is_untouched(stats, size):
+        return untouched_report(job, name, orig, stats)
+    dec, seconds = _solve(job, name, orig, stats, size, reusable)
+    return finish_layer(job, name, orig, stats, dec, seconds)
+
+
+def finish_layer(job: LayerJob, name: str, orig: nn.Module, stats: LayerStats, dec: Any,
+                 seconds: float) -> LayerReport:
+    """Build the pair module of the solved layer ``name`` (``dec``: decomposition of its
+    own weight), swap it into ``job.model`` and report it."""
     m, n = stats.weight_shape
     rep = _new_report(job, name, orig, stats)
-    if size.rank >= min(m, n) or size.density >= 1.0:
-        return _mark_untouched(rep, m, n)
-    dec, seconds = _solve(job, name, orig, stats, size, reusable)
     new = _pair_module(orig, stats, dec)
     err, on = output_error(stats, orig, new)
     job.model.set_submodule(name, new)

@@ -31,6 +31,7 @@ Pipeline (one call of :func:`compress`):
 from __future__ import annotations
 
 import copy
+import os
 import sys
 import time
 from typing import Any, Optional, Union
@@ -41,7 +42,7 @@ import torch.nn as nn
 from ..calibrate import Calibration, CalibrationConfig, CalibrationData, calibrate, iter_batches
 from ..report import CompressionReport, LayerReport
 from .configs import DensitySpec, MethodConfig, RankSpec
-from .layer import LayerJob, compress_layer
+from .layer import LayerJob
 from .options import Options, resolve_options
 from .plan import LayerSize, Solved, allocation_plan, check_plan, explicit_plan
 from .selection import FilterFn, Patterns, select_layers
@@ -75,6 +76,8 @@ def compress(
     solver_options: Optional[dict[str, Any]] = None,
     config: Optional[MethodConfig] = None,
     calibration: Optional[CalibrationConfig] = None,
+    executor: Any = "serial",
+    checkpoint_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
 ) -> tuple[nn.Module, CompressionReport]:
     """Compress a trained model: each selected layer's W becomes L + S.
 
@@ -119,13 +122,21 @@ def compress(
             the keywords above override its fields when given.
         calibration: a :class:`~lowrank_sparse.CalibrationConfig`; ``device``,
             ``sample_size``, ``batch_size``, ``sequential`` and ``seed`` override it.
+        executor: where the per-layer solves run: "serial" (this process, in order),
+            "ray" (tasks on a local Ray cluster) or an executor object such as
+            :class:`~lowrank_sparse.executors.RayExecutor` (address, CPUs, retries);
+            the result is the same bitwise (see :mod:`lowrank_sparse.compress.schedule`).
+        checkpoint_dir: a folder where every finished layer is written; a rerun with
+            the same folder and inputs skips them and gives the same result bitwise
+            (see :mod:`lowrank_sparse.compress.checkpoint`).
 
     Returns:
         (new_model, report).  ``new_model`` has the training flags of ``model``.
 
     Raises:
         ValueError: bad arguments, a model without compressible layers, empty or
-            ill-shaped calibration data, NaN/Inf activations (naming the layer).
+            ill-shaped calibration data, NaN/Inf activations (naming the layer), a
+            checkpoint folder written by a different run (naming the fields).
         TypeError: wrong argument types.
     """
     t_start = time.perf_counter()
@@ -152,7 +163,8 @@ def compress(
     solved: Solved = {}
     plan, table = _plan(target, allocation, opts, selected, cal, totals, solved)
     job = LayerJob(new, opts.config, opts.structure, opts.calibration.device, solved, cal.samples)
-    reports = _compress_layers(job, selected, plan, cal, calibration_data, opts, progress)
+    reports = _compress_layers(job, selected, plan, cal, calibration_data, opts, progress, executor,
+                               _checkpoint(checkpoint_dir, model, opts, target, allocation, selected))
     report = _report(reports, skipped, new, input_shape, opts, target, allocation, table, cal, totals)
     report.seconds = time.perf_counter() - t_start
     return new, report
@@ -185,6 +197,8 @@ def _plan(target: Any, allocation: str, opts: Options, selected: list[tuple[str,
 
 
 def _progress(iterable: Any, progress: Optional[bool], total: int) -> Any:
+    """A tqdm bar over ``iterable`` (None: a bar to update by hand), or ``iterable``
+    itself (None) when no bar is shown."""
     show = progress if progress is not None else sys.stderr.isatty()
     if not show:
         return iterable
@@ -193,17 +207,33 @@ def _progress(iterable: Any, progress: Optional[bool], total: int) -> Any:
     return tqdm(iterable, total=total, desc="compress", unit="layer", leave=False)
 
 
+def _checkpoint(folder: Any, model: nn.Module, opts: Options, target: Any, allocation: str,
+                selected: list[tuple[str, nn.Module]]) -> Any:
+    """The run's checkpoint folder (manifest checked or written), or None."""
+    if folder is None:
+        return None
+    from .checkpoint import Checkpoint, run_manifest
+
+    manifest = run_manifest(model, target=target, allocation=allocation, method=opts.method.name,
+                            config=opts.config, structure=opts.structure.name, calibration=opts.calibration,
+                            layers=[n for n, _ in selected])
+    return Checkpoint.open(folder, manifest)
+
+
 def _compress_layers(job: LayerJob, selected: list[tuple[str, nn.Module]], plan: dict[str, LayerSize],
-                     cal: Calibration, data: CalibrationData, opts: Options,
-                     progress: Optional[bool]) -> list[LayerReport]:
-    """Each selected layer in module order (statistics re-collected when sequential)."""
-    reports: list[LayerReport] = []
-    for name, orig in _progress(selected, progress, len(selected)):
-        stats = cal.layers[name]
-        if opts.calibration.sequential and reports:
-            stats = calibrate(job.model, data, layers=[name], config=opts.calibration).layers[name]
-        reports.append(compress_layer(job, name, orig, stats, plan[name], reusable=stats is cal.layers[name]))
-    return reports
+                     cal: Calibration, data: CalibrationData, opts: Options, progress: Optional[bool],
+                     executor: Any, checkpoint: Any) -> list[LayerReport]:
+    """Each selected layer, solved on ``executor`` (statistics re-collected when sequential)."""
+    from ..executors.base import running
+    from .schedule import run_layers
+
+    bar = _progress(None, progress, len(selected))
+    try:
+        with running(executor) as ex:
+            return run_layers(job, selected, plan, cal, data, opts, ex, checkpoint, bar)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _report(reports: list[LayerReport], skipped: dict[str, str], new: nn.Module, input_shape: tuple[int, ...],
