@@ -177,3 +177,17 @@ def test_ray_executor_arguments_checked():
         RayExecutor(cpus_per_task=0)
     with pytest.raises(ValueError, match="max_retries"):
         RayExecutor(max_retries=-1)
+
+
+def test_cli_ray_and_checkpoint_dir_flags(tmp_path):
+    from lowrank_sparse.cli.app import build_parser
+    from lowrank_sparse.cli.compress import _executor
+
+    p = build_parser()
+    base = ["compress", "mlp", "-o", str(tmp_path / "m.safetensors"), "--rank", "2"]
+    a = p.parse_args(base + ["--ray", "--checkpoint-dir", str(tmp_path / "ck")])
+    ex = _executor(a)
+    assert isinstance(ex, RayExecutor) and ex.address is None and a.checkpoint_dir == str(tmp_path / "ck")
+    assert _executor(p.parse_args(base + ["--ray", "auto"])).address == "auto"
+    none = p.parse_args(base)
+    assert _executor(none) == "serial" and none.checkpoint_dir is None

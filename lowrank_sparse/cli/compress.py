@@ -48,6 +48,10 @@ def register(sub: Any) -> None:
     c.add_argument("--dtype", choices=("float16", "bfloat16"), help="store floating values in this dtype")
     c.add_argument("--test-subset", type=positive_int, help="evaluate on a seeded subset of the test split")
     c.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
+    c.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="solve the layers as Ray tasks: on a local cluster (no ADDRESS) or the cluster at ADDRESS")
+    c.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="write every finished layer to DIR; a rerun with the same DIR resumes (same result)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -123,7 +127,21 @@ def _compress(args: argparse.Namespace, src: Loaded, calib: Any, progress: Optio
         seed=args.seed,
         progress=progress,
         sample_size=args.sample_size,
+        executor=_executor(args),
+        checkpoint_dir=args.checkpoint_dir,
     )
+
+
+def _executor(args: argparse.Namespace) -> Any:
+    """--ray [ADDRESS] -> a RayExecutor (local cluster, or the one at ADDRESS); else "serial"."""
+    if args.ray is None:
+        return "serial"
+    try:
+        from ..executors.ray import RayExecutor
+        import ray  # noqa: F401
+    except ImportError:
+        raise CLIError("--ray needs ray: pip install 'lowrank_sparse[ray]'") from None
+    return RayExecutor(address=args.ray or None)
 
 
 def _fine_tune(args: argparse.Namespace, model: Any, dataset: str, progress: Optional[bool]) -> Any:
