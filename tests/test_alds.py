@@ -180,6 +180,34 @@ def test_error_fn_decides_split(tgen):
     assert la.params <= 0.3 * layer.dense_params
 
 
+def test_prefetch_gets_every_split_the_allocator_then_asks_about(tgen):
+    """An error_fn with prefetch() is handed all the (layer, rank, density) splits of
+    all layers first, in the order of the calls that follow, and the allocation equals
+    the one of the same error_fn without prefetch."""
+    layers = [_planted(tgen, sparse=True), _planted(tgen, sparse=True)]
+    layers[1] = LayerSpec("l2", layers[1].weight)
+
+    def err(l, rank, density):  # a smooth stand-in for the solver's error
+        return 1.0 / (1.0 + rank) + (0.3 - density) ** 2 + (0.01 if l.name == "l2" else 0.0)
+
+    class Prefetching:
+        def __init__(self):
+            self.prefetched, self.calls = [], []
+
+        def prefetch(self, requests):
+            self.prefetched += [(l.name, r, d) for l, r, d in requests]
+
+        def __call__(self, l, rank, density):
+            self.calls.append((l.name, rank, density))
+            return err(l, rank, density)
+
+    fn = Prefetching()
+    a = allocate(layers, Budget(params=0.3), "alds", keep_first_last=False, error_fn=fn)
+    b = allocate(layers, Budget(params=0.3), "alds", keep_first_last=False, error_fn=err)
+    assert fn.prefetched == fn.calls and {c[0] for c in fn.calls} == {"l", "l2"}
+    assert [(x.rank, x.density) for x in a.layers] == [(x.rank, x.density) for x in b.layers]
+
+
 def test_exclusions_and_overrides(tgen):
     layers = realistic_layers(tgen)
     tp, tf = _total(layers)

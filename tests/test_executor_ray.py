@@ -93,6 +93,30 @@ def test_ray_equals_serial_with_a_budget_and_sequential(data):
     _assert_same(new, ref)
 
 
+def test_allocator_probes_run_on_the_workers(tmp_path, handler):
+    """With a budget, the allocator's solver probes (several splits per layer) and the
+    final solves all run in Ray workers, none in this process, and the result equals
+    the serial one."""
+    log = tmp_path / "pids"
+    torch.manual_seed(5)
+    net = build("mlp", in_features=32, hidden=(40, 36, 28), num_classes=10)
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(6))
+    kw = dict(target=lrs.Budget(params=0.5), max_iter=10, progress=False, keep_first_last=False)
+    ref, ref_rep = lrs.compress(net, x, **kw)
+
+    def solve(problem, config):
+        _log(log, str(os.getpid()))
+        return ORIG.solve(problem, config)
+
+    handler(solve)
+    new, rep = lrs.compress(net, x, executor=RayExecutor(), **kw)
+    pids = log.read_text().split()
+    assert len(pids) > len(rep.layers)  # probes of several splits, not only the final solves
+    assert str(os.getpid()) not in pids
+    _assert_same(new, ref)
+    assert [(r.name, r.rank, r.density) for r in rep.layers] == [(r.name, r.rank, r.density) for r in ref_rep.layers]
+
+
 def test_tasks_use_the_cpus_ray_gave_them(mlp, data, tmp_path, handler):
     log = tmp_path / "threads"
 

@@ -72,7 +72,10 @@ def allocate(
             their own ``block`` for "channel".
         error_fn: error_fn(layer, rank, density) -> relative error of the real L+S solver;
             used in "lowrank_sparse" mode to choose each layer's split at its allocated
-            size (the sizes themselves come from the cheap proxy curves).
+            size (the sizes themselves come from the cheap proxy curves).  If it has a
+            ``prefetch(requests)`` method, all the splits it will be asked about are
+            given to it first, as [(layer, rank, density)], so that it can solve them
+            in parallel.
         exclude: fnmatch patterns of layers kept dense.
         overrides: {pattern: "dense" | {"rank": r, "density": d, "slices": g} | (r, d)}
             fixing a layer's configuration (first matching pattern wins; beats exclude).
@@ -277,6 +280,8 @@ def _assemble(layers: list[LayerSpec], fixed: dict[int, LayerAllocation], free: 
               shares: list[float], split_fn: Optional[ErrorFn], cache: CurveCache) -> list[LayerAllocation]:
     """Per-layer result in network order; ``split_fn`` (the real solver's error) picks
     the rank / sparse split of unsliced free layers at their allocated size."""
+    if split_fn is not None:
+        _prefetch_splits(layers, free, curves, idx, structure, shares, split_fn)
     out: list[LayerAllocation] = []
     ci = {li: k for k, li in enumerate(free)}
     for li, l in enumerate(layers):
@@ -327,17 +332,42 @@ def _split_candidate(l: LayerSpec, sh: float, size: int, st: Structure) -> Optio
     return None if (nnz == 0 or r < 1) else (r, d)
 
 
+def _split_candidates(l: LayerSpec, size: int, st: Structure,
+                      shares: Sequence[float]) -> list[tuple[float, int, float]]:
+    """(share, rank, density) of every candidate split of ``size`` stored values that fits."""
+    out = []
+    for sh in ([0.0] + [s for s in shares if s > 0.0] if st.kind != "nm" else [0.0, 1.0]):
+        rd = _split_candidate(l, sh, size, st)
+        if rd is not None:
+            out.append((sh, int(rd[0]), float(rd[1])))
+    return out
+
+
+def _prefetch_splits(layers: list[LayerSpec], free: list[int], curves: list[LayerCurves], idx: Sequence[int],
+                     structure: Union[str, Structure], shares: list[float], split_fn: ErrorFn) -> None:
+    """Hand every split that :func:`_best_split` will ask ``split_fn`` about to its
+    ``prefetch(requests)`` at once (an error function backed by a parallel executor
+    solves them concurrently); ``requests`` = [(layer, rank, density)] in the order the
+    calls follow.  Error functions without ``prefetch`` are called one at a time."""
+    prefetch = getattr(split_fn, "prefetch", None)
+    if prefetch is None:
+        return
+    requests = []
+    for k, li in enumerate(free):
+        c, i, l = curves[k], idx[k], layers[li]
+        if bool(c.dense[i]) or int(c.slices[i]) != 1:
+            continue
+        st = parse_structure(structure, block=l.block)
+        requests += [(l, r, d) for sh, r, d in _split_candidates(l, int(c.sizes[i]), st, shares) if sh > 0.0]
+    prefetch(requests)
+
+
 def _best_split(l: LayerSpec, size: int, st: Structure, shares: Sequence[float], error_fn: ErrorFn,
                 cache: CurveCache) -> tuple[int, float, float]:
     """Among the candidate sparse shares, the (rank, density) of size <= ``size`` with the
     lowest error (error_fn for shares > 0, exact spectrum for share 0); ties -> smaller share."""
     best: Optional[tuple[float, int, float]] = None
-    cand = [0.0] + [s for s in shares if s > 0.0] if st.kind != "nm" else [0.0, 1.0]
-    for sh in cand:
-        rd = _split_candidate(l, sh, size, st)
-        if rd is None:
-            continue
-        r, d = rd
+    for sh, r, d in _split_candidates(l, size, st, shares):
         if sh == 0.0:
             err = _config_error(l, r, 0.0, 1, st, cache, None)  # exact rank-only error, scaled
         else:

@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 
 from ..calibrate import Calibration, CalibrationConfig, CalibrationData, calibrate, iter_batches
+from ..executors.base import running
 from ..report import CompressionReport, LayerReport
 from .configs import DensitySpec, MethodConfig, RankSpec
 from .layer import LayerJob
@@ -125,7 +126,8 @@ def compress(
         executor: where the per-layer solves run: "serial" (this process, in order),
             "ray" (tasks on a local Ray cluster) or an executor object such as
             :class:`~lowrank_sparse.executors.RayExecutor` (address, CPUs, retries);
-            the result is the same bitwise (see :mod:`lowrank_sparse.compress.schedule`).
+            the allocator's solver probes run there too, as one batch; the result
+            is the same bitwise (see :mod:`lowrank_sparse.compress.schedule`).
         checkpoint_dir: a folder where every finished layer is written; a rerun with
             the same folder and inputs skips them and gives the same result bitwise
             (see :mod:`lowrank_sparse.compress.checkpoint`).
@@ -161,10 +163,11 @@ def compress(
     input_shape = _input_shape(calibration_data, opts.calibration.batch_size)
     totals = _model_totals(model, new, input_shape)
     solved: Solved = {}
-    plan, table = _plan(target, allocation, opts, selected, cal, totals, solved)
-    job = LayerJob(new, opts.config, opts.structure, opts.calibration.device, solved, cal.samples)
-    reports = _compress_layers(job, selected, plan, cal, calibration_data, opts, progress, executor,
-                               _checkpoint(checkpoint_dir, model, opts, target, allocation, selected))
+    with running(executor) as ex:
+        plan, table = _plan(target, allocation, opts, selected, cal, totals, solved, ex)
+        job = LayerJob(new, opts.config, opts.structure, opts.calibration.device, solved, cal.samples)
+        reports = _compress_layers(job, selected, plan, cal, calibration_data, opts, progress, ex,
+                                   _checkpoint(checkpoint_dir, model, opts, target, allocation, selected))
     report = _report(reports, skipped, new, input_shape, opts, target, allocation, table, cal, totals)
     report.seconds = time.perf_counter() - t_start
     return new, report
@@ -183,11 +186,12 @@ def _model_totals(model: nn.Module, new: nn.Module, input_shape: tuple[int, ...]
 
 
 def _plan(target: Any, allocation: str, opts: Options, selected: list[tuple[str, nn.Module]], cal: Calibration,
-          totals: tuple[int, int], solved: Solved) -> tuple[dict[str, LayerSize], Optional[str]]:
-    """(size per selected layer, the allocator's table or None)."""
+          totals: tuple[int, int], solved: Solved, executor: Any) -> tuple[dict[str, LayerSize], Optional[str]]:
+    """(size per selected layer, the allocator's table or None); the allocator's solver
+    probes run on ``executor``."""
     if target is not None:
         plan, table = allocation_plan(target, allocation, opts.config, opts.structure, selected, cal.layers,
-                                      totals, solved)
+                                      totals, solved, executor)
     else:
         plan = explicit_plan([n for n, _ in selected], cal.layers, getattr(opts.config, "rank", None),
                              getattr(opts.config, "density", None))
@@ -223,14 +227,13 @@ def _checkpoint(folder: Any, model: nn.Module, opts: Options, target: Any, alloc
 def _compress_layers(job: LayerJob, selected: list[tuple[str, nn.Module]], plan: dict[str, LayerSize],
                      cal: Calibration, data: CalibrationData, opts: Options, progress: Optional[bool],
                      executor: Any, checkpoint: Any) -> list[LayerReport]:
-    """Each selected layer, solved on ``executor`` (statistics re-collected when sequential)."""
-    from ..executors.base import running
+    """Each selected layer, solved on the started ``executor`` (statistics re-collected
+    when sequential)."""
     from .schedule import run_layers
 
     bar = _progress(None, progress, len(selected))
     try:
-        with running(executor) as ex:
-            return run_layers(job, selected, plan, cal, data, opts, ex, checkpoint, bar)
+        return run_layers(job, selected, plan, cal, data, opts, executor, checkpoint, bar)
     finally:
         if bar is not None:
             bar.close()

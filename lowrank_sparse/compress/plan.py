@@ -135,24 +135,59 @@ def layer_specs(selected: list[tuple[str, nn.Module]], stats: dict[str, LayerSta
     return specs
 
 
-def _solver_error_fn(config: MethodConfig, structure: Structure, selected: list[tuple[str, nn.Module]],
-                     stats: dict[str, LayerStats], solved: Solved) -> Any:
-    """error_fn(layer, rank, density): post-activation error of the real solver's fit."""
-    mods = dict(selected)
+class _SolverErrors:
+    """error_fn(layer, rank, density): post-activation error of the real solver's fit.
 
-    def error_fn(layer: Any, rank: int, density: float) -> float:
-        name = getattr(layer, "name", layer)
-        st, mod = stats[name], mods[name]
-        prob = folded_problem(st, mod)
-        problem = methods.layer_problem(prob.weight, prob.bias, st, int(rank), float(density), 1, structure)
-        dec = unfold_decomposition(methods.solve_layer(config, problem), prob.scale)
-        if prob.weight.numel() <= REUSE_MAX_ENTRIES:  # big layers: re-solve rather than hold copies
-            solved[(name, int(rank), float(density))] = dec
+    :meth:`prefetch` runs a batch of such solves as tasks on ``executor`` (when it runs
+    more than one at a time) and keeps their errors; each decomposition is kept in
+    ``solved`` for reuse by the final solve unless the layer is large.
+    """
+
+    def __init__(self, config: MethodConfig, structure: Structure, selected: list[tuple[str, nn.Module]],
+                 stats: dict[str, LayerStats], solved: Solved, executor: Any = None) -> None:
+        self.config, self.structure, self.mods, self.stats = config, structure, dict(selected), stats
+        self.solved, self.executor = solved, executor
+        self.errors: dict[tuple[str, int, float], float] = {}
+
+    def _task(self, name: str, rank: int, density: float) -> tuple[Any, Any, Any, Any]:
+        """The payload of :func:`.schedule.solve_task` for one probe."""
+        prob = folded_problem(self.stats[name], self.mods[name])
+        problem = methods.layer_problem(prob.weight, prob.bias, self.stats[name], int(rank), float(density), 1,
+                                        self.structure)
+        return methods.method_of_config(self.config), self.config, problem, prob.scale
+
+    def _record(self, key: tuple[str, int, float], dec: Any) -> float:
+        name = key[0]
+        st, mod = self.stats[name], self.mods[name]
+        if mod.weight.numel() <= REUSE_MAX_ENTRIES:  # big layers: re-solve rather than hold copies
+            self.solved[key] = dec
         W0 = mod.weight.detach().reshape(st.weight_shape)
         b0 = None if mod.bias is None else mod.bias.detach()
-        return dense_error(st, W0, b0, torch.as_tensor(dec.dense()).to(W0), b0)
+        self.errors[key] = dense_error(st, W0, b0, torch.as_tensor(dec.dense()).to(W0), b0)
+        return self.errors[key]
 
-    return error_fn
+    def prefetch(self, requests: list[tuple[Any, int, float]]) -> None:
+        """Solve every (layer, rank, density) of ``requests`` on the executor at once."""
+        from .schedule import solve_task
+
+        ex = self.executor
+        if ex is None or ex.max_in_flight <= 1:
+            return
+        todo = list(dict.fromkeys((getattr(l, "name", l), int(r), float(d)) for l, r, d in requests))
+        todo = [k for k in todo if k not in self.errors]
+        while todo or ex.pending():
+            while todo and ex.pending() < ex.max_in_flight:
+                key = todo.pop(0)
+                ex.submit(key, solve_task, self._task(*key))
+            key, (dec, _) = ex.next_done()
+            self._record(key, dec)
+
+    def __call__(self, layer: Any, rank: int, density: float) -> float:
+        key = (getattr(layer, "name", layer), int(rank), float(density))
+        if key not in self.errors:
+            method, config, problem, scale = self._task(*key)
+            self._record(key, unfold_decomposition(methods.solve_layer(config, problem), scale))
+        return self.errors[key]
 
 
 def allocation_plan(
@@ -164,14 +199,16 @@ def allocation_plan(
     stats: dict[str, LayerStats],
     totals: tuple[int, int],
     solved: Solved,
+    executor: Any = None,
 ) -> tuple[dict[str, LayerSize], Optional[str]]:
     """Sizes from :func:`lowrank_sparse.budget.allocate` over the selected layers, and
     its table.  ``totals`` = (model params, model MACs per sample).  Only the allocator's
-    solves whose sizes the plan picked are left in ``solved``."""
+    solves whose sizes the plan picked are left in ``solved``.  The allocator's solver
+    probes run on ``executor`` (a started executor; None: in this process)."""
     from .. import budget as B
 
     method = methods.method_of_config(config)
-    error_fn = _solver_error_fn(config, structure, selected, stats, solved) if method.solver_split else None
+    error_fn = _SolverErrors(config, structure, selected, stats, solved, executor) if method.solver_split else None
     alloc = B.allocate(layer_specs(selected, stats), target, method=allocation, total_params=totals[0],
                        total_macs=totals[1], mode=method.allocation_mode, structure=structure, error_fn=error_fn,
                        keep_first_last=False, seed=config.solver.seed)
