@@ -8,7 +8,7 @@ Public names::
 
     decompose(W, rank, density, ...)            -> Decomposition (U, V, S, info)
     compress(model, calibration_data, target=Budget(params=0.25)) -> (new_model, report)
-    Budget(params=..., flops=...)
+    Budget(params=..., macs=...)  (fractions of the whole model; MACs = multiply-accumulates)
     save(model, path) / load(path)              safetensors, no pickle
     export_onnx(model, example_input, path)     ONNX file (needs the "export" extra)
     LowRankSparseLinear, LowRankSparseConv2d    the module pair

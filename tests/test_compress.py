@@ -206,7 +206,7 @@ def test_cnn_compresses_and_counts_match_the_modules(cnn, digits):
         assert r.params_before == dense_params(old)
         assert r.params_after == mod.num_params()
         assert r.macs_before == dense_macs(old, hw)
-        assert r.macs_after == mod.flops(hw)
+        assert r.macs_after == mod.macs(hw)
         assert r.index_bytes == mod.num_index_bytes(packed=True)
     assert rep.layer("conv2").activation.startswith("relu") and "bn2" in rep.layer("conv2").activation
     assert rep.params_before == model_params(cnn) and rep.params_after == model_params(new)

@@ -70,7 +70,9 @@ def test_matches_dense_conv(geom: str, kind: str, tgen: torch.Generator) -> None
     assert mod.num_params() == r * (m + n) + nnz + m
     assert sum(t.numel() for t in mod.state_dict().values() if t.is_floating_point()) == mod.num_params()
     Ho, Wo = reference(conv, dec, x).shape[2:]
-    assert mod.flops((11, 10)) == Ho * Wo * (r * n + m * r + nnz)
+    assert mod.macs((11, 10)) == Ho * Wo * (r * n + m * r + nnz)
+    with pytest.warns(DeprecationWarning, match=r"LowRankSparseConv2d\.flops\(\) is deprecated"):
+        assert mod.flops((11, 10)) == mod.macs((11, 10))
 
 
 @pytest.mark.parametrize("mode", ["unfold", "dense_kernel"])
@@ -103,7 +105,7 @@ def test_rank0_empty_and_unbatched(tgen: torch.Generator) -> None:
     torch.testing.assert_close(mod0(x), reference(conv, dec0, x[None])[0], rtol=1e-5, atol=1e-5)
     dec_e = make(conv, 2, "row", tgen, empty_s=True)
     mod_e = LowRankSparseConv2d.from_conv(conv, dec_e)
-    assert mod_e.sparse is None and mod_e.flops((6, 6)) == 36 * (2 * 27 + 4 * 2)
+    assert mod_e.sparse is None and mod_e.macs((6, 6)) == 36 * (2 * 27 + 4 * 2)
     torch.testing.assert_close(mod_e(x[None]), reference(conv, dec_e, x[None]), rtol=1e-5, atol=1e-5)
 
 
@@ -139,6 +141,6 @@ def test_bad_inputs(tgen: torch.Generator) -> None:
     with pytest.raises(TypeError, match="Conv2d"):
         LowRankSparseConv2d.from_conv(nn.Linear(3, 4), dec)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="input_hw"):
-        LowRankSparseConv2d(4, 4, 3).flops()
+        LowRankSparseConv2d(4, 4, 3).macs()
     with pytest.raises(ValueError, match="slices"):
         LowRankSparseConv2d(6, 4, 3, slices=4)

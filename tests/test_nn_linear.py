@@ -70,7 +70,7 @@ def test_alds_slices(slices: int, kind: str, tgen: torch.Generator) -> None:
     torch.testing.assert_close(mod(x), x @ (dec.U @ dec.V + dec.S).T, rtol=1e-4, atol=1e-4)
     assert mod.num_params() == m * slices * j + j * n + int(torch.count_nonzero(dec.S))
     assert mod.num_params() == dec.params
-    assert mod.flops() == j * n + m * slices * j + int(torch.count_nonzero(dec.S))
+    assert mod.macs() == j * n + m * slices * j + int(torch.count_nonzero(dec.S))
 
 
 def test_empty_sparse_and_numpy_input(tgen: torch.Generator) -> None:
@@ -80,7 +80,7 @@ def test_empty_sparse_and_numpy_input(tgen: torch.Generator) -> None:
     assert mod.sparse is None and mod.num_index_bytes() == 0
     x = torch.randn(4, 12, generator=tgen)
     torch.testing.assert_close(mod(x), x @ (dec.U @ dec.V).T + 1, rtol=1e-5, atol=1e-5)
-    assert mod.flops() == 3 * 22
+    assert mod.macs() == 3 * 22
 
 
 def test_rank0_and_empty_gives_bias_only(tgen: torch.Generator) -> None:
@@ -89,7 +89,7 @@ def test_rank0_and_empty_gives_bias_only(tgen: torch.Generator) -> None:
     mod = LowRankSparseLinear.from_decomposition(dec, bias=b)
     x = torch.randn(3, 6, generator=tgen)
     torch.testing.assert_close(mod(x), b.expand(3, 5))
-    assert mod.num_params() == 5 and mod.flops() == 0
+    assert mod.num_params() == 5 and mod.macs() == 0
 
 
 def test_flops_hand_formula(tgen: torch.Generator) -> None:
@@ -97,8 +97,10 @@ def test_flops_hand_formula(tgen: torch.Generator) -> None:
     dec = make_dec(m, n, r, "row", tgen)
     mod = LowRankSparseLinear.from_decomposition(dec)
     k_rows = int(dec.S.ne(0).any(dim=1).sum())
-    assert mod.flops() == r * n + m * r + k_rows * n
+    assert mod.macs() == r * n + m * r + k_rows * n
     assert mod.num_index_bytes() == 4 * k_rows  # int32 row indices
+    with pytest.warns(DeprecationWarning, match=r"LowRankSparseLinear\.flops\(\) is deprecated; use LowRankSparseLinear\.macs\(\)"):
+        assert mod.flops() == mod.macs()
 
 
 def test_does_not_alias_decomposition(tgen: torch.Generator) -> None:

@@ -11,7 +11,7 @@ Dependencies go one way: counts -> linear, conv -> _parts -> sparse -> sparse_in
 from __future__ import annotations
 
 from .conv import LowRankSparseConv2d
-from .counts import dense_flops, dense_params, model_flops, model_params
+from .counts import dense_flops, dense_macs, dense_params, model_flops, model_macs, model_params, module_macs
 from .geometry import conv_output_hw, conv_padding, pair
 from .linear import LowRankSparseLinear
 from .sparse import ColumnSparse, CompactSparse, CSRSparse, NMSparse, RowSparse, compact_from_dense
@@ -29,7 +29,10 @@ __all__ = [
     "conv_padding",
     "pair",
     "dense_params",
-    "dense_flops",
+    "dense_macs",
+    "module_macs",
     "model_params",
+    "model_macs",
+    "dense_flops",
     "model_flops",
 ]

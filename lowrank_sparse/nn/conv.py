@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._renamed import warn_renamed
 from ..solve.result import Decomposition
 from ..structure import Structure, parse_structure
 from ._parts import (
@@ -209,7 +210,7 @@ class LowRankSparseConv2d(PairBase):
     def output_hw(self, input_hw: tuple[int, int]) -> tuple[int, int]:
         return conv_output_hw(input_hw, self.kernel_size, self.stride, self.padding, self.dilation)
 
-    def flops(self, input_hw: tuple[int, int] | None = None) -> int:
+    def macs(self, input_hw: tuple[int, int] | None = None) -> int:
         """Multiply-accumulates per sample on an (H, W) input:
         H_out*W_out * (j*C*kh*kw + m*g*j + stored values of S).
 
@@ -217,9 +218,14 @@ class LowRankSparseConv2d(PairBase):
             ValueError: ``input_hw`` missing.
         """
         if input_hw is None:
-            raise ValueError("LowRankSparseConv2d.flops needs input_hw=(H, W)")
+            raise ValueError("LowRankSparseConv2d.macs needs input_hw=(H, W)")
         Ho, Wo = self.output_hw(input_hw)
         return Ho * Wo * self.macs_per_position()
+
+    def flops(self, input_hw: tuple[int, int] | None = None) -> int:
+        """Deprecated alias of :meth:`macs` (the same value: multiply-accumulates)."""
+        warn_renamed("LowRankSparseConv2d.flops()", "LowRankSparseConv2d.macs()")
+        return self.macs(input_hw)
 
     def extra_repr(self) -> str:
         return (

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._renamed import warn_renamed
 from ..solve.result import Decomposition
 from ..structure import Structure, parse_structure
 from ._parts import (
@@ -147,11 +148,16 @@ class LowRankSparseLinear(PairBase):
     # ------------------------------------------------------------------ counts
     # to_dense_weight, num_params, num_index_bytes, macs_per_position: see PairBase
 
-    def flops(self, input_hw: tuple[int, int] | None = None) -> int:
+    def macs(self, input_hw: tuple[int, int] | None = None) -> int:
         """Multiply-accumulates for one input vector: j*n + m*g*j + (stored values of S).
 
         ``input_hw`` is ignored (accepted for a uniform interface with the conv)."""
         return self.macs_per_position()
+
+    def flops(self, input_hw: tuple[int, int] | None = None) -> int:
+        """Deprecated alias of :meth:`macs` (the same value: multiply-accumulates)."""
+        warn_renamed("LowRankSparseLinear.flops()", "LowRankSparseLinear.macs()")
+        return self.macs(input_hw)
 
     def extra_repr(self) -> str:
         return (
