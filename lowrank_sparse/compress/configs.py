@@ -9,7 +9,7 @@ per-layer solves.  With a budget target the sizes come from the allocator instea
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import ClassVar, Mapping, Union
 
 from .._overrides import field_names

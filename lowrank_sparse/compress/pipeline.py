@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 
 from ..calibrate import Calibration, CalibrationConfig, CalibrationData, calibrate, iter_batches
-from ..executors.base import running
+from ..executors.resolve import running
 from ..report import CompressionReport, LayerReport
 from .configs import DensitySpec, MethodConfig, RankSpec
 from .layer import LayerJob

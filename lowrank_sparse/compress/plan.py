@@ -33,6 +33,7 @@ from ..structure import Structure
 from . import methods
 from .configs import DensitySpec, MethodConfig, RankSpec
 from .errors import dense_error
+from .tasks import solve_task
 
 __all__ = ["LayerSize", "Solved", "allocation_plan", "check_plan", "explicit_plan", "layer_specs"]
 
@@ -150,7 +151,7 @@ class _SolverErrors:
         self.errors: dict[tuple[str, int, float], float] = {}
 
     def _task(self, name: str, rank: int, density: float) -> tuple[Any, Any, Any, Any]:
-        """The payload of :func:`.schedule.solve_task` for one probe."""
+        """The payload of :func:`.tasks.solve_task` for one probe."""
         prob = folded_problem(self.stats[name], self.mods[name])
         problem = methods.layer_problem(prob.weight, prob.bias, self.stats[name], int(rank), float(density), 1,
                                         self.structure)
@@ -168,8 +169,6 @@ class _SolverErrors:
 
     def prefetch(self, requests: list[tuple[Any, int, float]]) -> None:
         """Solve every (layer, rank, density) of ``requests`` on the executor at once."""
-        from .schedule import solve_task
-
         ex = self.executor
         if ex is None or ex.max_in_flight <= 1:
             return

@@ -19,45 +19,21 @@ The result equals a serial run's exactly, whatever the order tasks finish in:
 
 from __future__ import annotations
 
-import time
-from typing import Any, Optional
+from typing import Any
 
 import torch.nn as nn
 
-from ..calibrate import Calibration, CalibrationData, calibrate, iter_batches, unfold_decomposition
+from ..calibrate import Calibration, CalibrationData, calibrate, iter_batches
 from ..report import LayerReport
 from . import methods
 from .layer import LayerJob, finish_layer, is_untouched, prepare_solve, untouched_report
 from .options import Options
 from .plan import LayerSize
+from .tasks import solve_task
 
-__all__ = ["run_layers", "solve_task"]
+__all__ = ["run_layers"]
 
 _UNTOUCHED = object()
-
-
-def _registered(method: methods.Method) -> None:
-    """Make ``method`` the registered one in this process (a Ray worker imports only
-    the built-in methods; a method the caller registered or replaced travels with the
-    task)."""
-    try:
-        if methods.get_method(method.name) == method:
-            return
-    except ValueError:
-        pass
-    methods.register_method(method.name, method.config_cls, method.solve, allocation_mode=method.allocation_mode,
-                            solver_split=method.solver_split)
-
-
-def solve_task(payload: tuple[methods.Method, Any, methods.LayerProblem, Any]) -> tuple[Any, float]:
-    """The per-layer task: (method, config, problem, BatchNorm scale) ->
-    (decomposition of the layer's own weight, solve seconds)."""
-    method, config, problem, scale = payload
-    _registered(method)
-    t0 = time.perf_counter()
-    dec = methods.solve_layer(config, problem)
-    seconds = time.perf_counter() - t0
-    return unfold_decomposition(dec, scale), seconds
 
 
 def _order_constraints(job: LayerJob, names: list[str], data: CalibrationData, opts: Options,

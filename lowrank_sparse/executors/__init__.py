@@ -3,7 +3,9 @@
 Modules, one job each:
 
 * :mod:`.base`: the :class:`Executor` interface (submit a task, wait for the next one
-  that finished) and :func:`resolve_executor` ("serial", "ray" or an instance);
+  that finished);
+* :mod:`.resolve`: :func:`resolve_executor` ("serial", "ray" or an instance) and
+  :func:`running` (started for a ``with`` block);
 * :mod:`.serial`: :class:`SerialExecutor`, every task run in order in this process;
 * :mod:`.ray`: :class:`RayExecutor`, tasks on a local or an existing Ray cluster
   (payloads through the object store, retries when a worker dies);
@@ -14,10 +16,11 @@ picklable module-level ``fn``; :mod:`lowrank_sparse.compress.schedule` decides w
 tasks run when.
 """
 
-from .base import Executor, resolve_executor
+from .base import Executor
+from .resolve import resolve_executor, running
 from .serial import SerialExecutor
 
-__all__ = ["Executor", "RayExecutor", "SerialExecutor", "resolve_executor"]
+__all__ = ["Executor", "RayExecutor", "SerialExecutor", "resolve_executor", "running"]
 
 
 def __getattr__(name: str):  # RayExecutor without importing ray at package import
