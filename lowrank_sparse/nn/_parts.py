@@ -211,7 +211,12 @@ class PairBase(nn.Module):
 
     def sum_paths(self, x: Tensor) -> Tensor:
         """Low-rank path (with the bias) + sparse path; the bias alone is added when
-        there is no low-rank path; zeros (+ bias) when there is neither."""
+        there is no low-rank path; zeros (+ bias) when there is neither.  A module
+        that :func:`lowrank_sparse.nn.execution.plan_execution` put in the "dense"
+        form runs one product with its merged weight instead (in eval mode)."""
+        merged = getattr(self, "_merged_weight", None)
+        if merged is not None and not self.training:
+            return self.dense_product(x, merged)
         out: Tensor | None = None
         if self.U is not None:
             out = self.low_rank_path(x)
@@ -226,6 +231,10 @@ class PairBase(nn.Module):
         return out
 
     def low_rank_path(self, x: Tensor) -> Tensor:  # pragma: no cover - defined by the subclasses
+        raise NotImplementedError
+
+    def dense_product(self, x: Tensor, weight: Tensor) -> Tensor:  # pragma: no cover - subclasses
+        """The equivalent dense layer's output for the (m, n) weight ``weight`` (+ bias)."""
         raise NotImplementedError
 
     def sparse_path(self, out: Tensor | None, x: Tensor) -> Tensor:  # pragma: no cover

@@ -186,6 +186,10 @@ class LowRankSparseConv2d(PairBase):
     def sparse_path(self, out: Tensor | None, x: Tensor) -> Tensor:
         return self.sparse.add_conv(out, x, self.geom)
 
+    def dense_product(self, x: Tensor, weight: Tensor) -> Tensor:
+        kh, kw = self.kernel_size
+        return self.geom.conv(x, weight.view(self.out_channels, self.in_channels, kh, kw), self.bias)
+
     def zero_output(self, x: Tensor) -> Tensor:
         """Zeros of the output shape, for x (B, C, H, W) as the convs see it (padded
         already unless the padding mode is zeros)."""

@@ -131,6 +131,9 @@ class LowRankSparseLinear(PairBase):
     def sparse_path(self, out: Tensor | None, x: Tensor) -> Tensor:
         return self.sparse.add_linear(out, x)
 
+    def dense_product(self, x: Tensor, weight: Tensor) -> Tensor:
+        return F.linear(x, weight, self.bias)
+
     def zero_output(self, x: Tensor) -> Tensor:
         return x.new_zeros(*x.shape[:-1], self.out_features)
 
