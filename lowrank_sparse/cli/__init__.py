@@ -1,4 +1,4 @@
-"""Command line: ``lowrank-sparse compress | evaluate | report | demo``.
+"""Command line: ``lowrank-sparse compress | evaluate | report | export | demo``.
 
 Every subcommand has ``--help``; bad arguments exit with code 2 and a one-line reason
 on stderr; ``--json`` prints one machine-readable JSON object on stdout instead of the

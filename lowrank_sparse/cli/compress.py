@@ -88,10 +88,24 @@ def run(args: argparse.Namespace) -> int:
         result["accuracy_quantized"] = measure.accuracy(new, x_test, y_test) if src.dataset != _IMAGENET else None
     result.update({"before": measure.summary(src.model, shape), "after": measure.summary(new, shape)})
     if not args.no_latency:
-        result["latency_ms_before"], result["latency_ms_after"] = measure.paired_latency(src.model, new, shape, 64)
+        _latency(result, src.model, new, shape)
     out = _save(args, new, src, report, result)
     emit(args, result, _text(args, result, report, out, seconds))
     return 0
+
+
+def _latency(result: dict[str, Any], dense: Any, new: Any, shape: tuple[int, ...], batch: int = 64) -> None:
+    """Plan ``new``'s execution on this machine (each layer in its faster exact form,
+    :func:`lowrank_sparse.nn.execution.plan_execution`), then time it against ``dense``,
+    paired; adds latency_* and execution to ``result``."""
+    from ..nn.execution import plan_execution
+
+    plan = plan_execution(new, measure.seeded_batch(shape, batch))
+    lat = measure.paired_latency(dense, new, shape, batch)
+    forms = plan.forms()
+    result.update(latency_ms_before=lat["ms_a"], latency_ms_after=lat["ms_b"], latency_ratio=lat["ratio"],
+                  latency_ratio_iqr=[lat["ratio_q1"], lat["ratio_q3"]], latency_runs=lat["runs"],
+                  latency_batch=batch, execution=forms)
 
 
 def _check_target(args: argparse.Namespace) -> None:
@@ -199,8 +213,12 @@ def _text(args: argparse.Namespace, result: dict[str, Any], report: Any, out: Pa
     lines.append(f"parameters  {b['params']:>12,d} -> {a['params']:>12,d}  ({a['params'] / b['params']:.1%})")
     lines.append(f"MACs/sample {b['macs']:>12,d} -> {a['macs']:>12,d}  ({a['macs'] / b['macs']:.1%})")
     if "latency_ms_before" in result:
+        q1, q3 = result["latency_ratio_iqr"]
+        merged = sum(f == "dense" for f in result["execution"].values())
         lines.append(f"CPU latency {result['latency_ms_before']:>10.2f} ms -> {result['latency_ms_after']:>10.2f} ms"
-                     "  (batch 64, median of 20, interleaved)")
+                     f"  ({result['latency_ratio']:.2f}x dense [{q1:.2f}, {q3:.2f}]; batch {result['latency_batch']}, "
+                     f"medians of {result['latency_runs']} paired rounds; execution plan: "
+                     f"{merged} of {len(result['execution'])} layers run merged, the others as L + S)")
     if "accuracy_before" in result:
         lines.append(f"accuracy    {result['accuracy_before']:.2%} -> {result['accuracy_after']:.2%}")
     if "accuracy_fine_tuned" in result:

@@ -46,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         result["accuracy"] = measure.accuracy(model, x, y)
     result.update(measure.summary(model, shape))
+    from ..nn.execution import plan_execution
+
+    forms = plan_execution(model, measure.seeded_batch(shape, args.batch)).forms()
+    result["execution"] = forms
     result["latency_ms"] = measure.latency_ms(model, shape, args.batch)
     result["latency_batch"] = args.batch
     emit(args, result, _text(path, dataset, result, n_images=len(y), batch=args.batch))
@@ -61,5 +65,7 @@ def _text(path: Path, dataset: str, result: dict[str, Any], n_images: int, batch
         lines.append(f"fidelity     top-1 agreement {f['top1_agreement']:.2%}, KL {f['kl']:.4f} vs the original")
     lines.append(f"parameters   {result['params']:,d}")
     lines.append(f"MACs/sample  {result['macs']:,d}")
-    lines.append(f"CPU latency  {result['latency_ms']:.2f} ms per batch of {batch} (median of 30)")
+    merged = sum(f == "dense" for f in result["execution"].values())
+    lines.append(f"CPU latency  {result['latency_ms']:.2f} ms per batch of {batch} (median of 30; execution plan: "
+                 f"{merged} of {len(result['execution'])} compressed layers run merged)")
     return "\n".join(lines)

@@ -7,7 +7,7 @@ import statistics
 import time
 from typing import Any
 
-__all__ = ["accuracy", "fidelity", "summary", "latency_ms", "paired_latency"]
+__all__ = ["accuracy", "fidelity", "summary", "latency_ms", "paired_latency", "seeded_batch"]
 
 
 def accuracy(model: Any, x: Any, y: Any) -> float:
@@ -38,7 +38,7 @@ def summary(model: Any, shape: tuple[int, ...]) -> dict[str, int]:
     return {"params": int(counts.model_params(model)), "macs": int(counts.model_macs(model, shape))}
 
 
-def _seeded_batch(shape: tuple[int, ...], batch: int) -> Any:
+def seeded_batch(shape: tuple[int, ...], batch: int) -> Any:
     import torch
 
     return torch.randn((batch,) + shape, generator=torch.Generator().manual_seed(0))
@@ -48,7 +48,7 @@ def latency_ms(model: Any, shape: tuple[int, ...], batch: int, runs: int = 30) -
     """Median wall time (ms) of one forward pass on a batch, CPU, no grad."""
     import torch
 
-    x = _seeded_batch(shape, batch)
+    x = seeded_batch(shape, batch)
     model.eval()
     times = []
     with torch.inference_mode():
@@ -61,12 +61,17 @@ def latency_ms(model: Any, shape: tuple[int, ...], batch: int, runs: int = 30) -
     return statistics.median(times)
 
 
-def paired_latency(a: Any, b: Any, shape: tuple[int, ...], batch: int, runs: int = 20) -> tuple[float, float]:
-    """Median forward time (ms) of two models on the same batch, runs interleaved so that
-    machine load affects both alike."""
+def paired_latency(a: Any, b: Any, shape: tuple[int, ...], batch: int, runs: int = 20) -> dict[str, float]:
+    """Forward time of two models on the same batch, CPU, no grad, measured in ``runs``
+    interleaved rounds (the order alternates each round) so that machine load affects
+    both alike.
+
+    Returns: ms_a, ms_b (medians), iqr_a, iqr_b ([q1, q3] widths, ms), ratio (median
+    of the per-round ratios b / a), ratio_q1, ratio_q3, runs.
+    """
     import torch
 
-    x = _seeded_batch(shape, batch)
+    x = seeded_batch(shape, batch)
     ta: list[float] = []
     tb: list[float] = []
     a.eval()
@@ -75,9 +80,14 @@ def paired_latency(a: Any, b: Any, shape: tuple[int, ...], batch: int, runs: int
         for _ in range(2):
             a(x)
             b(x)
-        for _ in range(runs):
-            for model, acc in ((a, ta), (b, tb)):
+        for r in range(runs):
+            pairs = ((a, ta), (b, tb)) if r % 2 == 0 else ((b, tb), (a, ta))
+            for model, acc in pairs:
                 t0 = time.perf_counter()
                 model(x)
                 acc.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(ta), statistics.median(tb)
+    ratios = [y / x_ for x_, y in zip(ta, tb)]
+    qa, qb, qr = (statistics.quantiles(v, n=4) for v in (ta, tb, ratios))
+    return dict(ms_a=statistics.median(ta), ms_b=statistics.median(tb), iqr_a=qa[2] - qa[0], iqr_b=qb[2] - qb[0],
+                ratio=statistics.median(ratios), ratio_q1=qr[0], ratio_q3=qr[2], runs=runs)
+
