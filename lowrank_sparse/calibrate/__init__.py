@@ -6,7 +6,9 @@ returns a :class:`Calibration` with one :class:`LayerStats` per compressible lay
 Modules, one job each:
 
 * :mod:`.config`: :class:`CalibrationConfig`, the settings of the pass;
-* :mod:`.batches`: input batches from tensors, lists, DataLoaders (:func:`iter_batches`);
+* :mod:`.batches`: the forward calls of tensors, tuples, dicts, DataLoaders
+  (:func:`iter_model_batches`, with the ``attention_mask`` token mask) and their input
+  tensors (:func:`iter_batches`);
 * :mod:`.layers`: which layers are compressible (:func:`find_layers`) and which ones
   ``keep_first_last`` protects (:func:`first_last_protected`);
 * :mod:`.capture`: a layer's inputs as a matrix (:func:`layer_input_matrix`);
@@ -19,13 +21,13 @@ Modules, one job each:
 """
 
 from .activation import NONLINEAR, ActivationInfo
-from .batches import CalibrationData, iter_batches
+from .batches import CalibrationData, ModelBatch, iter_batches, iter_model_batches
 from ..nn.geometry import conv_padding
-from .capture import layer_input_matrix
+from .capture import layer_input_matrix, token_rows
 from .config import DEFAULT_SAMPLE_SIZE, CalibrationConfig, resolve_calibration
 from .detect import detect_activations
 from .fold import FoldedProblem, folded_problem, unfold_decomposition
-from .layers import find_layers, first_last_protected
+from .layers import find_layers, first_last_protected, is_conv1d, weight_matrix
 from .run import calibrate
 from .stats import Calibration, LayerStats, stats_error
 
@@ -37,6 +39,7 @@ __all__ = [
     "DEFAULT_SAMPLE_SIZE",
     "FoldedProblem",
     "LayerStats",
+    "ModelBatch",
     "NONLINEAR",
     "calibrate",
     "conv_padding",
@@ -44,9 +47,13 @@ __all__ = [
     "find_layers",
     "first_last_protected",
     "folded_problem",
+    "is_conv1d",
     "iter_batches",
+    "iter_model_batches",
     "layer_input_matrix",
     "resolve_calibration",
     "stats_error",
+    "token_rows",
     "unfold_decomposition",
+    "weight_matrix",
 ]

@@ -4,7 +4,9 @@
 :func:`activation_of_module` / :func:`activation_of_call` recognise activation modules
 (``nn.ReLU``, ``nn.LeakyReLU``, ``nn.GELU``, ``nn.SiLU``, ``nn.Tanh``, ``nn.ReLU6``)
 and functional calls in a torch.fx graph (``F.relu`` / ``torch.relu`` / ``.relu()``
-and friends).  ``ReLU6`` is fitted as ReLU (the clip at 6 is ignored) and the
+and friends), and the activation modules of Hugging Face ``transformers`` by class name
+(:data:`HF_ACTIVATIONS`: ``GELUActivation`` is exact GELU, ``NewGELUActivation`` and the
+other tanh forms approximate GELU, ``SiLUActivation`` is SiLU).  ``ReLU6`` is fitted as ReLU (the clip at 6 is ignored) and the
 tanh-approximate GELU as exact GELU; both are marked not exact.
 """
 
@@ -69,8 +71,42 @@ class ActivationInfo:
 _GELU_TANH_NOTE = "tanh-approximate GELU fitted as exact GELU"
 
 
+#: ``transformers.activations`` classes (matched by name, transformers is not imported):
+#: (solver activation, exact, note).
+HF_ACTIVATIONS: dict[str, tuple[str, bool, str]] = {
+    "GELUActivation": ("gelu", True, ""),
+    "NewGELUActivation": ("gelu", False, _GELU_TANH_NOTE),
+    "GELUTanh": ("gelu", False, _GELU_TANH_NOTE),
+    "PytorchGELUTanh": ("gelu", False, _GELU_TANH_NOTE),
+    "FastGELUActivation": ("gelu", False, _GELU_TANH_NOTE),
+    "AccurateGELUActivation": ("gelu", False, _GELU_TANH_NOTE),
+    "QuickGELUActivation": ("gelu", False, "x * sigmoid(1.702 x) fitted as exact GELU"),
+    "ClippedGELUActivation": ("gelu", False, "clipped GELU fitted as exact GELU (clip ignored)"),
+    "SiLUActivation": ("silu", True, ""),
+}
+
+
+def _hf_activation(mod: nn.Module) -> Optional[ActivationInfo]:
+    cls = type(mod)
+    entry = HF_ACTIVATIONS.get(cls.__name__) if cls.__module__.startswith("transformers.") else None
+    if entry is None:
+        return None
+    name, exact, note = entry
+    return ActivationInfo(name, exact=exact, note=note)
+
+
+def is_hf_identity(mod: nn.Module) -> bool:
+    """Whether ``mod`` is transformers' ``LinearActivation`` (the identity)."""
+    cls = type(mod)
+    return cls.__name__ == "LinearActivation" and cls.__module__.startswith("transformers.")
+
+
 def activation_of_module(mod: nn.Module) -> Optional[ActivationInfo]:
-    """ActivationInfo for an activation module, None for any other module."""
+    """ActivationInfo for an activation module (torch's, or one of transformers'
+    :data:`HF_ACTIVATIONS`), None for any other module."""
+    hf = _hf_activation(mod)
+    if hf is not None:
+        return hf
     if isinstance(mod, nn.ReLU):
         return ActivationInfo("relu")
     if isinstance(mod, nn.ReLU6):

@@ -21,14 +21,32 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .activation import ActivationInfo, activation_of_call, activation_of_module
+from .activation import ActivationInfo, activation_of_call, activation_of_module, is_hf_identity
 from .fold import BN_MODULES, bn_foldable
 from .layers import find_layers
 
-__all__ = ["PASS_MODULES", "RuntimeDetector", "detect_activations"]
+__all__ = ["GATED_MLP_NOTE", "PASS_MODULES", "RuntimeDetector", "detect_activations", "gated_mlp_layers"]
 
 #: Pass-through modules between a layer and its activation (identity in eval mode).
 PASS_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
+
+#: Children of a gated MLP block (Llama, Mistral, Qwen, ...): down(act(gate(x)) * up(x)).
+GATED_MLP_CHILDREN = ("gate_proj", "up_proj", "down_proj")
+GATED_MLP_NOTE = ("gated MLP (down_proj(act(gate_proj(x)) * up_proj(x))): fitted as linear on its input "
+                  "Gram, the gate's product is not modelled")
+
+
+def gated_mlp_layers(model: nn.Module) -> dict[str, str]:
+    """{qualified name: note} of the layers of every gated MLP block in ``model``: a
+    module with children named ``gate_proj``, ``up_proj`` and ``down_proj``."""
+    out: dict[str, str] = {}
+    for name, mod in model.named_modules():
+        children = dict(mod.named_children())
+        if all(c in children for c in GATED_MLP_CHILDREN):
+            for c in GATED_MLP_CHILDREN:
+                out[f"{name}.{c}" if name else c] = GATED_MLP_NOTE
+    return out
+
 
 #: Longest chain of pass-through / BatchNorm nodes followed in the graph.
 _MAX_CHAIN = 8
@@ -108,7 +126,7 @@ def _follow_fx(node: Any, modules: dict[str, nn.Module]) -> ActivationInfo:
                                                     "fitted as linear")
         if nxt.op == "call_module":
             mod = modules.get(str(nxt.target))
-            if isinstance(mod, PASS_MODULES):
+            if isinstance(mod, PASS_MODULES) or (mod is not None and is_hf_identity(mod)):
                 chain.append(str(nxt.target))
                 cur = nxt
                 continue
@@ -160,7 +178,7 @@ class RuntimeDetector:
                 self.handles.append(mod.register_forward_hook(self._bn_hook(name, mod)))
             elif activation_of_module(mod) is not None:
                 self.handles.append(mod.register_forward_pre_hook(self._act_hook(name, mod)))
-            elif isinstance(mod, PASS_MODULES):
+            elif isinstance(mod, PASS_MODULES) or is_hf_identity(mod):
                 self.handles.append(mod.register_forward_hook(self._pass_hook()))
 
     def _record(self, out: Any, layer: str, bn: Optional[str]) -> None:

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 import torch.nn as nn
 
+from .layers import weight_matrix
+
 if TYPE_CHECKING:  # pragma: no cover
     from .stats import LayerStats
 
@@ -117,7 +119,8 @@ class FoldedProblem:
 def folded_problem(stats: "LayerStats", module: nn.Module) -> FoldedProblem:
     """The solver view of ``module`` (see the module doc), for the allocator and the solves."""
     scale = solver_scale(stats.bn_scale)
-    W, b = fold_affine(module.weight.reshape(stats.weight_shape), module.bias, scale, stats.bn_shift)
+    W, b = fold_affine(weight_matrix(module).contiguous().reshape(stats.weight_shape), module.bias, scale,
+                       stats.bn_shift)
     return FoldedProblem(W, b, scale)
 
 

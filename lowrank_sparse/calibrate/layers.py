@@ -4,11 +4,29 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 import torch.nn as nn
 
 from ..nn.geometry import pair
 
-__all__ = ["describe_layer", "find_layers", "first_last_protected"]
+__all__ = ["describe_layer", "find_layers", "first_last_protected", "is_conv1d", "weight_matrix"]
+
+
+def is_conv1d(mod: nn.Module) -> bool:
+    """Whether ``mod`` is a ``transformers.pytorch_utils.Conv1D`` (GPT-2's linear layer
+    with a transposed (in, out) weight: ``y = x @ W + b``), checked without importing
+    transformers."""
+    cls = type(mod)
+    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.")
+
+
+def weight_matrix(mod: nn.Module) -> torch.Tensor:
+    """The (out, in*kh*kw) weight of a layer as the solver sees it: a Linear's weight, a
+    Conv2d's flattened, a Conv1D's transposed (a view, not a copy)."""
+    if is_conv1d(mod):
+        return mod.weight.T
+    return mod.weight.reshape(mod.weight.shape[0], -1)
+
 
 _UNSUPPORTED_CONVS = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -18,14 +36,15 @@ def find_layers(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], dict[str
 
     Returns:
         (layers, skipped): ``layers`` lists (qualified name, module) for every
-        ``nn.Linear`` and every ``nn.Conv2d`` with ``groups == 1`` in module order;
+        ``nn.Linear``, every ``transformers`` ``Conv1D`` (:func:`is_conv1d`) and every
+        ``nn.Conv2d`` with ``groups == 1`` in module order;
         ``skipped`` maps grouped / depthwise convs and other conv kinds (Conv1d,
         Conv3d, transposed) to the reason they are not compressed.
     """
     layers: list[tuple[str, nn.Module]] = []
     skipped: dict[str, str] = {}
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear):
+        if isinstance(mod, nn.Linear) or is_conv1d(mod):
             layers.append((name, mod))
         elif isinstance(mod, nn.Conv2d):
             if mod.groups != 1:
@@ -60,6 +79,8 @@ def describe_layer(mod: nn.Module) -> str:
     """Short constructor-like text of a layer, for error messages."""
     if isinstance(mod, nn.Linear):
         return f"Linear(in_features={mod.in_features}, out_features={mod.out_features})"
+    if is_conv1d(mod):
+        return f"Conv1D(nf={mod.weight.shape[1]}, nx={mod.weight.shape[0]})"
     if isinstance(mod, nn.Conv2d):
         return (f"Conv2d(in_channels={mod.in_channels}, out_channels={mod.out_channels}, "
                 f"kernel_size={pair(mod.kernel_size)})")

@@ -8,6 +8,13 @@ eval-mode BatchNorm in between folded into the objective
 (:mod:`~lowrank_sparse.calibrate.fold`).  A BatchNorm without running statistics
 cannot be folded: the layer is then fitted as linear and the reason is reported.
 
+Batches are tensors, tuples or dicts (:mod:`~lowrank_sparse.calibrate.batches`: a dict
+goes in as ``model(**batch)``); with an ``attention_mask`` the padding positions are left
+out of every linear layer's statistics (Gram, mean, count, subsample) whose input has
+the mask's (B, T) leading dims.  The three layers of a gated MLP (``gate_proj``,
+``up_proj``, ``down_proj``) are fitted as linear on their input Gram (the product of
+two branches is not an activation the solver models); the report says so.
+
 The model runs in eval mode (BatchNorm running statistics, no dropout); each module's
 training flag is restored afterwards and the parameters are never modified.
 """
@@ -21,11 +28,12 @@ import torch.nn as nn
 
 from ..nn.geometry import conv_padding, pair
 from .activation import ActivationInfo
-from .batches import CalibrationData, iter_batches
+from .batches import CalibrationData, ModelBatch, iter_model_batches
+from .capture import token_rows
 from .config import CalibrationConfig, resolve_calibration
-from .detect import RuntimeDetector, detect_activations
+from .detect import RuntimeDetector, detect_activations, gated_mlp_layers
 from .fold import bn_affine
-from .layers import describe_layer, find_layers
+from .layers import describe_layer, find_layers, weight_matrix
 from .stats import Calibration, GramCollector, LayerStats
 
 __all__ = ["calibrate"]
@@ -50,7 +58,7 @@ def calibrate(
     Args:
         model: the network; its parameters are not modified, its modules' training
             flags are restored afterwards (it runs in eval mode).
-        data: calibration inputs (see :func:`~lowrank_sparse.calibrate.iter_batches`).
+        data: calibration batches (see :func:`~lowrank_sparse.calibrate.iter_model_batches`).
         layers: qualified names of the layers to collect (default: every compressible
             layer, :func:`~lowrank_sparse.calibrate.find_layers`).  Names that are
             not compressible layers raise ValueError.
@@ -119,7 +127,7 @@ def _device(model: nn.Module, device: Optional[Union[str, torch.device]]) -> tor
 
 
 def _new_stats(name: str, mod: nn.Module) -> LayerStats:
-    m, n = int(mod.weight.shape[0]), int(mod.weight[0].numel())
+    m, n = (int(s) for s in weight_matrix(mod).shape)
     if isinstance(mod, nn.Conv2d):
         kh, kw = pair(mod.kernel_size)
         return LayerStats(name, "conv", (m, n), block=kh * kw, kernel_size=(kh, kw), stride=pair(mod.stride),
@@ -140,6 +148,8 @@ class _Run:
         self.model, self.chosen, self.cfg = model, chosen, cfg
         self.names = [n for n, _ in chosen]
         self.modules = dict(model.named_modules())
+        self.gated = gated_mlp_layers(model)
+        self.mask: Optional[torch.Tensor] = None  # the running batch's token mask
         self.stats: dict[str, LayerStats] = {}
         self.collectors: dict[str, GramCollector] = {}
         for i, (name, mod) in enumerate(chosen):
@@ -161,6 +171,8 @@ class _Run:
         self.pending: dict[str, list[torch.Tensor]] = {n: [] for n in self.names}
 
     def set_activation(self, name: str, info: ActivationInfo) -> None:
+        if name in self.gated:
+            info = ActivationInfo(source=info.source, note=self.gated[name])
         st = self.stats[name]
         st.activation = info
         if info.bn is not None:
@@ -176,6 +188,8 @@ class _Run:
     def _layer_hook(self, name: str):
         def hook(mod: nn.Module, inp: Any, out: Any) -> None:
             x, st = inp[0], self.stats[name]
+            if st.kind == "linear":
+                x = token_rows(x, self.mask)  # padding positions left out
             if self.first_batch:
                 st.calls += 1
                 if st.kind == "conv" and st.in_hw is None:
@@ -196,16 +210,18 @@ class _Run:
             handles.append(mod.register_forward_hook(self._layer_hook(name)))
         return handles
 
-    def _forward(self, x: torch.Tensor) -> None:
-        self.running = None
+    def _forward(self, batch: ModelBatch) -> None:
+        self.running, self.mask = None, batch.mask
         try:
-            self.model(x)
+            batch(self.model)
         except ValueError as err:
             if str(err).startswith("layer '"):
                 raise
-            self._raise_shape(err, x)
+            self._raise_shape(err, batch.primary)
         except (RuntimeError, IndexError, TypeError) as err:
-            self._raise_shape(err, x)
+            self._raise_shape(err, batch.primary)
+        finally:
+            self.mask = None
 
     def _after_first_batch(self) -> None:
         if self.runtime is not None:
@@ -225,13 +241,13 @@ class _Run:
         batches = samples = 0
         try:
             with torch.no_grad():
-                for x in iter_batches(data, self.cfg.batch_size):
+                for batch in iter_model_batches(data, self.model, self.cfg.batch_size):
                     if self.cfg.max_batches is not None and batches >= self.cfg.max_batches:
                         break
+                    x = batch.primary
                     if x.dim() > 0 and x.shape[0] == 0:
                         continue
-                    x = x.to(device)
-                    self._forward(x)
+                    self._forward(batch.to(device))
                     if self.first_batch:
                         self._after_first_batch()
                     batches += 1
