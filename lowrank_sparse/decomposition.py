@@ -1,8 +1,11 @@
-"""decompose(W, rank, density, ...): fit W ~ L + S for one layer by ADMM.
+"""decompose(W, rank, density, ...): fit W ~ L + S for one layer.
 
-See docs/method.md for the derivation.  The solve runs in the C++ core ("native",
-CPU tensors / numpy) or in pure torch ("torch", CPU or CUDA); both run the same
-iterations from the same seeded start.
+Identity activation (weight or Gram metric) and the relaxed problem: ADMM; a
+nonlinear activation with calibration inputs: the activation-aware refinement
+(lowrank_sparse.activation_aware) unless ``refine=False`` asks for the nonlinear
+ADMM.  See docs/method.md for the derivation.  The ADMM runs in the C++ core
+("native", CPU tensors / numpy) or in pure torch ("torch", CPU or CUDA); both run
+the same iterations from the same seeded start.  ``info.path`` says which ran.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def decompose(
     lam_sparse: Optional[float] = None,
     progress: Optional[bool] = None,
     threads: Optional[int] = None,
-    refine: bool = False,
+    refine: Optional[bool] = None,
 ) -> Decomposition:
     """Decompose a weight W (m, n) into L + S, L = U @ V of rank <= ``rank`` (per slice),
     S structured-sparse with ``density``, keeping the layer output close on data.
@@ -68,7 +71,8 @@ def decompose(
         config: the solver settings (:class:`~lowrank_sparse.SolverConfig`; default
             SolverConfig()).  Each of its fields is also a keyword of this function
             (backend, max_iter, tol, seed, subsample, relaxed, lam_nuclear, lam_sparse,
-            progress, threads); a keyword that is given (not None) overrides the field.
+            progress, threads, refine); a keyword that is given (not None) overrides the
+            field.
             backend: "auto" (native for CPU, torch for CUDA), "native" or "torch";
             max_iter, tol: iteration cap (300), tolerance on the relative primal and
             dual residuals (1e-4); seed: seeds the initial right subspace and the data
@@ -79,30 +83,43 @@ def decompose(
             defaults of lowrank_sparse._validate.default_lambdas); progress: print a
             one-line summary to stderr; threads: threads of the native backend
             (default torch.get_num_threads()).
-        refine: nonlinear activation only: the activation-aware refinement
+        refine: the solver of a nonlinear activation.  None (default: the config's
+            field, itself None) or True: the activation-aware refinement
             (lowrank_sparse.activation_aware: the better of the Gram-mode and OATS-style
             starts, then L-BFGS on the post-activation objective with S's support
-            fixed and held-out early stopping) instead of the nonlinear ADMM.
+            fixed and held-out early stopping; ``max_iter`` caps its L-BFGS
+            iterations).  False: the nonlinear ADMM.  The relaxed problem runs the
+            ADMM (True with relaxed raises ValueError); the identity activation is
+            unaffected.
 
     Returns:
         Decomposition (U, V, S as the input's type, dtype and device) with ``info``:
         iterations, converged, seconds, residual and objective histories (objective =
-        relative error of L + S in the layer's metric), backend, and ``extra`` (penalty
-        history, "samples" used in the nonlinear mode, "refit", "error").
+        relative error of L + S in the layer's metric), backend, ``path`` ("admm" or
+        "refine") and ``extra`` (penalty history, "samples" used in the nonlinear
+        mode, "refit", "error"; the refinement's keys: see
+        lowrank_sparse.activation_aware.decompose_activation).
 
     Raises:
-        TypeError, ValueError: see lowrank_sparse._validate.prepare.
+        TypeError, ValueError: see lowrank_sparse._validate.prepare; ValueError for
+            refine=True with relaxed=True.
     """
     cfg = resolve(config, dict(backend=backend, max_iter=max_iter, tol=tol, seed=seed,
                                subsample=subsample, relaxed=relaxed, lam_nuclear=lam_nuclear,
-                               lam_sparse=lam_sparse, progress=progress, threads=threads))
+                               lam_sparse=lam_sparse, progress=progress, threads=threads,
+                               refine=refine))
+    if cfg.refine is not None and not isinstance(cfg.refine, bool):
+        raise TypeError(f"refine must be None, True or False, got {cfg.refine!r}")
+    if cfg.refine and cfg.relaxed:
+        raise ValueError("refine=True solves the rank / sparsity-constrained problem; "
+                         "relaxed=True needs refine=False or None (the ADMM)")
     pr = prepare(
         W, rank, density, structure, X=X, gram=gram, bias=bias, activation=activation,
         negative_slope=negative_slope, block=block, slices=slices, backend=cfg.backend,
         max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, subsample=cfg.subsample,
         relaxed=cfg.relaxed, lam_nuclear=cfg.lam_nuclear, lam_sparse=cfg.lam_sparse,
     )
-    if refine and pr.spec.mode == "nonlinear" and not pr.spec.relaxed:
+    if cfg.refine is not False and pr.spec.mode == "nonlinear" and not pr.spec.relaxed:
         from .activation_aware import decompose_activation
 
         return decompose_activation(W, pr, cfg, density, structure, block)
@@ -164,6 +181,7 @@ def decompose(
         objective=[float(v) for v in raw.objective],
         backend=pr.backend,
         extra=extra,
+        path="admm",
     )
     if progress:
         print(

@@ -29,11 +29,25 @@ def _same(a, b) -> None:
 @pytest.mark.parametrize("activation", [None, "relu"], ids=["gram", "relu"])
 def test_config_is_the_same_call_as_its_keywords(problem, backend, activation) -> None:
     W, X = problem
-    kw = dict(backend=backend, max_iter=7, tol=1e-9, seed=3, subsample=40)
+    # refine=False: the ADMM path for relu too (its iteration count is checked)
+    kw = dict(backend=backend, max_iter=7, tol=1e-9, seed=3, subsample=40, refine=False)
     a = lrs.decompose(W, 3, 0.1, X=X, activation=activation, **kw)
     b = lrs.decompose(W, 3, 0.1, X=X, activation=activation, config=lrs.SolverConfig(**kw))
     _same(a, b)
     assert a.info.iterations == b.info.iterations == 7
+    assert a.info.path == b.info.path == "admm"
+
+
+def test_refine_field_is_the_same_call_as_its_keyword(problem) -> None:
+    W, X = problem
+    a = lrs.decompose(W, 3, 0.1, X=X, activation="gelu", refine=False)
+    b = lrs.decompose(W, 3, 0.1, X=X, activation="gelu", config=lrs.SolverConfig(refine=False))
+    c = lrs.decompose(W, 3, 0.1, X=X, activation="gelu", config=lrs.SolverConfig(refine=False), refine=True)
+    _same(a, b)
+    assert a.info.path == "admm" and c.info.path == "refine"
+    assert lrs.decompose(W, 3, 0.1, X=X, activation="gelu").info.path == "refine"
+    with pytest.raises(TypeError, match="refine"):
+        lrs.decompose(W, 3, 0.1, X=X, activation="gelu", refine="yes")
 
 
 def test_keyword_overrides_the_config_field(problem) -> None:
@@ -60,7 +74,7 @@ def test_baselines_take_the_config(problem) -> None:
     a = rank_only(W, 3, X=X, activation="relu", config=cfg)
     b = rank_only(W, 3, X=X, activation="relu", seed=5, subsample=32, max_iter=6, tol=1e-12)
     _same(a, b)
-    assert a.info.iterations == 6
+    assert a.info.iterations <= 6 and a.info.path in ("admm", "refine")
     a = sparse_only(W, 0.2, X=X, activation="relu", config=cfg)
     b = sparse_only(W, 0.2, X=X, activation="relu", seed=5, subsample=32)
     _same(a, b)

@@ -43,7 +43,7 @@ def result(W: Array, U: torch.Tensor, V: torch.Tensor, S: torch.Tensor, structur
 
     info = SolveInfo(iterations=iterations, converged=True, seconds=time.perf_counter() - t0,
                      objective=list(objective or []), backend="torch",
-                     extra={"method": method, **extra})
+                     extra={"method": method, **extra}, path=method)
     return Decomposition(U=out(U), V=out(V), S=out(S), structure=structure, info=info)
 
 

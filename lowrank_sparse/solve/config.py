@@ -23,7 +23,9 @@ class SolverConfig:
     Attributes:
         backend: "auto" (native C++ core for CPU data, torch for CUDA), "native" or
             "torch".
-        max_iter: iteration cap (ADMM iterations; baselines: refinement steps).
+        max_iter: iteration cap (ADMM iterations; the activation-aware refinement:
+            L-BFGS iterations, its Gram-mode start at most 60 ADMM iterations;
+            baselines: refinement steps).
         tol: tolerance on the relative primal and dual residuals.
         seed: seeds the initial subspace and the data subsample.
         subsample: the nonlinear (activation-aware) mode uses at most this many
@@ -31,8 +33,16 @@ class SolverConfig:
         relaxed: solve the convex relaxation F + lam_nuclear ||L||_* + lam_sparse R(S)
             instead of the rank / sparsity-constrained problem.
         lam_nuclear, lam_sparse: relaxation weights (None: defaults scaled to W).
-        threads: threads of the native core (None: torch.get_num_threads()).
+        threads: threads of the native core (None: torch.get_num_threads()); the
+            activation-aware refinement runs its torch operations on this many threads.
         progress: print a one-line summary per solve to stderr.
+        refine: which solver a nonlinear activation (relu, leaky_relu, gelu, silu,
+            tanh, with calibration inputs X) gets.  None (default) or True: the
+            activation-aware refinement (the better of a Gram-mode and an OATS-style
+            start, then L-BFGS on the post-activation objective with S's support fixed
+            and held-out early stopping; docs/method.md, section 6); False: the
+            nonlinear ADMM.  The relaxed problem always runs the ADMM (None), and
+            True with ``relaxed`` is an error.  No effect on the identity activation.
     """
 
     backend: str = "auto"
@@ -45,6 +55,7 @@ class SolverConfig:
     lam_sparse: Optional[float] = None
     threads: Optional[int] = None
     progress: bool = False
+    refine: Optional[bool] = None
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

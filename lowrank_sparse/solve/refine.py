@@ -2,29 +2,50 @@
 
 Objective (relative, squared), on calibration inputs X (n, N), bias b (m,)::
 
-    f(U, V, S) = ||act((U V + S) X + b) - Y||_F^2 / ||Y||_F^2,   Y = act(W0 X + b)
+    f(U, V, S) = ||act(W_hat X + b) - Y||_F^2 / ||Y||_F^2,
+    W_hat = U V + S,   Y = act(W0 X + b)
 
 over U (m, q), V (q, n) (block-diagonal pattern kept when ALDS slices are used) and
 the values of S on its given support (entries off the support stay exactly 0), so
 every iterate has the rank and the sparsity pattern of the start.
 
-Method: L-BFGS (two-loop recursion, ``memory`` pairs) with an Armijo backtracking
-line search, on the Jacobi-scaled variables V_s = V diag(d), S_s = S diag(d),
-d_j = ||x_j|| / sqrt(N) (the input-norm scaling of OATS / Wanda; it equalises the
-diagonal of the input Gram matrix, the dominant part of the curvature).  The
-gradient is analytic: with Z = W_hat X + b, R = act(Z) - Y and Gz = 2 R act'(Z)
-/ ||Y||^2, grad_W = Gz X^T; grad_U = grad_W V^T, grad_V = U^T grad_W, grad_S =
-grad_W on the support.  One evaluation costs two (m, n, N) GEMMs.
+Method: damped L-BFGS (two-loop recursion, ``memory`` pairs) with an Armijo
+backtracking line search.  Iteration k minimises, along its direction,
 
-Early stopping: the columns are split into a fitting part and a held-out part;
-the iterate with the lowest held-out objective is returned.  The line search only
-accepts decreases of the fitting objective, so the returned iterate is never worse
-than the start on either part (and the start is returned when nothing improves).
-Stopping rule: no new best held-out iterate for ``patience`` iterations, or the best
-held-out objective has improved by less than a relative
-``improve_tol`` over the last ``patience`` iterations (tested from iteration
-3 ``patience`` on: L-BFGS can stall for a few early iterations), the held-out relative error is
-below 100 eps of the dtype (an exact fit), or the line search finds no decrease; otherwise the loop ends at ``max_iter`` (``converged`` False).
+    phi_k(x) = f(x) + c ||W_hat(x) - W_hat(x_k)||_F^2,   c = ridge mean_j(d_j^2) N / ||Y||^2,
+
+a proximal (Levenberg-Marquardt-like) damping in weight space that vanishes at the
+current iterate: the line search accepts only phi_k(x_{k+1}) < f(x_k), so ``f``
+itself decreases monotonically and any fixed point is a stationary point of ``f``
+(no bias: a planted L* + S* is recovered exactly).  The curvature pairs include the
+damping, so the quasi-Newton model is that of f + c ||.||^2: steps along input
+directions the calibration data barely excite (an input that is nonzero on one
+sample, of tiny energy d_j^2) are held back, instead of fitting a few samples with
+huge weights, which generalises badly and wrecks a later quantization (seen on a
+ReLU MLP layer: entries of |W_hat - W0| up to 22 with ``ridge`` = 0, 0.2 with it).
+
+Variables are Jacobi-scaled by the diagonal of the damped input Gram matrix:
+V_s = V diag(d), S_s = S diag(d), d_j = sqrt(||x_j||^2 / N + ridge mean(||x||^2 / N))
+(the input-norm scaling of OATS / Wanda for the ordinary inputs, bounded below for
+rare ones).  The gradient is analytic: with Z = W_hat X + b, R = act(Z) - Y and
+Gz = 2 R act'(Z) / ||Y||^2, grad_W = Gz X^T (+ 2 c (W_hat - W_hat(x_k)) in phi_k);
+grad_U = grad_W V^T, grad_V = U^T grad_W, grad_S = grad_W on the support.  One
+evaluation costs one (m, n, N) GEMM for Z, one for grad_W and one (m, q, n).
+
+Early stopping: the columns are split into a fitting part and a held-out part; the
+iterate with the lowest held-out error is returned (the start is a candidate).  As
+``f`` decreases on the fitting part, the result is never worse than the start on
+either part, hence on all columns.  Stopping rule: no new best held-out iterate for
+``patience`` iterations, or the best held-out objective has improved by less than a
+relative ``improve_tol`` over the last ``patience`` iterations (tested from
+iteration 3 ``patience`` on: L-BFGS can stall for a few early iterations), the
+held-out relative error is below 100 eps of the dtype (an exact fit), or the line
+search finds no decrease; otherwise the loop ends at ``max_iter`` (``converged``
+False).
+
+The returned factors are balanced (per slice, U = P sqrt(s), V = sqrt(s) Q^T from an
+SVD of U V through two thin QRs): the product is unchanged up to rounding, and the
+two factors have equal singular values, as the ADMM's truncated-SVD factors do.
 """
 
 from __future__ import annotations
@@ -37,7 +58,7 @@ import torch
 
 from .activations import act_derivs, act_fn
 
-__all__ = ["RefineResult", "act_and_slope", "post_activation_error", "refine"]
+__all__ = ["RefineResult", "act_and_slope", "balance", "post_activation_error", "refine"]
 
 Params = list[torch.Tensor]
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -89,14 +110,20 @@ class _Problem:
     slope: float
     nyf: float
     nyh: float
+    inv: torch.Tensor  # (n,) 1 / d
+    damp: float  # c of phi_k (0: plain L-BFGS)
 
 
 @dataclass
 class RefineResult:
     """Outcome of :func:`refine`: the best iterate (unscaled) and the histories.
 
-    ``fit`` / ``held`` are relative errors (square roots of the objective) per
-    iteration, entry 0 being the start; ``best`` the iteration returned."""
+    ``fit`` / ``held`` are relative errors ||act(W_hat X + b) - Y|| / ||Y|| on the
+    fitting / held-out columns per iteration, entry 0 being the start (``fit`` is
+    non-increasing); ``best`` the iteration returned; ``stop`` which rule ended the
+    loop: "patience" (no new best held-out iterate), "improvement" (best held-out
+    improved too little), "exact" (held-out error at rounding level), "line_search"
+    (no decrease found) or "max_iter"."""
 
     U: torch.Tensor
     V: torch.Tensor
@@ -107,34 +134,47 @@ class RefineResult:
     held: list[float] = field(default_factory=list)
     best: int = 0
     evaluations: int = 0
+    stop: str = ""
 
 
-def _pre(P: _Problem, x: Params, X: torch.Tensor) -> torch.Tensor:
+def _what(x: Params) -> torch.Tensor:
+    """Scaled W_hat = U V_s + S_s (m, n)."""
     U, Vs, Ss = x
-    Z = torch.addmm(P.b, Ss, X)
-    if U.shape[1] > 0:
-        Z.addmm_(U, Vs @ X)
-    return Z
+    return torch.addmm(Ss, U, Vs) if U.shape[1] > 0 else Ss.clone()
 
 
 def _value(P: _Problem, x: Params, X: torch.Tensor, Y: torch.Tensor, ny: float) -> float:
-    R = act_fn(_pre(P, x, X), P.name, P.slope).sub_(Y)
+    """f (relative squared error) on the columns X."""
+    R = act_fn(torch.addmm(P.b, _what(x), X), P.name, P.slope).sub_(Y)
     return float(torch.linalg.vector_norm(R)) ** 2 / ny
 
 
-def _value_grad(P: _Problem, x: Params) -> tuple[float, Params]:
+def _chain(P: _Problem, x: Params, gW: torch.Tensor) -> Params:
+    """Gradient wrt (U, V_s, S_s) from the gradient wrt the scaled W_hat."""
     U, Vs, _ = x
-    Z = _pre(P, x, P.Xf)
-    A, D = act_and_slope(Z, P.name, P.slope)
-    R = A.sub_(P.Yf)
-    f = float(torch.linalg.vector_norm(R)) ** 2 / P.nyf
-    Gz = R.mul_(D).mul_(2.0 / P.nyf)  # (m, Nf)
-    gW = Gz @ P.Xf.mT  # (m, n)
-    gU = gW @ Vs.mT
     gV = U.mT @ gW
     if P.vmask is not None:
         gV = gV * P.vmask
-    return f, [gU, gV, gW.mul_(P.mask)]
+    return [gW @ Vs.mT, gV, gW * P.mask]
+
+
+def _eval(P: _Problem, x: Params, center: Optional[torch.Tensor]
+          ) -> tuple[float, float, torch.Tensor, Params, Optional[Params]]:
+    """(phi, f, scaled W_hat, grad f, grad phi) on the fitting columns; ``center`` is
+    the scaled W_hat of the damping's centre (None: no damping term, grad phi None)."""
+    Ws = _what(x)
+    Z = torch.addmm(P.b, Ws, P.Xf)
+    A, D = act_and_slope(Z, P.name, P.slope)
+    R = A.sub_(P.Yf)
+    f = float(torch.linalg.vector_norm(R)) ** 2 / P.nyf
+    gW = R.mul_(D).mul_(2.0 / P.nyf) @ P.Xf.mT  # (m, n), wrt the scaled W_hat
+    g = _chain(P, x, gW)
+    if center is None or P.damp == 0:
+        return f, f, Ws, g, None
+    dW = (Ws - center).mul_(P.inv)  # unscaled W_hat - W_hat(x_k)
+    phi = f + P.damp * float(torch.linalg.vector_norm(dW)) ** 2
+    gphi = _chain(P, x, gW.add_(dW.mul_(P.inv), alpha=2.0 * P.damp))
+    return phi, f, Ws, g, gphi
 
 
 def _dot(a: Params, b: Params) -> float:
@@ -165,44 +205,48 @@ def _direction(g: Params, mem: list[tuple[Params, Params, float]], x: Params, f:
     return [qi.neg_() for qi in q]
 
 
-def _line_search(P: _Problem, x: Params, f: float, g: Params, p: Params,
-                 tries: int = 20) -> Optional[tuple[Params, float, Params]]:
-    """Armijo backtracking from step 1; None when no decrease is found."""
-    gp = _dot(g, p)
+def _line_search(P: _Problem, x: Params, f: float, g: Params, p: Params, center: torch.Tensor,
+                 tries: int = 20) -> Optional[tuple[Params, float, torch.Tensor, Params, Params]]:
+    """Armijo backtracking on phi_k from step 1 -> (x, f, scaled W_hat, grad f,
+    grad phi_k); None when no decrease is found."""
+    gp = _dot(g, p)  # grad phi_k = grad f at the centre
     if not gp < 0:
         return None
     t = 1.0
     for _ in range(tries):
         xn = [a + t * c for a, c in zip(x, p)]
-        fn, gn = _value_grad(P, xn)
-        if math.isfinite(fn) and fn <= f + 1e-4 * t * gp:
-            return xn, fn, gn
+        phi, fn, Wn, gn, gphi = _eval(P, xn, center)
+        if math.isfinite(phi) and phi <= f + 1e-4 * t * gp:
+            return xn, fn, Wn, gn, gn if gphi is None else gphi
         t *= 0.5
     return None
 
 
 def _setup(W0: torch.Tensor, S: torch.Tensor, V: torch.Tensor, Xf: torch.Tensor,
            Xh: Optional[torch.Tensor], bias: Optional[torch.Tensor], name: str, slope: float,
-           slices: int) -> tuple[_Problem, torch.Tensor]:
+           slices: int, ridge: float) -> tuple[_Problem, torch.Tensor]:
     """Scaled problem and the column scaling d (n,)."""
     m = W0.shape[0]
-    d = torch.linalg.vector_norm(Xf, dim=1) / math.sqrt(max(Xf.shape[1], 1))
+    Nf = max(Xf.shape[1], 1)
+    d2 = torch.linalg.vector_norm(Xf, dim=1) ** 2 / Nf
+    mean_d2 = float(torch.mean(d2.double())) if d2.numel() else 0.0
+    d = torch.sqrt(d2 + float(ridge) * mean_d2)
     dmax = float(d.max()) if d.numel() else 0.0
     d = torch.clamp(d, min=max(dmax * 1e-6, 1e-30))
-    inv = (1.0 / d).reshape(-1, 1)
+    inv = 1.0 / d
     b = (torch.zeros(m, dtype=W0.dtype, device=W0.device) if bias is None else bias).reshape(m, 1)
     Yf = act_fn(W0 @ Xf + b, name, slope)
     Yh = act_fn(W0 @ Xh + b, name, slope) if Xh is not None else None
-    vmask = (V != 0) if slices > 1 else None
+    nyf = max(float(torch.linalg.vector_norm(Yf, dtype=torch.float64)) ** 2, 1e-300)
     P = _Problem(
-        Xf=(Xf * inv).contiguous(), Yf=Yf, Xh=(Xh * inv).contiguous() if Xh is not None else None,
-        Yh=Yh, b=b, mask=S != 0, vmask=vmask, name=name, slope=slope,
-        nyf=max(float(torch.linalg.vector_norm(Yf, dtype=torch.float64)) ** 2, 1e-300),
+        Xf=(Xf * inv.reshape(-1, 1)).contiguous(), Yf=Yf,
+        Xh=(Xh * inv.reshape(-1, 1)).contiguous() if Xh is not None else None,
+        Yh=Yh, b=b, mask=S != 0, vmask=_slice_pattern(V, slices) if slices > 1 else None,
+        name=name, slope=slope, nyf=nyf,
         nyh=max(float(torch.linalg.vector_norm(Yh, dtype=torch.float64)) ** 2, 1e-300)
         if Yh is not None else 1.0,
+        inv=inv, damp=float(ridge) * mean_d2 * Nf / nyf,
     )
-    if vmask is not None:  # the block pattern of the start (a zero block row stays zero)
-        P.vmask = _slice_pattern(V, slices)
     return P, d
 
 
@@ -215,47 +259,72 @@ def _slice_pattern(V: torch.Tensor, slices: int) -> torch.Tensor:
     return rows.reshape(-1, 1) == cols.reshape(1, -1)
 
 
+def balance(U: torch.Tensor, V: torch.Tensor, slices: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors of the same product U V with equal singular values, per slice:
+    U_i = Qu P sqrt(s), V_i = sqrt(s) Q^T Qv^T from U_i = Qu Ru, V_i^T = Qv Rv and
+    Ru Rv^T = P diag(s) Q^T.  A slice's V block stays on its own columns."""
+    q, n = V.shape
+    if q == 0:
+        return U, V
+    U2, V2 = torch.zeros_like(U), torch.zeros_like(V)
+    rq, rn = q // slices, n // slices
+    for i in range(slices):
+        rs = slice(i * rq, (i + 1) * rq)
+        cs = slice(i * rn, (i + 1) * rn) if slices > 1 else slice(0, n)
+        Qu, Ru = torch.linalg.qr(U[:, rs])
+        Qv, Rv = torch.linalg.qr(V[rs, cs].mT)
+        Pl, sv, Qt = torch.linalg.svd(Ru @ Rv.mT)
+        sq = torch.sqrt(sv)
+        U2[:, rs] = Qu @ (Pl * sq)
+        V2[rs, cs] = (sq.reshape(-1, 1) * Qt) @ Qv.mT
+    return U2, V2
+
+
 def refine(
     W0: torch.Tensor, U: torch.Tensor, V: torch.Tensor, S: torch.Tensor,
     X_fit: torch.Tensor, X_held: Optional[torch.Tensor], bias: Optional[torch.Tensor],
     activation: str, slope: float = 0.01, *, slices: int = 1, max_iter: int = 300,
-    patience: int = 5, improve_tol: float = 2e-3, memory: int = 8,
+    patience: int = 5, improve_tol: float = 2e-3, memory: int = 8, ridge: float = 1e-3,
 ) -> RefineResult:
     """Minimise the post-activation objective from (U, V, S), S's support fixed.
 
     Args:
         W0: (m, n) original weight; U (m, q), V (q, n), S (m, n): the start.
         X_fit: (n, Nf) fitting columns; X_held: (n, Nh) held-out columns or None (then
-            the fitting objective selects the iterate and drives the stopping rule).
+            the fitting error selects the iterate and drives the stopping rule).
         bias: (m,) or None; activation, slope: as in decompose.
         slices: ALDS slices of V (its block pattern is kept).
         max_iter: iteration cap; patience, improve_tol: the stopping rule (module doc);
-        memory: L-BFGS pairs kept.
+        memory: L-BFGS pairs kept; ridge: the damping weight relative to the mean
+            input energy, also the floor of the Jacobi scaling (module doc; 0: plain
+            L-BFGS with the input-norm scaling).
 
     Returns:
-        RefineResult with the best iterate (same dtype/device as W0).
+        RefineResult with the best iterate (same dtype/device as W0), factors balanced.
     """
-    P, d = _setup(W0, S, V, X_fit, X_held, bias, activation, slope, slices)
+    P, d = _setup(W0, S, V, X_fit, X_held, bias, activation, slope, slices, ridge)
     x = [U.clone(), V * d, S * d]
-    f, g = _value_grad(P, x)
+    f, _, Wc, g, _ = _eval(P, x, None)
     held = (lambda z: _value(P, z, P.Xh, P.Yh, P.nyh)) if P.Xh is not None else None
     h = held(x) if held else f
     fit_hist, held_hist = [math.sqrt(f)], [math.sqrt(h)]
     best, best_h, best_it = [t.clone() for t in x], h, 0
+    best_hist = [h]  # the best held-out value after each iteration
     mem: list[tuple[Params, Params, float]] = []
-    converged, it, evals = False, 0, 1
+    converged, it, evals, stop = False, 0, 1, "max_iter"
+    tiny = (100.0 * torch.finfo(W0.dtype).eps) ** 2
     for it in range(1, max_iter + 1):
-        step = _line_search(P, x, f, g, _direction(g, mem, x, f))
+        step = _line_search(P, x, f, g, _direction(g, mem, x, f), Wc)
         if step is None and mem:  # stale curvature pairs: retry along -g
             mem.clear()
-            step = _line_search(P, x, f, g, _direction(g, mem, x, f))
+            step = _line_search(P, x, f, g, _direction(g, mem, x, f), Wc)
         if step is None:
-            converged, it = True, it - 1
+            converged, it, stop = True, it - 1, "line_search"
             break
-        xn, fn, gn = step
+        xn, fn, Wc, gn, gphi = step
         evals += 1
         s = [a - c for a, c in zip(xn, x)]
-        y = [a - c for a, c in zip(gn, g)]
+        y = [a - c for a, c in zip(gphi, g)]  # curvature of phi_k (damping included)
         sy = _dot(s, y)
         if sy > 1e-12 * math.sqrt(_dot(s, s) * _dot(y, y)):
             mem.append((s, y, 1.0 / sy))
@@ -266,16 +335,18 @@ def refine(
         held_hist.append(math.sqrt(h))
         if h < best_h:
             best, best_h, best_it = [t.clone() for t in x], h, it
-        if h <= (100.0 * torch.finfo(W0.dtype).eps) ** 2:  # exact up to rounding
-            converged = True
+        best_hist.append(best_h)
+        if best_h <= tiny:  # exact up to rounding
+            converged, stop = True, "exact"
             break
         if it - best_it >= patience:  # no new best held-out iterate for `patience` iterations
-            converged = True
+            converged, stop = True, "patience"
             break
-        if it > 3 * patience and min(held_hist[-patience:]) ** 2 > (1 - improve_tol) * min(held_hist[:-patience]) ** 2:
-            converged = True
+        if it > 3 * patience and best_h > (1 - improve_tol) * best_hist[-1 - patience]:
+            converged, stop = True, "improvement"
             break
     Ub, Vb, Sb = best
     inv = 1.0 / d
-    return RefineResult(U=Ub, V=Vb * inv, S=Sb * inv, iterations=it, converged=converged,
-                        fit=fit_hist, held=held_hist, best=best_it, evaluations=evals)
+    Ub, Vb = balance(Ub, Vb * inv, slices)
+    return RefineResult(U=Ub, V=Vb, S=Sb * inv, iterations=it, converged=converged,
+                        fit=fit_hist, held=held_hist, best=best_it, evaluations=evals, stop=stop)

@@ -26,6 +26,11 @@ class SolveInfo:
         objective: per-iteration objective value (reconstruction error, relative).
         backend: "native" or "torch".
         extra: anything solver-specific (penalty history, subsample size, ...).
+        path: the algorithm that produced the result: "admm" (decompose's ADMM, every
+            mode), "refine" (the activation-aware refinement of a nonlinear
+            activation; ``iterations`` / ``converged`` are then its L-BFGS ones), a
+            peer's name ("oats", "wanda", "whitened_svd"), or "" when not recorded
+            (the baselines' closed forms, results written before this field existed).
     """
 
     iterations: int = 0
@@ -36,6 +41,7 @@ class SolveInfo:
     objective: list[float] = field(default_factory=list)
     backend: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
 
 
 @dataclass
