@@ -87,6 +87,12 @@ def refit_support(R: torch.Tensor, mask: torch.Tensor, G: Optional[torch.Tensor]
     calibration data has fewer samples than a row keeps entries (G_JJ singular), where
     an unregularised refit fits rounding noise and returned values 20x the weights.
 
+    Cost: one (m, n) x (n, n) product for every row's right-hand side
+    (G_{J,J^c} R_{J^c} = [G (R_i masked to J^c)]_J), then per row a gather of the
+    (k, k) block and its Cholesky factorisation, k^3 / 3 flops for k kept entries
+    (rows with the same support share one factorisation; rows with the same count k
+    are factorised as a batch).
+
     Args:
         R: (m, n) target (W0 minus the low-rank part).
         mask: (m, n) bool support.
@@ -96,28 +102,43 @@ def refit_support(R: torch.Tensor, mask: torch.Tensor, G: Optional[torch.Tensor]
     if G is None:
         return torch.where(mask, R, zero)
     m, n = R.shape
-    ridge = (REFIT_RIDGE if ridge is None else float(ridge)) * float(torch.diagonal(G).mean().clamp(min=1e-30))
+    lam = (REFIT_RIDGE if ridge is None else float(ridge)) * float(torch.diagonal(G).mean().clamp(min=1e-30))
+    T = torch.where(mask, zero, R) @ G  # (m, n): row i is G R_{i, J^c} (G symmetric)
     S = torch.zeros_like(R)
-
-    def solve_rows(rows: torch.Tensor, J: torch.Tensor) -> None:
-        Jc = ~J
-        nj = int(J.sum())
-        if nj == 0:
-            return
-        if nj == n:
-            S[rows] = R[rows]
-            return
-        GJJ = G[J][:, J] + ridge * torch.eye(nj, dtype=R.dtype, device=R.device)
-        rhs = G[J][:, Jc] @ R[rows][:, Jc].mT  # (nj, rows)
-        sol = torch.linalg.solve(GJJ, rhs).mT  # (rows, nj)
-        block = R[rows][:, J] + sol
-        tmp = torch.zeros(rows.numel(), n, dtype=R.dtype, device=R.device)
-        tmp[:, J] = block
-        S[rows] = tmp
-
     if bool((mask == mask[0:1]).all()):
-        solve_rows(torch.arange(m, device=R.device), mask[0])
-    else:
-        for i in range(m):
-            solve_rows(torch.tensor([i], device=R.device), mask[i])
+        J = mask[0].nonzero().squeeze(1)
+        if J.numel() == n:
+            return R.clone()
+        if J.numel():
+            L = _cholesky(G[J.unsqueeze(1), J], lam)  # (k, k)
+            S[:, J] = R[:, J] + torch.cholesky_solve(T[:, J].mT, L).mT
+        return S
+    counts = mask.sum(1)
+    for k in counts.unique().tolist():
+        if k == 0:
+            continue
+        rows = (counts == k).nonzero().squeeze(1)
+        for chunk in rows.split(max(1, (1 << 23) // (k * k))):  # at most 64 MiB of float64 blocks
+            idx = mask[chunk].nonzero()[:, 1].view(-1, k)  # (b, k) kept columns per row
+            L = _cholesky(G[idx.unsqueeze(2), idx.unsqueeze(1)], lam)  # (b, k, k)
+            rhs = T[chunk.unsqueeze(1), idx].unsqueeze(2)  # (b, k, 1)
+            vals = R[chunk.unsqueeze(1), idx] + torch.cholesky_solve(rhs, L).squeeze(2)
+            S[chunk.unsqueeze(1), idx] = vals
     return S
+
+
+def _cholesky(A: torch.Tensor, lam: float) -> torch.Tensor:
+    """Lower Cholesky factor of A + lam I (A: (..., k, k) symmetric PSD), in place on
+    A's diagonal; a larger ridge where rounding leaves a block not positive definite."""
+    diag = torch.diagonal(A, dim1=-2, dim2=-1)
+    diag += lam
+    L, info = torch.linalg.cholesky_ex(A)
+    bump = max(lam, 1e-30)
+    for _ in range(12):
+        if not bool((info > 0).any()):
+            return L
+        bump *= 10.0
+        diag += bump
+        L, info = torch.linalg.cholesky_ex(A)
+    raise ValueError("refit: a block of the Gram matrix is not positive definite even with a ridge "
+                     f"of {bump:.3g} (non-finite calibration statistics?)")
