@@ -49,6 +49,7 @@ def decompose(
     progress: Optional[bool] = None,
     threads: Optional[int] = None,
     refine: Optional[bool] = None,
+    refit: Optional[bool] = None,
 ) -> Decomposition:
     """Decompose a weight W (m, n) into L + S, L = U @ V of rank <= ``rank`` (per slice),
     S structured-sparse with ``density``, keeping the layer output close on data.
@@ -71,7 +72,7 @@ def decompose(
         config: the solver settings (:class:`~lowrank_sparse.SolverConfig`; default
             SolverConfig()).  Each of its fields is also a keyword of this function
             (backend, max_iter, tol, seed, subsample, relaxed, lam_nuclear, lam_sparse,
-            progress, threads, refine); a keyword that is given (not None) overrides the
+            progress, threads, refine, refit); a keyword that is given (not None) overrides the
             field.
             backend: "auto" (native for CPU, torch for CUDA), "native" or "torch";
             max_iter, tol: iteration cap (300), tolerance on the relative primal and
@@ -91,6 +92,12 @@ def decompose(
             iterations).  False: the nonlinear ADMM.  The relaxed problem runs the
             ADMM (True with relaxed raises ValueError); the identity activation is
             unaffected.
+        refit: after the ADMM, refit S's values on its support by least squares in
+            the layer's metric (True, the default; never increases the error).  In
+            Gram mode this costs about m k^3 / 3 flops for k kept entries per row (a
+            Cholesky factorisation per row), the dominant cost of wide layers at
+            decoder scale (docs/scaling.md), where it gains about 1 % of the error:
+            False skips it.
 
     Returns:
         Decomposition (U, V, S as the input's type, dtype and device) with ``info``:
@@ -107,7 +114,9 @@ def decompose(
     cfg = resolve(config, dict(backend=backend, max_iter=max_iter, tol=tol, seed=seed,
                                subsample=subsample, relaxed=relaxed, lam_nuclear=lam_nuclear,
                                lam_sparse=lam_sparse, progress=progress, threads=threads,
-                               refine=refine))
+                               refine=refine, refit=refit))
+    if not isinstance(cfg.refit, bool):
+        raise TypeError(f"refit must be True or False, got {cfg.refit!r}")
     if cfg.refine is not None and not isinstance(cfg.refine, bool):
         raise TypeError(f"refine must be None, True or False, got {cfg.refine!r}")
     if cfg.refine and cfg.relaxed:
@@ -133,7 +142,7 @@ def decompose(
     if pr.backend == "native":
         from .solve.native import solve_native
 
-        refit_in_core = not spec.relaxed and spec.has_sparse and spec.mode == "weight"
+        refit_in_core = cfg.refit and not spec.relaxed and spec.has_sparse and spec.mode == "weight"
         raw = solve_native(W0, spec, V0, gram=pr.gram, X=pr.X, bias=pr.bias, threads=threads,
                            refit=refit_in_core)
     else:
@@ -145,7 +154,7 @@ def decompose(
     # Exact refit of S's values on its support (weight space and identity-with-data
     # modes): for fixed L and support this is the exact minimiser of F, so the error
     # can only go down.  Feasibility (support, rank) is untouched.
-    if not spec.relaxed and spec.has_sparse and spec.mode == "weight":
+    if cfg.refit and not spec.relaxed and spec.has_sparse and spec.mode == "weight":
         if "refit_errors" in extra:  # done by the native core (same formula, its tiles)
             before, after = extra.pop("refit_errors")
         else:
@@ -154,7 +163,7 @@ def decompose(
         extra["refit"] = True
         extra["error_before_refit"] = before
         extra["error"] = after
-    elif not spec.relaxed and spec.has_sparse and spec.mode == "gram":
+    elif cfg.refit and not spec.relaxed and spec.has_sparse and spec.mode == "gram":
         with torch.no_grad():
             L = U @ V
             mask = S != 0

@@ -62,3 +62,30 @@ def test_refit_never_worse_than_masking() -> None:
         return float(((E @ G) * E).sum())
 
     assert err(refit_support(R, mask, G)) < err(torch.where(mask, R, torch.zeros(())))
+
+
+@pytest.mark.parametrize("mode", ["weight", "gram"])
+def test_decompose_refit_switch(mode: str) -> None:
+    """refit=False returns the ADMM's S as it stands: same support as the refitted one,
+    an error (in the layer's metric, computed here) at least as large, and
+    info.extra['refit'] False; bad values are refused."""
+    import lowrank_sparse as lrs
+
+    rng = np.random.default_rng(11)
+    m, n = 48, 40
+    W = (rng.standard_normal((m, 6)) @ rng.standard_normal((6, n)) + 0.3 * rng.standard_normal((m, n))).astype(np.float32)
+    X = rng.standard_normal((n, 300)) * np.linspace(0.2, 2.0, n)[:, None]
+    G = X @ X.T / 300 if mode == "gram" else None
+    on = lrs.decompose(W, 4, 0.2, gram=G, max_iter=40)
+    off = lrs.decompose(W, 4, 0.2, gram=G, max_iter=40, refit=False)
+    metric = G if G is not None else np.eye(n)
+
+    def err(d) -> float:
+        E = W.astype(np.float64) - np.asarray(d.U, np.float64) @ np.asarray(d.V, np.float64) - np.asarray(d.S, np.float64)
+        return float(np.sum((E @ metric) * E))
+
+    assert off.info.extra["refit"] is False and on.info.extra["refit"] is True
+    np.testing.assert_array_equal(np.asarray(on.S) != 0, np.asarray(off.S) != 0)
+    assert err(on) <= err(off) * (1 + 1e-6)
+    with pytest.raises(TypeError, match="refit"):
+        lrs.decompose(W, 4, 0.2, refit="no")

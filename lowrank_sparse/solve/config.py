@@ -43,6 +43,11 @@ class SolverConfig:
             and held-out early stopping; docs/method.md, section 6); False: the
             nonlinear ADMM.  The relaxed problem always runs the ADMM (None), and
             True with ``relaxed`` is an error.  No effect on the identity activation.
+        refit: least-squares refit of S's values on its support after the ADMM
+            (weight and Gram modes; never increases the error).  Gram mode: about
+            m k^3 / 3 flops for k kept entries per row, the dominant cost of wide
+            layers at decoder scale for about 1 % of the error (docs/scaling.md);
+            False skips it.
     """
 
     backend: str = "auto"
@@ -56,6 +61,7 @@ class SolverConfig:
     threads: Optional[int] = None
     progress: bool = False
     refine: Optional[bool] = None
+    refit: bool = True
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
