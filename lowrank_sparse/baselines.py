@@ -130,7 +130,7 @@ def sparse_only(
     bias: Optional[Array] = None,
     activation: Optional[str] = None,
     block: int = 1,
-    refit: bool = True,
+    refit: Optional[bool] = None,
     config: Optional[SolverConfig] = None,
     seed: Optional[int] = None,
     subsample: Optional[int] = None,
@@ -138,12 +138,13 @@ def sparse_only(
     """Activation-aware magnitude pruning of W (m, n) to ``density`` (see module doc).
 
     With X (any activation) or gram, the kept entries are refit by least squares on
-    G = X X^T / N (the linear output before the activation).  Of ``config`` (a
-    :class:`~lowrank_sparse.SolverConfig`) it uses ``seed`` and ``subsample``; the
-    keywords override them.  Returns a Decomposition
+    G = X X^T / N (the linear output before the activation) unless ``refit`` is False.
+    Of ``config`` (a :class:`~lowrank_sparse.SolverConfig`) it uses ``seed``,
+    ``subsample`` and ``refit``; the keywords override them.  Returns a Decomposition
     with U (m, 0), V (0, n).
     """
-    cfg = resolve(config, dict(seed=seed, subsample=subsample))
+    cfg = resolve(config, dict(seed=seed, subsample=subsample, refit=refit))
+    refit = cfg.refit
     pr = prepare(
         W, 0, density, structure, X=X, gram=gram, bias=bias, activation=activation,
         block=block, backend="torch", seed=cfg.seed, subsample=cfg.subsample,

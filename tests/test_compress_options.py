@@ -30,7 +30,7 @@ def _same_models(a: nn.Module, b: nn.Module) -> bool:
          lrs.LowRankSparseConfig(rank=3, density=0.05, structure="row", solver=lrs.SolverConfig(max_iter=20, seed=2))),
         (dict(rank=0.25, method="rank_only"), lrs.RankOnlyConfig(rank=0.25, solver=lrs.SolverConfig(max_iter=20, seed=2))),
         (dict(density=0.2, method="sparse_only", solver_options={"refit": False}),
-         lrs.SparseOnlyConfig(density=0.2, refit=False, solver=lrs.SolverConfig(max_iter=20, seed=2))),
+         lrs.SparseOnlyConfig(density=0.2, solver=lrs.SolverConfig(max_iter=20, seed=2, refit=False))),
     ],
     ids=["lowrank_sparse", "rank_only", "sparse_only-no-refit"],
 )

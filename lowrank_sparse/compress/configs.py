@@ -66,14 +66,13 @@ class SparseOnlyConfig:
     Attributes:
         density: explicit density per layer (see :data:`DensitySpec`), or None.
         structure: sparsity structure of S.
-        refit: refit the kept entries by least squares on the calibration inputs.
-        solver: settings of the solves (``seed`` and ``subsample`` apply).
+        solver: settings of the solves (``seed``, ``subsample`` and ``refit``, the
+            least-squares refit of the kept entries on the calibration inputs, apply).
     """
 
     method: ClassVar[str] = "sparse_only"
     density: DensitySpec = None
     structure: Union[str, Structure] = "unstructured"
-    refit: bool = True
     solver: SolverConfig = field(default_factory=SolverConfig)
 
 

@@ -164,7 +164,7 @@ def _solve_sparse_only(p: LayerProblem, config: SparseOnlyConfig) -> Any:
     from .. import baselines
 
     return baselines.sparse_only(p.weight, p.density, p.structure, X=p.X, gram=p.gram, bias=p.bias,
-                                 activation=p.activation, block=p.block, refit=config.refit,
+                                 activation=p.activation, block=p.block,
                                  config=config.solver)
 
 

@@ -5,7 +5,7 @@ settings; the plain keywords of :func:`~lowrank_sparse.compress` are shortcuts t
 override their fields when not None: ``rank`` / ``density`` / ``structure`` the
 method config's, ``backend`` / ``max_iter`` / ``tol`` / ``seed`` its SolverConfig's
 (``seed`` also the calibration's), ``solver_options`` any SolverConfig field (or a
-method config field such as sparse_only's ``refit``), ``device`` / ``sample_size`` /
+field of the method config itself), ``device`` / ``sample_size`` /
 ``batch_size`` / ``sequential`` the calibration's.
 """
 
