@@ -25,33 +25,61 @@ from .curves import LayerCurves
 
 
 class Costs:
-    """Sizes and MACs of frontier choices; budgets for the free layers (None: no constraint)."""
+    """Cost columns of the frontier choices and the budgets of the free layers.
 
-    def __init__(self, curves: Sequence[LayerCurves], bp: Optional[float], bm: Optional[float]) -> None:
+    Columns (each only when its budget is not None): stored values (params), MACs
+    (values times the layer's spatial size) and predicted seconds (``latency``: one
+    array per layer, aligned with its frontier).  The searches only add and compare
+    cost vectors, so a constraint is one more column.
+    """
+
+    def __init__(self, curves: Sequence[LayerCurves], bp: Optional[float], bm: Optional[float],
+                 bl: Optional[float] = None, latency: Optional[Sequence[np.ndarray]] = None) -> None:
         self.curves = list(curves)
-        self.bp, self.bm = bp, bm
+        self.bp, self.bm, self.bl = bp, bm, bl
+        if bl is not None and (latency is None or len(latency) != len(self.curves)):
+            raise ValueError("a latency budget needs one array of seconds per layer")
+        budgets, floors = [], []
+        for b, fl in ((bp, 1.0), (bm, 1.0), (bl, 1e-12)):
+            if b is not None:
+                budgets.append(float(b))
+                floors.append(fl)
+        self.budget = np.array(budgets, dtype=np.float64)
+        self._scale = 1.0 / np.maximum(self.budget, np.array(floors, dtype=np.float64))
+        self.cols: list[np.ndarray] = []
+        for l, c in enumerate(self.curves):
+            cols = []
+            if bp is not None:
+                cols.append(c.sizes.astype(np.float64))
+            if bm is not None:
+                cols.append(c.sizes.astype(np.float64) * c.spatial)
+            if bl is not None:
+                lat = np.asarray(latency[l], dtype=np.float64)
+                if lat.shape != (len(c),):
+                    raise ValueError(f"latency of layer {l} has shape {lat.shape}, its frontier {len(c)} entries")
+                cols.append(lat)
+            self.cols.append(np.stack(cols, axis=1) if cols else np.zeros((len(c), 0)))
 
-    def totals(self, idx: Sequence[int]) -> tuple[int, int]:
-        p = sum(int(c.sizes[i]) for c, i in zip(self.curves, idx))
-        f = sum(int(c.sizes[i]) * c.spatial for c, i in zip(self.curves, idx))
-        return p, f
+    def totals(self, idx: Sequence[int]) -> np.ndarray:
+        """Cost vector of a choice of one frontier index per layer."""
+        tot = np.zeros(len(self.budget))
+        for col, i in zip(self.cols, idx):
+            tot = tot + col[int(i)]
+        return tot
 
-    def fits(self, p: float, f: float) -> bool:
-        return (self.bp is None or p <= self.bp) and (self.bm is None or f <= self.bm)
+    def step(self, layer: int, i: int, j: int) -> np.ndarray:
+        """Cost vector change when ``layer`` moves from choice i to j."""
+        return self.cols[layer][int(j)] - self.cols[layer][int(i)]
+
+    def fits(self, tot: np.ndarray) -> bool:
+        return bool(np.all(tot <= self.budget))
 
     def feasible(self, idx: Sequence[int]) -> bool:
-        return self.fits(*self.totals(idx))
+        return self.fits(self.totals(idx))
 
     def norm_cost(self, layer: int, i: int) -> float:
-        """Size of choice i of a layer, normalised by the budgets (sum over active constraints)."""
-        c = self.curves[layer]
-        s = float(c.sizes[i])
-        out = 0.0
-        if self.bp is not None:
-            out += s / max(self.bp, 1.0)
-        if self.bm is not None:
-            out += s * c.spatial / max(self.bm, 1.0)
-        return out
+        """Cost of choice i of a layer, normalised by the budgets (sum over active constraints)."""
+        return float(np.sum(self.cols[layer][int(i)] * self._scale))
 
 
 def level_indices(curves: Sequence[LayerCurves], eps: float) -> list[int]:
@@ -78,25 +106,27 @@ def minmax_level(costs: Costs) -> tuple[float, list[int]]:
 def fill_max_error(costs: Costs, idx: list[int]) -> list[int]:
     """Spend leftover budget: repeatedly upgrade the layer with the largest error by one step."""
     idx = list(idx)
-    p, f = costs.totals(idx)
+    tot = costs.totals(idx)
     heap = [(-float(c.errors[i]), l) for l, (c, i) in enumerate(zip(costs.curves, idx)) if i + 1 < len(c)]
     heapq.heapify(heap)
     while heap:
         _, l = heapq.heappop(heap)
         c, i = costs.curves[l], idx[l]
-        dp = int(c.sizes[i + 1] - c.sizes[i])
-        if not costs.fits(p + dp, f + dp * c.spatial):
+        d = costs.step(l, i, i + 1)
+        if not costs.fits(tot + d):
             continue  # budget only shrinks: this layer can never be upgraded again
         idx[l] = i + 1
-        p, f = p + dp, f + dp * c.spatial
+        tot = tot + d
         if i + 2 < len(c):
             heapq.heappush(heap, (-float(c.errors[i + 1]), l))
     return idx
 
 
-def alds_search(curves: Sequence[LayerCurves], bp: Optional[float], bm: Optional[float]) -> tuple[list[int], dict]:
-    """Frontier indices minimising the max error under the budgets, plus info."""
-    costs = Costs(curves, bp, bm)
+def alds_search(curves: Sequence[LayerCurves], bp: Optional[float], bm: Optional[float],
+                bl: Optional[float] = None, latency: Optional[Sequence[np.ndarray]] = None) -> tuple[list[int], dict]:
+    """Frontier indices minimising the max error under the budgets (params, MACs,
+    seconds with ``latency``), plus info."""
+    costs = Costs(curves, bp, bm, bl, latency)
     if not curves:
         return [], {"error_level": 0.0}
     eps, idx = minmax_level(costs)

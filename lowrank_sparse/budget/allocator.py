@@ -23,6 +23,7 @@ from .alds import alds_search
 from .curves import ErrorFn, LayerCurves, _config_error, build_curves, config_error
 from .spectra import CurveCache
 from .enc import enc_search
+from .latency import LatencyModel
 from .spec import Allocation, Budget, LayerAllocation, LayerSpec, lowrank_params, sparse_nnz
 from .uniform import uniform_search
 
@@ -55,6 +56,7 @@ def allocate(
     cache: Optional[CurveCache] = None,
     seed: int = 0,
     total_flops: Optional[int] = None,
+    latency: Optional[LatencyModel] = None,
 ) -> Allocation:
     """Choose every layer's rank, density and slice count to meet a network-wide target.
 
@@ -90,6 +92,13 @@ def allocate(
         cache: reuse singular values across calls (see CurveCache).
         seed: seed of the sampled estimates in the curves.
         total_flops: deprecated alias of ``total_macs`` (the same value).
+        latency: per-layer latency tables (:class:`~lowrank_sparse.budget.latency.LatencyModel`
+            with a table for every listed layer), needed by ``target.latency`` (default:
+            ``target.latency_model``); each candidate then also costs its predicted
+            seconds (the faster exact form), and the listed layers' predicted seconds plus
+            ``latency.rest_seconds`` must stay within ``target.latency`` times the same sum
+            for the dense model.  Given without a latency target, the result only reports
+            predicted seconds.
 
     The result never exceeds the budget; it undershoots by at most a few rank steps.
 
@@ -107,6 +116,7 @@ def allocate(
     cache = cache if cache is not None else CurveCache()
     dense_p, dense_m, total_params, total_macs = _totals(layers, total_params, total_macs)
 
+    latency = _latency_of(target, latency, layers)
     fixed, free = _classify(layers, structure, overrides, exclude, keep_first_last,
                             error_fn if mode == "lowrank_sparse" else None, cache)
     fixed_p = total_params - dense_p + sum(a.params for a in fixed.values())
@@ -114,26 +124,129 @@ def allocate(
     bp = None if target.params is None else target.params * total_params
     bm = None if target.macs is None else target.macs * total_macs
     _check_fixed_fit((("params", bp, fixed_p, total_params), ("macs", bm, fixed_m, total_macs)))
+    dense_s = fixed_s = bl = None
+    if latency is not None:
+        for a in fixed.values():
+            _set_seconds(a, latency)
+        dense_s = latency.rest_seconds + sum(latency[l.name].dense for l in layers)
+        fixed_s = latency.rest_seconds + sum(a.seconds for a in fixed.values())
+        if target.latency is not None:
+            bl = target.latency * dense_s
+            _check_fixed_latency(bl, fixed_s, dense_s)
 
     t1 = time.perf_counter()
     gs = tuple(slice_candidates) if method == "alds" else (1,)
     curves = [_curves_of(layers[li], mode, structure, gs, slice_linear, shares, cache, seed) for li in free]
+    lat_cols = None
+    if bl is not None:
+        curves, lat_cols = _latency_columns(curves, latency, prune=bp is None and bm is None)
     t2 = time.perf_counter()
     avail_p = None if bp is None else bp - fixed_p
     avail_m = None if bm is None else bm - fixed_m
+    avail_l = None if bl is None else bl - fixed_s
     _check_curves_fit(curves, ((avail_p, fixed_p, total_params), (avail_m, fixed_m, total_macs)))
-    idx, info = METHODS[method](curves, avail_p, avail_m)
+    if lat_cols is not None:
+        _check_curves_latency(lat_cols, avail_l, fixed_s, dense_s)
+    idx, info = METHODS[method](curves, avail_p, avail_m, avail_l, lat_cols)
     t3 = time.perf_counter()
 
     split_fn = error_fn if mode == "lowrank_sparse" else None
-    out = _assemble(layers, fixed, free, curves, idx, structure, shares, split_fn, cache)
+    caps = None if lat_cols is None else [float(col[i]) for col, i in zip(lat_cols, idx)]
+    out = _assemble(layers, fixed, free, curves, idx, structure, shares, split_fn, cache,
+                    latency if bl is not None else None, caps)
     p = total_params - dense_p + sum(a.params for a in out)
     macs = total_macs - dense_m + sum(a.macs for a in out)
+    seconds = None
+    if latency is not None:
+        for a in out:
+            if a.seconds is None:
+                _set_seconds(a, latency)
+        seconds = latency.rest_seconds + sum(a.seconds for a in out)
+        info["rest_seconds"] = latency.rest_seconds
+        if latency.notes:
+            info["latency_notes"] = list(latency.notes)
     if error_fn is not None and mode == "lowrank_sparse" and method == "enc":
         info["metric_after_split"] = float(np.prod([1.0 - a.predicted_error**2 for a in out]))
     info.update({"seconds_curves": t2 - t1, "seconds_search": t3 - t2, "seconds_total": time.perf_counter() - t0,
                  "cache_hits": cache.hits, "cache_misses": cache.misses})
-    return Allocation(out, method, mode, st_name, target, total_params, total_macs, p, macs, info)
+    return Allocation(out, method, mode, st_name, target, total_params, total_macs, p, macs, info,
+                      dense_seconds=dense_s, seconds=seconds)
+
+
+def _latency_of(target: Budget, latency: Optional[LatencyModel], layers: list[LayerSpec]) -> Optional[LatencyModel]:
+    """The latency model to use (argument, else the target's); raises when a latency
+    target has none or a listed layer has no table."""
+    latency = latency if latency is not None else target.latency_model
+    if latency is None:
+        if target.latency is not None:
+            raise ValueError("a latency target needs per-layer latency tables: pass latency=LatencyModel(...) "
+                             "(or Budget(latency=..., latency_model=...)); compress() builds them itself")
+        return None
+    if not isinstance(latency, LatencyModel):
+        raise TypeError(f"latency must be a LatencyModel, got {type(latency).__name__}")
+    missing = [l.name for l in layers if l.name not in latency]
+    if missing:
+        raise ValueError(f"the latency model has no table for layer(s) {missing[:5]}"
+                         f"{' ...' if len(missing) > 5 else ''} (bind it to the layers first)")
+    return latency
+
+
+def _set_seconds(a: LayerAllocation, latency: LatencyModel) -> None:
+    """Fill a layer's predicted seconds and form from its table."""
+    t = latency[a.name]
+    if a.keep_dense:
+        a.seconds, a.form = t.dense, "original"
+    else:
+        a.seconds, a.form = t.seconds(a.rank, a.density, a.slices), t.form(a.rank, a.density, a.slices)
+
+
+def _latency_columns(curves: list[LayerCurves], latency: LatencyModel,
+                     prune: bool) -> tuple[list[LayerCurves], list[np.ndarray]]:
+    """Each frontier entry's predicted seconds (faster exact form; dense entry: the
+    original).  With ``prune`` (no params / MACs budget) entries that a larger entry
+    beats in both error and seconds are dropped; the column is then made
+    non-decreasing by a running max (an upper bound of the real cost, so the budget
+    still holds), which keeps the searches' bisections and one-step upgrades sound."""
+    out_c, out_l = [], []
+    for c in curves:
+        t = latency[c.layer.name]
+        lat = np.array([t.dense if bool(c.dense[i]) else
+                        t.seconds(int(c.ranks[i]), float(c.nnz[i]) / (c.layer.m * c.layer.n), int(c.slices[i]))
+                        for i in range(len(c))])
+        if prune:
+            keep = np.ones(len(c), dtype=bool)
+            best = math.inf
+            for i in range(len(c) - 1, -1, -1):  # from the largest (lowest error) entry down
+                if lat[i] >= best:
+                    keep[i] = False
+                else:
+                    best = lat[i]
+            k = np.nonzero(keep)[0]
+            c = LayerCurves(c.layer, c.sizes[k], c.errors[k], c.ranks[k], c.slices[k], c.nnz[k], c.densities[k],
+                            c.dense[k])
+            lat = lat[k]
+        out_c.append(c)
+        out_l.append(np.maximum.accumulate(lat))
+    return out_c, out_l
+
+
+def _check_fixed_latency(bl: float, fixed_s: float, dense_s: float) -> None:
+    if fixed_s > bl:
+        raise ValueError(
+            f"infeasible latency target {bl / dense_s:.4f}: the parts that are not allocated (the rest of the "
+            f"model and the excluded/overridden/first-last layers) alone take {1e3 * fixed_s:.3f} ms = "
+            f"{fixed_s / dense_s:.4f} of the dense model's predicted {1e3 * dense_s:.3f} ms"
+        )
+
+
+def _check_curves_latency(cols: list[np.ndarray], avail: float, fixed_s: float, dense_s: float) -> None:
+    need = sum(float(col.min()) for col in cols)
+    if need > avail:
+        raise ValueError(
+            f"infeasible latency target {(avail + fixed_s) / dense_s:.4f}: even the fastest configuration of every "
+            f"allocated layer gives {(need + fixed_s) / dense_s:.4f} of the dense model's predicted time "
+            f"({1e3 * (need + fixed_s):.3f} ms of {1e3 * dense_s:.3f} ms)"
+        )
 
 
 def _renamed_total(total_macs: Optional[int], total_flops: Optional[int]) -> Optional[int]:
@@ -277,11 +390,14 @@ def _check_curves_fit(curves: list[LayerCurves], checks: Sequence[tuple[Optional
 
 def _assemble(layers: list[LayerSpec], fixed: dict[int, LayerAllocation], free: list[int],
               curves: list[LayerCurves], idx: Sequence[int], structure: Union[str, Structure],
-              shares: list[float], split_fn: Optional[ErrorFn], cache: CurveCache) -> list[LayerAllocation]:
+              shares: list[float], split_fn: Optional[ErrorFn], cache: CurveCache,
+              latency: Optional[LatencyModel] = None, caps: Optional[list[float]] = None) -> list[LayerAllocation]:
     """Per-layer result in network order; ``split_fn`` (the real solver's error) picks
-    the rank / sparse split of unsliced free layers at their allocated size."""
+    the rank / sparse split of unsliced free layers at their allocated size (with a
+    latency budget only among splits predicted no slower than the allocated entry's
+    cost ``caps``; none: the allocated entry itself)."""
     if split_fn is not None:
-        _prefetch_splits(layers, free, curves, idx, structure, shares, split_fn)
+        _prefetch_splits(layers, free, curves, idx, structure, shares, split_fn, latency, caps)
     out: list[LayerAllocation] = []
     ci = {li: k for k, li in enumerate(free)}
     for li, l in enumerate(layers):
@@ -297,7 +413,10 @@ def _assemble(layers: list[LayerSpec], fixed: dict[int, LayerAllocation], free: 
         err = float(c.errors[i])
         dens = nnz / (l.m * l.n)
         if split_fn is not None and g == 1:
-            r, dens, err = _best_split(l, int(c.sizes[i]), st, shares, split_fn, cache)
+            cap = None if caps is None else (latency[l.name], caps[ci[li]])
+            best = _best_split(l, int(c.sizes[i]), st, shares, split_fn, cache, cap)
+            if best is not None:
+                r, dens, err = best
         out.append(_alloc(l, r, dens, g, st, err, "allocated"))
     return out
 
@@ -332,19 +451,24 @@ def _split_candidate(l: LayerSpec, sh: float, size: int, st: Structure) -> Optio
     return None if (nnz == 0 or r < 1) else (r, d)
 
 
-def _split_candidates(l: LayerSpec, size: int, st: Structure,
-                      shares: Sequence[float]) -> list[tuple[float, int, float]]:
-    """(share, rank, density) of every candidate split of ``size`` stored values that fits."""
+def _split_candidates(l: LayerSpec, size: int, st: Structure, shares: Sequence[float],
+                      cap: Optional[tuple[Any, float]] = None) -> list[tuple[float, int, float]]:
+    """(share, rank, density) of every candidate split of ``size`` stored values that
+    fits (and, with ``cap`` = (layer times, seconds), is predicted no slower than that)."""
     out = []
     for sh in ([0.0] + [s for s in shares if s > 0.0] if st.kind != "nm" else [0.0, 1.0]):
         rd = _split_candidate(l, sh, size, st)
-        if rd is not None:
-            out.append((sh, int(rd[0]), float(rd[1])))
+        if rd is None:
+            continue
+        if cap is not None and cap[0].seconds(int(rd[0]), float(rd[1])) > cap[1] * (1 + 1e-12):
+            continue
+        out.append((sh, int(rd[0]), float(rd[1])))
     return out
 
 
 def _prefetch_splits(layers: list[LayerSpec], free: list[int], curves: list[LayerCurves], idx: Sequence[int],
-                     structure: Union[str, Structure], shares: list[float], split_fn: ErrorFn) -> None:
+                     structure: Union[str, Structure], shares: list[float], split_fn: ErrorFn,
+                     latency: Optional[LatencyModel] = None, caps: Optional[list[float]] = None) -> None:
     """Hand every split that :func:`_best_split` will ask ``split_fn`` about to its
     ``prefetch(requests)`` at once (an error function backed by a parallel executor
     solves them concurrently); ``requests`` = [(layer, rank, density)] in the order the
@@ -358,16 +482,18 @@ def _prefetch_splits(layers: list[LayerSpec], free: list[int], curves: list[Laye
         if bool(c.dense[i]) or int(c.slices[i]) != 1:
             continue
         st = parse_structure(structure, block=l.block)
-        requests += [(l, r, d) for sh, r, d in _split_candidates(l, int(c.sizes[i]), st, shares) if sh > 0.0]
+        cap = None if caps is None else (latency[l.name], caps[k])
+        requests += [(l, r, d) for sh, r, d in _split_candidates(l, int(c.sizes[i]), st, shares, cap) if sh > 0.0]
     prefetch(requests)
 
 
 def _best_split(l: LayerSpec, size: int, st: Structure, shares: Sequence[float], error_fn: ErrorFn,
-                cache: CurveCache) -> tuple[int, float, float]:
+                cache: CurveCache, cap: Optional[tuple[Any, float]] = None) -> Optional[tuple[int, float, float]]:
     """Among the candidate sparse shares, the (rank, density) of size <= ``size`` with the
-    lowest error (error_fn for shares > 0, exact spectrum for share 0); ties -> smaller share."""
+    lowest error (error_fn for shares > 0, exact spectrum for share 0); ties -> smaller share.
+    With a latency ``cap`` only the splits within it; None when none is."""
     best: Optional[tuple[float, int, float]] = None
-    for sh, r, d in _split_candidates(l, size, st, shares):
+    for sh, r, d in _split_candidates(l, size, st, shares, cap):
         if sh == 0.0:
             err = _config_error(l, r, 0.0, 1, st, cache, None)  # exact rank-only error, scaled
         else:
@@ -377,5 +503,7 @@ def _best_split(l: LayerSpec, size: int, st: Structure, shares: Sequence[float],
         if best is None or err < best[0] - 1e-12:
             best = (err, int(r), float(d))
     if best is None:
+        if cap is not None:
+            return None
         raise ValueError(f"layer {l.name!r}: no rank/sparse split fits its allocated size {size}")
     return best[1], best[2], best[0]

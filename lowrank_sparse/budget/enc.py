@@ -39,7 +39,7 @@ def network_metric(curves: Sequence[LayerCurves], idx: Sequence[int]) -> float:
 def _greedy_gain(costs: Costs, idx: list[int], logm: list[np.ndarray]) -> list[int]:
     """Upgrade (any number of steps) where metric gain per normalised cost is best, while it fits."""
     idx = list(idx)
-    p, f = costs.totals(idx)
+    tot = costs.totals(idx)
     while True:
         best, choice = 0.0, None
         for l, c in enumerate(costs.curves):
@@ -47,21 +47,21 @@ def _greedy_gain(costs: Costs, idx: list[int], logm: list[np.ndarray]) -> list[i
             if i + 1 >= len(c):
                 continue
             nxt = np.arange(i + 1, min(len(c), i + 65))
-            dp = c.sizes[nxt] - c.sizes[i]
-            ok = np.array([costs.fits(p + d, f + d * c.spatial) for d in dp])
+            dv = costs.cols[l][nxt] - costs.cols[l][i]
+            ok = np.all(tot[None, :] + dv <= costs.budget[None, :], axis=1)
             if not ok.any():
                 continue
-            nxt, dp = nxt[ok], dp[ok]
+            nxt = nxt[ok]
             dc = np.array([costs.norm_cost(l, int(t)) for t in nxt]) - costs.norm_cost(l, i)
             gain = (logm[l][nxt] - logm[l][i]) / np.maximum(dc, 1e-300)
             k = int(np.argmax(gain))
             if gain[k] > best:
-                best, choice = float(gain[k]), (l, int(nxt[k]), int(dp[k]))
+                best, choice = float(gain[k]), (l, int(nxt[k]))
         if choice is None:
             return idx
-        l, t, d = choice
+        l, t = choice
+        tot = tot + costs.step(l, idx[l], t)
         idx[l] = t
-        p, f = p + d, f + d * costs.curves[l].spatial
 
 
 def _lagrange(costs: Costs, logm: list[np.ndarray]) -> Optional[list[int]]:
@@ -86,7 +86,7 @@ def _lagrange(costs: Costs, logm: list[np.ndarray]) -> Optional[list[int]]:
 def _exchange(costs: Costs, idx: list[int], logm: list[np.ndarray], rounds: int = 200) -> list[int]:
     """Pairwise exchange: one step up in layer a, the fewest steps down in layer b that fit."""
     idx = list(idx)
-    p, f = costs.totals(idx)
+    tot = costs.totals(idx)
     L = len(idx)
     for _ in range(rounds):
         improved = False
@@ -95,22 +95,21 @@ def _exchange(costs: Costs, idx: list[int], logm: list[np.ndarray], rounds: int 
             if ia + 1 >= len(ca):
                 continue
             up = float(logm[a][ia + 1] - logm[a][ia])
-            dpa = int(ca.sizes[ia + 1] - ca.sizes[ia])
+            da = costs.step(a, ia, ia + 1)
             for b in range(L):
                 if b == a:
                     continue
-                cb, ib = costs.curves[b], idx[b]
+                ib = idx[b]
                 for jb in range(ib, max(-1, ib - 65), -1):
-                    dpb = int(cb.sizes[jb] - cb.sizes[ib])
-                    if costs.fits(p + dpa + dpb, f + dpa * ca.spatial + dpb * cb.spatial):
+                    db = costs.step(b, ib, jb)
+                    if costs.fits(tot + da + db):
                         break
                 else:
                     continue
                 down = float(logm[b][jb] - logm[b][ib])
                 if up + down > 1e-12:
                     idx[a], idx[b] = ia + 1, jb
-                    p += dpa + dpb
-                    f += dpa * ca.spatial + dpb * cb.spatial
+                    tot = tot + da + db
                     improved = True
                     break
             if improved:
@@ -120,9 +119,11 @@ def _exchange(costs: Costs, idx: list[int], logm: list[np.ndarray], rounds: int 
     return idx
 
 
-def enc_search(curves: Sequence[LayerCurves], bp: Optional[float], bm: Optional[float]) -> tuple[list[int], dict]:
-    """ENC-Map + ENC-Model refinement; returns frontier indices and info."""
-    costs = Costs(curves, bp, bm)
+def enc_search(curves: Sequence[LayerCurves], bp: Optional[float], bm: Optional[float],
+               bl: Optional[float] = None, latency: Optional[Sequence[np.ndarray]] = None) -> tuple[list[int], dict]:
+    """ENC-Map + ENC-Model refinement (params, MACs, seconds with ``latency``);
+    returns frontier indices and info."""
+    costs = Costs(curves, bp, bm, bl, latency)
     if not curves:
         return [], {"metric": 1.0}
     logm = [_logmetric(c) for c in curves]

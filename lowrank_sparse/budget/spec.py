@@ -88,16 +88,25 @@ class Budget:
             compressed, biases, BatchNorm) to keep, in (0, 1]; None: no parameter target.
         macs: fraction of the model's multiply-accumulates per sample to keep, in (0, 1];
             None: no MAC target.  (``flops=`` is a deprecated alias with the same meaning.)
-    At least one must be given; when both are, both must hold.
+        latency: fraction of the dense model's measured forward time on this machine to
+            keep, in (0, 1]: the sum over the compressible layers of their predicted
+            time (each in its faster exact form, :mod:`lowrank_sparse.budget.latency`)
+            plus the untouched rest, over the same sum for the dense model.
+        latency_model: a :class:`~lowrank_sparse.budget.latency.LatencyModel` (input
+            shapes from an example batch, or given tables) for ``latency``; None: built
+            from the calibration statistics.
+    At least one of params / macs / latency must be given; all that are given must hold.
     """
 
     params: Optional[float] = None
     macs: Optional[float] = None
+    latency: Optional[float] = None
+    latency_model: Optional[Any] = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.params is None and self.macs is None:
-            raise ValueError("Budget needs params=... and/or macs=... (fractions of the model to keep)")
-        for name in ("params", "macs"):
+        if self.params is None and self.macs is None and self.latency is None:
+            raise ValueError("Budget needs params=..., macs=... and/or latency=... (fractions of the model to keep)")
+        for name in ("params", "macs", "latency"):
             v = getattr(self, name)
             if v is None:
                 continue
@@ -105,6 +114,20 @@ class Budget:
                 raise TypeError(f"Budget.{name} must be a float in (0, 1], got {type(v).__name__}")
             if not (math.isfinite(v) and 0.0 < v <= 1.0):
                 raise ValueError(f"Budget.{name} must be a fraction in (0, 1], got {v}")
+        if self.latency_model is not None:
+            from .latency import LatencyModel
+
+            if not isinstance(self.latency_model, LatencyModel):
+                raise TypeError(f"Budget.latency_model must be a LatencyModel, got {type(self.latency_model).__name__}")
+            if self.latency is None:
+                raise ValueError("Budget.latency_model is given without latency=... (the fraction of the dense time)")
+
+    def as_dict(self) -> dict[str, Optional[float]]:
+        """The targets as a plain dict: params, macs, and latency when it is set."""
+        d = {"params": self.params, "macs": self.macs}
+        if self.latency is not None:
+            d["latency"] = self.latency
+        return d
 
 
 @renamed({"dense_flops": "dense_macs", "flops": "macs"})
@@ -222,6 +245,11 @@ class LayerAllocation:
             small to gain, or generous budget); rank/density are then 0 and irrelevant.
         nnz: stored entries of S.
         source: "allocated", "excluded", "override" or "first/last".
+        seconds: predicted seconds per forward of the layer on its input (latency
+            budgets only; None otherwise).
+        form: the exact form the layer is predicted to run fastest in: "pair" (L + S
+            as stored), "dense" (the merged U V + S) or "original" (kept dense); ""
+            without a latency model.
     """
 
     name: str
@@ -236,6 +264,8 @@ class LayerAllocation:
     keep_dense: bool = False
     nnz: int = 0
     source: str = "allocated"
+    seconds: Optional[float] = None
+    form: str = ""
 
 
 @renamed({"total_flops": "total_macs", "flops": "macs", "flops_ratio": "macs_ratio"})
@@ -251,6 +281,8 @@ class Allocation:
             MACs per sample).
         params, macs: the totals after compression (fixed parts + layers).
         info: method-specific details (error level, metric, iterations, seconds).
+        dense_seconds, seconds: with a latency model, the predicted seconds per forward
+            of the dense model (compressible layers + the rest) and after compression.
     """
 
     layers: list[LayerAllocation]
@@ -263,6 +295,15 @@ class Allocation:
     params: int
     macs: int
     info: dict[str, Any] = field(default_factory=dict)
+    dense_seconds: Optional[float] = None
+    seconds: Optional[float] = None
+
+    @property
+    def latency_ratio(self) -> float:
+        """Predicted seconds after compression over the dense model's (nan without a latency model)."""
+        if self.seconds is None or not self.dense_seconds:
+            return float("nan")
+        return self.seconds / self.dense_seconds
 
     @property
     def params_ratio(self) -> float:
@@ -287,6 +328,9 @@ class Allocation:
     def table(self) -> str:
         """Aligned text table: one row per layer, then totals and achieved ratios."""
         head = ["layer", "kind", "shape", "rank", "slices", "density", "params", "MACs", "pred.err"]
+        lat = self.seconds is not None
+        if lat:
+            head += ["pred.ms", "form"]
         rows = []
         for la in self.layers:
             dense = la.keep_dense
@@ -296,9 +340,9 @@ class Allocation:
                 "-" if dense else str(la.slices),
                 "-" if dense else f"{la.density:.4f}",
                 f"{la.params:,}", f"{la.macs:,}", f"{la.predicted_error:.4f}",
-            ])
+            ] + ([f"{1e3 * la.seconds:.3f}" if la.seconds is not None else "-", la.form or "-"] if lat else []))
         widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-        left = {0, 1, 2}
+        left = {0, 1, 2, 10}
 
         def fmt(r: list[str]) -> str:
             return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
@@ -314,21 +358,29 @@ class Allocation:
             tgt.append(f"params {self.target.params:.4f}")
         if self.target.macs is not None:
             tgt.append(f"macs {self.target.macs:.4f}")
+        if self.target.latency is not None:
+            tgt.append(f"latency {self.target.latency:.4f}")
         out.append(
             f"model: params {self.params:,} / {self.total_params:,} = {self.params_ratio:.4f}   "
             f"MACs {self.macs:,} / {self.total_macs:,} = {self.macs_ratio:.4f}   "
             f"target: {', '.join(tgt)}   method={self.method} mode={self.mode} structure={self.structure}"
         )
+        if lat:
+            out.append(f"predicted latency: {1e3 * self.seconds:.3f} ms / {1e3 * self.dense_seconds:.3f} ms dense = "
+                       f"{self.latency_ratio:.4f} (layers in their faster exact form; rest of the model "
+                       f"{1e3 * float(self.info.get('rest_seconds', 0.0)):.3f} ms)")
         return "\n".join(out)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dictionary (json.dumps works on it)."""
         d = {
             "method": self.method, "mode": self.mode, "structure": self.structure,
-            "target": {"params": self.target.params, "macs": self.target.macs},
+            "target": self.target.as_dict(),
             "total_params": int(self.total_params), "total_macs": int(self.total_macs),
             "params": int(self.params), "macs": int(self.macs),
             "params_ratio": self.params_ratio, "macs_ratio": self.macs_ratio,
+            "dense_seconds": self.dense_seconds, "seconds": self.seconds,
+            "latency_ratio": None if self.seconds is None else self.latency_ratio,
             "layers": [{**asdict(la), "shape": list(la.shape)} for la in self.layers],
             "info": _jsonable(self.info),
         }

@@ -23,9 +23,10 @@ def ratio_indices(curves: Sequence[LayerCurves], rho: float) -> list[int]:
     return [c.index_for_size(rho * c.layer.m * c.layer.n * (1 + 1e-12)) for c in curves]
 
 
-def uniform_search(curves: Sequence[LayerCurves], bp: Optional[float], bm: Optional[float]) -> tuple[list[int], dict]:
+def uniform_search(curves: Sequence[LayerCurves], bp: Optional[float], bm: Optional[float],
+                   bl: Optional[float] = None, latency: Optional[Sequence[np.ndarray]] = None) -> tuple[list[int], dict]:
     """Frontier indices at the largest common ratio that meets the budgets, plus info."""
-    costs = Costs(curves, bp, bm)
+    costs = Costs(curves, bp, bm, bl, latency)
     if not curves:
         return [], {"ratio": 1.0}
     rhos = np.unique(np.concatenate([c.sizes / float(c.layer.m * c.layer.n) for c in curves]))
@@ -47,14 +48,14 @@ def _fill_lowest_ratio(costs: Costs, idx: list[int]) -> list[int]:
     """Spend what rounding left: upgrade the layer with the lowest kept ratio by one step
     while it fits (keeps the ratios equal up to one step)."""
     idx = list(idx)
-    p, f = costs.totals(idx)
+    tot = costs.totals(idx)
     active = [l for l, c in enumerate(costs.curves) if idx[l] + 1 < len(c)]
     while active:
         l = min(active, key=lambda k: costs.curves[k].sizes[idx[k] + 1] / float(costs.curves[k].layer.m * costs.curves[k].layer.n))
-        c, i = costs.curves[l], idx[l]
-        dp = int(c.sizes[i + 1] - c.sizes[i])
-        if costs.fits(p + dp, f + dp * c.spatial):
+        i = idx[l]
+        d = costs.step(l, i, i + 1)
+        if costs.fits(tot + d):
             idx[l] = i + 1
-            p, f = p + dp, f + dp * c.spatial
+            tot = tot + d
         active.remove(l)  # at most one extra step per layer
     return idx

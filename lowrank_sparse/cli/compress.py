@@ -16,6 +16,8 @@ from .sources import Loaded, calibration, evaluation_data, input_shape, load_mod
 __all__ = ["register", "run"]
 
 _IMAGENET = "imagenet_samples"
+#: batch of the end-of-run latency measurement (and of --latency's per-layer timings)
+LATENCY_BATCH = 64
 
 
 def register(sub: Any) -> None:
@@ -30,6 +32,10 @@ def register(sub: Any) -> None:
     c.add_argument("--macs", type=fraction, action=RenamedOnce,
                    help="keep this fraction of the model's multiply-accumulates (MACs), e.g. 0.75")
     c.add_argument("--flops", dest="macs", type=fraction, action=RenamedOnce, help=argparse.SUPPRESS)  # old --macs
+    # default SUPPRESS: absent from the namespace unless given (demo.py builds compress's namespace by hand)
+    c.add_argument("--latency", type=fraction, default=argparse.SUPPRESS,
+                   help="keep this fraction of the dense model's CPU time, measured per layer on this machine "
+                        "(batch 64, the current thread count), e.g. 0.5")
     c.add_argument("--rank", type=float, help="explicit rank for every layer: an int, or a fraction of full rank")
     c.add_argument("--density", type=float, help="explicit density of S for every layer, in [0, 1)")
     c.add_argument("--allocation", default="alds", choices=("alds", "enc", "uniform"))
@@ -89,12 +95,13 @@ def run(args: argparse.Namespace) -> int:
     result.update({"before": measure.summary(src.model, shape), "after": measure.summary(new, shape)})
     if not args.no_latency:
         _latency(result, src.model, new, shape)
+    _predicted_latency(result, getattr(args, "latency_model", None))
     out = _save(args, new, src, report, result)
     emit(args, result, _text(args, result, report, out, seconds))
     return 0
 
 
-def _latency(result: dict[str, Any], dense: Any, new: Any, shape: tuple[int, ...], batch: int = 64) -> None:
+def _latency(result: dict[str, Any], dense: Any, new: Any, shape: tuple[int, ...], batch: int = LATENCY_BATCH) -> None:
     """Plan ``new``'s execution on this machine (each layer in its faster exact form,
     :func:`lowrank_sparse.nn.execution.plan_execution`), then time it against ``dense``,
     paired; adds latency_* and execution to ``result``."""
@@ -108,14 +115,26 @@ def _latency(result: dict[str, Any], dense: Any, new: Any, shape: tuple[int, ...
                   latency_batch=batch, execution=forms)
 
 
+def _predicted_latency(result: dict[str, Any], model: Any) -> None:
+    """For --latency: the allocator's predicted latency ratio and forms (from the
+    LatencyModel the budget carried) beside the measured one."""
+    pred = None if model is None else model.prediction
+    if pred is not None:
+        result["latency_target"] = pred["target"]
+        result["latency_ratio_predicted"] = pred["ratio"]
+        result["latency_predicted_forms"] = {k: v["form"] for k, v in pred["layers"].items()}
+
+
 def _check_target(args: argparse.Namespace) -> None:
     """Exactly one of: a budget (--params/--macs), explicit sizes (--rank/--density)."""
-    budget = args.params is not None or args.macs is not None
+    budget = args.params is not None or args.macs is not None or getattr(args, "latency", None) is not None
     explicit = args.rank is not None or args.density is not None
     if not budget and not explicit:
-        raise CLIError("give a target (--params and/or --macs) or explicit --rank/--density")
+        raise CLIError("give a target (--params, --macs and/or --latency) or explicit --rank/--density")
     if budget and explicit:
-        raise CLIError("--params/--macs (a budget) and --rank/--density (explicit sizes) exclude each other")
+        raise CLIError("--params/--macs/--latency (a budget) and --rank/--density (explicit sizes) exclude each other")
+    if getattr(args, "latency", None) is not None and args.no_latency:
+        raise CLIError("--latency needs the latency measurement; drop --no-latency")
 
 
 def _compress(args: argparse.Namespace, src: Loaded, calib: Any, progress: Optional[bool]) -> tuple[Any, Any]:
@@ -124,8 +143,10 @@ def _compress(args: argparse.Namespace, src: Loaded, calib: Any, progress: Optio
     from ..compress import compress
 
     target = None
-    if args.params is not None or args.macs is not None:
-        target = Budget(params=args.params, macs=args.macs)
+    latency = getattr(args, "latency", None)
+    if args.params is not None or args.macs is not None or latency is not None:
+        args.latency_model = _latency_model(args, src)
+        target = Budget(params=args.params, macs=args.macs, latency=latency, latency_model=args.latency_model)
     return compress(
         src.model,
         calib,
@@ -144,6 +165,16 @@ def _compress(args: argparse.Namespace, src: Loaded, calib: Any, progress: Optio
         executor=_executor(args),
         checkpoint_dir=args.checkpoint_dir,
     )
+
+
+def _latency_model(args: argparse.Namespace, src: Loaded) -> Any:
+    """For --latency: every layer's input shape on the batch the end-of-run latency is
+    measured at (``LATENCY_BATCH`` seeded images) and the dense model's time on it."""
+    if getattr(args, "latency", None) is None:
+        return None
+    from ..budget.latency import LatencyModel
+
+    return LatencyModel.of_model(src.model, measure.seeded_batch(input_shape(src.dataset), LATENCY_BATCH))
 
 
 def _executor(args: argparse.Namespace) -> Any:
@@ -219,6 +250,11 @@ def _text(args: argparse.Namespace, result: dict[str, Any], report: Any, out: Pa
                      f"  ({result['latency_ratio']:.2f}x dense [{q1:.2f}, {q3:.2f}]; batch {result['latency_batch']}, "
                      f"medians of {result['latency_runs']} paired rounds; execution plan: "
                      f"{merged} of {len(result['execution'])} layers run merged, the others as L + S)")
+    if "latency_ratio_predicted" in result:
+        meas = result.get("latency_ratio")
+        lines.append(f"latency budget {result['latency_target']:.2f}: predicted {result['latency_ratio_predicted']:.3f}x "
+                     f"dense (per-layer timing tables), measured "
+                     + ("-" if meas is None else f"{meas:.3f}x") + " (whole model, paired)")
     if "accuracy_before" in result:
         lines.append(f"accuracy    {result['accuracy_before']:.2%} -> {result['accuracy_after']:.2%}")
     if "accuracy_fine_tuned" in result:

@@ -35,7 +35,7 @@ from .configs import DensitySpec, MethodConfig, RankSpec
 from .errors import dense_error
 from .tasks import solve_task
 
-__all__ = ["LayerSize", "Solved", "allocation_plan", "check_plan", "explicit_plan", "layer_specs"]
+__all__ = ["LayerSize", "Solved", "allocation_plan", "check_plan", "explicit_plan", "latency_model", "layer_specs"]
 
 #: Largest weight (entries) whose allocator-time decompositions are kept for reuse.
 REUSE_MAX_ENTRIES = 1 << 22
@@ -189,6 +189,27 @@ class _SolverErrors:
         return self.errors[key]
 
 
+def latency_model(target: Any, selected: list[tuple[str, nn.Module]], stats: dict[str, LayerStats],
+                  structure: Structure) -> Any:
+    """For a latency target: the target's :class:`~lowrank_sparse.budget.latency.LatencyModel`
+    (or a new one: layers timed at fallback input shapes, rest not timed) bound to the
+    selected layers with the run's structure, every layer's table measured now
+    (cached per shape); None for other targets."""
+    if getattr(target, "latency", None) is None:
+        return None
+    from ..budget.latency import LatencyModel
+
+    base = target.latency_model if target.latency_model is not None else LatencyModel()
+    return base.bind(selected, stats, structure)
+
+
+def _prediction(alloc: Any) -> dict[str, Any]:
+    """What the allocator predicted for a latency budget (seconds, ratio, per-layer form)."""
+    return {"target": alloc.target.latency, "dense_seconds": alloc.dense_seconds, "seconds": alloc.seconds, "ratio": alloc.latency_ratio,
+            "rest_seconds": alloc.info.get("rest_seconds", 0.0),
+            "layers": {la.name: {"seconds": la.seconds, "form": la.form} for la in alloc.layers}}
+
+
 def allocation_plan(
     target: Any,
     allocation: str,
@@ -203,14 +224,19 @@ def allocation_plan(
     """Sizes from :func:`lowrank_sparse.budget.allocate` over the selected layers, and
     its table.  ``totals`` = (model params, model MACs per sample).  Only the allocator's
     solves whose sizes the plan picked are left in ``solved``.  The allocator's solver
-    probes run on ``executor`` (a started executor; None: in this process)."""
+    probes run on ``executor`` (a started executor; None: in this process).  A latency
+    target's layer tables are measured here (:func:`latency_model`); when the target
+    carries its own LatencyModel, the prediction is left in its ``prediction``."""
     from .. import budget as B
 
     method = methods.method_of_config(config)
     error_fn = _SolverErrors(config, structure, selected, stats, solved, executor) if method.solver_split else None
+    latency = latency_model(target, selected, stats, structure)
     alloc = B.allocate(layer_specs(selected, stats), target, method=allocation, total_params=totals[0],
                        total_macs=totals[1], mode=method.allocation_mode, structure=structure, error_fn=error_fn,
-                       keep_first_last=False, seed=config.solver.seed)
+                       keep_first_last=False, seed=config.solver.seed, latency=latency)
+    if latency is not None and target.latency_model is not None:
+        target.latency_model.prediction = _prediction(alloc)
     plan: dict[str, LayerSize] = {}
     for la in alloc.layers:
         if la.keep_dense:
