@@ -259,6 +259,7 @@ def prepare(
     relaxed: bool = False,
     lam_nuclear: Optional[float] = None,
     lam_sparse: Optional[float] = None,
+    gram_shrinkage: float = 0.0,
 ) -> Prepared:
     """Validate every argument of decompose; see its docstring for their meaning.
 
@@ -281,9 +282,12 @@ def prepare(
         raise ValueError("relaxed=True is not defined for N:M structures (no convex group norm)")
     if relaxed and sl > 1:
         raise ValueError("relaxed=True supports slices=1 only")
+    shrink = check_shrinkage(gram_shrinkage)
     Xt, gt, bt = _data(X, gram, bias, m, n, compute_dtype(Wt), Wt.device)
     n_samples = int(Xt.shape[1]) if Xt is not None else 0
     mode, Xt, gt = _objective_data(act, Xt, gt, sub, seed_i)
+    if gt is not None and shrink > 0:
+        gt = shrink_gram(gt, shrink)
     if relaxed and (lam_nuclear is None or lam_sparse is None):
         G = gt if gt is not None else ((Xt @ Xt.mT) / Xt.shape[1] if Xt is not None else None)
         dn, ds = default_lambdas(Wt, st, rank_i, G)
@@ -399,6 +403,21 @@ def _data(X: Any, gram: Any, bias: Any, m: int, n: int, cdt: torch.dtype,
         if tuple(bt.shape) != (m,):
             raise ValueError(f"bias must have shape (m,) = ({m},), got {tuple(bt.shape)}")
     return Xt, gt, bt
+
+
+def check_shrinkage(a: Any) -> float:
+    """``gram_shrinkage`` as a float in [0, 1]."""
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= float(a) <= 1.0:
+        raise ValueError(f"gram_shrinkage must be a float in [0, 1], got {a!r}")
+    return float(a)
+
+
+def shrink_gram(G: torch.Tensor, a: float) -> torch.Tensor:
+    """(1 - a) G + a diag(G): the Gram matrix shrunk towards its diagonal (same input
+    energies, cross-correlations scaled by 1 - a), (n, n)."""
+    out = G * (1.0 - a)
+    out.diagonal().copy_(torch.diagonal(G))
+    return out
 
 
 def _objective_data(act: str, Xt: Optional[torch.Tensor], gt: Optional[torch.Tensor], sub: int,

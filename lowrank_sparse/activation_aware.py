@@ -4,11 +4,11 @@ with calibration inputs X; docs/method.md, "Activation-aware refinement").
 1. Split the calibration columns: the last 1/8 (contiguous, so that tokens or patches
    of one sequence / image stay together) are held out for early stopping; the rest
    fit.  Fewer than :data:`MIN_HELDOUT` * 8 columns: no split.
-2. Two data-aware starts on the fitting columns, both solving the identity-activation
-   problem: the library's Gram-mode decompose (ADMM, at most :data:`START_ITER`
-   iterations) and an OATS-style alternation on the input-norm-scaled weight (same
-   structure and budget; slices = 1 only).  The one with the lower post-activation
-   error on the fitting columns is the start.
+2. Two data-aware starts on all calibration columns, both solving the identity-activation
+   problem: the library's Gram-mode decompose (exactly what ``decompose`` returns for
+   ``gram=X X^T / N`` with the same settings: the data-aware answer) and an OATS-style
+   alternation on the input-norm-scaled weight (same structure and budget; slices = 1
+   only).  The one with the lower post-activation error on all columns is the start.
 3. :func:`lowrank_sparse.solve.refine.refine`: L-BFGS on the post-activation objective
    with S's support fixed, the held-out iterate kept.  The result is never worse than
    the start on the calibration objective (all columns used); checked at the end, the
@@ -37,8 +37,6 @@ from .solve.config import SolverConfig
 from .solve.refine import RefineResult, post_activation_error, refine
 from .solve.result import Decomposition, SolveInfo
 
-#: Iteration cap of the Gram-mode start (its error changes by < 0.5 % after ~60).
-START_ITER = 60
 #: Alternations of the OATS-style start (warm-started truncated SVD).
 OATS_ITER = 25
 #: Fraction of the calibration columns held out for early stopping.
@@ -70,14 +68,15 @@ def split_columns(X: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]
     return X[:, : N - nh].contiguous(), X[:, N - nh :].contiguous()
 
 
-def gram_start(W0: torch.Tensor, Xf: torch.Tensor, density: float, structure: Any, block: int,
+def gram_start(W0: torch.Tensor, X: torch.Tensor, density: float, structure: Any, block: int,
                slices: int, rank: int, cfg: SolverConfig) -> Factors:
-    """The identity-activation decompose on G = Xf Xf^T / Nf (ADMM + support refit)."""
+    """The identity-activation decompose on G = X X^T / N (ADMM + support refit), with
+    the caller's settings: the answer ``decompose(W, gram=G)`` gives."""
     from .decomposition import decompose
 
-    G = (Xf @ Xf.mT) / Xf.shape[1]
+    G = (X @ X.mT) / X.shape[1]
     d = decompose(W0, rank, density, structure, gram=G, block=block, slices=slices,
-                  config=cfg.with_overrides(max_iter=min(cfg.max_iter, START_ITER), progress=False))
+                  config=cfg.with_overrides(progress=False))
     return d.U, d.V, d.S
 
 
@@ -94,13 +93,13 @@ def oats_start(W0: torch.Tensor, Xf: torch.Tensor, pr: Prepared) -> Factors:
     return U, V / dn, S / dn
 
 
-def _starts(W0: torch.Tensor, Xf: torch.Tensor, pr: Prepared, cfg: SolverConfig, density: float,
+def _starts(W0: torch.Tensor, X: torch.Tensor, pr: Prepared, cfg: SolverConfig, density: float,
             structure: Any, block: int) -> tuple[str, Factors, dict[str, float]]:
     spec = pr.spec
-    cands = {"gram": gram_start(W0, Xf, density, structure, block, spec.slices, spec.rank, cfg)}
+    cands = {"gram": gram_start(W0, X, density, structure, block, spec.slices, spec.rank, cfg)}
     if spec.slices == 1:
-        cands["oats"] = oats_start(W0, Xf, pr)
-    errs = {k: post_activation_error(U @ V + S, W0, Xf, pr.bias, spec.activation, spec.negative_slope)
+        cands["oats"] = oats_start(W0, X, pr)
+    errs = {k: post_activation_error(U @ V + S, W0, X, pr.bias, spec.activation, spec.negative_slope)
             for k, (U, V, S) in cands.items()}
     name = min(errs, key=lambda k: (errs[k], k != "gram"))
     return name, cands[name], errs
@@ -134,7 +133,7 @@ def decompose_activation(W: Array, pr: Prepared, cfg: SolverConfig, density: flo
     relaxed); see the module docstring.  ``info``: iterations and converged of the
     refinement (L-BFGS), path "refine", objective = its post-activation relative error
     on the fitting columns per iteration (entry 0: the start), extra: start,
-    start_errors (fitting columns), heldout history, best_iteration, stop (the rule that ended the loop, "max_iter" when it ran out),
+    start_errors (all calibration columns), heldout history, best_iteration, stop (the rule that ended the loop, "max_iter" when it ran out),
     error (all calibration columns), error_start, samples, heldout_samples, ridge,
     threads (torch threads used, None: the caller's)."""
     spec = pr.spec
@@ -145,7 +144,7 @@ def decompose_activation(W: Array, pr: Prepared, cfg: SolverConfig, density: flo
         W0 = pr.W.detach().to(compute_dtype(pr.W)).contiguous()
         X = pr.X.contiguous()
         Xf, Xh = split_columns(X)
-        name, (U, V, S), errs = _starts(W0, Xf, pr, cfg, density, structure, block)
+        name, (U, V, S), errs = _starts(W0, X, pr, cfg, density, structure, block)
         U, V, S = U.to(W0.dtype), V.to(W0.dtype), S.to(W0.dtype)
         res = refine(W0, U, V, S, Xf, Xh, pr.bias, spec.activation, spec.negative_slope,
                      slices=spec.slices, max_iter=cfg.max_iter, patience=PATIENCE,

@@ -70,11 +70,13 @@ def rank_only(
         W, rank, 0.0, "unstructured", X=X, gram=gram, bias=bias, activation=activation,
         negative_slope=negative_slope, slices=slices, backend=cfg.backend,
         max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, subsample=cfg.subsample,
+        gram_shrinkage=cfg.gram_shrinkage,
     )
     spec = pr.spec
     if spec.mode == "nonlinear" or (spec.mode == "gram" and spec.slices > 1):
         admm = SolverConfig(backend=cfg.backend, max_iter=cfg.max_iter, tol=cfg.tol,
-                            seed=cfg.seed, subsample=cfg.subsample, threads=cfg.threads)
+                            seed=cfg.seed, subsample=cfg.subsample, threads=cfg.threads,
+                            gram_shrinkage=cfg.gram_shrinkage)
         dec = decompose(
             W, rank, 0.0, X=X, gram=gram, bias=bias, activation=activation,
             negative_slope=negative_slope, slices=slices, config=admm,
@@ -148,6 +150,7 @@ def sparse_only(
     pr = prepare(
         W, 0, density, structure, X=X, gram=gram, bias=bias, activation=activation,
         block=block, backend="torch", seed=cfg.seed, subsample=cfg.subsample,
+        gram_shrinkage=cfg.gram_shrinkage,
     )
     spec = pr.spec
     t0 = time.perf_counter()

@@ -127,6 +127,7 @@ def decompose(
         negative_slope=negative_slope, block=block, slices=slices, backend=cfg.backend,
         max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, subsample=cfg.subsample,
         relaxed=cfg.relaxed, lam_nuclear=cfg.lam_nuclear, lam_sparse=cfg.lam_sparse,
+        gram_shrinkage=cfg.gram_shrinkage,
     )
     if cfg.refine is not False and pr.spec.mode == "nonlinear" and not pr.spec.relaxed:
         from .activation_aware import decompose_activation

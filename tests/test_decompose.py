@@ -183,3 +183,44 @@ def test_nonfinite_weight_is_rejected_by_name() -> None:
     W[3, 4] = float("inf")
     with pytest.raises(ValueError, match="W contains NaN or Inf"):
         decompose(W, rank=2, density=0.1)
+
+
+def _gram(rng: np.random.Generator, n: int, N: int) -> np.ndarray:
+    """A Gram matrix with outlier channels and correlated inputs, X X^T / N."""
+    X = rng.normal(size=(n, 4)) @ rng.normal(size=(4, N)) + 0.3 * rng.normal(size=(n, N))
+    X[:3] *= 8.0
+    return X @ X.T / N
+
+
+@pytest.mark.parametrize("a", [0.1, 0.5, 1.0], ids=["a0.1", "a0.5", "a1"])
+def test_gram_shrinkage_is_the_shrunk_gram(rng: np.random.Generator, a: float) -> None:
+    """SolverConfig(gram_shrinkage=a) solves with (1 - a) G + a diag(G), written here in
+    numpy: the same factors as passing that matrix."""
+    W = rng.normal(size=(20, 12))
+    G = _gram(rng, 12, 200)
+    shrunk = (1 - a) * G + a * np.diag(np.diag(G))
+    got = decompose(W, 2, 0.1, gram=G, config=lrs.SolverConfig(gram_shrinkage=a, max_iter=40))
+    ref = decompose(W, 2, 0.1, gram=shrunk, max_iter=40)
+    for x, y in ((got.U, ref.U), (got.V, ref.V), (got.S, ref.S)):
+        np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12)
+    plain = decompose(W, 2, 0.1, gram=G, max_iter=40)
+    assert not np.allclose(plain.S, got.S)  # the setting changes the answer
+
+
+def test_gram_shrinkage_one_is_the_diagonal_metric(rng: np.random.Generator) -> None:
+    """a = 1 keeps only the input energies: sparse_only's refit in a diagonal metric is
+    plain masking (each kept entry keeps W's value), checked against W itself."""
+    W = rng.normal(size=(16, 10))
+    G = _gram(rng, 10, 100)
+    from lowrank_sparse.baselines import sparse_only
+
+    d = sparse_only(W, 0.3, X=None, gram=G, config=lrs.SolverConfig(gram_shrinkage=1.0))
+    kept = d.S != 0
+    np.testing.assert_allclose(d.S[kept], W[kept], rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, True, "0.2", None], ids=["neg", "above1", "bool", "str", "none"])
+def test_gram_shrinkage_bad_values(rng: np.random.Generator, bad) -> None:
+    W = rng.normal(size=(8, 6))
+    with pytest.raises(ValueError, match="gram_shrinkage"):
+        decompose(W, 1, 0.1, gram=np.eye(6), config=lrs.SolverConfig(gram_shrinkage=bad))

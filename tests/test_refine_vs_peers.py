@@ -95,10 +95,10 @@ def test_budget_and_path(layer):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "measured: with 512 calibration tokens the default decompose overfits them: held-out post-GELU "
-    "error 0.2794 vs OATS 0.2281 (+22 %), calibration error 0.077 vs 0.229; OATS wins on held-out "
-    "tokens at 256 / 384 / 512 / 1024 calibration tokens here (library 0.318 / 0.289 / 0.279 / 0.237, "
-    "OATS 0.229 / 0.228 / 0.228 / 0.228); the library wins from 2048 tokens (0.2166 vs 0.2291)"))
+    "measured: with 512 calibration tokens the default decompose (gram_shrinkage=0) overfits their "
+    "input correlations: held-out post-GELU error 0.2839 vs OATS 0.2281, calibration error 0.054 vs "
+    "0.229; with gram_shrinkage 0.1 / 0.2 it is 0.2273 / 0.2246 (test below); the library wins "
+    "unshrunk from 2048 tokens (0.2116 vs 0.2291)"))
 def test_heldout_not_worse_than_oats(layer):
     W, b, Xc, Xt = layer["W"], layer["b"], layer["Xc"], layer["Xt"]
     m, n = W.shape
@@ -109,16 +109,28 @@ def test_heldout_not_worse_than_oats(layer):
     assert e_lib <= e_oats, (e_lib, e_oats)
 
 
+def test_shrunk_gram_heldout_not_worse_than_oats(layer):
+    """With the Gram matrix shrunk towards its diagonal (gram_shrinkage=0.2) the default
+    decompose is not worse than OATS on held-out tokens at 512 calibration tokens."""
+    W, b, Xc, Xt = layer["W"], layer["b"], layer["Xc"], layer["Xt"]
+    m, n = W.shape
+    lib = lrs.decompose(W, layer["r"], layer["nnz"] / (m * n), X=Xc, bias=b, activation="gelu",
+                        config=lrs.SolverConfig(threads=1, gram_shrinkage=0.2))
+    peer = oats(W, layer["r"], layer["nnz"] / (m * n), Xc, pattern="unstructured")
+    e_lib, e_oats = post_gelu_error(W, b, dense(lib), Xt), post_gelu_error(W, b, dense(peer), Xt)
+    assert e_lib <= e_oats, (e_lib, e_oats)
+    # and shrinking helped: the unshrunk answer is worse on the same held-out tokens
+    assert e_lib < post_gelu_error(W, b, dense(layer["lib"]), Xt)
+
+
 def test_refinement_not_worse_than_its_gram_start(layer):
-    """The Gram-mode start rebuilt through the public API (decompose in Gram mode on the
-    first 7/8 of the calibration columns, 60 ADMM iterations: docs/method.md section 6):
+    """The Gram-mode start rebuilt through the public API (decompose in Gram mode on all
+    calibration columns with the same settings: docs/method.md section 6):
     the refined result's post-GELU error on all calibration columns is not above it."""
     W, b, Xc, lib = layer["W"], layer["b"], layer["Xc"], layer["lib"]
     m, n = W.shape
     assert lib.info.extra["start"] == "gram"
-    Nf = N_CAL - N_CAL // 8
-    Xf = Xc[:, :Nf]
-    start = lrs.decompose(W, layer["r"], layer["nnz"] / (m * n), gram=Xf @ Xf.T / Nf, max_iter=60)
+    start = lrs.decompose(W, layer["r"], layer["nnz"] / (m * n), gram=Xc @ Xc.T / Xc.shape[1])
     e_start = post_gelu_error(W, b, dense(start), Xc)
     e_lib = post_gelu_error(W, b, dense(lib), Xc)
     # it is the start the solver used (its own record, float32 arithmetic)
