@@ -251,3 +251,18 @@ def test_real_run_on_a_small_mlp_meets_its_predicted_budget() -> None:
     assert pred["dense_seconds"] >= pred["seconds"]
     with torch.no_grad():
         assert new(x).shape == (256, 10)
+
+
+def test_cli_reports_predicted_beside_measured_ratio() -> None:
+    from lowrank_sparse.cli import compress as cli_compress
+
+    lm = LatencyModel()
+    lm.prediction = {"target": 0.5, "ratio": 0.48, "layers": {"a": {"seconds": 1.0, "form": "pair"},
+                                                              "b": {"seconds": 2.0, "form": "original"}}}
+    result: dict = {"latency_ratio": 0.61}
+    cli_compress._predicted_latency(result, lm)
+    assert result["latency_ratio_predicted"] == 0.48 and result["latency_target"] == 0.5
+    assert result["latency_predicted_forms"] == {"a": "pair", "b": "original"}
+    none: dict = {}
+    cli_compress._predicted_latency(none, None)
+    assert none == {}
