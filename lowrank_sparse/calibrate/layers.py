@@ -7,17 +7,10 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from ..nn.conv1d import is_conv1d
 from ..nn.geometry import pair
 
 __all__ = ["describe_layer", "find_layers", "first_last_protected", "is_conv1d", "weight_matrix"]
-
-
-def is_conv1d(mod: nn.Module) -> bool:
-    """Whether ``mod`` is a ``transformers.pytorch_utils.Conv1D`` (GPT-2's linear layer
-    with a transposed (in, out) weight: ``y = x @ W + b``), checked without importing
-    transformers."""
-    cls = type(mod)
-    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.")
 
 
 def weight_matrix(mod: nn.Module) -> torch.Tensor:

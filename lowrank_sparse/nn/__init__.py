@@ -3,7 +3,8 @@ exact parameter / multiply-accumulate counts.
 
 Modules: ``linear`` / ``conv`` (the pair classes), ``_parts`` (what they share),
 ``sparse`` (the compact sparse formats), ``sparse_index`` (their index buffers' dtype and
-packed form), ``geometry`` (conv geometry), ``counts`` (parameters / MACs).
+packed form), ``geometry`` (conv geometry), ``counts`` (parameters / MACs), ``conv1d``
+(transformers' Conv1D as the Linear it is, :class:`Conv1DLinear`).
 Dependencies go one way: counts -> linear, conv -> _parts -> sparse -> sparse_index ->
 :mod:`lowrank_sparse.codec`; geometry depends on nothing in the package.
 """
@@ -11,6 +12,7 @@ Dependencies go one way: counts -> linear, conv -> _parts -> sparse -> sparse_in
 from __future__ import annotations
 
 from .conv import LowRankSparseConv2d
+from .conv1d import Conv1DLinear, is_conv1d
 from .counts import dense_flops, dense_macs, dense_params, model_flops, model_macs, model_params, module_macs
 from .geometry import conv_output_hw, conv_padding, pair
 from .linear import LowRankSparseLinear
@@ -19,6 +21,8 @@ from .sparse import ColumnSparse, CompactSparse, CSRSparse, NMSparse, RowSparse,
 __all__ = [
     "LowRankSparseLinear",
     "LowRankSparseConv2d",
+    "Conv1DLinear",
+    "is_conv1d",
     "CompactSparse",
     "RowSparse",
     "ColumnSparse",
