@@ -66,7 +66,8 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 SHARES = (0.25, 0.5, 0.75)  # share of the budget given to the low-rank part
-START_NOTE = "at most 60 ADMM iterations on the first 7/8 of the columns"
+START_NOTE = "the plain Gram-mode answer on all columns with the same iteration cap"
+TIE = 5e-4  # relative difference below which two held-out errors are called equal
 
 ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # exact (erf) GELU, MiniLM's hidden_act "gelu"
@@ -343,7 +344,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[str]:
     """One line per (layer, fraction): library best-of-3 vs each peer's best."""
     lines = []
     keys = sorted({(r["layer"], r["fraction"]) for r in rows}, key=lambda k: (-k[1], k[0]))
-    wins = losses = 0
+    wins = losses = ties = 0
     for layer, frac in keys:
         rs = [r for r in rows if r["layer"] == layer and r["fraction"] == frac]
         best = {r["method"]: r for r in rs if r["split"].startswith("best of 3")}
@@ -353,9 +354,10 @@ def summarise(rows: list[dict[str, Any]]) -> list[str]:
         lib = best["library"]["test_error"]
         peers = {k: v["test_error"] for k, v in best.items() if k not in ("library", "gram+refine")}
         name, err = min(peers.items(), key=lambda kv: kv[1])
-        verdict = "wins" if lib < err else ("ties" if lib == err else "loses")
+        verdict = "ties" if abs(lib - err) <= TIE * err else ("wins" if lib < err else "loses")
         wins += verdict == "wins"
         losses += verdict == "loses"
+        ties += verdict == "ties"
         lines.append(f"- {layer} at {100 * frac:.0f} %: library {lib:.4f} vs best other {name} {err:.4f} "
                      f"({verdict}, {100 * (lib - err) / err:+.1f} %); vs OATS {peers['oats']:.4f} "
                      f"({100 * (lib - peers['oats']) / peers['oats']:+.1f} %), vs Gram-mode decompose "
@@ -380,14 +382,19 @@ def summarise(rows: list[dict[str, Any]]) -> list[str]:
         rs = {r["method"]: r for r in rows if r["layer"] == layer and r["fraction"] == frac
               and r["split"].startswith("best of 3")}
         lib, gram, gr = rs["library"], rs["library-gram"], rs.get("gram+refine")
-        if lib["test_error"] > gram["test_error"]:
+        if lib["test_error"] > (1 + TIE) * gram["test_error"]:
             if lib["cal_error"] < gram["cal_error"]:
                 over += 1
             else:
                 weak += 1
         if gr is not None:
             diag.append(gr["test_error"] / gram["test_error"] - 1)
-    lines.append(f"- Against the Gram-mode decompose (activation ignored, up to 300 ADMM iterations on all columns) the "
+    if over + weak == 0:
+        lines.append(f"- Against the Gram-mode decompose (activation ignored, up to 300 ADMM iterations on all columns, "
+                     f"the default's own start) the default is never worse by more than {100 * TIE:.2f} %: the "
+                     f"refinement keeps its start unless it improves the calibration objective.")
+    else:
+        lines.append(f"- Against the Gram-mode decompose (activation ignored, up to 300 ADMM iterations on all columns) the "
                  f"default loses in {over + weak} cells: in {over} of them it has the LOWER calibration error "
                  f"(it fits the calibration columns better and generalises worse: overfitting), in {weak} the "
                  f"higher calibration error too (its own start, {START_NOTE}, is weaker and the refinement stops "
@@ -397,7 +404,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[str]:
                      f"solution; internal API, not a public path): held-out error vs the Gram solution itself "
                      f"{100 * min(diag):+.1f} % to {100 * max(diag):+.1f} % over the cells.")
     lines.insert(0, f"The library's default (best of 3 splits, chosen on calibration error) has the lowest held-out "
-                    f"error in {wins} of {len(keys)} (layer, budget) cells and loses in {losses}:")
+                    f"error in {wins} of {len(keys)} (layer, budget) cells, ties (within {100 * TIE:.2f} %) in {ties} "
+                    f"and loses in {losses}:")
     return lines
 
 
