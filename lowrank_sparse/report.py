@@ -122,7 +122,7 @@ class CompressionReport:
             modules of the model (input shape from the calibration data).
         index_bytes: index storage of all sparse parts after compression, as saved (packed).
         method, structure: as passed to compress.
-        target: the Budget as a dict ({"params": ..., "macs": ...}) or None.
+        target: the Budget as a dict ({"params": ..., "macs": ...}, and "latency" when set) or None.
         allocation: allocation method ("alds", "enc", "uniform") or None when the
             ranks / densities were given explicitly.
         allocation_table: the budget module's table, when a target was given.

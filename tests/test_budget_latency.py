@@ -240,7 +240,8 @@ def test_real_run_on_a_small_mlp_meets_its_predicted_budget() -> None:
     x = torch.randn(256, 32)
     lm = LatencyModel.of_model(model, x[:64], rounds=3)
     assert lm.inputs["2"][0] == (64, 128) and lm.model_seconds > 0
-    new, _ = lrs.compress(model, x, Budget(latency=0.8, latency_model=lm), max_iter=20, progress=False)
+    new, report = lrs.compress(model, x, Budget(latency=0.8, latency_model=lm), max_iter=20, progress=False)
+    assert report.target == {"params": None, "macs": None, "latency": 0.8}
     pred = lm.prediction
     assert pred is not None and pred["target"] == 0.8
     assert set(pred["layers"]) == {"2", "4"}  # first and last layers kept by default

@@ -144,3 +144,20 @@ def test_threads_do_not_enter_the_manifest(mlp, data, tmp_path):
     ref, _ = lrs.compress(mlp, data, checkpoint_dir=folder, **KW)
     new, _ = lrs.compress(mlp, data, checkpoint_dir=folder, solver_options={"threads": 1}, **KW)
     _assert_same(new, ref)
+
+
+@pytest.mark.parametrize("other", [lrs.Budget(params=0.6, latency=0.5), lrs.Budget(params=0.6, latency=0.4),
+                                   lrs.Budget(params=0.6, macs=0.5)], ids=["latency-added", "latency-changed", "macs"])
+def test_a_different_latency_or_macs_target_is_refused(mlp, tmp_path, other):
+    from lowrank_sparse.compress.checkpoint import Checkpoint, run_manifest
+
+    def manifest(target):
+        return run_manifest(mlp, target=target, allocation="alds", method="lowrank_sparse", config=None,
+                            structure="unstructured", calibration=None, layers=["layers.1"])
+
+    first = lrs.Budget(params=0.6, latency=0.5) if other.latency == 0.4 else lrs.Budget(params=0.6)
+    Checkpoint.open(tmp_path / "ck", manifest(first))
+    assert json.loads((tmp_path / "ck" / "manifest.json").read_text())["target"] == first.as_dict()
+    with pytest.raises(ValueError, match=r"mismatched fields: target"):
+        Checkpoint.open(tmp_path / "ck", manifest(other))
+    Checkpoint.open(tmp_path / "ck", manifest(first))  # the same run is accepted

@@ -70,7 +70,7 @@ def run_manifest(model: nn.Module, *, target: Any, allocation: Optional[str], me
         "format": FORMAT,
         "library_version": __version__,
         "model_fingerprint": model_fingerprint(model),
-        "target": None if target is None else {"params": target.params, "macs": target.macs},
+        "target": None if target is None else target.as_dict(),
         "allocation": allocation if target is not None else None,
         "method": method,
         "config": _plain(config),
