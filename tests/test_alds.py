@@ -322,3 +322,23 @@ def test_alds_and_enc_beat_uniform_on_trained_mlp(budget, digits_mlp):
     assert res["alds"][0] < res["uniform"][0]
     assert res["enc"][0] < res["uniform"][0]
     assert res["alds"][1] >= res["uniform"][1] - 0.005 and res["enc"][1] >= res["uniform"][1] - 0.005
+
+
+@pytest.mark.parametrize("target", [{"params": 0.4}, {"macs": 0.4}], ids=["params", "macs"])
+def test_layers_scope_counts_only_the_listed_layers(target, tgen):
+    """scope="layers": the fraction is of the listed layers' dense weights (summed here from
+    the shapes), whatever total the caller passes for the rest of the model."""
+    layers = random_layers(tgen)
+    tp, tf = _total(layers, extra=10**6)  # a model whose unlisted part dwarfs the layers
+    a = allocate(layers, Budget(**target, scope="layers"), "alds", total_params=tp, total_macs=tf)
+    dense_p = sum(l.m * l.n for l in layers)
+    dense_m = sum(l.dense_macs for l in layers)
+    kept_p = sum(l.m * l.n if la.keep_dense else la.rank * la.slices * l.m + la.rank * l.n + la.nnz
+                 for l, la in zip(layers, a.layers))
+    assert a.params == kept_p and a.total_params == dense_p and a.total_macs == dense_m
+    got, dense = (kept_p, dense_p) if "params" in target else (a.macs, dense_m)
+    frac = target.get("params", target.get("macs"))
+    assert 0.99 * frac * dense <= got <= frac * dense
+    assert "selected layers" in a.table()
+    with pytest.raises(ValueError, match="infeasible|cannot|budget"):  # the same fraction of the whole model cannot be met
+        allocate(layers, Budget(**{k: v / 100 for k, v in target.items()}), "alds", total_params=tp, total_macs=tf)

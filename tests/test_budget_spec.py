@@ -142,3 +142,15 @@ def test_allocation_output_says_macs(tgen):
     assert d["macs_ratio"] == d["macs"] / d["total_macs"] and "flops" not in json.dumps(d)
     text = a.table()
     assert "MACs" in text.splitlines()[0] and "flops" not in text.lower()
+
+
+@pytest.mark.parametrize("scope", ["whole", "", "Layers"], ids=["word", "empty", "case"])
+def test_budget_scope_is_validated(scope):
+    with pytest.raises(ValueError, match="scope"):
+        Budget(params=0.5, scope=scope)
+
+
+def test_budget_scope_in_dict_only_when_not_model():
+    assert "scope" not in Budget(params=0.5).as_dict()
+    assert Budget(params=0.5, scope="layers").as_dict() == {"params": 0.5, "macs": None, "scope": "layers"}
+    assert Budget(params=0.5) != Budget(params=0.5, scope="layers")  # a checkpoint with the other scope is refused

@@ -62,7 +62,9 @@ def allocate(
 
     Args:
         layers: the compressible layers, in network order.
-        target: Budget(params=..., macs=...) as fractions of the WHOLE model.
+        target: Budget(params=..., macs=...) as fractions of the WHOLE model
+            (``target.scope == "layers"``: of the listed layers' weights, and
+            ``total_params`` / ``total_macs`` are ignored).
         method: "alds" | "enc" | "uniform".
         total_params: all parameters of the model (including layers not listed, biases,
             BN); default: the listed layers' weights only.
@@ -114,6 +116,8 @@ def allocate(
     st_name = structure if isinstance(structure, str) else structure.name
     parse_structure(structure)  # validate early
     cache = cache if cache is not None else CurveCache()
+    if target.scope == "layers":  # fractions of the listed layers' weights: the rest is neither counted nor charged
+        total_params = total_macs = None
     dense_p, dense_m, total_params, total_macs = _totals(layers, total_params, total_macs)
 
     latency = _latency_of(target, latency, layers)

@@ -39,6 +39,9 @@ from ..structure import Structure, parse_structure
 
 LayerKind = Literal["linear", "conv"]
 
+#: what a Budget's params / macs fractions are of (see :class:`Budget`)
+SCOPES = ("model", "layers")
+
 
 # ----------------------------------------------------------------------------- formulas
 def lowrank_params(m: int, n: int, rank: int, slices: int = 1) -> int:
@@ -95,6 +98,11 @@ class Budget:
         latency_model: a :class:`~lowrank_sparse.budget.latency.LatencyModel` (input
             shapes from an example batch, or given tables) for ``latency``; None: built
             from the calibration statistics.
+        scope: what ``params`` and ``macs`` are fractions of: "model" (the whole model,
+            the default) or "layers" (the weights of the layers compress() selects, the
+            convention of the one-shot LLM pruning papers: a transformer's embeddings,
+            norms and kept head are neither counted nor charged).  ``latency`` is always
+            of the whole model's forward time.
     At least one of params / macs / latency must be given; all that are given must hold.
     """
 
@@ -102,8 +110,11 @@ class Budget:
     macs: Optional[float] = None
     latency: Optional[float] = None
     latency_model: Optional[Any] = field(default=None, compare=False, repr=False)
+    scope: str = "model"
 
     def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ValueError(f"Budget.scope must be one of {', '.join(map(repr, SCOPES))}, got {self.scope!r}")
         if self.params is None and self.macs is None and self.latency is None:
             raise ValueError("Budget needs params=..., macs=... and/or latency=... (fractions of the model to keep)")
         for name in ("params", "macs", "latency"):
@@ -122,11 +133,14 @@ class Budget:
             if self.latency is None:
                 raise ValueError("Budget.latency_model is given without latency=... (the fraction of the dense time)")
 
-    def as_dict(self) -> dict[str, Optional[float]]:
-        """The targets as a plain dict: params, macs, and latency when it is set."""
-        d = {"params": self.params, "macs": self.macs}
+    def as_dict(self) -> dict[str, Any]:
+        """The targets as a plain dict: params, macs, latency when it is set, and scope
+        when it is not "model"."""
+        d: dict[str, Any] = {"params": self.params, "macs": self.macs}
         if self.latency is not None:
             d["latency"] = self.latency
+        if self.scope != "model":
+            d["scope"] = self.scope
         return d
 
 
@@ -361,7 +375,7 @@ class Allocation:
         if self.target.latency is not None:
             tgt.append(f"latency {self.target.latency:.4f}")
         out.append(
-            f"model: params {self.params:,} / {self.total_params:,} = {self.params_ratio:.4f}   "
+            f"{'model' if self.target.scope == 'model' else 'selected layers'}: params {self.params:,} / {self.total_params:,} = {self.params_ratio:.4f}   "
             f"MACs {self.macs:,} / {self.total_macs:,} = {self.macs_ratio:.4f}   "
             f"target: {', '.join(tgt)}   method={self.method} mode={self.mode} structure={self.structure}"
         )

@@ -36,6 +36,8 @@ def register(sub: Any) -> None:
     c.add_argument("--latency", type=fraction, default=argparse.SUPPRESS,
                    help="keep this fraction of the dense model's CPU time, measured per layer on this machine "
                         "(batch 64, the current thread count), e.g. 0.5")
+    c.add_argument("--budget-scope", choices=("model", "layers"), default="model",
+                   help="what --params/--macs are fractions of: the whole model (default) or the compressed layers' weights")
     c.add_argument("--rank", type=float, help="explicit rank for every layer: an int, or a fraction of full rank")
     c.add_argument("--density", type=float, help="explicit density of S for every layer, in [0, 1)")
     c.add_argument("--allocation", default="alds", choices=("alds", "enc", "uniform"))
@@ -146,7 +148,8 @@ def _compress(args: argparse.Namespace, src: Loaded, calib: Any, progress: Optio
     latency = getattr(args, "latency", None)
     if args.params is not None or args.macs is not None or latency is not None:
         args.latency_model = _latency_model(args, src)
-        target = Budget(params=args.params, macs=args.macs, latency=latency, latency_model=args.latency_model)
+        target = Budget(params=args.params, macs=args.macs, latency=latency, latency_model=args.latency_model,
+                        scope=args.budget_scope)
     return compress(
         src.model,
         calib,
