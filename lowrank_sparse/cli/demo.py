@@ -65,5 +65,6 @@ def _compress_args(args: argparse.Namespace, dataset: str, out: Path) -> argpars
         method="lowrank_sparse", exclude=[], all_layers=False, max_iter=args.max_iter, sample_size=args.sample_size,
         test_subset=args.test_subset,
         fine_tune=0, fine_tune_subset=5_000, fine_tune_lr=0.01, quantize=None, output=str(out), dtype=None,
-        json=args.json, no_progress=args.no_progress, quiet=False, no_latency=False, ray=None, checkpoint_dir=None, budget_scope="model",
+        json=args.json, no_progress=args.no_progress, quiet=False, no_latency=False, ray=None, checkpoint_dir=None,
+        budget_scope="model",
     )
