@@ -226,7 +226,8 @@ class CompressionReport:
         )
         how = f"method {self.method}, structure {self.structure}"
         if self.target is not None:
-            tgt = ", ".join(f"{k}={v:g}" for k, v in self.target.items() if v is not None)
+            tgt = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in self.target.items() if v is not None)
             how += f", target {tgt}, allocation {self.allocation}"
         lines.append(how)
         if self.calibration:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 __all__ = ["DATASETS", "Parser", "RenamedOnce", "fraction", "int_at_least", "positive_int", "nonneg_int",
-           "parse_quantize"]
+           "parse_quantize", "rank_value"]
 
 #: Data sets the subcommands accept: the 32x32-resizable image sets the built-in models
 #: train on, and the ImageNet samples for the pretrained MobileNetV2.
@@ -95,3 +95,14 @@ def parse_quantize(text: str) -> dict[str, Any]:
     if "shared" in out:
         out["shared"] = bool(out["shared"])
     return out
+
+
+def rank_value(text: str) -> float | int:
+    """--rank: a whole number >= 1 is a rank (int), anything in [0, 1) a fraction of full rank."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rank (an integer >= 1) or a fraction in [0, 1), got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"expected a rank (an integer >= 1) or a fraction in [0, 1), got {text!r}")
+    return int(v) if v >= 1 and v.is_integer() else v

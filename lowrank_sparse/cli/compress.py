@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from . import measure
-from .args import DATASETS, RenamedOnce, fraction, nonneg_int, parse_quantize, positive_int
+from . import hf, measure
+from .args import DATASETS, RenamedOnce, fraction, nonneg_int, parse_quantize, positive_int, rank_value
 from .output import CLIError, emit, log, progress_flag
 from .sources import Loaded, calibration, evaluation_data, input_shape, load_model
 
@@ -23,7 +23,8 @@ LATENCY_BATCH = 64
 def register(sub: Any) -> None:
     """Add the ``compress`` subparser to ``sub`` (argparse's subparsers action)."""
     c = sub.add_parser("compress", help="compress a model to a budget and save it (safetensors)")
-    c.add_argument("model", help="built-in model name (vgg16, alexnet, googlenet, small_cnn, mlp, mobilenet_v2) or a .safetensors file")
+    c.add_argument("model", help="built-in model name (vgg16, alexnet, googlenet, small_cnn, mlp, mobilenet_v2), "
+                                 "a .safetensors file, or a local Hugging Face model folder")
     c.add_argument("-o", "--output", required=True, help="output .safetensors file")
     c.add_argument("--dataset", default="fashion_mnist", choices=DATASETS, help="real data set for calibration and evaluation")
     c.add_argument("--checkpoint", help="trained weights (state dict, .safetensors or .pt) for the built-in architecture")
@@ -38,14 +39,19 @@ def register(sub: Any) -> None:
                         "(batch 64, the current thread count), e.g. 0.5")
     c.add_argument("--budget-scope", choices=("model", "layers"), default="model",
                    help="what --params/--macs are fractions of: the whole model (default) or the compressed layers' weights")
-    c.add_argument("--rank", type=float, help="explicit rank for every layer: an int, or a fraction of full rank")
+    c.add_argument("--rank", type=rank_value, help="explicit rank for every layer: an int, or a fraction of full rank")
     c.add_argument("--density", type=float, help="explicit density of S for every layer, in [0, 1)")
     c.add_argument("--allocation", default="alds", choices=("alds", "enc", "uniform"))
     c.add_argument("--method", default="lowrank_sparse", choices=("lowrank_sparse", "rank_only", "sparse_only"))
     c.add_argument("--structure", default="unstructured", help="unstructured | row | column | channel | N:M (e.g. 2:4)")
     c.add_argument("--exclude", action="append", help="fnmatch pattern of layer names to keep dense (repeatable)")
     c.add_argument("--all-layers", action="store_true", help="also compress the first and last layers")
-    c.add_argument("--calib", type=positive_int, default=1024, help="calibration images (default 1024)")
+    c.add_argument("--calib", type=positive_int,
+                   help="calibration images (default 1024) or, for a model folder, text sequences (default 128)")
+    c.add_argument("--text", metavar="FILE", help="model folder: calibration text, paragraphs separated by blank lines "
+                                                  "(default: built-in English prose)")
+    c.add_argument("--test-text", metavar="FILE", help="model folder: held-out text for the fidelity / perplexity score")
+    c.add_argument("--seq-len", type=positive_int, default=128, help="model folder: tokens per sequence (default 128)")
     c.add_argument("--max-iter", type=positive_int, default=300, help="ADMM iteration cap per layer")
     c.add_argument("--sample-size", type=positive_int, default=8192,
                    help="input columns per layer kept for the activation-aware objective (default 8192)")
@@ -72,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
 
     _check_target(args)
     torch.manual_seed(args.seed)
+    if hf.is_hf_folder(args.model):
+        return hf.run_compress(args)
+    if args.text is not None or args.test_text is not None:
+        raise CLIError("--text / --test-text need a Hugging Face model folder as the model")
+    args.calib = args.calib or 1024
     progress = progress_flag(args)
     src = load_model(args.model, args.dataset, args.schedule, args.seed, args.checkpoint, progress)
     shape = input_shape(src.dataset)

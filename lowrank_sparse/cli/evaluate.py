@@ -21,6 +21,8 @@ def register(sub: Any) -> None:
     e.add_argument("path", help=".safetensors file written by lowrank_sparse.save / compress")
     e.add_argument("--dataset", choices=DATASETS, help="default: the data set recorded in the file")
     e.add_argument("--test-subset", type=positive_int)
+    e.add_argument("--test-text", metavar="FILE",
+                   help="a Hugging Face model's file: held-out text (default: built-in English prose)")
     e.add_argument("--batch", type=positive_int, default=64, help="batch size of the latency measurement")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=run)
@@ -30,9 +32,13 @@ def run(args: argparse.Namespace) -> int:
     """Load the file, measure it, print text or JSON."""
     from .. import io as _io
 
-    model = read_saved(args.path, _io.load)
     path = Path(args.path)
-    meta = _io.read_metadata(path)
+    meta = read_saved(path, _io.read_metadata)
+    if "hf_folder" in meta.get("user", {}):  # a Hugging Face model: rebuilt from its folder
+        from .hf import run_evaluate
+
+        return run_evaluate(args, path, meta["user"])
+    model = read_saved(args.path, _io.load)
     dataset = args.dataset or meta.get("user", {}).get("dataset")
     if dataset is None:
         raise CLIError(f"{args.path} does not say which data set it was trained on: pass --dataset")

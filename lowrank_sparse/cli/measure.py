@@ -7,7 +7,7 @@ import statistics
 import time
 from typing import Any
 
-__all__ = ["accuracy", "fidelity", "summary", "latency_ms", "paired_latency", "seeded_batch"]
+__all__ = ["accuracy", "fidelity", "summary", "latency_ms", "paired_calls", "paired_latency", "seeded_batch"]
 
 
 def accuracy(model: Any, x: Any, y: Any) -> float:
@@ -72,19 +72,29 @@ def paired_latency(a: Any, b: Any, shape: tuple[int, ...], batch: int, runs: int
     import torch
 
     x = seeded_batch(shape, batch)
-    ta: list[float] = []
-    tb: list[float] = []
     a.eval()
     b.eval()
     with torch.inference_mode():
-        for _ in range(2):
-            a(x)
-            b(x)
+        return paired_calls(lambda: a(x), lambda: b(x), runs=runs)
+
+
+def paired_calls(call_a: Any, call_b: Any, runs: int = 20, warmup: int = 2) -> dict[str, float]:
+    """Wall time of two zero-argument calls in ``runs`` interleaved rounds (the order
+    alternates each round), after ``warmup`` calls of each; the keys of
+    :func:`paired_latency`.  Runs under no-grad inference mode."""
+    import torch
+
+    ta: list[float] = []
+    tb: list[float] = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            call_a()
+            call_b()
         for r in range(runs):
-            pairs = ((a, ta), (b, tb)) if r % 2 == 0 else ((b, tb), (a, ta))
-            for model, acc in pairs:
+            pairs = ((call_a, ta), (call_b, tb)) if r % 2 == 0 else ((call_b, tb), (call_a, ta))
+            for call, acc in pairs:
                 t0 = time.perf_counter()
-                model(x)
+                call()
                 acc.append((time.perf_counter() - t0) * 1e3)
     ratios = [y / x_ for x_, y in zip(ta, tb)]
     qa, qb, qr = (statistics.quantiles(v, n=4) for v in (ta, tb, ratios))
