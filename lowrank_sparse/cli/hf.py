@@ -28,8 +28,11 @@ TEST_SEQUENCES = 64
 
 
 def is_hf_folder(spec: str) -> bool:
-    """Whether ``spec`` names a local Hugging Face model folder (a config.json inside)."""
-    return (Path(spec) / "config.json").is_file()
+    """Whether ``spec`` names a local Hugging Face model folder (a config.json inside), or
+    is "all-MiniLM-L6-v2" (the folder of the installed weights package)."""
+    from ..models import hf
+
+    return spec in (hf.MINILM, "minilm") or (Path(spec) / "config.json").is_file()
 
 
 def _load(folder: str) -> tuple[Any, Any, bool]:
@@ -37,7 +40,7 @@ def _load(folder: str) -> tuple[Any, Any, bool]:
     from ..models import hf
 
     try:
-        causal = hf._is_causal_lm(Path(folder))
+        causal = hf.is_causal_lm(hf.model_folder(folder))
         return hf.load_hf(folder), hf.load_tokenizer(folder), causal
     except (OSError, ValueError, ImportError) as e:
         raise CLIError(f"{folder}: cannot load the model folder ({str(e).splitlines()[0]})") from None
@@ -82,7 +85,9 @@ def run_compress(args: argparse.Namespace) -> int:
         hint = "" if args.budget_scope == "layers" else " (fractions of the whole model; --budget-scope layers counts the compressed layers only)"
         raise CLIError(f"{str(e).splitlines()[0]}{hint}") from None
     seconds = time.perf_counter() - t0
-    result: dict[str, Any] = {"model": str(Path(args.model).resolve()), "kind": "causal_lm" if causal else "encoder",
+    from ..models import hf as _hf
+
+    result: dict[str, Any] = {"model": str(_hf.model_folder(args.model).resolve()), "kind": "causal_lm" if causal else "encoder",
                               "compress_seconds": seconds, **_scores(model, new, test, causal)}
     result.update(_sizes(model, new, calib[0]))
     if not args.no_latency:

@@ -29,7 +29,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-__all__ = ["english_text", "load_hf", "load_tokenizer", "mean_pool", "minilm_folder", "text_batches"]
+__all__ = ["english_text", "is_causal_lm", "load_hf", "load_tokenizer", "mean_pool", "minilm_folder", "model_folder",
+           "text_batches"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -56,7 +57,7 @@ def minilm_folder() -> Path:
     return folder
 
 
-def _folder(folder_or_name: PathLike) -> Path:
+def model_folder(folder_or_name: PathLike) -> Path:
     """A local model folder from a path or the name "all-MiniLM-L6-v2"."""
     if str(folder_or_name) in (MINILM, "minilm"):
         return minilm_folder()
@@ -67,7 +68,7 @@ def _folder(folder_or_name: PathLike) -> Path:
     return folder
 
 
-def _is_causal_lm(folder: Path) -> bool:
+def is_causal_lm(folder: Path) -> bool:
     """Whether config.json names a causal-LM architecture (``...ForCausalLM`` / ``...LMHeadModel``)."""
     arch = json.loads((folder / "config.json").read_text()).get("architectures") or []
     return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in arch)
@@ -88,9 +89,9 @@ def load_hf(folder_or_name: PathLike, *, causal_lm: Optional[bool] = None,
         FileNotFoundError: not a model folder (nothing is downloaded).
         ImportError: ``transformers`` is not installed (``pip install lowrank_sparse[hf]``).
     """
-    folder = _folder(folder_or_name)
+    folder = model_folder(folder_or_name)
     auto = _transformers()
-    cls = auto.AutoModelForCausalLM if (_is_causal_lm(folder) if causal_lm is None else causal_lm) else auto.AutoModel
+    cls = auto.AutoModelForCausalLM if (is_causal_lm(folder) if causal_lm is None else causal_lm) else auto.AutoModel
     logging = auto.utils.logging
     bar = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()
@@ -104,7 +105,7 @@ def load_hf(folder_or_name: PathLike, *, causal_lm: Optional[bool] = None,
 
 def load_tokenizer(folder_or_name: PathLike) -> Any:
     """The tokenizer of a local model folder (``AutoTokenizer``, ``local_files_only=True``)."""
-    folder = _folder(folder_or_name)
+    folder = model_folder(folder_or_name)
     return _transformers().AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
