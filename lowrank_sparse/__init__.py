@@ -15,6 +15,8 @@ Public names::
     SolverConfig, CalibrationConfig             settings of the solves / the calibration pass
     LowRankSparseConfig, RankOnlyConfig, SparseOnlyConfig   one config per method:
         compress(model, data, config=RankOnlyConfig(rank=0.25), calibration=CalibrationConfig(...))
+    WandaConfig, SparseGPTConfig, SVDLLMConfig, OATSConfig   the peer methods
+        (method="wanda" | "sparsegpt" | "svd_llm" | "oats")
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ _LAZY = {
     "LowRankSparseConfig": ("lowrank_sparse.compress", "LowRankSparseConfig"),
     "RankOnlyConfig": ("lowrank_sparse.compress", "RankOnlyConfig"),
     "SparseOnlyConfig": ("lowrank_sparse.compress", "SparseOnlyConfig"),
+    "WandaConfig": ("lowrank_sparse.compress", "WandaConfig"),
+    "SparseGPTConfig": ("lowrank_sparse.compress", "SparseGPTConfig"),
+    "SVDLLMConfig": ("lowrank_sparse.compress", "SVDLLMConfig"),
+    "OATSConfig": ("lowrank_sparse.compress", "OATSConfig"),
     "export_onnx": ("lowrank_sparse.export", "export_onnx"),
 }
 

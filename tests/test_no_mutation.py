@@ -30,7 +30,8 @@ from lowrank_sparse.train import evaluate, predict
 _FAST = {"max_iter": 15, "progress": False, "sample_size": 64}
 #: explicit sizes per method (each method accepts the sizes it uses)
 _SIZES = {"lowrank_sparse": {"rank": 0.25, "density": 0.05}, "rank_only": {"rank": 0.25},
-          "sparse_only": {"density": 0.1}}  # fmt: skip
+          "sparse_only": {"density": 0.1}, "wanda": {"density": 0.5}, "sparsegpt": {"density": 0.5},
+          "svd_llm": {"rank": 0.25}, "oats": {"rank": 0.25, "density": 0.05}}  # fmt: skip
 
 
 def _tensor_print(t: torch.Tensor | None) -> tuple:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from ..compress.methods import method_names
 from . import hf, measure
 from .args import DATASETS, RenamedOnce, fraction, nonneg_int, parse_quantize, positive_int, rank_value
 from .output import CLIError, emit, log, progress_flag
@@ -42,7 +43,7 @@ def register(sub: Any) -> None:
     c.add_argument("--rank", type=rank_value, help="explicit rank for every layer: an int, or a fraction of full rank")
     c.add_argument("--density", type=float, help="explicit density of S for every layer, in [0, 1)")
     c.add_argument("--allocation", default="alds", choices=("alds", "enc", "uniform"))
-    c.add_argument("--method", default="lowrank_sparse", choices=("lowrank_sparse", "rank_only", "sparse_only"))
+    c.add_argument("--method", default="lowrank_sparse", choices=method_names())
     c.add_argument("--structure", default="unstructured", help="unstructured | row | column | channel | N:M (e.g. 2:4)")
     c.add_argument("--exclude", action="append", help="fnmatch pattern of layer names to keep dense (repeatable)")
     c.add_argument("--all-layers", action="store_true", help="also compress the first and last layers")

@@ -1,4 +1,5 @@
-"""Shared plumbing of the peer methods: array conversion, input norms, results."""
+"""Shared plumbing of the peer methods: array conversion, calibration inputs (X or
+their Gram matrix), input norms, results."""
 
 from __future__ import annotations
 
@@ -24,12 +25,48 @@ def as_float(a: Array, name: str, like: Optional[torch.Tensor] = None) -> torch.
     return a.detach().to(dt)
 
 
+def calibration(X: Optional[Array], gram: Optional[Array], n: int,
+                like: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(X, None) or (None, gram) in ``like``'s dtype: exactly one of the calibration
+    inputs X (n, N) (samples as columns) or their Gram matrix gram (n, n) = X X^T
+    (any positive scale, e.g. X X^T / N), checked for shape and finiteness.
+
+    Raises:
+        ValueError: neither or both given, a wrong shape, NaN / Inf entries.
+    """
+    if (X is None) == (gram is None):
+        got = "neither" if X is None else "both"
+        raise ValueError(f"give exactly one of X (n, N) calibration inputs or gram (n, n) = X X^T; got {got}")
+    name, a = ("X", X) if X is not None else ("gram", gram)
+    t = as_float(a, name, like=like)
+    if t.shape[0] != n or (name == "gram" and t.shape[1] != n):
+        want = f"({n}, N)" if name == "X" else f"({n}, {n})"
+        raise ValueError(f"{name} must have shape {want} for a weight with {n} columns, got {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf entries")
+    return (t, None) if name == "X" else (None, t)
+
+
+def _floored(d: torch.Tensor) -> torch.Tensor:
+    top = float(d.max()) if d.numel() else 0.0
+    return torch.clamp(d, min=max(top * 1e-6, 1e-30))
+
+
 def input_norms(X: torch.Tensor) -> torch.Tensor:
     """(n,) ||x_j|| over the samples (rows of X (n, N)), floored at 1e-6 of the largest
     so that dead inputs do not divide by zero."""
-    d = torch.linalg.vector_norm(X, dim=1)
-    top = float(d.max()) if d.numel() else 0.0
-    return torch.clamp(d, min=max(top * 1e-6, 1e-30))
+    return _floored(torch.linalg.vector_norm(X, dim=1))
+
+
+def gram_norms(G: torch.Tensor) -> torch.Tensor:
+    """(n,) sqrt(G_jj) of a Gram matrix G (n, n) = X X^T: the input norms, floored as
+    in :func:`input_norms`."""
+    return _floored(torch.sqrt(torch.clamp(torch.diagonal(G), min=0.0)))
+
+
+def norms_of(X: Optional[torch.Tensor], G: Optional[torch.Tensor]) -> torch.Tensor:
+    """Input norms from whichever of X / G :func:`calibration` returned."""
+    return input_norms(X) if X is not None else gram_norms(G)
 
 
 def result(W: Array, U: torch.Tensor, V: torch.Tensor, S: torch.Tensor, structure: Structure,

@@ -23,7 +23,7 @@ import torch
 from ..ops import torch_ops
 from ..solve.result import Array, Decomposition
 from ..structure import parse_structure
-from ._common import as_float, input_norms, result
+from ._common import as_float, calibration, norms_of, result
 
 __all__ = ["oats", "oats_scaled", "row_topk"]
 
@@ -75,9 +75,10 @@ def oats_scaled(A: torch.Tensor, rank: int, project, iters: int = 40, exact_svd:
     return U, V, S, hist
 
 
-def oats(W: Array, rank: int, density: float, X: Array, *, pattern: str = "per_row",
-         iters: int = 40, exact_svd: bool = True) -> Decomposition:
-    """OATS decomposition of W (m, n) with calibration inputs X (n, N).
+def oats(W: Array, rank: int, density: float, X: Optional[Array] = None, *, gram: Optional[Array] = None,
+         pattern: str = "per_row", iters: int = 40, exact_svd: bool = True) -> Decomposition:
+    """OATS decomposition of W (m, n) with calibration inputs X (n, N), or their Gram
+    matrix gram (n, n) = X X^T (input norms sqrt(diag(gram))); exactly one of the two.
 
     Args:
         rank: r of L; density: fraction of W's entries S keeps: floor(density * n + 0.5)
@@ -91,9 +92,8 @@ def oats(W: Array, rank: int, density: float, X: Array, *, pattern: str = "per_r
     """
     t0 = time.perf_counter()
     W0 = as_float(W, "W")
-    Xt = as_float(X, "X", like=W0)
     m, n = W0.shape
-    d = input_norms(Xt)
+    d = norms_of(*calibration(X, gram, n, W0))
     if pattern == "per_row":
         k = int(density * n + 0.5)
         project, st = (lambda B: row_topk(B, k)), parse_structure("unstructured")

@@ -9,19 +9,22 @@ calibration samples); in every output row keep the entries with the largest scor
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 import torch
 
 from ..ops import torch_ops
 from ..solve.result import Array, Decomposition
 from ..structure import parse_structure
-from ._common import as_float, input_norms, result
+from ._common import as_float, calibration, norms_of, result
 
 __all__ = ["wanda"]
 
 
-def wanda(W: Array, density: float, X: Array, *, pattern: str = "per_row") -> Decomposition:
-    """Wanda mask of W (m, n) with calibration inputs X (n, N).
+def wanda(W: Array, density: float, X: Optional[Array] = None, *, gram: Optional[Array] = None,
+          pattern: str = "per_row") -> Decomposition:
+    """Wanda mask of W (m, n) with calibration inputs X (n, N), or their Gram matrix
+    gram (n, n) = X X^T (input norms sqrt(diag(gram))); exactly one of the two.
 
     Args:
         density: fraction kept: floor(density * n + 0.5) entries per row
@@ -32,9 +35,8 @@ def wanda(W: Array, density: float, X: Array, *, pattern: str = "per_row") -> De
     """
     t0 = time.perf_counter()
     W0 = as_float(W, "W")
-    Xt = as_float(X, "X", like=W0)
     m, n = W0.shape
-    score = W0.abs() * input_norms(Xt)
+    score = W0.abs() * norms_of(*calibration(X, gram, n, W0))
     if pattern == "per_row":
         k = min(n, int(density * n + 0.5))
         keep = torch.zeros(m, n, dtype=torch.bool, device=W0.device)

@@ -14,11 +14,12 @@ until the factorisation succeeds), so rank-deficient data still factor.
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 import torch
 
 from ..solve.result import Array, Decomposition
-from ._common import as_float, result, unstructured
+from ._common import as_float, calibration, result, unstructured
 
 __all__ = ["whitened_svd", "regularised_cholesky"]
 
@@ -38,8 +39,10 @@ def regularised_cholesky(G: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tens
     raise ValueError("the input Gram matrix could not be factored (non-finite inputs?)")
 
 
-def whitened_svd(W: Array, rank: int, X: Array, *, eps: float = 1e-6) -> Decomposition:
-    """Rank-``rank`` SVD-LLM factorisation of W (m, n) with calibration inputs X (n, N).
+def whitened_svd(W: Array, rank: int, X: Optional[Array] = None, *, gram: Optional[Array] = None,
+                 eps: float = 1e-6) -> Decomposition:
+    """Rank-``rank`` SVD-LLM factorisation of W (m, n) with calibration inputs X (n, N),
+    or their Gram matrix gram (n, n) = X X^T (C its Cholesky factor); exactly one of the two.
 
     Returns:
         Decomposition with U (m, r) = U_r sqrt(s), V (r, n) = sqrt(s) Vt_r C^{-1},
@@ -47,9 +50,9 @@ def whitened_svd(W: Array, rank: int, X: Array, *, eps: float = 1e-6) -> Decompo
     """
     t0 = time.perf_counter()
     W0 = as_float(W, "W")
-    Xt = as_float(X, "X", like=W0)
     m, n = W0.shape
-    C, lam = regularised_cholesky(Xt @ Xt.mT, eps)
+    Xt, G = calibration(X, gram, n, W0)
+    C, lam = regularised_cholesky(Xt @ Xt.mT if Xt is not None else G, eps)
     Uf, s, Vt = torch.linalg.svd(W0 @ C, full_matrices=False)
     sq = torch.sqrt(s[:rank])
     U = Uf[:, :rank] * sq
