@@ -138,3 +138,25 @@ def test_real_timer_gives_a_form_per_layer(x, tgen):
     assert all(c.form in FORMS and c.seconds["pair"] > 0 and c.seconds["dense"] > 0 for c in plan.layers)
     with torch.no_grad():
         torch.testing.assert_close(net(x), _reference(net, x), rtol=1e-5, atol=1e-5)
+
+
+class _KeywordNet(nn.Module):
+    """Takes its input by keyword, as a Hugging Face model takes a tokenizer's output."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.inner(pixel_values)
+
+
+def test_a_dict_example_is_passed_as_keywords():
+    g = torch.Generator().manual_seed(0)
+    net = _KeywordNet(Net("row", g))
+    timer, _ = _fake({"pair": 1.0, "dense": 2.0})
+    x = torch.randn(2, 4, 5, 5, generator=g)
+    plan = plan_execution(net, {"pixel_values": x}, timer=timer, rounds=3, min_seconds=0.0, cache=False)
+    assert [c.name for c in plan.layers] == ["inner." + n for n, m in net.inner.named_modules()
+                                             if isinstance(m, (LowRankSparseConv2d, LowRankSparseLinear))]
+    assert all(c.form == "pair" for c in plan.layers)

@@ -148,7 +148,9 @@ def _lines(result: dict[str, Any]) -> list[str]:
     if "latency_ratio" in result:
         out.append(f"CPU latency {result['latency_ms_before']:.2f} ms -> {result['latency_ms_after']:.2f} ms "
                    f"({result['latency_ratio']:.2f}x dense [{result['latency_ratio_iqr'][0]:.2f}, "
-                   f"{result['latency_ratio_iqr'][1]:.2f}], one calibration batch, {result['latency_runs']} paired rounds)")
+                   f"{result['latency_ratio_iqr'][1]:.2f}], one calibration batch, {result['latency_runs']} paired rounds; "
+                   f"{sum(f == 'pair' for f in result['execution'].values())} of {len(result['execution'])} "
+                   "layers run as L + S, the others merged)")
     return out
 
 
@@ -190,12 +192,16 @@ def perplexity(model: Any, batches: list[Any]) -> float:
 
 
 def paired_latency_batch(dense: Any, new: Any, batch: Any, runs: int = 20) -> dict[str, Any]:
-    """Paired, interleaved forward time of two models on one dict batch."""
+    """Paired, interleaved forward time of two models on one dict batch, after the
+    execution planner chose each compressed layer's form on it."""
+    from ..nn.execution import plan_execution
     from . import measure
+
+    forms = plan_execution(new, batch).forms()
 
     lat = measure.paired_calls(lambda: dense(**batch), lambda: new(**batch), runs=runs)
     return {"latency_ms_before": lat["ms_a"], "latency_ms_after": lat["ms_b"], "latency_ratio": lat["ratio"],
-            "latency_ratio_iqr": [lat["ratio_q1"], lat["ratio_q3"]], "latency_runs": runs}
+            "latency_ratio_iqr": [lat["ratio_q1"], lat["ratio_q3"]], "latency_runs": runs, "execution": forms}
 
 
 def run_evaluate(args: argparse.Namespace, path: Path, meta: dict[str, Any]) -> int:

@@ -106,7 +106,12 @@ def _inputs(model: nn.Module, example: Any) -> dict[str, Tensor]:
     hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, PairBase)]
     try:
         with torch.inference_mode():
-            model(*example) if isinstance(example, tuple) else model(example)
+            if isinstance(example, dict):  # keyword inputs, as a tokenizer's output is passed
+                model(**example)
+            elif isinstance(example, tuple):
+                model(*example)
+            else:
+                model(example)
     finally:
         for h in hooks:
             h.remove()
@@ -145,8 +150,9 @@ def plan_execution(model: nn.Module, example: Any, *, timer: Optional[Timer] = N
 
     Args:
         model: a model holding LowRankSparseLinear / LowRankSparseConv2d modules.
-        example: one input batch (a tensor, or a tuple of positional inputs) of the
-            shape the model will run at.
+        example: one input batch (a tensor, a tuple of positional inputs, or a dict of
+            keyword inputs such as {"input_ids", "attention_mask"}) of the shape the
+            model will run at.
         timer: ``timer(module, x, form)`` -> seconds (default :func:`time_forms`);
             tests pass a fake one.
         rounds: at least this many interleaved timing rounds per layer.
