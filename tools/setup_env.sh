@@ -18,6 +18,16 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   fi
 fi
 
+# English prose for the small decoder LM (models.decoder): the Debian Reference as
+# HTML (Debian package, GPL-2+); needs root, skipped if present.
+if [ ! -f /usr/share/debian-reference/ch01.en.html ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debian-reference-en >/dev/null
+  else
+    echo "note: debian-reference-en not installed (sudo apt-get install debian-reference-en); models.decoder needs it" >&2
+  fi
+fi
+
 # Package sources: where pip is configured with on-disk mirrors as extra indexes
 # (file:///.../simple), read their flat wheel folders instead (the same wheels), as
 # pip warns for every project such an index lacks. Only this script's pip runs see
