@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from .output import CLIError, emit, log, progress_flag
 
-__all__ = ["is_hf_folder", "run_compress", "run_evaluate", "text_fidelity", "perplexity", "paired_latency_batch"]
+__all__ = ["is_hf_folder", "run_compress", "run_evaluate", "text_fidelity", "paired_latency_batch"]
 
 #: calibration sequences when --calib is not given, and their batch size
 DEFAULT_SEQUENCES = 128
@@ -121,6 +121,8 @@ def _target(args: argparse.Namespace, model: Any, example: Any) -> Any:
 def _scores(dense: Any, new: Any, test: list[Any], causal: bool) -> dict[str, Any]:
     """Held-out quality: perplexity before / after (causal LM) or embedding cosine."""
     if causal:
+        from ..models.decoder import perplexity
+
         return {"perplexity_before": perplexity(dense, test), "perplexity_after": perplexity(new, test)}
     return {"cosine": text_fidelity(new, dense, test)}
 
@@ -169,26 +171,6 @@ def text_fidelity(model: Any, reference: Any, batches: list[Any]) -> dict[str, f
             cos.append(torch.nn.functional.cosine_similarity(a, c, dim=1))
     allc = torch.cat(cos)
     return {"mean": float(allc.mean()), "min": float(allc.min()), "sentences": int(allc.numel())}
-
-
-def perplexity(model: Any, batches: list[Any]) -> float:
-    """exp(mean next-token cross-entropy) of a causal LM over the non-padding tokens
-    (a target counts when it and the token before it are both unmasked)."""
-    import torch
-    import torch.nn.functional as F
-
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for b in batches:
-            logits = model(**b).logits[:, :-1].float()
-            target = b["input_ids"][:, 1:]
-            keep = (b["attention_mask"][:, 1:] * b["attention_mask"][:, :-1]).bool()
-            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
-            total += float(nll[keep.reshape(-1)].sum())
-            count += int(keep.sum())
-    if count == 0:
-        raise ValueError("perplexity needs at least one sequence of two or more tokens")
-    return math.exp(total / count)
 
 
 def paired_latency_batch(dense: Any, new: Any, batch: Any, runs: int = 20) -> dict[str, Any]:
