@@ -96,7 +96,9 @@ def compress(
         structure: sparsity structure of S ("unstructured" by default, "row",
             "column", "channel", "N:M").
         method: "lowrank_sparse" (the ADMM solver; default), "rank_only" or
-            "sparse_only" (the baselines of :mod:`lowrank_sparse.baselines`), or
+            "sparse_only" (the baselines of :mod:`lowrank_sparse.baselines`), the
+            peers "wanda", "sparsegpt", "svd_llm" and "oats" (:mod:`lowrank_sparse.peers`,
+            sparse-only / rank-only / L + S at the same parameter accounting), or
             any name added with :func:`~lowrank_sparse.compress.register_method`.
         include, exclude: fnmatch patterns (or lists) on qualified layer names; a
             layer is compressed if it matches ``include`` (when given) and not
