@@ -176,8 +176,11 @@ def run_cell(key: str, spec: dict[str, Any], label: str, kw: dict[str, Any], bat
 
 
 def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    loads = {r["model"]: r.get("run", meta) for r in rows}
+    per_model = "; ".join(f"{m} {run['load_start']} -> {run['load_end']}" for m, run in loads.items())
     out = [f"Machine: {meta['machine']}, torch {meta['torch']}, {meta['threads']} threads, "
-           f"{meta['rounds']} paired rounds per cell; load average at start {meta['load_start']}, end {meta['load_end']}.",
+           f"{meta['rounds']} paired rounds per cell; load average at the start and end of each model's run: "
+           f"{per_model}.",
            "", "| model | budget | params | MACs | quality | batch | dense ms | compressed ms | speedup [IQR] | "
            "layers run as L + S | compress s |", "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -221,8 +224,22 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             rows.append(row)
     meta["load_end"] = _load()
+    rows, meta = _merge(Path(args.out + ".json"), rows, meta)
     Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     Path(args.out + ".md").write_text(_markdown(rows, meta))
+
+
+def _merge(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """This run's rows added to the saved ones of the models it did not run (a run with
+    ``--models minilm`` keeps the VGG-16 rows); each model's rows carry the run's meta."""
+    for r in rows:
+        r["run"] = dict(meta)
+    if not path.exists():
+        return rows, meta
+    saved = json.loads(path.read_text())
+    ran = {r["model"] for r in rows}
+    kept = [dict(r, run=r.get("run", saved.get("meta", {}))) for r in saved["rows"] if r["model"] not in ran]
+    return kept + rows, meta
 
 
 if __name__ == "__main__":
