@@ -37,6 +37,10 @@ class CalibrationConfig:
         max_batches: stop after this many batches (None: all).
         chunk_rows: input columns processed at once (bounds the memory of a conv's
             unfolded patches).
+        gated_mlp: how the gate_proj / up_proj of a gated MLP are fitted: "product"
+            (on the error each causes in ``act(gate x) * (up x)``, see
+            :mod:`~lowrank_sparse.calibrate.gated`) or "linear" (on its own input Gram,
+            as any linear layer).
 
     Raises:
         ValueError: ``sample_size < 0``, ``batch_size < 1`` or ``chunk_rows < 1``.
@@ -50,6 +54,7 @@ class CalibrationConfig:
     sample_all: bool = False
     max_batches: Optional[int] = None
     chunk_rows: int = 16384
+    gated_mlp: str = "product"
 
     def __post_init__(self) -> None:
         if self.sample_size < 0:
@@ -58,6 +63,8 @@ class CalibrationConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.chunk_rows < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
+        if self.gated_mlp not in ("product", "linear"):
+            raise ValueError(f"gated_mlp must be 'product' or 'linear', got {self.gated_mlp!r}")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -23,28 +23,28 @@ import torch.nn.functional as F
 
 from .activation import ActivationInfo, activation_of_call, activation_of_module, is_hf_identity
 from .fold import BN_MODULES, bn_foldable
+from .gated import gated_blocks
 from .layers import find_layers
 
-__all__ = ["GATED_MLP_NOTE", "PASS_MODULES", "RuntimeDetector", "detect_activations", "gated_mlp_layers"]
+__all__ = ["GATED_DOWN_NOTE", "GATED_MLP_NOTE", "PASS_MODULES", "RuntimeDetector", "detect_activations", "gated_mlp_layers"]
 
 #: Pass-through modules between a layer and its activation (identity in eval mode).
 PASS_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
 
-#: Children of a gated MLP block (Llama, Mistral, Qwen, ...): down(act(gate(x)) * up(x)).
-GATED_MLP_CHILDREN = ("gate_proj", "up_proj", "down_proj")
 GATED_MLP_NOTE = ("gated MLP (down_proj(act(gate_proj(x)) * up_proj(x))): fitted as linear on its input "
                   "Gram, the gate's product is not modelled")
+GATED_DOWN_NOTE = "gated MLP down_proj: its input is act(gate x) * (up x); fitted as linear on its input Gram (exact)"
 
 
 def gated_mlp_layers(model: nn.Module) -> dict[str, str]:
-    """{qualified name: note} of the layers of every gated MLP block in ``model``: a
-    module with children named ``gate_proj``, ``up_proj`` and ``down_proj``."""
+    """{qualified name: note} of the layers of every gated MLP block in ``model``
+    (:func:`~lowrank_sparse.calibrate.gated.gated_blocks`): the note of the linear
+    fit, which calibration replaces for gate_proj / up_proj when it collects their
+    gated objective (:mod:`~lowrank_sparse.calibrate.gated`)."""
     out: dict[str, str] = {}
-    for name, mod in model.named_modules():
-        children = dict(mod.named_children())
-        if all(c in children for c in GATED_MLP_CHILDREN):
-            for c in GATED_MLP_CHILDREN:
-                out[f"{name}.{c}" if name else c] = GATED_MLP_NOTE
+    for b in gated_blocks(model):
+        out[b.gate] = out[b.up] = GATED_MLP_NOTE
+        out[b.down] = GATED_DOWN_NOTE
     return out
 
 

@@ -11,9 +11,11 @@ cannot be folded: the layer is then fitted as linear and the reason is reported.
 Batches are tensors, tuples or dicts (:mod:`~lowrank_sparse.calibrate.batches`: a dict
 goes in as ``model(**batch)``); with an ``attention_mask`` the padding positions are left
 out of every linear layer's statistics (Gram, mean, count, subsample) whose input has
-the mask's (B, T) leading dims.  The three layers of a gated MLP (``gate_proj``,
-``up_proj``, ``down_proj``) are fitted as linear on their input Gram (the product of
-two branches is not an activation the solver models); the report says so.
+the mask's (B, T) leading dims.  In a gated MLP ``down(act(gate x) * (up x))`` the gate
+and up projections get the objective of :mod:`~lowrank_sparse.calibrate.gated` (their
+error in the product; both branches' outputs are hooked) unless the config says
+``gated_mlp="linear"``; ``down_proj`` is fitted as linear on its input.  The report
+says which.
 
 The model runs in eval mode (BatchNorm running statistics, no dropout); each module's
 training flag is restored afterwards and the parameters are never modified.
@@ -32,6 +34,7 @@ from .batches import CalibrationData, ModelBatch, iter_model_batches
 from .capture import token_rows
 from .config import CalibrationConfig, resolve_calibration
 from .detect import RuntimeDetector, detect_activations, gated_mlp_layers
+from .gated import GatedAccumulator, GatedBlock, apply_gated, gated_blocks, gated_weights
 from .fold import bn_affine
 from .layers import describe_layer, find_layers, weight_matrix
 from .stats import Calibration, GramCollector, LayerStats
@@ -169,6 +172,23 @@ class _Run:
         self.running_shape: Optional[tuple[int, ...]] = None
         self.first_batch = True
         self.pending: dict[str, list[torch.Tensor]] = {n: [] for n in self.names}
+        self._init_gated()
+
+    def _init_gated(self) -> None:
+        """The gated MLP blocks whose gate / up objective this pass collects."""
+        self.blocks: list[GatedBlock] = []
+        self.gated_acc: dict[str, GatedAccumulator] = {}
+        self.branch: dict[str, dict[str, torch.Tensor]] = {}
+        if self.cfg.gated_mlp != "product":
+            return
+        for b in gated_blocks(self.model):
+            mine = [n for n in (b.gate, b.up) if n in self.stats and self.stats[n].kind == "linear"]
+            if b.activation is None or not mine:
+                continue
+            self.blocks.append(b)
+            self.branch[b.name] = {}
+            for n in mine:
+                self.gated_acc[n] = GatedAccumulator()
 
     def set_activation(self, name: str, info: ActivationInfo) -> None:
         if name in self.gated:
@@ -208,7 +228,29 @@ class _Run:
             handles.append(self.modules[n].register_forward_pre_hook(self._pre_hook(n)))
         for name, mod in self.chosen:
             handles.append(mod.register_forward_hook(self._layer_hook(name)))
+        for b in self.blocks:
+            for role, name in (("gate", b.gate), ("up", b.up)):
+                handles.append(self.modules[name].register_forward_hook(self._branch_hook(b, role)))
         return handles
+
+    def _branch_hook(self, block: GatedBlock, role: str):
+        """Keeps one branch's output of a gated MLP; with both, feeds the accumulators."""
+        def hook(mod: nn.Module, inp: Any, out: Any) -> None:
+            seen = self.branch[block.name]
+            x = token_rows(inp[0], self.mask)
+            seen[role] = token_rows(out, self.mask).reshape(-1, out.shape[-1])
+            seen["x"] = x.reshape(-1, x.shape[-1])
+            if "gate" in seen and "up" in seen:
+                self._add_gated(block, seen.pop("x"), seen.pop("gate"), seen.pop("up"))
+        return hook
+
+    def _add_gated(self, block: GatedBlock, x: torch.Tensor, g: torch.Tensor, u: torch.Tensor) -> None:
+        step = self.cfg.chunk_rows
+        for s in range(0, x.shape[0], step):
+            w_gate, w_up = gated_weights(g[s:s + step], u[s:s + step], block.activation)
+            for name, w in ((block.gate, w_gate), (block.up, w_up)):
+                if name in self.gated_acc:
+                    self.gated_acc[name].add(x[s:s + step], w)
 
     def _forward(self, batch: ModelBatch) -> None:
         self.running, self.mask = None, batch.mask
@@ -267,6 +309,7 @@ class _Run:
         """The collected layers' statistics; layers never called go to ``skipped``."""
         for name in self.names:
             self.collectors[name].finish()
+        self._finish_gated()
         out: dict[str, LayerStats] = {}
         for name in self.names:
             if self.stats[name].count == 0:
@@ -276,6 +319,13 @@ class _Run:
         if not out:
             raise ValueError("no compressible layer was called during calibration: " + ", ".join(self.names))
         return out
+
+    def _finish_gated(self) -> None:
+        for b in self.blocks:
+            for role, name in (("gate_proj", b.gate), ("up_proj", b.up)):
+                acc = self.gated_acc.get(name)
+                if acc is not None and self.stats[name].bn_scale is None and self.stats[name].count > 0:
+                    self.stats[name] = apply_gated(self.stats[name], acc.finish(), role, b.activation.name)
 
     def _raise_shape(self, err: Exception, x: torch.Tensor) -> None:
         name = self.running

@@ -79,6 +79,9 @@ class Method:
         allocation_mode: the ``mode`` of :func:`lowrank_sparse.budget.allocate`.
         solver_split: with a budget, the allocator picks each layer's rank / sparse
             split by running this method's solver (its ``error_fn``).
+        gated_objective: fits a gated MLP's gate / up projections on their error in
+            the product (:mod:`lowrank_sparse.calibrate.gated`); False: on their own
+            input Gram (the peers, as their papers do).
     """
 
     name: str
@@ -86,6 +89,7 @@ class Method:
     solve: Handler
     allocation_mode: str
     solver_split: bool = False
+    gated_objective: bool = False
 
     @property
     def has_rank(self) -> bool:
@@ -100,9 +104,9 @@ _REGISTRY: dict[str, Method] = {}
 
 
 def register_method(name: str, config_cls: type, solve: Handler, *, allocation_mode: str,
-                    solver_split: bool = False) -> Method:
-    """Add (or replace) a method; returns its record."""
-    method = Method(name, config_cls, solve, allocation_mode, solver_split)
+                    solver_split: bool = False, gated_objective: bool = False) -> Method:
+    """Add (or replace) a method; returns its record (see :class:`Method`)."""
+    method = Method(name, config_cls, solve, allocation_mode, solver_split, gated_objective)
     _REGISTRY[name] = method
     return method
 
@@ -169,6 +173,7 @@ def _solve_sparse_only(p: LayerProblem, config: SparseOnlyConfig) -> Any:
 
 
 register_method("lowrank_sparse", LowRankSparseConfig, _solve_lowrank_sparse, allocation_mode="lowrank_sparse",
-                solver_split=True)
-register_method("rank_only", RankOnlyConfig, _solve_rank_only, allocation_mode="rank_only")
-register_method("sparse_only", SparseOnlyConfig, _solve_sparse_only, allocation_mode="sparse_only")
+                solver_split=True, gated_objective=True)
+register_method("rank_only", RankOnlyConfig, _solve_rank_only, allocation_mode="rank_only", gated_objective=True)
+register_method("sparse_only", SparseOnlyConfig, _solve_sparse_only, allocation_mode="sparse_only",
+                gated_objective=True)

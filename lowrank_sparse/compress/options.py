@@ -117,4 +117,6 @@ def resolve_options(
     cfg = _with_solver(cfg, solver, solver_options)
     struct = parse_structure(getattr(cfg, "structure", "unstructured" if structure is None else structure))
     cal = resolve_calibration(calibration, calibration_overrides)
+    if not m.gated_objective and cal.gated_mlp != "linear":
+        cal = replace(cal, gated_mlp="linear")  # the peers fit their papers' linear objective
     return Options(m, cfg, struct, cal)
