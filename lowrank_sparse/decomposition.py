@@ -17,7 +17,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ._validate import Array, compute_dtype, initial_subspace, prepare
+from ._validate import AdmmSpec, Array, Prepared, compute_dtype, initial_subspace, prepare
 from .solve.config import SolverConfig, resolve
 from .solve.refit import refit_support, refit_weight_, relative_error
 from .solve.result import Decomposition, SolveInfo
@@ -115,13 +115,7 @@ def decompose(
                                subsample=subsample, relaxed=relaxed, lam_nuclear=lam_nuclear,
                                lam_sparse=lam_sparse, progress=progress, threads=threads,
                                refine=refine, refit=refit))
-    if not isinstance(cfg.refit, bool):
-        raise TypeError(f"refit must be True or False, got {cfg.refit!r}")
-    if cfg.refine is not None and not isinstance(cfg.refine, bool):
-        raise TypeError(f"refine must be None, True or False, got {cfg.refine!r}")
-    if cfg.refine and cfg.relaxed:
-        raise ValueError("refine=True solves the rank / sparsity-constrained problem; "
-                         "relaxed=True needs refine=False or None (the ADMM)")
+    _check_config(cfg)
     pr = prepare(
         W, rank, density, structure, X=X, gram=gram, bias=bias, activation=activation,
         negative_slope=negative_slope, block=block, slices=slices, backend=cfg.backend,
@@ -133,28 +127,73 @@ def decompose(
         from .activation_aware import decompose_activation
 
         return decompose_activation(W, pr, cfg, density, structure, block)
-    threads, progress = cfg.threads, cfg.progress
+    return _decompose_admm(W, pr, cfg)
+
+
+def _check_config(cfg: SolverConfig) -> None:
+    """The settings decompose checks itself (prepare checks the problem)."""
+    if not isinstance(cfg.refit, bool):
+        raise TypeError(f"refit must be True or False, got {cfg.refit!r}")
+    if cfg.refine is not None and not isinstance(cfg.refine, bool):
+        raise TypeError(f"refine must be None, True or False, got {cfg.refine!r}")
+    if cfg.refine and cfg.relaxed:
+        raise ValueError("refine=True solves the rank / sparsity-constrained problem; "
+                         "relaxed=True needs refine=False or None (the ADMM)")
+
+
+def _decompose_admm(W: Array, pr: Prepared, cfg: SolverConfig) -> Decomposition:
+    """The ADMM path: run the backend, refit S, package the result."""
     spec = pr.spec
     cdt = compute_dtype(pr.W)
     W0 = pr.W.detach().to(cdt).contiguous()
     V0 = initial_subspace(spec, cdt, W0.device)
     t0 = time.perf_counter()
-    raw: RawSolve
+    raw = _run_backend(pr, cfg, W0, V0)
+    U, V, S = raw.U.to(W0.device), raw.V.to(W0.device), raw.S.to(W0.device)
+    extra = dict(raw.extra)
+    S = _refit(pr, cfg, W0, U, V, S, raw, extra)
+    if spec.mode == "nonlinear":
+        extra["samples"] = int(pr.X.shape[1]) if pr.X is not None else 0
+        extra["samples_given"] = pr.n_samples
+    seconds = time.perf_counter() - t0
+    info = SolveInfo(
+        iterations=raw.iterations,
+        converged=raw.converged,
+        seconds=seconds,
+        primal_residuals=[float(v) for v in raw.primal],
+        dual_residuals=[float(v) for v in raw.dual],
+        objective=[float(v) for v in raw.objective],
+        backend=pr.backend,
+        extra=extra,
+        path="admm",
+    )
+    if cfg.progress:
+        _print_summary(pr, raw, extra, seconds)
+    return _package(W, U, V, S, spec, info)
+
+
+def _run_backend(pr: Prepared, cfg: SolverConfig, W0: torch.Tensor, V0: torch.Tensor) -> RawSolve:
+    """The ADMM in the native core or in torch (the native core also refits S in
+    weight mode)."""
+    spec = pr.spec
     if pr.backend == "native":
         from .solve.native import solve_native
 
         refit_in_core = cfg.refit and not spec.relaxed and spec.has_sparse and spec.mode == "weight"
-        raw = solve_native(W0, spec, V0, gram=pr.gram, X=pr.X, bias=pr.bias, threads=threads,
-                           refit=refit_in_core)
-    else:
-        with torch.no_grad():
-            raw = solve_torch(W0, spec, V0, gram=pr.gram, X=pr.X, bias=pr.bias)
-    U, V, S = raw.U.to(W0.device), raw.V.to(W0.device), raw.S.to(W0.device)
-    extra = dict(raw.extra)
+        return solve_native(W0, spec, V0, gram=pr.gram, X=pr.X, bias=pr.bias, threads=cfg.threads,
+                            refit=refit_in_core)
+    with torch.no_grad():
+        return solve_torch(W0, spec, V0, gram=pr.gram, X=pr.X, bias=pr.bias)
+
+
+def _refit(pr: Prepared, cfg: SolverConfig, W0: torch.Tensor, U: torch.Tensor, V: torch.Tensor,
+           S: torch.Tensor, raw: RawSolve, extra: dict[str, Any]) -> torch.Tensor:
+    """Exact refit of S's values on its support (weight space and identity-with-data
+    modes): for fixed L and support this is the exact minimiser of F, so the error can
+    only go down.  Feasibility (support, rank) is untouched.  Records "refit" and the
+    errors in ``extra``; returns S (refitted or not)."""
+    spec = pr.spec
     extra["refit"] = False
-    # Exact refit of S's values on its support (weight space and identity-with-data
-    # modes): for fixed L and support this is the exact minimiser of F, so the error
-    # can only go down.  Feasibility (support, rank) is untouched.
     if cfg.refit and not spec.relaxed and spec.has_sparse and spec.mode == "weight":
         if "refit_errors" in extra:  # done by the native core (same formula, its tiles)
             before, after = extra.pop("refit_errors")
@@ -178,29 +217,24 @@ def decompose(
             extra["error"] = min(before, after)
     elif raw.objective:
         extra["error"] = raw.objective[-1]
-    if spec.mode == "nonlinear":
-        extra["samples"] = int(pr.X.shape[1]) if pr.X is not None else 0
-        extra["samples_given"] = pr.n_samples
-    seconds = time.perf_counter() - t0
-    info = SolveInfo(
-        iterations=raw.iterations,
-        converged=raw.converged,
-        seconds=seconds,
-        primal_residuals=[float(v) for v in raw.primal],
-        dual_residuals=[float(v) for v in raw.dual],
-        objective=[float(v) for v in raw.objective],
-        backend=pr.backend,
-        extra=extra,
-        path="admm",
+    return S
+
+
+def _print_summary(pr: Prepared, raw: RawSolve, extra: dict[str, Any], seconds: float) -> None:
+    """The one-line progress summary on stderr."""
+    spec = pr.spec
+    print(
+        f"decompose {spec.m}x{spec.n} rank={spec.rank} k={spec.k} {spec.structure.name} "
+        f"[{spec.mode}/{spec.activation}] {pr.backend}: {raw.iterations} it, "
+        f"converged={raw.converged}, error={extra.get('error', float('nan')):.4g}, "
+        f"{seconds:.2f}s",
+        file=sys.stderr,
     )
-    if progress:
-        print(
-            f"decompose {spec.m}x{spec.n} rank={spec.rank} k={spec.k} {spec.structure.name} "
-            f"[{spec.mode}/{spec.activation}] {pr.backend}: {raw.iterations} it, "
-            f"converged={raw.converged}, error={extra.get('error', float('nan')):.4g}, "
-            f"{seconds:.2f}s",
-            file=sys.stderr,
-        )
+
+
+def _package(W: Array, U: torch.Tensor, V: torch.Tensor, S: torch.Tensor, spec: AdmmSpec,
+             info: SolveInfo) -> Decomposition:
+    """The Decomposition, its arrays as the input's type, dtype and device."""
 
     def out(t: torch.Tensor) -> Array:
         if isinstance(W, np.ndarray):

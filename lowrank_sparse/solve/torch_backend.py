@@ -15,6 +15,11 @@ One iteration (scaled form; M = L + S; Lam, Lam_z scaled duals)::
 The W-step of the data modes works in the eigenbasis Q of G (computed once): with
 A = M Q, the rotated dual Lam Q maintained alongside Lam, and P = W0 Q diag(d),
 W Q = (P + rho (A - Lam Q)) / (d + rho) and W = (W Q) Q^T: two (m, n, n) GEMMs.
+
+The code follows the general loop of csrc/admm_general.cpp step by step: a
+once-per-layer _setup, a _Workspace holding the state, and one function per step
+in its order (_l_step, _s_step, _z_step, _dual_step and _objective, _z_duals,
+_penalty_update, _w_step); _package forms the factors at the end.
 """
 
 from __future__ import annotations
@@ -63,6 +68,297 @@ def balance(r: float, s: float, mu: float, tau: float, growth: float) -> float:
     return f * growth
 
 
+@dataclass
+class _Setup:
+    """Once-per-layer terms of the data modes (None / defaults in weight mode).
+
+    Q, d: eigenbasis and clamped eigenvalues of G; W0Q = W0 Q; P = W0Q diag(d);
+    XtQ = X^T Q (N, n), Zlin0 = W0 X, Y = act(Zlin0 + b), b (m, 1) (nonlinear);
+    N samples; nobj, nZ: normalisers of the objective and of the Z residuals;
+    gscale: mean eigenvalue of G (rho = rho_rel * gscale)."""
+
+    nobj: float
+    Q: Optional[torch.Tensor] = None
+    d: Optional[torch.Tensor] = None
+    W0Q: Optional[torch.Tensor] = None
+    P: Optional[torch.Tensor] = None
+    XtQ: Optional[torch.Tensor] = None
+    Y: Optional[torch.Tensor] = None
+    Zlin0: Optional[torch.Tensor] = None
+    b: Optional[torch.Tensor] = None
+    N: int = 0
+    nZ: float = 1.0
+    gscale: float = 1.0
+
+
+def _setup(
+    W0: torch.Tensor,
+    spec: AdmmSpec,
+    nW: float,
+    gram: Optional[torch.Tensor],
+    X: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+) -> _Setup:
+    """Data-dependent set-up (once per layer): eigenbasis of G and the data terms."""
+    c = _Setup(nobj=nW)
+    if spec.mode not in ("gram", "nonlinear"):
+        return c
+    if spec.mode == "nonlinear":
+        assert X is not None
+        c.N = X.shape[1]
+        G = (X @ X.mT) / c.N
+    else:
+        assert gram is not None
+        G = gram
+    d, c.Q = torch.linalg.eigh(G)
+    c.d = torch.clamp(d, min=0)
+    gs = float(c.d.mean())
+    c.gscale = gs if gs > 0 else 1.0
+    c.W0Q = W0 @ c.Q
+    c.P = c.W0Q * c.d
+    if spec.mode == "gram":
+        nobj = math.sqrt(float((c.d * c.W0Q * c.W0Q).sum()))
+        c.nobj = nobj if nobj > 0 else 1.0
+    else:
+        assert X is not None
+        _nonlinear_terms(c, W0, spec, X, bias)
+    return c
+
+
+def _nonlinear_terms(
+    c: _Setup, W0: torch.Tensor, spec: AdmmSpec, X: torch.Tensor, bias: Optional[torch.Tensor]
+) -> None:
+    """Nonlinear mode: X^T Q, the bias column, W0 X, the targets Y and the normalisers."""
+    m = spec.m
+    c.XtQ = X.mT @ c.Q  # (N, n)
+    zb = torch.zeros(m, dtype=W0.dtype, device=W0.device)
+    c.b = (bias if bias is not None else zb).reshape(m, 1)
+    c.Zlin0 = W0 @ X  # (m, N)
+    c.Y = act_fn(c.Zlin0 + c.b, spec.activation, spec.negative_slope)
+    c.nobj = _nrm(c.Y) or 1.0
+    c.nZ = _nrm(c.Zlin0) or 1.0
+
+
+@dataclass
+class _Workspace:
+    """State of the loop (the names of csrc/admm_general.cpp's GeneralLoop).
+
+    W, Lam (scaled dual), L, S, Mprev; data modes: LamQ = Lam Q, WQ = W Q; nonlinear:
+    Z, WX = W X, Lamz, Zprev.  Vs: warm-start right subspaces per slice; Us, svs, Vts:
+    the last truncated SVD per slice.  M, MQ: this iteration's L + S and M Q."""
+
+    spec: AdmmSpec
+    c: _Setup
+    W0: torch.Tensor
+    X: Optional[torch.Tensor]
+    nW: float
+    W: torch.Tensor
+    Lam: torch.Tensor
+    L: torch.Tensor
+    S: torch.Tensor
+    Mprev: torch.Tensor
+    LamQ: Optional[torch.Tensor]
+    WQ: Optional[torch.Tensor]
+    Z: Optional[torch.Tensor]
+    WX: Optional[torch.Tensor]
+    Lamz: Optional[torch.Tensor]
+    Zprev: Optional[torch.Tensor]
+    Vs: list[torch.Tensor]
+    Us: list[torch.Tensor]
+    svs: list[torch.Tensor]
+    Vts: list[torch.Tensor]
+    rho_rel: float
+    rho_z: float
+    M: Optional[torch.Tensor] = None
+    MQ: Optional[torch.Tensor] = None
+    primal: list[float] = field(default_factory=list)
+    dual: list[float] = field(default_factory=list)
+    objective: list[float] = field(default_factory=list)
+    rhos: list[float] = field(default_factory=list)
+    pz: list[float] = field(default_factory=list)
+    dz: list[float] = field(default_factory=list)
+
+
+def _workspace(
+    W0: torch.Tensor, spec: AdmmSpec, V0: torch.Tensor, c: _Setup, nW: float,
+    X: Optional[torch.Tensor],
+) -> _Workspace:
+    """The initial state: W = W0, zero duals, L and S; Z = W X = W0 X."""
+    dt, dev = W0.dtype, W0.device
+    m, n, g_sl, nsl = spec.m, spec.n, spec.slices, spec.n // spec.slices
+    zeros = torch.zeros(m, n, dtype=dt, device=dev)
+    Z0 = c.Zlin0
+    return _Workspace(
+        spec=spec, c=c, W0=W0, X=X, nW=nW,
+        W=W0.clone(), Lam=zeros.clone(), L=zeros.clone(), S=zeros.clone(),
+        Mprev=zeros.clone(),
+        LamQ=zeros.clone() if c.Q is not None else None,
+        WQ=c.W0Q.clone() if c.W0Q is not None else None,
+        Z=Z0.clone() if Z0 is not None else None,
+        WX=Z0.clone() if Z0 is not None else None,
+        Lamz=torch.zeros_like(Z0) if Z0 is not None else None,
+        Zprev=Z0.clone() if Z0 is not None else None,
+        Vs=[V0[i].to(dtype=dt, device=dev).clone() for i in range(g_sl)],
+        Us=[torch.zeros(m, 0, dtype=dt, device=dev)] * g_sl,
+        svs=[torch.zeros(0, dtype=dt, device=dev)] * g_sl,
+        Vts=[torch.zeros(0, nsl, dtype=dt, device=dev)] * g_sl,
+        rho_rel=spec.rho0, rho_z=spec.rho0,
+    )
+
+
+def _l_step(ws: _Workspace, A: torch.Tensor, rho: float) -> None:
+    """L = P_rank(W + Lam - S) per slice (warm-started truncated SVD; SVT when relaxed)."""
+    spec = ws.spec
+    r, nsl = spec.rank, spec.n // spec.slices
+    T = A - ws.S
+    for i in range(spec.slices):
+        Ti = T[:, i * nsl : (i + 1) * nsl]
+        U_, s_, Vt_, ws.Vs[i] = torch_ops.truncated_svd(
+            Ti, r, ws.Vs[i], oversample=spec.p - r, power_iters=spec.power_iters
+        )
+        if spec.relaxed:  # SVT restricted to the leading r triplets
+            thr = spec.lam_nuclear / rho
+            q = int((s_ > thr).sum())
+            U_, s_, Vt_ = U_[:, :q], (s_[:q] - thr), Vt_[:q]
+        ws.Us[i], ws.svs[i], ws.Vts[i] = U_, s_, Vt_
+        ws.L[:, i * nsl : (i + 1) * nsl] = (U_ * s_) @ Vt_
+
+
+def _s_step(ws: _Workspace, A: torch.Tensor, rho: float) -> None:
+    """S = P_struct(W + Lam - L) (hard projection; group soft threshold when relaxed)."""
+    spec = ws.spec
+    B = A - ws.L
+    if spec.relaxed:
+        ws.S = torch_ops.group_soft_threshold(B, spec.lam_sparse / rho, spec.structure)
+    else:
+        ws.S = torch_ops.project(B, spec.k, spec.structure)
+
+
+def _z_step(ws: _Workspace) -> None:
+    """Nonlinear: Z = argmin 1/2 (Y - act(Z + b))^2 + rho_z/2 (Z - W X + Lam_z)^2."""
+    spec, c = ws.spec, ws.c
+    c_ = ws.WX - ws.Lamz + c.b
+    u = zstep(c.Y, c_, ws.Z + c.b, ws.rho_z, spec.activation, spec.negative_slope,
+              spec.newton_steps)
+    ws.Z = u - c.b
+
+
+def _dual_step(ws: _Workspace) -> tuple[float, float]:
+    """M = L + S; Lam += W - M; Mprev <- M.  Returns the relative primal and dual
+    residuals."""
+    ws.M = M = ws.L + ws.S
+    R = ws.W - M
+    ws.Lam += R
+    rp = _nrm(R) / ws.nW
+    sd = ws.rho_rel * _nrm(M - ws.Mprev) / ws.nW
+    ws.Mprev.copy_(M)
+    return rp, sd
+
+
+def _objective(ws: _Workspace) -> float:
+    """Relative error of M in the layer's metric; data modes also MQ = M Q and
+    LamQ += WQ - MQ."""
+    spec, c, M = ws.spec, ws.c, ws.M
+    if c.Q is None:
+        return _nrm(ws.W0 - M) / ws.nW
+    ws.MQ = MQ = M @ c.Q
+    ws.LamQ += ws.WQ - MQ
+    if spec.mode == "gram":
+        E = c.W0Q - MQ
+        return math.sqrt(max(float((c.d * E * E).sum()), 0.0)) / c.nobj
+    MX = M @ ws.X
+    return _nrm(c.Y - act_fn(MX + c.b, spec.activation, spec.negative_slope)) / c.nobj
+
+
+def _record(ws: _Workspace, rp: float, sd: float, obj: float) -> None:
+    ws.primal.append(rp)
+    ws.dual.append(sd)
+    ws.objective.append(obj)
+    ws.rhos.append(ws.rho_rel)
+
+
+def _z_duals(ws: _Workspace) -> tuple[float, float]:
+    """Nonlinear: Lam_z += Z - W X; Zprev <- Z.  Returns the Z residuals."""
+    Rz = ws.Z - ws.WX
+    ws.Lamz += Rz
+    rz = _nrm(Rz) / ws.c.nZ
+    sz = ws.rho_z * _nrm(ws.Z - ws.Zprev) / ws.c.nZ
+    ws.Zprev.copy_(ws.Z)
+    ws.pz.append(rz)
+    ws.dz.append(sz)
+    return rz, sz
+
+
+def _penalty_update(ws: _Workspace, rp: float, sd: float, rz: float, sz: float) -> None:
+    """rho (and rho_z) by residual balancing; scaled duals rescaled so that rho * Lam
+    is unchanged."""
+    spec = ws.spec
+    f = balance(rp, sd, spec.mu, spec.tau, spec.rho_growth)
+    ws.rho_rel *= f
+    ws.Lam /= f
+    if ws.LamQ is not None:
+        ws.LamQ /= f
+    if spec.mode == "nonlinear":
+        fz = balance(rz, sz, spec.mu, spec.tau, spec.rho_growth)
+        ws.rho_z *= fz
+        ws.Lamz /= fz
+
+
+def _w_step(ws: _Workspace) -> None:
+    """W = argmin F(W) + rho/2 ||W - M + Lam||^2 [+ rho_z/(2N) ||Z - W X + Lam_z||^2]."""
+    c, M = ws.c, ws.M
+    rho = ws.rho_rel * c.gscale
+    if ws.spec.mode == "weight":
+        ws.W = (ws.W0 + rho * (M - ws.Lam)) / (1.0 + rho)
+        return
+    if ws.spec.mode == "gram":
+        ws.WQ = (c.P + rho * (ws.MQ - ws.LamQ)) / (c.d + rho)
+        ws.W = ws.WQ @ c.Q.mT
+        return
+    BQ = ((ws.Z + ws.Lamz) @ c.XtQ) / c.N
+    ws.WQ = (rho * (ws.MQ - ws.LamQ) + ws.rho_z * BQ) / (rho + ws.rho_z * c.d)
+    ws.W = ws.WQ @ c.Q.mT
+    ws.WX = ws.WQ @ c.XtQ.mT
+
+
+def _factors(ws: _Workspace) -> tuple[torch.Tensor, torch.Tensor]:
+    """U sqrt(s), sqrt(s) V^T per slice (V block-diagonal for slices > 1)."""
+    spec = ws.spec
+    m, n, r, g_sl, nsl = spec.m, spec.n, spec.rank, spec.slices, spec.n // spec.slices
+    dt, dev = ws.W0.dtype, ws.W0.device
+    ranks = [int(s_.numel()) for s_ in ws.svs] if r > 0 else [0] * g_sl
+    rt = max(ranks) if r > 0 else 0
+    if not spec.relaxed:
+        rt = r
+    U = torch.zeros(m, g_sl * rt, dtype=dt, device=dev)
+    V = torch.zeros(g_sl * rt, n, dtype=dt, device=dev)
+    if r > 0:
+        for i in range(g_sl):
+            q = ranks[i]
+            sq = torch.sqrt(ws.svs[i])
+            U[:, i * rt : i * rt + q] = ws.Us[i] * sq
+            V[i * rt : i * rt + q, i * nsl : (i + 1) * nsl] = sq.reshape(-1, 1) * ws.Vts[i]
+    return U, V
+
+
+def _package(ws: _Workspace, it: int, converged: bool) -> RawSolve:
+    """The factors, S and the histories as a RawSolve."""
+    U, V = _factors(ws)
+    extra: dict[str, Any] = {"rho": ws.rhos, "rho_final": ws.rho_rel, "gscale": ws.c.gscale}
+    if ws.spec.mode == "nonlinear":
+        extra.update(primal_z=ws.pz, dual_z=ws.dz, samples=ws.c.N, rho_z_final=ws.rho_z)
+    return RawSolve(U, V, ws.S, it, converged, ws.primal, ws.dual, ws.objective, ws.rhos, extra)
+
+
+def _zero_solve(W0: torch.Tensor, spec: AdmmSpec) -> RawSolve:
+    """W0 = 0: the zero decomposition, no iterations."""
+    dt, dev, k = W0.dtype, W0.device, spec.slices * spec.rank
+    U = torch.zeros(spec.m, k, dtype=dt, device=dev)
+    V = torch.zeros(k, spec.n, dtype=dt, device=dev)
+    S = torch.zeros(spec.m, spec.n, dtype=dt, device=dev)
+    return RawSolve(U, V, S, 0, True, extra={"rho_final": 0.0})
+
+
 def solve_torch(
     W0: torch.Tensor,
     spec: AdmmSpec,
@@ -81,178 +377,34 @@ def solve_torch(
         X: (n, N) inputs for mode "nonlinear" (already subsampled).
         bias: (m,) for mode "nonlinear" (None = 0).
     """
-    dt, dev = W0.dtype, W0.device
-    m, n = spec.m, spec.n
-    g_sl, r, nsl = spec.slices, spec.rank, spec.n // spec.slices
-    mode = spec.mode
     nW = _nrm(W0)
-    zeros = torch.zeros(m, n, dtype=dt, device=dev)
     if nW == 0.0:
-        U = torch.zeros(m, g_sl * r, dtype=dt, device=dev)
-        V = torch.zeros(g_sl * r, n, dtype=dt, device=dev)
-        return RawSolve(U, V, zeros.clone(), 0, True, extra={"rho_final": 0.0})
-
-    # ---- data-dependent set-up (once per layer) ----
-    gscale = 1.0
-    Q = d = W0Q = P = XtQ = Y = Zlin0 = b = None
-    N = 0
-    nobj = nW
-    if mode in ("gram", "nonlinear"):
-        if mode == "nonlinear":
-            assert X is not None
-            N = X.shape[1]
-            G = (X @ X.mT) / N
-        else:
-            assert gram is not None
-            G = gram
-        d, Q = torch.linalg.eigh(G)
-        d = torch.clamp(d, min=0)
-        gs = float(d.mean())
-        gscale = gs if gs > 0 else 1.0
-        W0Q = W0 @ Q
-        P = W0Q * d
-        if mode == "gram":
-            nobj = math.sqrt(float((d * W0Q * W0Q).sum()))
-            nobj = nobj if nobj > 0 else 1.0
-        else:
-            assert X is not None
-            XtQ = X.mT @ Q  # (N, n)
-            b = (bias if bias is not None else torch.zeros(m, dtype=dt, device=dev)).reshape(m, 1)
-            Zlin0 = W0 @ X  # (m, N)
-            Y = act_fn(Zlin0 + b, spec.activation, spec.negative_slope)
-            nobj = _nrm(Y) or 1.0
-    nZ = (_nrm(Zlin0) or 1.0) if Zlin0 is not None else 1.0
-
-    # ---- state ----
-    W = W0.clone()
-    Lam = zeros.clone()
-    L = zeros.clone()
-    S = zeros.clone()
-    Mprev = zeros.clone()
-    LamQ = zeros.clone() if Q is not None else None
-    WQ = W0Q.clone() if W0Q is not None else None
-    Z = Zlin0.clone() if Zlin0 is not None else None
-    WX = Zlin0.clone() if Zlin0 is not None else None
-    Lamz = torch.zeros_like(Zlin0) if Zlin0 is not None else None
-    Zprev = Zlin0.clone() if Zlin0 is not None else None
-    Vs = [V0[i].to(dtype=dt, device=dev).clone() for i in range(g_sl)]
-    Us: list[torch.Tensor] = [torch.zeros(m, 0, dtype=dt, device=dev)] * g_sl
-    svs: list[torch.Tensor] = [torch.zeros(0, dtype=dt, device=dev)] * g_sl
-    Vts: list[torch.Tensor] = [torch.zeros(0, nsl, dtype=dt, device=dev)] * g_sl
-
-    rho_rel, rho_z = spec.rho0, spec.rho0
-    primal: list[float] = []
-    dual: list[float] = []
-    objective: list[float] = []
-    rhos: list[float] = []
-    pz: list[float] = []
-    dz: list[float] = []
-    converged = False
-    it = 0
-    use_sparse = spec.has_sparse
+        return _zero_solve(W0, spec)
+    c = _setup(W0, spec, nW, gram, X, bias)
+    ws = _workspace(W0, spec, V0, c, nW, X)
+    nonlin = spec.mode == "nonlinear"
+    converged, it = False, 0
     for it in range(1, spec.max_iter + 1):
-        rho = rho_rel * gscale
-        A = W + Lam
-        # L-step
-        if r > 0:
-            T = A - S
-            for i in range(g_sl):
-                Ti = T[:, i * nsl : (i + 1) * nsl]
-                U_, s_, Vt_, Vs[i] = torch_ops.truncated_svd(
-                    Ti, r, Vs[i], oversample=spec.p - r, power_iters=spec.power_iters
-                )
-                if spec.relaxed:  # SVT restricted to the leading r triplets
-                    thr = spec.lam_nuclear / rho
-                    q = int((s_ > thr).sum())
-                    U_, s_, Vt_ = U_[:, :q], (s_[:q] - thr), Vt_[:q]
-                Us[i], svs[i], Vts[i] = U_, s_, Vt_
-                L[:, i * nsl : (i + 1) * nsl] = (U_ * s_) @ Vt_
-        # S-step
-        if use_sparse:
-            B = A - L
-            if spec.relaxed:
-                S = torch_ops.group_soft_threshold(B, spec.lam_sparse / rho, spec.structure)
-            else:
-                S = torch_ops.project(B, spec.k, spec.structure)
-        M = L + S
-        # Z-step
-        if mode == "nonlinear":
-            c = WX - Lamz + b
-            u = zstep(Y, c, Z + b, rho_z, spec.activation, spec.negative_slope, spec.newton_steps)
-            Z = u - b
-        # duals and residuals
-        R = W - M
-        Lam += R
-        rp = _nrm(R) / nW
-        sd = rho_rel * _nrm(M - Mprev) / nW
-        Mprev.copy_(M)
-        if Q is not None:
-            MQ = M @ Q
-            LamQ += WQ - MQ
-            if mode == "gram":
-                E = W0Q - MQ
-                obj = math.sqrt(max(float((d * E * E).sum()), 0.0)) / nobj
-            else:
-                MX = M @ X
-                obj = _nrm(Y - act_fn(MX + b, spec.activation, spec.negative_slope)) / nobj
-        else:
-            obj = _nrm(W0 - M) / nW
-        primal.append(rp)
-        dual.append(sd)
-        objective.append(obj)
-        rhos.append(rho_rel)
+        rho = ws.rho_rel * c.gscale
+        A = ws.W + ws.Lam
+        if spec.rank > 0:
+            _l_step(ws, A, rho)
+        if spec.has_sparse:
+            _s_step(ws, A, rho)
+        if nonlin:
+            _z_step(ws)
+        rp, sd = _dual_step(ws)
+        _record(ws, rp, sd, _objective(ws))
         done = rp < spec.tol and sd < spec.tol
-        if mode == "nonlinear":
-            Rz = Z - WX
-            Lamz += Rz
-            rz = _nrm(Rz) / nZ
-            sz = rho_z * _nrm(Z - Zprev) / nZ
-            Zprev.copy_(Z)
-            pz.append(rz)
-            dz.append(sz)
+        rz = sz = 0.0
+        if nonlin:
+            rz, sz = _z_duals(ws)
             done = done and rz < spec.tol and sz < spec.tol
         if done:
             converged = True
             break
         if it == spec.max_iter:
             break
-        # penalty update, scaled duals rescaled so that rho * Lam is unchanged
-        f = balance(rp, sd, spec.mu, spec.tau, spec.rho_growth)
-        rho_rel *= f
-        Lam /= f
-        if LamQ is not None:
-            LamQ /= f
-        if mode == "nonlinear":
-            fz = balance(rz, sz, spec.mu, spec.tau, spec.rho_growth)
-            rho_z *= fz
-            Lamz /= fz
-        rho = rho_rel * gscale
-        # W-step
-        if mode == "weight":
-            W = (W0 + rho * (M - Lam)) / (1.0 + rho)
-        elif mode == "gram":
-            WQ = (P + rho * (MQ - LamQ)) / (d + rho)
-            W = WQ @ Q.mT
-        else:
-            BQ = ((Z + Lamz) @ XtQ) / N
-            WQ = (rho * (MQ - LamQ) + rho_z * BQ) / (rho + rho_z * d)
-            W = WQ @ Q.mT
-            WX = WQ @ XtQ.mT
-
-    # ---- factors: U sqrt(s), sqrt(s) V^T per slice ----
-    ranks = [int(s_.numel()) for s_ in svs] if r > 0 else [0] * g_sl
-    rt = max(ranks) if r > 0 else 0
-    if not spec.relaxed:
-        rt = r
-    U = torch.zeros(m, g_sl * rt, dtype=dt, device=dev)
-    V = torch.zeros(g_sl * rt, n, dtype=dt, device=dev)
-    if r > 0:
-        for i in range(g_sl):
-            q = ranks[i]
-            sq = torch.sqrt(svs[i])
-            U[:, i * rt : i * rt + q] = Us[i] * sq
-            V[i * rt : i * rt + q, i * nsl : (i + 1) * nsl] = sq.reshape(-1, 1) * Vts[i]
-    extra: dict[str, Any] = {"rho": rhos, "rho_final": rho_rel, "gscale": gscale}
-    if mode == "nonlinear":
-        extra.update(primal_z=pz, dual_z=dz, samples=N, rho_z_final=rho_z)
-    return RawSolve(U, V, S, it, converged, primal, dual, objective, rhos, extra)
+        _penalty_update(ws, rp, sd, rz, sz)
+        _w_step(ws)
+    return _package(ws, it, converged)
