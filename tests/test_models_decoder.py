@@ -215,3 +215,24 @@ def test_trained_decoder_folder_is_cached_and_loads(tmp_path, monkeypatch):
     assert info["test_perplexity"] == pytest.approx(decoder.perplexity(model, batches), rel=1e-4)
     with pytest.raises(ValueError, match="schedule"):
         decoder.trained_decoder(schedule="fast")
+
+
+def test_llama_schedule_trains_a_gated_decoder_and_keeps_the_gpt2_cache_name():
+    from lowrank_sparse.calibrate.gated import gated_blocks
+
+    paras = _english(60)
+    tiny = dataclasses.replace(TINY, arch="llama", intermediate_size=48, dropout=0.0)
+    tok = decoder.train_tokenizer(paras, tiny.vocab_size)
+    torch.manual_seed(0)
+    model = decoder._new_model(tiny, tok)
+    assert isinstance(model, transformers.LlamaForCausalLM)
+    blocks = gated_blocks(model)
+    assert len(blocks) == tiny.n_layer and all(b.activation.name == "silu" for b in blocks)
+    losses = decoder.train_decoder(model, decoder.token_stream(tok, paras), tiny, seed=0, progress=False)
+    assert sum(losses[-5:]) / 5 < losses[0] - 1.0
+    # the GPT-2 recipe hashes as it did before the Llama fields existed
+    gpt2 = decoder.SCHEDULES["cpu"].recipe()
+    assert "arch" not in gpt2 and "intermediate_size" not in gpt2
+    assert decoder.decoder_folder("cpu") != decoder.decoder_folder("cpu-llama")
+    with pytest.raises(ValueError, match="arch"):
+        decoder.DecoderSchedule(arch="t5")

@@ -60,7 +60,11 @@ class DecoderSchedule:
         steps, batch_size: optimizer steps and windows per step.
         lr, warmup_steps, min_lr_ratio: peak learning rate, linear warm-up steps, the
             cosine decay's floor as a fraction of ``lr``.
-        weight_decay, dropout: AdamW weight decay; GPT-2's dropout probabilities.
+        weight_decay, dropout: AdamW weight decay; GPT-2's dropout probabilities
+            (Llama: the attention dropout).
+        arch: "gpt2" (GELU MLP, ``Conv1D`` layers) or "llama" (RMSNorm, rotary
+            positions, gated SiLU MLP ``down(silu(gate x) * up x)``).
+        intermediate_size: the Llama MLP's hidden width (GPT-2 uses 4 * n_embd).
     """
 
     n_layer: int = 6
@@ -75,9 +79,28 @@ class DecoderSchedule:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     dropout: float = 0.2
+    arch: str = "gpt2"
+    intermediate_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("gpt2", "llama"):
+            raise ValueError(f"arch must be 'gpt2' or 'llama', got {self.arch!r}")
+
+    def recipe(self) -> dict[str, Any]:
+        """The fields that define the trained weights (a GPT-2 schedule leaves out the
+        Llama-only fields, so its cache name is the one it had before they existed)."""
+        d = dataclasses.asdict(self)
+        if self.arch == "gpt2":
+            del d["arch"], d["intermediate_size"]
+        return d
 
 
-SCHEDULES: dict[str, DecoderSchedule] = {"cpu": DecoderSchedule()}
+#: "cpu": GPT-2 (GELU MLP); "cpu-llama": a Llama-style decoder of the same width and
+#: depth with a gated SiLU MLP (12.2 M parameters), the same corpus and recipe.
+SCHEDULES: dict[str, DecoderSchedule] = {
+    "cpu": DecoderSchedule(),
+    "cpu-llama": DecoderSchedule(arch="llama", dropout=0.0),
+}
 
 
 def decoder_text(split: str = "train") -> str:
@@ -132,6 +155,22 @@ def _gpt2(sched: DecoderSchedule, tokenizer: Any) -> nn.Module:
                      resid_pdrop=sched.dropout, embd_pdrop=sched.dropout, attn_pdrop=sched.dropout,
                      tie_word_embeddings=True)
     return GPT2LMHeadModel(cfg)
+
+
+def _llama(sched: DecoderSchedule, tokenizer: Any) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=sched.n_embd, intermediate_size=sched.intermediate_size,
+                      num_hidden_layers=sched.n_layer, num_attention_heads=sched.n_head,
+                      num_key_value_heads=sched.n_head, max_position_embeddings=sched.n_positions,
+                      vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                      attention_dropout=sched.dropout, hidden_act="silu", tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg)
+
+
+def _new_model(sched: DecoderSchedule, tokenizer: Any) -> nn.Module:
+    return _llama(sched, tokenizer) if sched.arch == "llama" else _gpt2(sched, tokenizer)
 
 
 def _lr_factor(step: int, sched: DecoderSchedule) -> float:
@@ -241,7 +280,7 @@ def decoder_folder(schedule: str | DecoderSchedule = "cpu", seed: int = 0) -> Pa
 
     label, sched = _schedule(schedule)
     text = hashlib.sha256(decoder_text("train").encode()).hexdigest()
-    recipe = json.dumps({"v": CACHE_VERSION, "schedule": dataclasses.asdict(sched), "text": text}, sort_keys=True)
+    recipe = json.dumps({"v": CACHE_VERSION, "schedule": sched.recipe(), "text": text}, sort_keys=True)
     digest = hashlib.sha256(recipe.encode()).hexdigest()[:10]
     return cache_dir() / f"decoder-debian-reference-{label}-seed{seed}-{digest}"
 
@@ -256,7 +295,8 @@ def _held_out(model: nn.Module, tokenizer: Any, seq_len: int) -> dict[str, float
 
 def trained_decoder(retrain: bool = False, schedule: str | DecoderSchedule = "cpu", seed: int = 0, *,
                     threads: Optional[int] = 2, progress: Optional[bool] = None) -> Path:
-    """The cached folder of the GPT-2 trained on :func:`decoder_text` ("train"), training it
+    """The cached folder of the decoder (GPT-2, or Llama-style with ``schedule="cpu-llama"``)
+    trained on :func:`decoder_text` ("train"), training it
     when absent (or when ``retrain``).
 
     Training: the tokenizer on the training text, the model seeded with ``seed``, then
@@ -266,7 +306,8 @@ def trained_decoder(retrain: bool = False, schedule: str | DecoderSchedule = "cp
 
     Args:
         retrain: train again and replace the cached folder.
-        schedule: "cpu" or a :class:`DecoderSchedule` (cached under the name "custom").
+        schedule: "cpu", "cpu-llama" or a :class:`DecoderSchedule` (cached under the
+            name "custom").
         threads: torch threads while training (restored after); None leaves them.
         progress: tqdm bar; None = only on a terminal.
     """
@@ -283,7 +324,7 @@ def trained_decoder(retrain: bool = False, schedule: str | DecoderSchedule = "cp
         stream = token_stream(tokenizer, parts["train"])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = _gpt2(sched, tokenizer)
+            model = _new_model(sched, tokenizer)
             start = time.perf_counter()
             losses = train_decoder(model, stream, sched, seed=seed, progress=progress)
             seconds = time.perf_counter() - start
