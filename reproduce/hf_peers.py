@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """One-shot compression of real transformers by this library and by its peers, at the
-same parameter accounting: all-MiniLM-L6-v2 (real weights) and, when it is cached, the
-small GPT-2 decoder trained by ``lowrank_sparse.models.decoder``.
+same parameter accounting: all-MiniLM-L6-v2 (real weights) and, when they are cached,
+the small decoders trained by ``lowrank_sparse.models.decoder`` (GPT-2, and the
+Llama-style one with a gated SiLU MLP).
 
 Every method runs through the same ``lowrank_sparse.compress`` call on the same
 calibration batches (16 batches of 8 paragraphs of the built-in English text, calibration
@@ -14,7 +15,12 @@ charged), the rank / density per layer chosen by the ALDS allocator for each met
 * ``oats``: OATS (alternating thresholding on the input-norm-scaled weight);
 * ``wanda``: Wanda (|W| ||x||, per row);
 * ``sparsegpt``: SparseGPT (column-wise OBS updates);
-* ``svd_llm``: SVD-LLM (truncation of the whitened weight).
+* ``svd_llm``: SVD-LLM (truncation of the whitened weight);
+* ``lowrank_sparse:sequential``: L + S with sequential calibration (each layer fitted
+  to the inputs the already-compressed layers before it produce);
+* ``lowrank_sparse:linear-gate`` (gated-MLP models only): L + S with the gate / up
+  projections fitted as linear on their input Gram instead of on their error in the
+  gated product (``CalibrationConfig(gated_mlp="linear")``), to measure that objective.
 
 Scores on the test part of the text (disjoint paragraphs, 64 sequences): the
 mean-pooled embedding cosine to the dense model per sentence (MiniLM), perplexity
@@ -23,6 +29,7 @@ mean-pooled embedding cosine to the dense model per sentence (MiniLM), perplexit
     nice python reproduce/hf_peers.py                      # -> docs/results/hf_peers.{json,md}
     python reproduce/hf_peers.py --render                  # re-render the .md from the .json
     python reproduce/hf_peers.py --methods wanda --fractions 0.5   # one cell (appended; done cells skipped)
+    python reproduce/hf_peers.py --structure 2:4 --fractions 0.6    # 2:4 S (+ low rank where the method has it)
 """
 
 from __future__ import annotations
@@ -45,7 +52,13 @@ from lowrank_sparse.models import hf
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results" / "hf_peers"
-METHODS = ("lowrank_sparse", "oats", "wanda", "sparsegpt", "svd_llm")
+METHODS = ("lowrank_sparse", "lowrank_sparse:sequential", "lowrank_sparse:linear-gate", "oats", "wanda",
+           "sparsegpt", "svd_llm")
+#: method label -> (compress method, CalibrationConfig fields, only for gated-MLP models)
+VARIANTS = {"lowrank_sparse:linear-gate": ("lowrank_sparse", {"gated_mlp": "linear"}, True),
+            "lowrank_sparse:sequential": ("lowrank_sparse", {"sequential": True}, False)}
+#: methods with a sparse part (the ones a --structure applies to)
+SPARSE = ("lowrank_sparse", "lowrank_sparse:sequential", "lowrank_sparse:linear-gate", "oats", "wanda", "sparsegpt")
 FRACTIONS = (0.5, 0.3)
 
 
@@ -60,7 +73,16 @@ def _models() -> list[tuple[str, Path]]:
         folder = None
     if folder is not None:
         out.append(("decoder (GPT-2, trained here)", Path(folder)))
+        llama = decoder.decoder_folder("cpu-llama")
+        if (llama / "config.json").is_file():
+            out.append(("decoder (Llama-style, gated MLP, trained here)", llama))
     return out
+
+
+def _applies(method: str, dense: Any) -> bool:
+    from lowrank_sparse.calibrate.gated import gated_blocks
+
+    return method not in VARIANTS or not VARIANTS[method][2] or bool(gated_blocks(dense))
 
 
 def _data(folder: Path) -> tuple[Any, list[Any], list[Any], bool]:
@@ -82,17 +104,20 @@ def _score(model: Any, dense: Any, test: list[Any], causal: bool) -> dict[str, A
 
 
 def run_cell(name: str, dense: Any, calib: list[Any], test: list[Any], causal: bool, method: str,
-             fraction: float) -> dict[str, Any]:
+             fraction: float, structure: str = "unstructured") -> dict[str, Any]:
+    real, cal_fields, _ = VARIANTS.get(method, (method, {}, False))
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        new, report = lrs.compress(dense, calib, lrs.Budget(params=fraction, scope="layers"), method=method,
-                                   progress=False)
+        new, report = lrs.compress(dense, calib, lrs.Budget(params=fraction, scope="layers"), method=real,
+                                   structure=structure, progress=False,
+                                   calibration=lrs.CalibrationConfig(**cal_fields))
     seconds = time.perf_counter() - t0
     layers = report.to_dict()["layers"]  # params include the biases: a little above the weight-only budget
     ratio = sum(r["params_after"] for r in layers) / sum(r["params_before"] for r in layers)
     errors = [r["output_error_after"] for r in layers if r["output_error_after"] is not None]
-    return {"model": name, "method": method, "fraction": fraction, "compress_seconds": seconds,
+    return {"model": name, "method": method, "fraction": fraction, "structure": structure,
+            "compress_seconds": seconds,
             "layers_params_ratio": ratio, "mean_layer_output_error": sum(errors) / max(len(errors), 1),
             **_score(new, dense, test, causal),
             "load": os.getloadavg()[0]}
@@ -113,17 +138,32 @@ activation) on the calibration inputs, each layer fitted to the dense model's in
 """
 
 
-def render(rows: list[dict[str, Any]], dense: dict[str, Any]) -> str:
+#: the hand-written analysis below the table starts with this line; render keeps it
+DISCUSSION = "What the numbers say:"
+
+
+def _discussion(md: Path) -> str:
+    """The analysis part of an existing ``md`` (from :data:`DISCUSSION` on), or ""."""
+    text = md.read_text() if md.exists() else ""
+    return text[text.index(DISCUSSION):] if DISCUSSION in text else ""
+
+
+def _structure(row: dict[str, Any]) -> str:
+    return row.get("structure", "unstructured")
+
+
+def render(rows: list[dict[str, Any]], dense: dict[str, Any], discussion: str = "") -> str:
     out = [PREAMBLE,
-           "| model | kept (of the layers) | method | held-out score | mean layer error (calib.) | compress s | load |",
-           "|---|---:|---|---:|---:|---:|---:|"]
-    for r in sorted(rows, key=lambda r: (r["model"], -r["fraction"], METHODS.index(r["method"]))):
+           "| model | kept (of the layers) | S structure | method | held-out score | mean layer error (calib.) | compress s | load |",
+           "|---|---:|---|---|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["model"], _structure(r) != "unstructured", -r["fraction"],
+                                         METHODS.index(r["method"]))):
         score = (f"perplexity {r['perplexity']:.2f} (dense {dense[r['model']]['perplexity']:.2f})" if "perplexity" in r
                  else f"cosine {r['cosine']['mean']:.4f} (min {r['cosine']['min']:.3f})")
-        out.append(f"| {r['model']} | {r['fraction']:.0%} | {r['method']} | {score} | "
+        out.append(f"| {r['model']} | {r['fraction']:.0%} | {_structure(r)} | {r['method']} | {score} | "
                    f"{r['mean_layer_output_error']:.4f} | {r['compress_seconds']:.0f} | "
                    f"{r['load']:.1f} |")
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" + ("\n" + discussion if discussion else "")
 
 
 def main() -> None:
@@ -131,6 +171,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--structure", default="unstructured", help="S structure, e.g. 2:4 (methods without S skipped)")
+    ap.add_argument("--models", nargs="+", default=None, help="model names to run (default: all available)")
     ap.add_argument("--render", action="store_true")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
@@ -139,18 +181,26 @@ def main() -> None:
     saved = json.loads(path.read_text()) if path.exists() else {"rows": [], "dense": {}}
     if not args.render:
         for name, folder in _models():
+            if args.models is not None and not any(k in name for k in args.models):
+                continue
             dense, calib, test, causal = _data(folder)
             saved["dense"][name] = {"perplexity": perplexity(dense, test)} if causal else {}
             for f in args.fractions:
                 for m in args.methods:
-                    if any(r["model"] == name and r["method"] == m and r["fraction"] == f for r in saved["rows"]):
+                    if args.structure != "unstructured" and m not in SPARSE:
                         continue
-                    row = run_cell(name, dense, calib, test, causal, m, f)
+                    if not _applies(m, dense) or any(
+                            r["model"] == name and r["method"] == m and r["fraction"] == f
+                            and _structure(r) == args.structure for r in saved["rows"]):
+                        continue
+                    row = run_cell(name, dense, calib, test, causal, m, f, args.structure)
                     print(json.dumps(row), flush=True, file=sys.stderr)
                     saved["rows"].append(row)
                     path.write_text(json.dumps(saved, indent=1) + "\n")
-    Path(args.out + ".md").write_text(render(saved["rows"], saved["dense"]))
-    print(render(saved["rows"], saved["dense"]))
+    md = Path(args.out + ".md")
+    text = render(saved["rows"], saved["dense"], _discussion(md))
+    md.write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
