@@ -56,10 +56,10 @@ def reference(mlp, data):
 def handler():
     """Install a replacement handler for "lowrank_sparse"; the original comes back after."""
     def install(solve: Callable[[Any, Any], Any]) -> None:
-        M.register_method("lowrank_sparse", ORIG.config_cls, solve, allocation_mode=ORIG.allocation_mode,
+        M.register_method("lowrank_sparse", ORIG.config_cls, solve, allocation_mode=ORIG.allocation_mode, gated_objective=ORIG.gated_objective,
                           solver_split=ORIG.solver_split)
     yield install
-    M.register_method("lowrank_sparse", ORIG.config_cls, ORIG.solve, allocation_mode=ORIG.allocation_mode,
+    M.register_method("lowrank_sparse", ORIG.config_cls, ORIG.solve, allocation_mode=ORIG.allocation_mode, gated_objective=ORIG.gated_objective,
                       solver_split=ORIG.solver_split)
 
 
