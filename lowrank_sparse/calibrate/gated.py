@@ -34,7 +34,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..solve.activations import act_derivs, act_fn
+from ..solve.activations import act_and_slope
 from .activation import ActivationInfo, activation_of_module
 
 __all__ = ["GATED_MLP_CHILDREN", "GatedAccumulator", "GatedBlock", "apply_gated", "gated_blocks", "gated_weights"]
@@ -53,9 +53,8 @@ class GatedBlock:
     Attributes:
         name: the block's qualified name.
         gate, up, down: qualified names of its three linears.
-        activation: the activation of ``act_fn`` as the solver names it, or None when it
-            is not one the library knows (the block is then fitted as linear).
-        negative_slope: leaky ReLU slope.
+        activation: the activation of ``act_fn`` (name and leaky ReLU slope), or None
+            when it is not one the library knows (the block is then fitted as linear).
     """
 
     name: str
@@ -80,16 +79,6 @@ def gated_blocks(model: nn.Module) -> list[GatedBlock]:
     return out
 
 
-def _act_grad(g: torch.Tensor, info: ActivationInfo) -> torch.Tensor:
-    if info.name in ("gelu", "silu", "tanh"):
-        return act_derivs(g, info.name)[1]
-    if info.name == "relu":
-        return (g > 0).to(g.dtype)
-    if info.name == "leaky_relu":
-        return torch.where(g >= 0, torch.ones_like(g), torch.full_like(g, info.negative_slope))
-    return torch.ones_like(g)
-
-
 def gated_weights(g: torch.Tensor, u: torch.Tensor, info: ActivationInfo) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token, per-row weights of the gate's and the up projection's errors in ``h``.
 
@@ -101,8 +90,8 @@ def gated_weights(g: torch.Tensor, u: torch.Tensor, info: ActivationInfo) -> tup
         (w_gate, w_up), each (N, m) float64: ``(a'(g) u)^2`` and ``a(g)^2``.
     """
     g64, u64 = g.detach().to(torch.float64), u.detach().to(torch.float64)
-    a = act_fn(g64, info.name, info.negative_slope)
-    return (_act_grad(g64, info) * u64).square(), a.square()
+    a, da = act_and_slope(g64, info.name, info.negative_slope)
+    return (da * u64).square(), a.square()
 
 
 class GatedAccumulator:

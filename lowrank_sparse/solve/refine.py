@@ -56,32 +56,11 @@ from typing import Optional
 
 import torch
 
-from .activations import act_derivs, act_fn
+from .activations import act_and_slope, act_fn
 
-__all__ = ["RefineResult", "act_and_slope", "balance", "post_activation_error", "refine"]
+__all__ = ["RefineResult", "balance", "post_activation_error", "refine"]
 
 Params = list[torch.Tensor]
-_INV_SQRT2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-def act_and_slope(z: torch.Tensor, name: str, slope: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
-    """(act(z), act'(z)) elementwise for every activation of decompose (ReLU's
-    derivative at 0 taken as 0, leaky ReLU's as 1)."""
-    if name == "identity":
-        return z, torch.ones_like(z)
-    if name == "relu":
-        pos = z > 0
-        return torch.where(pos, z, 0.0), pos.to(z.dtype)
-    if name == "leaky_relu":
-        pos = z >= 0
-        return torch.where(pos, z, z * slope), torch.where(pos, 1.0, slope).to(z.dtype)
-    if name == "gelu":  # without the second derivative act_derivs also forms
-        cdf = torch.erf(z * _INV_SQRT2).add_(1.0).mul_(0.5)
-        pdf = torch.exp(z * z * -0.5).mul_(_INV_SQRT2PI)
-        return z * cdf, cdf.add_(pdf.mul_(z))
-    a, d1, _ = act_derivs(z, name)
-    return a, d1
 
 
 def post_activation_error(What: torch.Tensor, W0: torch.Tensor, X: torch.Tensor,
