@@ -186,10 +186,10 @@ def _sparse_configs(layer: LayerSpec, st: Structure, cache: CurveCache, seed: in
 
 
 def _ls_configs(layer: LayerSpec, st: Structure, shares: Sequence[float], cache: CurveCache, seed: int):
-    """Proxy configurations with a sparse share > 0 (g = 1)."""
+    """Proxy configurations with a sparse share > 0 (g = 1): (sizes, errors, ranks,
+    slices, nnz, densities), or None when the layer has none."""
     m, n = layer.m, layer.n
-    mn = m * n
-    rmax = int(mn // (m + n))
+    rmax = int(m * n // (m + n))
     shares = [float(s) for s in shares if s > 0.0]
     if st.kind == "nm":
         shares = [1.0]  # marker: S is the fixed N:M pattern
@@ -197,75 +197,93 @@ def _ls_configs(layer: LayerSpec, st: Structure, shares: Sequence[float], cache:
         return None
     a = cache.get(layer, "A", lambda: whitened(layer))
     sp = spectrum(layer, cache, vectors=True, seed=seed)
-    u, total, tails = sp["u"], sp["total"], sp["tails"]
-    if total <= 0.0:
+    if sp["total"] <= 0.0:
         return None
     t1, total1 = rank_tails(layer, 1, cache)  # noise-clipped rank-only tails
-    p = u.shape[1]
-    rg = np.unique(np.round(np.geomspace(1, max(1, min(rmax, p)), RANK_GRID)).astype(np.int64))
+    rg = np.unique(np.round(np.geomspace(1, max(1, min(rmax, sp["u"].shape[1])), RANK_GRID)).astype(np.int64))
+    kept = _grid_kept(layer, st, a, sp["u"], rg, seed)
+    j = np.arange(1, rmax + 1, dtype=np.int64)
+    interp = _log_rank_interp(rg, j)
+    rank_err = np.sqrt(t1[np.minimum(j, len(t1) - 1)] / total1)
+    tail = sp["tails"][np.minimum(j, len(sp["tails"]) - 1)]
+    parts = [_share_configs(layer, st, sh, kept, j, interp, (tail, sp["total"]), rank_err) for sh in shares]
+    return tuple(np.concatenate(col) for col in zip(*parts))
+
+
+def _grid_kept(layer: LayerSpec, st: Structure, a: torch.Tensor, u: torch.Tensor, rg: np.ndarray,
+               seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Kept-energy fractions of the residuals R_r = A - U_r U_r^T A at the grid ranks rg.
+
+    a: (m, n) whitened weight; u: (m, p) its top left singular vectors.  Returns
+    kept(q) -> (grid, len(q)): the fraction of each R_r's energy in its top q * groups
+    (fractions q in [0, 1]); for N:M (no q) kept() -> (grid,) the N:M pattern's fraction.
+    Measured on a seeded sample of columns for large layers.
+    """
     cols = _sample_cols(layer, st, seed, LS_SAMPLE_ENTRIES)
     a_j = a if cols is None else a[:, cols]
     proj = u[:, : int(rg[-1])].T @ a_j  # (p', c)
     r_res = a_j.clone()
     prev = 0
-    ng, gsz = st.num_groups(m, n), st.group_size(m, n)
-    nm_kept: list[float] = []
-    energies: list[torch.Tensor] = []
+    per_rank = []
     for r in rg:
         r = int(r)
         r_res -= u[:, prev:r] @ proj[prev:r]
         prev = r
-        if st.kind == "nm":
-            nm_kept.append(_kept_nm(r_res, st))
-        else:
-            energies.append(_group_energies(r_res, st, sort=False))
-    if st.kind != "nm":
-        # all grid ranks at once: one sort + cumsum of the (grid, groups) residual energies
-        e = np.sort(torch.stack(energies).numpy(), axis=1)[:, ::-1]  # float32 sort (SIMD), desc
-        cum = np.concatenate([np.zeros((len(rg), 1)), np.cumsum(e, axis=1, dtype=np.float64)], axis=1)
-        tot_r = cum[:, -1:]
-        ns = e.shape[1]
+        per_rank.append(_kept_nm(r_res, st) if st.kind == "nm" else _group_energies(r_res, st, sort=False))
+    if st.kind == "nm":
+        nm = np.array(per_rank)
+        return lambda q=None: nm
+    # all grid ranks at once: one sort + cumsum of the (grid, groups) residual energies
+    e = np.sort(torch.stack(per_rank).numpy(), axis=1)[:, ::-1]  # float32 sort (SIMD), desc
+    cum = np.concatenate([np.zeros((len(rg), 1)), np.cumsum(e, axis=1, dtype=np.float64)], axis=1)
+    tot_r = cum[:, -1:]
+    ns = e.shape[1]
 
-        def kept_grid(q: np.ndarray) -> np.ndarray:
-            """(grid, len(q)) fraction of each grid residual's energy in its top q groups."""
-            x = np.clip(q, 0.0, 1.0) * ns
-            i0 = np.minimum(np.floor(x).astype(np.int64), ns - 1)
-            w = x - i0
-            c = cum[:, i0] * (1.0 - w) + cum[:, i0 + 1] * w
-            return np.where(tot_r > 0.0, c / np.where(tot_r > 0.0, tot_r, 1.0), 1.0)
-    j = np.arange(1, rmax + 1, dtype=np.int64)
-    # position of every rank between the grid ranks (log scale); beyond the last grid
-    # rank (large layers: top LS_VECTOR_RANK vectors only) the last kept fraction is held
-    lr = np.log(rg.astype(np.float64))
-    pos = np.interp(np.log(j), lr, np.arange(len(rg), dtype=np.float64))
+    def kept(q: np.ndarray) -> np.ndarray:
+        x = np.clip(q, 0.0, 1.0) * ns
+        i0 = np.minimum(np.floor(x).astype(np.int64), ns - 1)
+        w = x - i0
+        c = cum[:, i0] * (1.0 - w) + cum[:, i0 + 1] * w
+        return np.where(tot_r > 0.0, c / np.where(tot_r > 0.0, tot_r, 1.0), 1.0)
+
+    return kept
+
+
+def _log_rank_interp(rg: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lo, hi, w): rank j sits between grid ranks rg[lo] and rg[hi] at weight w, linearly
+    in log rank; beyond the last grid rank (large layers: top LS_VECTOR_RANK vectors only)
+    it takes the last grid rank's values."""
+    pos = np.interp(np.log(j), np.log(rg.astype(np.float64)), np.arange(len(rg), dtype=np.float64))
     lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, len(rg) - 1)
-    wt = pos - lo
-    rank_err = np.sqrt(t1[np.minimum(j, len(t1) - 1)] / total1)
-    tj = tails[np.minimum(j, len(tails) - 1)]
-    S, E, R, G, NZ, D = [], [], [], [], [], []
-    for sh in shares:
-        if st.kind == "nm":
-            nz = np.full_like(j, mn * st.n // st.m)
-            fr = np.array(nm_kept)
-            frac = (1.0 - wt) * fr[lo] + wt * fr[hi]
-        else:
-            d = sh / (1.0 - sh) * j * (m + n) / mn
-            nz = np.clip(np.floor(d * mn / gsz + 0.5), 0, ng).astype(np.int64) * gsz
-            q = nz / gsz / ng
-            fr = kept_grid(q)  # (grid, ranks)
-            idx = np.arange(len(j))
-            frac = (1.0 - wt) * fr[lo, idx] + wt * fr[hi, idx]
-        # one alternating step: S keeps the top groups of the rank-j residual, whose kept
-        # fraction is measured at the grid ranks and interpolated (log rank) in between
-        err = np.sqrt(np.maximum(0.0, tj * (1.0 - frac) / total))
-        err = np.minimum(err, rank_err)  # never claim worse than rank-only at a larger size
-        size = j * (m + n) + nz
-        okk = (nz > 0) & (size < mn)
-        S.append(size[okk]); E.append(err[okk]); R.append(j[okk]); G.append(np.ones(int(okk.sum()), np.int64))
-        NZ.append(nz[okk]); D.append(nz[okk] / mn)
-    return (np.concatenate(S), np.concatenate(E), np.concatenate(R), np.concatenate(G),
-            np.concatenate(NZ), np.concatenate(D))
+    return lo, np.minimum(lo + 1, len(rg) - 1), pos - lo
+
+
+def _share_configs(layer: LayerSpec, st: Structure, share: float, kept: Callable[..., np.ndarray],
+                   j: np.ndarray, interp: tuple[np.ndarray, np.ndarray, np.ndarray],
+                   tail: tuple[np.ndarray, float], rank_err: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Configurations of every rank j whose S takes ``share`` of the size (rank j's L
+    plus S); tail: ((len(j),) energy of R_j, energy of A); rank_err: rank-only error at j."""
+    m, n = layer.m, layer.n
+    mn = m * n
+    lo, hi, wt = interp
+    if st.kind == "nm":
+        nz = np.full_like(j, mn * st.n // st.m)
+        fr = kept()
+        frac = (1.0 - wt) * fr[lo] + wt * fr[hi]
+    else:
+        ng, gsz = st.num_groups(m, n), st.group_size(m, n)
+        d = share / (1.0 - share) * j * (m + n) / mn
+        nz = np.clip(np.floor(d * mn / gsz + 0.5), 0, ng).astype(np.int64) * gsz
+        fr = kept(nz / gsz / ng)  # (grid, ranks)
+        idx = np.arange(len(j))
+        frac = (1.0 - wt) * fr[lo, idx] + wt * fr[hi, idx]
+    # one alternating step: S keeps the top groups of the rank-j residual, whose kept
+    # fraction is measured at the grid ranks and interpolated (log rank) in between
+    err = np.sqrt(np.maximum(0.0, tail[0] * (1.0 - frac) / tail[1]))
+    err = np.minimum(err, rank_err)  # never claim worse than rank-only at a larger size
+    size = j * (m + n) + nz
+    ok = (nz > 0) & (size < mn)
+    return size[ok], err[ok], j[ok], np.ones(int(ok.sum()), np.int64), nz[ok], nz[ok] / mn
 
 
 def build_curves(layer: LayerSpec, mode: str, structure: Structure, *, slice_candidates: Sequence[int] = (1,),
