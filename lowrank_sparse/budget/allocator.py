@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import time
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -108,7 +108,7 @@ def allocate(
         ValueError: bad arguments, or an infeasible target (the message says by how much).
     """
     t0 = time.perf_counter()
-    total_macs = _renamed_total(total_macs, total_flops)
+    total_macs = _renamed_total(total_macs, total_flops)  # called from here: its warning's stacklevel counts on it
     layers, shares = _checked(layers, target, method, mode, sparse_shares)
     if isinstance(exclude, str):
         exclude = (exclude,)
@@ -118,63 +118,121 @@ def allocate(
     cache = cache if cache is not None else CurveCache()
     if target.scope == "layers":  # fractions of the listed layers' weights: the rest is neither counted nor charged
         total_params = total_macs = None
-    dense_p, dense_m, total_params, total_macs = _totals(layers, total_params, total_macs)
-
+    totals = _totals(layers, total_params, total_macs)
+    dense_p, dense_m, total_params, total_macs = totals
     latency = _latency_of(target, latency, layers)
-    fixed, free = _classify(layers, structure, overrides, exclude, keep_first_last,
-                            error_fn if mode == "lowrank_sparse" else None, cache)
+    split_fn = error_fn if mode == "lowrank_sparse" else None
+    fixed, free = _classify(layers, structure, overrides, exclude, keep_first_last, split_fn, cache)
+    lim = _fixed_limits(target, layers, fixed, latency, totals)
+
+    t1 = time.perf_counter()
+    curves, lat_cols = _free_curves(layers, free, method, mode, structure, slice_candidates, slice_linear, shares,
+                                    cache, seed, latency, lim)
+    t2 = time.perf_counter()
+    idx, info = _search(method, curves, lat_cols, lim, total_params, total_macs)
+    t3 = time.perf_counter()
+
+    caps = None if lat_cols is None else [float(col[i]) for col, i in zip(lat_cols, idx)]
+    out = _assemble(layers, fixed, free, curves, idx, structure, shares, split_fn, cache,
+                    latency if lim.bl is not None else None, caps)
+    p = total_params - dense_p + sum(a.params for a in out)
+    macs = total_macs - dense_m + sum(a.macs for a in out)
+    seconds = _seconds_after(out, latency, info)
+    if split_fn is not None and method == "enc":
+        info["metric_after_split"] = float(np.prod([1.0 - a.predicted_error**2 for a in out]))
+    info.update({"seconds_curves": t2 - t1, "seconds_search": t3 - t2, "seconds_total": time.perf_counter() - t0,
+                 "cache_hits": cache.hits, "cache_misses": cache.misses})
+    return Allocation(out, method, mode, st_name, target, total_params, total_macs, p, macs, info,
+                      dense_seconds=lim.dense_s, seconds=seconds)
+
+
+class _Limits(NamedTuple):
+    """The targets in absolute units and what the fixed parts (everything outside the
+    free layers) already use: params as stored values, MACs per sample, seconds per
+    forward.  A budget is None without that target; the seconds are None without a
+    latency model."""
+
+    bp: Optional[float]  # params budget
+    bm: Optional[float]  # MACs budget
+    bl: Optional[float]  # latency budget (s)
+    fixed_p: int
+    fixed_m: int
+    fixed_s: Optional[float]
+    dense_s: Optional[float]  # the dense model's predicted seconds
+
+
+def _fixed_limits(target: Budget, layers: list[LayerSpec], fixed: dict[int, LayerAllocation],
+                  latency: Optional[LatencyModel], totals: tuple[int, int, int, int]) -> _Limits:
+    """The targets and the fixed parts' use of them (``totals`` as from :func:`_totals`);
+    raises when the fixed parts alone exceed a target."""
+    dense_p, dense_m, total_params, total_macs = totals
     fixed_p = total_params - dense_p + sum(a.params for a in fixed.values())
     fixed_m = total_macs - dense_m + sum(a.macs for a in fixed.values())
     bp = None if target.params is None else target.params * total_params
     bm = None if target.macs is None else target.macs * total_macs
     _check_fixed_fit((("params", bp, fixed_p, total_params), ("macs", bm, fixed_m, total_macs)))
-    dense_s = fixed_s = bl = None
-    if latency is not None:
-        for a in fixed.values():
-            _set_seconds(a, latency)
-        dense_s = latency.rest_seconds + sum(latency[l.name].dense for l in layers)
-        fixed_s = latency.rest_seconds + sum(a.seconds for a in fixed.values())
-        if target.latency is not None:
-            bl = target.latency * dense_s
-            _check_fixed_latency(bl, fixed_s, dense_s)
+    dense_s, fixed_s, bl = _fixed_seconds(target, layers, fixed, latency)
+    return _Limits(bp, bm, bl, fixed_p, fixed_m, fixed_s, dense_s)
 
-    t1 = time.perf_counter()
+
+def _fixed_seconds(target: Budget, layers: list[LayerSpec], fixed: dict[int, LayerAllocation],
+                   latency: Optional[LatencyModel]) -> tuple[Optional[float], Optional[float], Optional[float]]:
+    """(dense model's predicted seconds, the fixed parts' seconds, latency budget in
+    seconds); all None without a latency model, the budget None without a latency
+    target.  Fills the fixed layers' seconds; raises when they alone exceed the target."""
+    if latency is None:
+        return None, None, None
+    for a in fixed.values():
+        _set_seconds(a, latency)
+    dense_s = latency.rest_seconds + sum(latency[l.name].dense for l in layers)
+    fixed_s = latency.rest_seconds + sum(a.seconds for a in fixed.values())
+    bl = None
+    if target.latency is not None:
+        bl = target.latency * dense_s
+        _check_fixed_latency(bl, fixed_s, dense_s)
+    return dense_s, fixed_s, bl
+
+
+def _free_curves(layers: list[LayerSpec], free: list[int], method: str, mode: str,
+                 structure: Union[str, Structure], slice_candidates: Sequence[int], slice_linear: bool,
+                 shares: list[float], cache: CurveCache, seed: int, latency: Optional[LatencyModel],
+                 lim: _Limits) -> tuple[list[LayerCurves], Optional[list[np.ndarray]]]:
+    """The free layers' error curves (in ``free`` order; slice counts > 1 for "alds"
+    only) and, with a latency budget, each curve entry's predicted seconds (else None)."""
     gs = tuple(slice_candidates) if method == "alds" else (1,)
     curves = [_curves_of(layers[li], mode, structure, gs, slice_linear, shares, cache, seed) for li in free]
-    lat_cols = None
-    if bl is not None:
-        curves, lat_cols = _latency_columns(curves, latency, prune=bp is None and bm is None)
-    t2 = time.perf_counter()
-    avail_p = None if bp is None else bp - fixed_p
-    avail_m = None if bm is None else bm - fixed_m
-    avail_l = None if bl is None else bl - fixed_s
-    _check_curves_fit(curves, ((avail_p, fixed_p, total_params), (avail_m, fixed_m, total_macs)))
-    if lat_cols is not None:
-        _check_curves_latency(lat_cols, avail_l, fixed_s, dense_s)
-    idx, info = METHODS[method](curves, avail_p, avail_m, avail_l, lat_cols)
-    t3 = time.perf_counter()
+    if lim.bl is None:
+        return curves, None
+    return _latency_columns(curves, latency, prune=lim.bp is None and lim.bm is None)
 
-    split_fn = error_fn if mode == "lowrank_sparse" else None
-    caps = None if lat_cols is None else [float(col[i]) for col, i in zip(lat_cols, idx)]
-    out = _assemble(layers, fixed, free, curves, idx, structure, shares, split_fn, cache,
-                    latency if bl is not None else None, caps)
-    p = total_params - dense_p + sum(a.params for a in out)
-    macs = total_macs - dense_m + sum(a.macs for a in out)
-    seconds = None
-    if latency is not None:
-        for a in out:
-            if a.seconds is None:
-                _set_seconds(a, latency)
-        seconds = latency.rest_seconds + sum(a.seconds for a in out)
-        info["rest_seconds"] = latency.rest_seconds
-        if latency.notes:
-            info["latency_notes"] = list(latency.notes)
-    if error_fn is not None and mode == "lowrank_sparse" and method == "enc":
-        info["metric_after_split"] = float(np.prod([1.0 - a.predicted_error**2 for a in out]))
-    info.update({"seconds_curves": t2 - t1, "seconds_search": t3 - t2, "seconds_total": time.perf_counter() - t0,
-                 "cache_hits": cache.hits, "cache_misses": cache.misses})
-    return Allocation(out, method, mode, st_name, target, total_params, total_macs, p, macs, info,
-                      dense_seconds=dense_s, seconds=seconds)
+
+def _search(method: str, curves: list[LayerCurves], lat_cols: Optional[list[np.ndarray]], lim: _Limits,
+            total_params: int, total_macs: int) -> tuple[Sequence[int], dict[str, Any]]:
+    """Run the method's search on what the fixed parts leave of each budget:
+    (chosen entry of every curve, the method's info).  Raises when even the smallest
+    entries do not fit."""
+    avail_p = None if lim.bp is None else lim.bp - lim.fixed_p
+    avail_m = None if lim.bm is None else lim.bm - lim.fixed_m
+    avail_l = None if lim.bl is None else lim.bl - lim.fixed_s
+    _check_curves_fit(curves, ((avail_p, lim.fixed_p, total_params), (avail_m, lim.fixed_m, total_macs)))
+    if lat_cols is not None:
+        _check_curves_latency(lat_cols, avail_l, lim.fixed_s, lim.dense_s)
+    return METHODS[method](curves, avail_p, avail_m, avail_l, lat_cols)
+
+
+def _seconds_after(out: list[LayerAllocation], latency: Optional[LatencyModel], info: dict[str, Any]) -> Optional[float]:
+    """Predicted seconds per forward after compression (None without a latency model);
+    fills the layers' seconds still missing and notes the rest's seconds in ``info``."""
+    if latency is None:
+        return None
+    for a in out:
+        if a.seconds is None:
+            _set_seconds(a, latency)
+    seconds = latency.rest_seconds + sum(a.seconds for a in out)
+    info["rest_seconds"] = latency.rest_seconds
+    if latency.notes:
+        info["latency_notes"] = list(latency.notes)
+    return seconds
 
 
 def _latency_of(target: Budget, latency: Optional[LatencyModel], layers: list[LayerSpec]) -> Optional[LatencyModel]:
