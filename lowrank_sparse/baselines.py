@@ -74,43 +74,15 @@ def rank_only(
     )
     spec = pr.spec
     if spec.mode == "nonlinear" or (spec.mode == "gram" and spec.slices > 1):
-        admm = SolverConfig(backend=cfg.backend, max_iter=cfg.max_iter, tol=cfg.tol,
-                            seed=cfg.seed, subsample=cfg.subsample, threads=cfg.threads,
-                            gram_shrinkage=cfg.gram_shrinkage)
-        dec = decompose(
-            W, rank, 0.0, X=X, gram=gram, bias=bias, activation=activation,
-            negative_slope=negative_slope, slices=slices, config=admm,
-        )
-        dec.info.extra["method"] = "rank_only (ADMM, density 0)"
-        return dec
+        return _rank_only_admm(W, rank, cfg, X=X, gram=gram, bias=bias, activation=activation,
+                               negative_slope=negative_slope, slices=slices)
     t0 = time.perf_counter()
     W0 = pr.W.to(compute_dtype(pr.W))
-    m, n = W0.shape
-    r, g = spec.rank, spec.slices
-    nsl = n // g
-    U = torch.zeros(m, g * r, dtype=W0.dtype, device=W0.device)
-    V = torch.zeros(g * r, n, dtype=W0.dtype, device=W0.device)
     if spec.mode == "weight":
-        for i in range(g):
-            Uf, s, Vt = torch.linalg.svd(W0[:, i * nsl : (i + 1) * nsl], full_matrices=False)
-            sq = torch.sqrt(s[:r])
-            U[:, i * r : (i + 1) * r] = Uf[:, :r] * sq
-            V[i * r : (i + 1) * r, i * nsl : (i + 1) * nsl] = sq.reshape(-1, 1) * Vt[:r]
+        U, V = _sliced_svd(W0, spec.rank, spec.slices)
     else:
-        G = pr.gram
-        assert G is not None
-        d, Q = torch.linalg.eigh(G)
-        d = torch.clamp(d, min=0)
-        dmax = float(d.max()) if d.numel() else 0.0
-        keep = d > dmax * n * torch.finfo(d.dtype).eps
-        sq_d = torch.sqrt(d)
-        inv_sq = torch.where(keep, 1.0 / torch.where(keep, sq_d, torch.ones_like(sq_d)), torch.zeros_like(sq_d))
-        Gh = (Q * sq_d) @ Q.mT
-        Ghp = (Q * inv_sq) @ Q.mT
-        Uf, s, Vt = torch.linalg.svd(W0 @ Gh, full_matrices=False)
-        sq = torch.sqrt(s[:r])
-        U[:, :r] = Uf[:, :r] * sq
-        V[:r] = (sq.reshape(-1, 1) * Vt[:r]) @ Ghp
+        assert pr.gram is not None
+        U, V = _whitened_svd(W0, pr.gram, spec.rank)
     S = torch.zeros_like(W0)
     info = SolveInfo(
         iterations=0, converged=True, seconds=time.perf_counter() - t0, backend="closed_form",
@@ -118,8 +90,65 @@ def rank_only(
     )
     return Decomposition(
         U=_to_out(U, W, None), V=_to_out(V, W, None), S=_to_out(S, W, None),
-        structure=spec.structure, info=info, slices=g,
+        structure=spec.structure, info=info, slices=spec.slices,
     )
+
+
+def _rank_only_admm(
+    W: Array, rank: int, cfg: SolverConfig, *, X: Optional[Array], gram: Optional[Array],
+    bias: Optional[Array], activation: Optional[str], negative_slope: float, slices: int,
+) -> Decomposition:
+    """The ADMM of :func:`lowrank_sparse.decompose` at density 0 (nonlinear activation,
+    or slices > 1 with data), with the solver settings of ``cfg`` that it uses."""
+    admm = SolverConfig(backend=cfg.backend, max_iter=cfg.max_iter, tol=cfg.tol,
+                        seed=cfg.seed, subsample=cfg.subsample, threads=cfg.threads,
+                        gram_shrinkage=cfg.gram_shrinkage)
+    dec = decompose(
+        W, rank, 0.0, X=X, gram=gram, bias=bias, activation=activation,
+        negative_slope=negative_slope, slices=slices, config=admm,
+    )
+    dec.info.extra["method"] = "rank_only (ADMM, density 0)"
+    return dec
+
+
+def _sliced_svd(W0: torch.Tensor, r: int, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank-``r`` truncated SVD of each of the ``g`` column slices of W0 (m, n).
+
+    Returns U (m, g*r) and block-diagonal V (g*r, n), the singular values split as
+    sqrt between them."""
+    m, n = W0.shape
+    nsl = n // g
+    U = torch.zeros(m, g * r, dtype=W0.dtype, device=W0.device)
+    V = torch.zeros(g * r, n, dtype=W0.dtype, device=W0.device)
+    for i in range(g):
+        Uf, s, Vt = torch.linalg.svd(W0[:, i * nsl : (i + 1) * nsl], full_matrices=False)
+        sq = torch.sqrt(s[:r])
+        U[:, i * r : (i + 1) * r] = Uf[:, :r] * sq
+        V[i * r : (i + 1) * r, i * nsl : (i + 1) * nsl] = sq.reshape(-1, 1) * Vt[:r]
+    return U, V
+
+
+def _whitened_svd(W0: torch.Tensor, G: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimiser of tr((W0 - U V) G (W0 - U V)^T) over rank ``r``: [W0 G^{1/2}]_r (G^{1/2})^+.
+
+    Eigenvalues of G (n, n) at or below max * n * eps are treated as 0 in the
+    pseudo-inverse.  Returns U (m, r), V (r, n)."""
+    m, n = W0.shape
+    U = torch.zeros(m, r, dtype=W0.dtype, device=W0.device)
+    V = torch.zeros(r, n, dtype=W0.dtype, device=W0.device)
+    d, Q = torch.linalg.eigh(G)
+    d = torch.clamp(d, min=0)
+    dmax = float(d.max()) if d.numel() else 0.0
+    keep = d > dmax * n * torch.finfo(d.dtype).eps
+    sq_d = torch.sqrt(d)
+    inv_sq = torch.where(keep, 1.0 / torch.where(keep, sq_d, torch.ones_like(sq_d)), torch.zeros_like(sq_d))
+    Gh = (Q * sq_d) @ Q.mT
+    Ghp = (Q * inv_sq) @ Q.mT
+    Uf, s, Vt = torch.linalg.svd(W0 @ Gh, full_matrices=False)
+    sq = torch.sqrt(s[:r])
+    U[:, :r] = Uf[:, :r] * sq
+    V[:r] = (sq.reshape(-1, 1) * Vt[:r]) @ Ghp
+    return U, V
 
 
 def sparse_only(

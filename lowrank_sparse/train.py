@@ -189,6 +189,38 @@ def train(
     Returns:
         TrainHistory with one EpochStats per epoch.
     """
+    _check_train_args(epochs, lr, optimizer, augment, warmup_epochs)
+    dev = resolve_device(device)
+    model.to(dev)
+    loader = _as_loader(train_data, batch_size, shuffle=True, seed=seed)
+    steps_per_epoch = max(1, len(loader))
+    opt = _make_optimizer(model, optimizer, lr, momentum, weight_decay)
+    sched = _warmup_cosine(opt, int(round(warmup_epochs * steps_per_epoch)), epochs * steps_per_epoch)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    history = TrainHistory()
+    aug_gen = torch.Generator().manual_seed(seed + 1)
+    start = time.perf_counter()
+    fork_devices = [dev.index or 0] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(seed)
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            bar = _progress(loader, len(loader), f"epoch {epoch + 1}/{epochs}", progress)
+            loss_sum, correct, seen = _train_epoch(model, bar, opt, sched, loss_fn, dev, augment, aug_gen)
+            _check_epoch(loss_sum, seen, epoch)
+            eval_acc = evaluate(model, eval_data, device=dev) if eval_data is not None else None
+            history.epochs.append(
+                EpochStats(epoch + 1, loss_sum / seen, correct / seen, eval_acc, time.perf_counter() - t0)
+            )
+    model.eval()
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+def _check_train_args(
+    epochs: int, lr: float, optimizer: str, augment: str | None, warmup_epochs: float
+) -> None:
+    """Raise ValueError for an invalid argument of :func:`train`."""
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
     if not (lr > 0 and math.isfinite(lr)):
@@ -199,21 +231,24 @@ def train(
         raise ValueError(f"augment must be one of {_AUGMENTS}, got {augment!r}")
     if warmup_epochs < 0:
         raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs!r}")
-    dev = resolve_device(device)
-    model.to(dev)
-    loader = _as_loader(train_data, batch_size, shuffle=True, seed=seed)
-    steps_per_epoch = max(1, len(loader))
-    total = epochs * steps_per_epoch
-    warmup = int(round(warmup_epochs * steps_per_epoch))
+
+
+def _make_optimizer(
+    model: nn.Module, optimizer: str, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """SGD (with momentum) or AdamW over the model's trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
     if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=lr, momentum=momentum, weight_decay=weight_decay
-        )
-    else:
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def _warmup_cosine(
+    opt: torch.optim.Optimizer, warmup: int, total: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -221,41 +256,45 @@ def train(
         t = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    history = TrainHistory()
-    aug_gen = torch.Generator().manual_seed(seed + 1)
-    start = time.perf_counter()
-    fork_devices = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(seed)
-        for epoch in range(epochs):
-            t0 = time.perf_counter()
-            model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
-            for x, y in _progress(loader, len(loader), f"epoch {epoch + 1}/{epochs}", progress):
-                x = _augment(x.to(dev, non_blocking=True), augment, aug_gen)
-                y = y.to(dev, non_blocking=True)
-                logits = model(x)
-                loss = loss_fn(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum += float(loss.detach()) * len(y)
-                correct += int((logits.detach().argmax(1) == y).sum())
-                seen += len(y)
-            if seen == 0:
-                raise ValueError("train_data is empty")
-            if not math.isfinite(loss_sum):
-                raise FloatingPointError(f"training diverged in epoch {epoch + 1} (loss is not finite)")
-            eval_acc = evaluate(model, eval_data, device=dev) if eval_data is not None else None
-            history.epochs.append(
-                EpochStats(epoch + 1, loss_sum / seen, correct / seen, eval_acc, time.perf_counter() - t0)
-            )
-    model.eval()
-    history.seconds = time.perf_counter() - start
-    return history
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _train_epoch(
+    model: nn.Module,
+    batches: Iterable,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LambdaLR,
+    loss_fn: nn.Module,
+    dev: torch.device,
+    augment: str | None,
+    aug_gen: torch.Generator,
+) -> tuple[float, int, int]:
+    """One pass in train mode, one optimizer and scheduler step per batch.
+
+    Returns (sum of per-sample losses, correct predictions, samples seen)."""
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for x, y in batches:
+        x = _augment(x.to(dev, non_blocking=True), augment, aug_gen)
+        y = y.to(dev, non_blocking=True)
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_sum += float(loss.detach()) * len(y)
+        correct += int((logits.detach().argmax(1) == y).sum())
+        seen += len(y)
+    return loss_sum, correct, seen
+
+
+def _check_epoch(loss_sum: float, seen: int, epoch: int) -> None:
+    """Raise if the epoch saw no data or its loss is not finite (``epoch`` counts from 0)."""
+    if seen == 0:
+        raise ValueError("train_data is empty")
+    if not math.isfinite(loss_sum):
+        raise FloatingPointError(f"training diverged in epoch {epoch + 1} (loss is not finite)")
 
 
 @torch.no_grad()
