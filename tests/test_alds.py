@@ -342,3 +342,28 @@ def test_layers_scope_counts_only_the_listed_layers(target, tgen):
     assert "selected layers" in a.table()
     with pytest.raises(ValueError, match="infeasible|cannot|budget"):  # the same fraction of the whole model cannot be met
         allocate(layers, Budget(**{k: v / 100 for k, v in target.items()}), "alds", total_params=tp, total_macs=tf)
+
+
+@pytest.mark.parametrize("method", ["alds", "enc"])
+def test_allocation_releases_work_arrays_without_changing_the_result(method, tgen):
+    """After allocate() the cache holds no weight-sized work array (whitened weight, its
+    Gram, singular vectors, slice Grams) of any layer, and the allocation equals the one
+    made with every work array kept."""
+    from lowrank_sparse.budget import CurveCache
+
+    def layers():
+        g = torch.Generator().manual_seed(5)
+        out = []
+        for i, (m, n) in enumerate([(24, 40), (40, 24), (32, 32)]):
+            w = torch.randn(m, n, generator=g) @ torch.diag(torch.linspace(2.0, 0.05, n))
+            x = torch.randn(n, 200, generator=g)
+            out.append(LayerSpec(f"l{i}", w, gram=x @ x.T / 200))
+        return out
+
+    lean, full = CurveCache(), CurveCache(keep_work=True)
+    a = allocate(layers(), Budget(params=0.4), method, keep_first_last=False, cache=lean)
+    b = allocate(layers(), Budget(params=0.4), method, keep_first_last=False, cache=full)
+    work = lambda c: [k[-1] for k in c.store if k[-1] in ("A", "gram", "spectrum+u") or k[-1].startswith("blockgram")]
+    assert work(lean) == [] and "A" in work(full) and "spectrum+u" in work(full)
+    assert [(x.rank, x.density, x.slices, x.predicted_error) for x in a.layers] == \
+        [(x.rank, x.density, x.slices, x.predicted_error) for x in b.layers]

@@ -344,6 +344,72 @@ def test_budget_run_reuses_the_allocators_solve(mlp, digits, monkeypatch):
         assert torch.allclose(new(x), again(x), atol=1e-4)
 
 
+@pytest.mark.parametrize("sequential", [False, True], ids=["one-pass", "sequential"])
+def test_allocator_holds_one_decomposition_per_layer(mlp, digits, monkeypatch, sequential):
+    """While the allocator probes several splits per layer, at most one decomposition
+    per layer is held (the lowest-error one, the split it picks); under sequential
+    calibration none of the layers that are re-fitted on new inputs keeps one."""
+    import importlib
+
+    P = importlib.import_module("lowrank_sparse.compress.plan")
+    real = P._SolverErrors._record
+    seen: list[tuple[str, float, int, set]] = []
+
+    def spying(self, key, dec):
+        err = real(self, key, dec)
+        per_layer = {}
+        for k in self.solved:
+            per_layer[k[0]] = per_layer.get(k[0], 0) + 1
+        seen.append((key[0], err, max(per_layer.values(), default=0), {k[0] for k in self.solved}))
+        if key[0] in {k[0] for k in self.solved}:
+            kept = next(k for k in self.solved if k[0] == key[0])
+            errs = [e for (n, r, d), e in self.errors.items() if n == key[0]]
+            assert self.errors[kept] == min(errs)
+        return err
+
+    monkeypatch.setattr(P._SolverErrors, "_record", spying)
+    compress(mlp, digits[0][:300], target=Budget(params=0.5), max_iter=10, keep_first_last=False,
+             sequential=sequential, progress=False)
+    layers = [s[0] for s in seen]
+    assert max(layers.count(n) for n in set(layers)) >= 2  # several splits probed per layer
+    assert max(s[2] for s in seen) == 1
+    first = [n for n, _ in mlp.named_modules() if isinstance(_, nn.Linear)][0]
+    held = set().union(*(s[3] for s in seen))
+    assert held == ({first} if sequential else set(layers))
+
+
+@pytest.mark.parametrize("sequential", [False, True], ids=["one-pass", "sequential"])
+def test_layer_statistics_are_released_as_layers_finish(mlp, digits, monkeypatch, sequential):
+    """Each layer's statistics leave the calibration once the layer is swapped in; under
+    sequential calibration the one-pass statistics of all layers but the first are gone
+    before the first solve."""
+    import importlib
+
+    S = importlib.import_module("lowrank_sparse.compress.schedule")
+    real_run, real_finish = S.run_layers, S.finish_layer
+    cals, held_at_finish = [], []
+
+    def run(job, selected, plan, cal, *a, **k):
+        cals.append(cal)
+        return real_run(job, selected, plan, cal, *a, **k)
+
+    def finish(job, name, *a, **k):
+        held_at_finish.append((name, set(cals[0].layers)))
+        return real_finish(job, name, *a, **k)
+
+    monkeypatch.setattr(S, "finish_layer", finish)
+    monkeypatch.setattr(importlib.import_module("lowrank_sparse.compress.pipeline"), "_compress_layers",
+                        lambda job, selected, plan, cal, data, opts, progress, ex, ck:
+                        run(job, selected, plan, cal, data, opts, ex, ck, None))
+    _, rep = compress(mlp, digits[0][:300], rank=0.25, density=0.05, max_iter=5, keep_first_last=False,
+                      sequential=sequential, progress=False)
+    names = [l.name for l in rep.layers]
+    assert len(names) >= 3 and [n for n, _ in held_at_finish] == names
+    for i, (name, held) in enumerate(held_at_finish):
+        assert held == (({names[0]} if i == 0 else set()) if sequential else set(names[i:]))
+    assert cals[0].layers == {}
+
+
 def test_public_names_survive_submodule_imports():
     """`import lowrank_sparse.compress` (or of any submodule) must not rebind the public
     functions to modules; checked in a fresh interpreter where nothing is cached."""

@@ -200,7 +200,10 @@ def _free_curves(layers: list[LayerSpec], free: list[int], method: str, mode: st
     """The free layers' error curves (in ``free`` order; slice counts > 1 for "alds"
     only) and, with a latency budget, each curve entry's predicted seconds (else None)."""
     gs = tuple(slice_candidates) if method == "alds" else (1,)
-    curves = [_curves_of(layers[li], mode, structure, gs, slice_linear, shares, cache, seed) for li in free]
+    curves = []
+    for li in free:
+        curves.append(_curves_of(layers[li], mode, structure, gs, slice_linear, shares, cache, seed))
+        cache.release(layers[li])  # one layer's work arrays at a time
     if lim.bl is None:
         return curves, None
     return _latency_columns(curves, latency, prune=lim.bp is None and lim.bm is None)

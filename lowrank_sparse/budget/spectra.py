@@ -40,11 +40,32 @@ class CurveCache:
     Pass the same instance to several :func:`lowrank_sparse.budget.allocate` calls to
     compute each layer's singular values only once.  Entries are invalidated when the
     weight (or gram) tensor is modified in place (its version counter changes).
+
+    The allocator calls :meth:`release` on each layer once its curves are built: the
+    work arrays of the size of the weight (whitened weight, its Gram, singular vectors,
+    slice Grams) are dropped and only the values and curves kept, so the allocation
+    holds one layer's work arrays at a time.  ``keep_work=True`` keeps them (a later
+    call with other sparse shares or structures then skips recomputing them).
     """
 
     store: dict = field(default_factory=dict)
     hits: int = 0
     misses: int = 0
+    keep_work: bool = False
+
+    def release(self, layer: LayerSpec) -> None:
+        """Drop ``layer``'s weight-sized work arrays (unless ``keep_work``); a spectrum
+        with singular vectors keeps its values.  Results are unchanged: a later need
+        recomputes them (deterministically)."""
+        if self.keep_work:
+            return
+        base = self.key(layer, "")[:-1]
+        for k in [k for k in self.store if k[:-1] == base]:
+            what = k[-1]
+            if what == "spectrum+u":
+                self.store.setdefault(base + ("spectrum",), {**self.store[k], "u": None})
+            if what in ("A", "gram", "spectrum+u") or what.startswith("blockgram"):
+                del self.store[k]
 
     def key(self, layer: LayerSpec, what: str) -> tuple:
         w = layer.weight

@@ -80,7 +80,7 @@ def prepare_solve(job: LayerJob, name: str, orig: nn.Module, stats: LayerStats, 
     """(the allocator's decomposition, None, None) when it already ran this exact solve
     on the same data, else (None, the problem to solve, the BatchNorm scale to unfold)."""
     dev = orig.weight.device if job.device is None else torch.device(job.device)
-    reuse = job.solved.get((name, size.rank, size.density)) if (
+    reuse = job.solved.pop((name, size.rank, size.density), None) if (
         reusable and size.slices == 1 and job.device is None) else None
     if reuse is not None:
         return reuse, None, None

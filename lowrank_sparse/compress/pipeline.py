@@ -193,7 +193,7 @@ def _plan(target: Any, allocation: str, opts: Options, selected: list[tuple[str,
     probes run on ``executor``."""
     if target is not None:
         plan, table = allocation_plan(target, allocation, opts.config, opts.structure, selected, cal.layers,
-                                      totals, solved, executor)
+                                      totals, solved, executor, opts.calibration.sequential)
     else:
         plan = explicit_plan([n for n, _ in selected], cal.layers, getattr(opts.config, "rank", None),
                              getattr(opts.config, "density", None))

@@ -14,8 +14,10 @@ Explicit sizes (``target=None``):
 With a :class:`~lowrank_sparse.budget.Budget` the sizes come from
 :func:`lowrank_sparse.budget.allocate` over exactly the selected layers (everything
 else counts as fixed in the model's totals).  For methods with ``solver_split`` the
-allocator's ``error_fn`` runs the real solver on the layer; each such decomposition is
-kept for reuse by the final solve.
+allocator's ``error_fn`` runs the real solver on the layer; the lowest-error
+decomposition of each layer (the one the allocator picks among a layer's splits, all
+asked at the layer's final size) is kept for reuse by the final solve, so at most one
+decomposition per layer is held at a time.
 """
 
 from __future__ import annotations
@@ -140,15 +142,21 @@ class _SolverErrors:
     """error_fn(layer, rank, density): post-activation error of the real solver's fit.
 
     :meth:`prefetch` runs a batch of such solves as tasks on ``executor`` (when it runs
-    more than one at a time) and keeps their errors; each decomposition is kept in
-    ``solved`` for reuse by the final solve unless the layer is large.
+    more than one at a time) and keeps their errors.  Of each layer in ``reusable``
+    (small enough, and fitted on these statistics by the final solve) the decomposition
+    with the lowest error so far is kept in ``solved`` for reuse, the one it replaces
+    dropped: one decomposition per layer at most.
     """
 
     def __init__(self, config: MethodConfig, structure: Structure, selected: list[tuple[str, nn.Module]],
-                 stats: dict[str, LayerStats], solved: Solved, executor: Any = None) -> None:
+                 stats: dict[str, LayerStats], solved: Solved, executor: Any = None,
+                 reusable: Optional[set[str]] = None) -> None:
         self.config, self.structure, self.mods, self.stats = config, structure, dict(selected), stats
         self.solved, self.executor = solved, executor
+        self.reusable = ({n for n, m in selected if m.weight.numel() <= REUSE_MAX_ENTRIES} if reusable is None
+                         else reusable)
         self.errors: dict[tuple[str, int, float], float] = {}
+        self.kept: dict[str, tuple[str, int, float]] = {}
 
     def _task(self, name: str, rank: int, density: float) -> tuple[Any, Any, Any, Any]:
         """The payload of :func:`.tasks.solve_task` for one probe."""
@@ -160,12 +168,14 @@ class _SolverErrors:
     def _record(self, key: tuple[str, int, float], dec: Any) -> float:
         name = key[0]
         st, mod = self.stats[name], self.mods[name]
-        if mod.weight.numel() <= REUSE_MAX_ENTRIES:  # big layers: re-solve rather than hold copies
-            self.solved[key] = dec
         W0 = mod.weight.detach().reshape(st.weight_shape)
         b0 = None if mod.bias is None else mod.bias.detach()
-        self.errors[key] = dense_error(st, W0, b0, torch.as_tensor(dec.dense()).to(W0), b0)
-        return self.errors[key]
+        self.errors[key] = err = dense_error(st, W0, b0, torch.as_tensor(dec.dense()).to(W0), b0)
+        old = self.kept.get(name)
+        if name in self.reusable and (old is None or err < self.errors[old] - 1e-12):  # the allocator's tie rule
+            self.solved.pop(old, None)
+            self.solved[key], self.kept[name] = dec, key
+        return err
 
     def prefetch(self, requests: list[tuple[Any, int, float]]) -> None:
         """Solve every (layer, rank, density) of ``requests`` on the executor at once."""
@@ -220,17 +230,23 @@ def allocation_plan(
     totals: tuple[int, int],
     solved: Solved,
     executor: Any = None,
+    sequential: bool = False,
 ) -> tuple[dict[str, LayerSize], Optional[str]]:
     """Sizes from :func:`lowrank_sparse.budget.allocate` over the selected layers, and
     its table.  ``totals`` = (model params, model MACs per sample).  Only the allocator's
-    solves whose sizes the plan picked are left in ``solved``.  The allocator's solver
+    solves whose sizes the plan picked are left in ``solved`` (none of the layers that
+    ``sequential`` calibration re-fits on new inputs, all but the first).  The allocator's solver
     probes run on ``executor`` (a started executor; None: in this process).  A latency
     target's layer tables are measured here (:func:`latency_model`); when the target
     carries its own LatencyModel, the prediction is left in its ``prediction``."""
     from .. import budget as B
 
     method = methods.method_of_config(config)
-    error_fn = _SolverErrors(config, structure, selected, stats, solved, executor) if method.solver_split else None
+    # layers whose final solve sees these statistics (under sequential only the first)
+    fitted_here = selected[:1] if sequential else selected
+    reusable = {n for n, m in fitted_here if m.weight.numel() <= REUSE_MAX_ENTRIES}
+    error_fn = (_SolverErrors(config, structure, selected, stats, solved, executor, reusable) if method.solver_split
+                else None)
     latency = latency_model(target, selected, stats, structure)
     alloc = B.allocate(layer_specs(selected, stats), target, method=allocation, total_params=totals[0],
                        total_macs=totals[1], mode=method.allocation_mode, structure=structure, error_fn=error_fn,

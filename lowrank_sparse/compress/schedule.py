@@ -15,6 +15,11 @@ The result equals a serial run's exactly, whatever the order tasks finish in:
   each layer sees exactly the inputs it sees in the serial loop
   (:mod:`.dependencies`).  Layers of one block that do not feed each other run at once.
   The serial executor keeps the plain module-order chain.
+
+Memory: a layer's statistics are released (from ``cal.layers`` too) once it is swapped
+in; under ``sequential`` the one-pass statistics of every layer but the first are
+released before the first solve (each is re-collected when its turn comes), so after the
+allocation at most the in-flight layers' statistics are held.
 """
 
 from __future__ import annotations
@@ -67,16 +72,20 @@ class _Run:
         self.orig = dict(selected)
         self.method = methods.method_of_config(job.config)
         self.wait, self.hold = _order_constraints(job, self.names, data, opts, executor.max_in_flight > 1)
-        self.stats: dict[str, Any] = {}
+        self.stats: dict[str, Any] = {}  # started layers' statistics (None once swapped in)
         self.held: dict[str, Any] = {}
         self.reports: dict[str, LayerReport] = {}
+        if opts.calibration.sequential:
+            for name in self.names[1:]:
+                cal.layers.pop(name, None)
 
     def start(self, name: str) -> None:
         """Calibrate (sequential) and finish at once, or submit the layer's solve."""
-        stats, reusable = self.cal.layers[name], True
         if self.opts.calibration.sequential and name != self.names[0]:
             stats = calibrate(self.job.model, self.data, layers=[name], config=self.opts.calibration).layers[name]
             reusable = False
+        else:
+            stats, reusable = self.cal.layers[name], True
         self.stats[name] = stats
         size = self.plan[name]
         if is_untouched(stats, size):
@@ -104,6 +113,8 @@ class _Run:
                 self.reports[name] = untouched_report(self.job, name, orig, stats)
             else:
                 self.reports[name] = finish_layer(self.job, name, orig, stats, *result)
+            self.stats[name] = None
+            self.cal.layers.pop(name, None)
             if bar is not None:
                 bar.update(1)
 
