@@ -25,7 +25,7 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -68,15 +68,16 @@ def split_columns(X: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]
     return X[:, : N - nh].contiguous(), X[:, N - nh :].contiguous()
 
 
-def gram_start(W0: torch.Tensor, X: torch.Tensor, density: float, structure: Any, block: int,
-               slices: int, rank: int, cfg: SolverConfig) -> Factors:
+#: gram_solve(W0, G) -> Decomposition: the caller's identity-activation decompose on the
+#: Gram G (n, n) with its settings (decompose passes itself; this module does not import it)
+GramSolve = Callable[[torch.Tensor, torch.Tensor], Decomposition]
+
+
+def gram_start(W0: torch.Tensor, X: torch.Tensor, gram_solve: GramSolve) -> Factors:
     """The identity-activation decompose on G = X X^T / N (ADMM + support refit), with
     the caller's settings: the answer ``decompose(W, gram=G)`` gives."""
-    from .decomposition import decompose
-
     G = (X @ X.mT) / X.shape[1]
-    d = decompose(W0, rank, density, structure, gram=G, block=block, slices=slices,
-                  config=cfg.with_overrides(progress=False))
+    d = gram_solve(W0, G)
     return d.U, d.V, d.S
 
 
@@ -93,10 +94,10 @@ def oats_start(W0: torch.Tensor, Xf: torch.Tensor, pr: Prepared) -> Factors:
     return U, V / dn, S / dn
 
 
-def _starts(W0: torch.Tensor, X: torch.Tensor, pr: Prepared, cfg: SolverConfig, density: float,
-            structure: Any, block: int) -> tuple[str, Factors, dict[str, float]]:
+def _starts(W0: torch.Tensor, X: torch.Tensor, pr: Prepared,
+            gram_solve: GramSolve) -> tuple[str, Factors, dict[str, float]]:
     spec = pr.spec
-    cands = {"gram": gram_start(W0, X, density, structure, block, spec.slices, spec.rank, cfg)}
+    cands = {"gram": gram_start(W0, X, gram_solve)}
     if spec.slices == 1:
         cands["oats"] = oats_start(W0, X, pr)
     errs = {k: post_activation_error(U @ V + S, W0, X, pr.bias, spec.activation, spec.negative_slope)
@@ -127,8 +128,7 @@ def _torch_threads(n: Optional[int]):
         torch.set_num_threads(old)
 
 
-def decompose_activation(W: Array, pr: Prepared, cfg: SolverConfig, density: float,
-                         structure: Any, block: int) -> Decomposition:
+def decompose_activation(W: Array, pr: Prepared, cfg: SolverConfig, gram_solve: GramSolve) -> Decomposition:
     """decompose() for a nonlinear activation (``pr.spec.mode == "nonlinear"``, not
     relaxed); see the module docstring.  ``info``: iterations and converged of the
     refinement (L-BFGS), path "refine", objective = its post-activation relative error
@@ -144,7 +144,7 @@ def decompose_activation(W: Array, pr: Prepared, cfg: SolverConfig, density: flo
         W0 = pr.W.detach().to(compute_dtype(pr.W)).contiguous()
         X = pr.X.contiguous()
         Xf, Xh = split_columns(X)
-        name, (U, V, S), errs = _starts(W0, X, pr, cfg, density, structure, block)
+        name, (U, V, S), errs = _starts(W0, X, pr, gram_solve)
         U, V, S = U.to(W0.dtype), V.to(W0.dtype), S.to(W0.dtype)
         res = refine(W0, U, V, S, Xf, Xh, pr.bias, spec.activation, spec.negative_slope,
                      slices=spec.slices, max_iter=cfg.max_iter, patience=PATIENCE,

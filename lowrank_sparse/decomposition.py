@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ._validate import AdmmSpec, Array, Prepared, compute_dtype, initial_subspace, prepare
+from .activation_aware import decompose_activation
 from .solve.config import SolverConfig, resolve
 from .solve.refit import refit_support, refit_weight_, relative_error
 from .solve.result import Decomposition, SolveInfo
@@ -124,9 +125,13 @@ def decompose(
         gram_shrinkage=cfg.gram_shrinkage,
     )
     if cfg.refine is not False and pr.spec.mode == "nonlinear" and not pr.spec.relaxed:
-        from .activation_aware import decompose_activation
+        quiet = cfg.with_overrides(progress=False)
 
-        return decompose_activation(W, pr, cfg, density, structure, block)
+        def gram_solve(W0: torch.Tensor, G: torch.Tensor) -> Decomposition:
+            return decompose(W0, pr.spec.rank, density, structure, gram=G, block=block, slices=pr.spec.slices,
+                             config=quiet)
+
+        return decompose_activation(W, pr, cfg, gram_solve)
     return _decompose_admm(W, pr, cfg)
 
 
