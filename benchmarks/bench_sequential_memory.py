@@ -20,7 +20,7 @@ the calibration tokens (what capturing all activations would hold; one float32 p
 input value).
 
 Run: ``python benchmarks/bench_sequential_memory.py`` (about 10-20 min on 2 cores);
-writes benchmarks/results/sequential_memory_cpu.{json,md}.
+writes benchmarks/results/sequential_memory_cpu.{json,md} (rows of models not run are kept).
 """
 
 from __future__ import annotations
@@ -128,7 +128,9 @@ def main() -> None:
         print(json.dumps(row))
         return
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    rows = []
+    path = OUT.with_suffix(".json")
+    rows = json.loads(path.read_text())["rows"] if path.exists() else []  # other models' rows are kept
+    rows = [r for r in rows if r["model"] not in args.models]
     for name in args.models:
         for seq in (False, True):
             cmd = [sys.executable, __file__, "--cell", name, "1" if seq else "0", "--sequences", str(args.sequences),

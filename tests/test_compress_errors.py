@@ -15,8 +15,12 @@ _ACTS = {"relu": (nn.ReLU(), F.relu), "gelu": (nn.GELU(), F.gelu), "silu": (nn.S
          "tanh": (nn.Tanh(), torch.tanh), "leaky": (nn.LeakyReLU(0.2), lambda u: F.leaky_relu(u, 0.2))}
 
 
+@pytest.mark.parametrize("chunk", [1024, 7], ids=["one-chunk", "chunks-of-7"])
 @pytest.mark.parametrize("act", list(_ACTS), ids=list(_ACTS))
-def test_subsample_error_after_the_activation(act, tgen):
+def test_subsample_error_after_the_activation(act, chunk, tgen, monkeypatch):
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("lowrank_sparse.compress.errors"), "ERROR_CHUNK", chunk)
     mod, fn = _ACTS[act]
     lin = nn.Linear(6, 5)
     model = nn.Sequential(lin, mod, nn.Linear(5, 2)).eval()

@@ -170,12 +170,12 @@ class GramCollector:
 
     def finish(self) -> None:
         st = self.stats
-        if self.gsum is not None and st.count > 0:
-            st.gram = (self.gsum / st.count).cpu()
-            st.mean = (self.msum / st.count).cpu()
+        if self.gsum is not None and st.count > 0:  # in place: no second (n, n) copy per layer
+            st.gram = self.gsum.div_(st.count).cpu()
+            st.mean = self.msum.div_(st.count).cpu()
         if st.sample is not None:
             st.sample = st.sample.T.contiguous()  # (n, s): columns are samples
-        self.keys = None
+        self.keys = self.gsum = self.msum = None
 
 
 def stats_error(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -53,16 +54,20 @@ def _cpu(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.cpu()
 
 
-def _new_output(stats: LayerStats, Wn: torch.Tensor, bn: Optional[torch.Tensor],
+#: columns of the input subsample evaluated at a time (bounds the (m, chunk) float64 work)
+ERROR_CHUNK = 1024
+
+
+def _new_output(X: torch.Tensor, Wn: torch.Tensor, bn: Optional[torch.Tensor],
                 forward: Optional[nn.Module]) -> torch.Tensor:
-    """(m, s) float64 pre-BatchNorm output of the new layer on the subsample."""
+    """(m, c) float64 pre-BatchNorm output of the new layer on the columns X (n, c)."""
     f64 = torch.float64
     if forward is not None:
         dev = next((p.device for p in forward.parameters()), torch.device("cpu"))
         dt = next((p.dtype for p in forward.parameters()), torch.float32)
         with torch.no_grad():
-            return forward(stats.sample.T.to(device=dev, dtype=dt)).T.to("cpu", f64)
-    y2 = Wn.cpu().to(f64) @ stats.sample.to(f64)
+            return forward(X.T.to(device=dev, dtype=dt)).T.to("cpu", f64)
+    y2 = Wn.cpu().to(f64) @ X.to(f64)
     if bn is not None:
         y2 = y2 + bn.cpu().to(f64)[:, None]
     return y2
@@ -80,17 +85,21 @@ def _error(
         err = stats_error(stats, Wm.cpu(), _cpu(b), Wn.cpu(), _cpu(bn))
         return err, f"gram ({stats.count} columns)"
     f64 = torch.float64
-    X = stats.sample.to(f64)  # (n, s)
     Wf, bf = stats.folded(Wm.cpu().to(f64), None if b is None else b.cpu().to(f64))
-    y = Wf @ X
-    if bf is not None:
-        y = y + bf[:, None]
-    y2 = _new_output(stats, Wn, bn, forward)
-    if stats.bn_scale is not None:
-        y2 = stats.bn_scale.to(f64)[:, None] * y2 + stats.bn_shift.to(f64)[:, None]
     info = stats.activation
-    a = act_fn(y, info.name, info.negative_slope)
-    a2 = act_fn(y2, info.name, info.negative_slope)
-    den = float(torch.linalg.norm(a))
-    diff = float(torch.linalg.norm(a - a2))
-    return (diff / den if den > 0 else diff), f"subsample ({X.shape[1]} columns)"
+    num = den = 0.0
+    S = stats.sample.shape[1]
+    for c0 in range(0, S, ERROR_CHUNK):  # column chunks: (m, chunk) work arrays, sums in float64
+        Xc = stats.sample[:, c0:c0 + ERROR_CHUNK]
+        y = Wf @ Xc.to(f64)
+        if bf is not None:
+            y = y + bf[:, None]
+        y2 = _new_output(Xc, Wn, bn, forward)
+        if stats.bn_scale is not None:
+            y2 = stats.bn_scale.to(f64)[:, None] * y2 + stats.bn_shift.to(f64)[:, None]
+        a = act_fn(y, info.name, info.negative_slope)
+        a2 = act_fn(y2, info.name, info.negative_slope)
+        den += float(a.square().sum())
+        num += float((a - a2).square().sum())
+    den, diff = math.sqrt(den), math.sqrt(num)
+    return (diff / den if den > 0 else diff), f"subsample ({S} columns)"
