@@ -82,7 +82,8 @@ class AdmmSpec:
 
     @property
     def has_sparse(self) -> bool:
-        return self.structure.kind == "nm" or self.k > 0
+        """S is part of the problem (N:M included: its k is 0 at density 0, no S)."""
+        return self.k > 0
 
 
 def is_array(x: Any) -> bool:

@@ -224,3 +224,16 @@ def test_gram_shrinkage_bad_values(rng: np.random.Generator, bad) -> None:
     W = rng.normal(size=(8, 6))
     with pytest.raises(ValueError, match="gram_shrinkage"):
         decompose(W, 1, 0.1, gram=np.eye(6), config=lrs.SolverConfig(gram_shrinkage=bad))
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("nm", ["2:4", "1:4"])
+def test_nm_structure_at_density_zero_is_low_rank_only(rng: np.random.Generator, backend: str, nm: str) -> None:
+    """N:M S at density 0 means no sparse part: S is all zeros and L is the truncated
+    SVD (Eckart-Young error from numpy's singular values)."""
+    W = rng.standard_normal((24, 40))
+    d = decompose(W, 5, 0.0, nm, backend=backend, max_iter=50)
+    assert np.count_nonzero(d.S) == 0
+    s = np.linalg.svd(W, compute_uv=False)
+    err = np.linalg.norm(W - d.U @ d.V) / np.linalg.norm(W)
+    assert err == pytest.approx(np.sqrt((s[5:] ** 2).sum() / (s**2).sum()), rel=1e-6)

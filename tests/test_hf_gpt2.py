@@ -161,3 +161,28 @@ def test_the_head_is_compressed_when_include_names_it(tmp_path):
     loaded = lrs.load(tmp_path / "m.safetensors", model=_gpt2(seed=3))
     assert torch.equal(_logits(loaded, _batches()), _logits(small, _batches()))
     assert torch.equal(loaded.transformer.wte.weight, model.transformer.wte.weight)
+
+
+@pytest.mark.parametrize("method", ["lowrank_sparse", "wanda"])
+def test_a_2_4_budget_is_met_by_the_stored_values(method):
+    """Budget(params=0.6, scope="layers") with 2:4 S: the values the compressed layers
+    store (U, V and S's nonzeros, counted from the modules) stay within 60 % of the
+    selected layers' weights, and a layer without a sparse part has an all-zero S."""
+    model = _gpt2()
+    new, rep = lrs.compress(model, _batches(), lrs.Budget(params=0.6, scope="layers"), structure="2:4",
+                            method=method, max_iter=5, progress=False)
+    mods = dict(new.named_modules())
+    stored = dense = 0
+    for r in rep.layers:
+        m, n = r.shape[0], r.shape[1]
+        dense += m * n
+        mod = mods[r.name]
+        if not isinstance(mod, LowRankSparseLinear):
+            stored += m * n
+            continue
+        nnz = 0 if mod.sparse is None else int((mod.sparse.to_dense() != 0).sum())
+        lr = 0 if mod.U is None else mod.U.numel() + mod.V.numel()
+        stored += lr + nnz
+        if r.density == 0.0:
+            assert nnz == 0, r.name
+    assert stored <= 0.6 * dense * 1.001, (stored / dense)
