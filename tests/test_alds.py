@@ -367,3 +367,37 @@ def test_allocation_releases_work_arrays_without_changing_the_result(method, tge
     assert work(lean) == [] and "A" in work(full) and "spectrum+u" in work(full)
     assert [(x.rank, x.density, x.slices, x.predicted_error) for x in a.layers] == \
         [(x.rank, x.density, x.slices, x.predicted_error) for x in b.layers]
+
+
+def _mixed_layers() -> list[LayerSpec]:
+    """Two exactly low-rank layers, two sparse ones (a few large entries), one dense
+    Gaussian: rank only wins on some, S alone on others."""
+    g = torch.Generator().manual_seed(11)
+    out = []
+    for i in range(2):
+        out.append(LayerSpec(f"lowrank{i}", torch.randn(40, 4, generator=g) @ torch.randn(4, 48, generator=g)))
+    for i in range(2):
+        w = torch.zeros(40, 48)
+        idx = torch.randperm(40 * 48, generator=g)[:150]
+        w.view(-1)[idx] = torch.randn(150, generator=g) * 3
+        out.append(LayerSpec(f"sparse{i}", w + 0.01 * torch.randn(40, 48, generator=g)))
+    out.append(LayerSpec("gauss", torch.randn(40, 48, generator=g)))
+    return out
+
+
+@pytest.mark.parametrize("method", ["alds", "enc"])
+@pytest.mark.parametrize("budget", [0.15, 0.3], ids=["15%", "30%"])
+def test_joint_choice_is_never_worse_than_its_parts_on_the_proxy(method, budget):
+    """At one budget, L + S's allocation is at least as good on the proxy as rank only's
+    and as S alone's (the largest predicted layer error for ALDS's min-max, the product
+    of (1 - e^2) for ENC), and the sparse layers get S alone."""
+    def score(a):
+        errs = [x.predicted_error for x in a.layers]
+        return max(errs) if method == "alds" else -float(np.prod([1 - e**2 for e in errs]))
+
+    allocs = {mode: allocate(_mixed_layers(), Budget(params=budget), method, mode=mode, keep_first_last=False)
+              for mode in ("lowrank_sparse", "rank_only", "sparse_only")}
+    joint = score(allocs["lowrank_sparse"])
+    assert joint <= score(allocs["rank_only"]) + 1e-9 and joint <= score(allocs["sparse_only"]) + 1e-9
+    by_name = {x.name: x for x in allocs["lowrank_sparse"].layers}
+    assert all(by_name[f"sparse{i}"].rank == 0 and by_name[f"sparse{i}"].density > 0 for i in range(2))

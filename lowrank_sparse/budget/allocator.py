@@ -70,8 +70,9 @@ def allocate(
             BN); default: the listed layers' weights only.
         total_macs: the model's MACs per sample (same convention as
             :func:`spec.layer_macs`); default: the listed layers' MACs only.
-        mode: "lowrank_sparse" (per-layer split from ``sparse_shares``), "rank_only",
-            "sparse_only".
+        mode: "lowrank_sparse" (per-layer split from ``sparse_shares``, with rank only
+            and S alone among each layer's candidates, so its allocation is never worse
+            on the proxy than either part's), "rank_only", "sparse_only".
         structure: sparsity structure of S (see lowrank_sparse.structure); conv layers use
             their own ``block`` for "channel".
         error_fn: error_fn(layer, rank, density) -> relative error of the real L+S solver;
@@ -516,13 +517,25 @@ def _split_candidate(l: LayerSpec, sh: float, size: int, st: Structure) -> Optio
     return None if (nnz == 0 or r < 1) else (r, d)
 
 
+def _sparse_only_candidate(l: LayerSpec, size: int, st: Structure) -> Optional[tuple[int, float]]:
+    """(0, density) of the largest sparse-only S within ``size`` stored values, or None."""
+    mn = l.m * l.n
+    if st.kind == "nm":
+        nnz = mn * st.n // st.m
+        return (0, st.n / st.m) if nnz <= size else None
+    gsz = st.group_size(l.m, l.n)
+    k = min(size // gsz, st.num_groups(l.m, l.n))
+    return (0, k * gsz / mn) if k >= 1 else None
+
+
 def _split_candidates(l: LayerSpec, size: int, st: Structure, shares: Sequence[float],
                       cap: Optional[tuple[Any, float]] = None) -> list[tuple[float, int, float]]:
     """(share, rank, density) of every candidate split of ``size`` stored values that
-    fits (and, with ``cap`` = (layer times, seconds), is predicted no slower than that)."""
+    fits (and, with ``cap`` = (layer times, seconds), is predicted no slower than that):
+    rank only (share 0), each L + S share, and S alone (share ``inf``, rank 0)."""
     out = []
-    for sh in ([0.0] + [s for s in shares if s > 0.0] if st.kind != "nm" else [0.0, 1.0]):
-        rd = _split_candidate(l, sh, size, st)
+    for sh in ([0.0] + [s for s in shares if s > 0.0] if st.kind != "nm" else [0.0, 1.0]) + [math.inf]:
+        rd = _sparse_only_candidate(l, size, st) if sh == math.inf else _split_candidate(l, sh, size, st)
         if rd is None:
             continue
         if cap is not None and cap[0].seconds(int(rd[0]), float(rd[1])) > cap[1] * (1 + 1e-12):

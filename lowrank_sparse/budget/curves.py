@@ -316,14 +316,20 @@ def _build_curves(layer: LayerSpec, mode: str, structure: Structure, slice_candi
             ls = cache.get(layer, key, lambda: _ls_configs(layer, structure, sparse_shares, cache, seed))
             if ls is not None:
                 parts.append(ls)
+            parts.append(_sparse_part(layer, structure, cache, seed))  # the joint choice includes S alone
     elif mode == "sparse_only":
-        key = f"sparse:{structure.name}:{structure.block}:{seed}"
-        parts.append(cache.get(layer, key, lambda: _sparse_configs(layer, structure, cache, seed)))
+        parts.append(_sparse_part(layer, structure, cache, seed))
     else:
         raise ValueError(f"mode must be 'lowrank_sparse', 'rank_only' or 'sparse_only', got {mode!r}")
     cols = list(zip(*parts)) if parts else [[np.zeros(0)]] * 6
     arrs = [np.concatenate([np.asarray(x) for x in c]) for c in cols]
     return _frontier(layer, *arrs)
+
+
+def _sparse_part(layer: LayerSpec, structure: Structure, cache: CurveCache, seed: int):
+    """The sparse-only configurations of a layer (cached)."""
+    key = f"sparse:{structure.name}:{structure.block}:{seed}"
+    return cache.get(layer, key, lambda: _sparse_configs(layer, structure, cache, seed))
 
 
 def config_error(layer: LayerSpec, rank: int, density: float, slices: int, structure: Structure,
