@@ -186,3 +186,30 @@ def test_a_2_4_budget_is_met_by_the_stored_values(method):
         if r.density == 0.0:
             assert nnz == 0, r.name
     assert stored <= 0.6 * dense * 1.001, (stored / dense)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("case", ["unknown-key", "mask-shape", "no-linear"])
+def test_bad_calibration_input_is_named_and_nothing_changes(case, tmp_path):
+    """A batch key forward does not name, a mask that is not (batch, tokens) and a model
+    without a compressible layer each raise a ValueError naming the problem; the model
+    is unchanged and nothing is written."""
+    model = _gpt2()
+    ids = _batches()[0]["input_ids"]
+    data = {"unknown-key": [{"input_ids": ids, "pixel_values": ids.float()}],
+            "mask-shape": [{"input_ids": ids, "attention_mask": torch.ones(ids.shape[0], ids.shape[1] - 1)}],
+            "no-linear": [{"input_ids": ids}]}[case]
+    target = model.transformer.wte if case == "no-linear" else model  # an embedding alone: no linear layer
+    needle = {"unknown-key": r"\['pixel_values'\] not arguments of GPT2LMHeadModel.forward",
+              "mask-shape": r"attention_mask has shape \(4, 15\).*\(4, 16\)",
+              "no-linear": "no compressible layer"}[case]
+    before = _state(model)
+    with pytest.raises(ValueError, match=needle):
+        lrs.compress(target, data if case != "no-linear" else ids, lrs.Budget(params=0.5, scope="layers"),
+                     checkpoint_dir=tmp_path / "ck", progress=False)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(tmp_path.iterdir())

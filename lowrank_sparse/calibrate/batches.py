@@ -97,6 +97,15 @@ def _tensor_input(x: Any, i: int) -> torch.Tensor:
     return x
 
 
+def _check_mask_shape(item: Mapping[str, Any], primary: torch.Tensor, i: int) -> None:
+    """A 2-D ``attention_mask`` must be (batch, tokens) of the token input."""
+    m = item.get(_MASK_KEY)
+    if (isinstance(m, torch.Tensor) and m.dim() == 2 and primary.dim() >= 2
+            and tuple(m.shape) != tuple(primary.shape[:2])):
+        raise ValueError(f"calibration batch {i}: attention_mask has shape {tuple(m.shape)}, the token input "
+                         f"{tuple(primary.shape)}: the mask must be (batch, tokens) = {tuple(primary.shape[:2])}")
+
+
 def _dict_batch(item: Mapping[str, Any], i: int, model: Optional[nn.Module]) -> ModelBatch:
     _, names, var_kw = _positional_capacity(model)
     primary = next((item[k] for k in _PRIMARY_KEYS if isinstance(item.get(k), torch.Tensor)), None)
@@ -105,6 +114,13 @@ def _dict_batch(item: Mapping[str, Any], i: int, model: Optional[nn.Module]) -> 
     primary = _tensor_input(primary, i)
     if model is None:
         return ModelBatch((primary,), {}, primary)
+    _check_mask_shape(item, primary, i)
+    if var_kw and names:
+        unknown = sorted(k for k, v in item.items() if k not in names and isinstance(v, torch.Tensor))
+        if unknown:  # forward(**kwargs) would swallow them silently
+            named = ", ".join(sorted(names)[:12]) + (", ..." if len(names) > 12 else "")
+            raise ValueError(f"calibration batch {i}: key(s) {unknown} not arguments of "
+                             f"{type(model).__name__}.forward (it names: {named})")
     if var_kw or set(item) <= names:
         return ModelBatch((), dict(item), primary, _mask_of(model, (), item))
     key = next((k for k in _DICT_KEYS if k in item), None)
