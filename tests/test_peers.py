@@ -101,3 +101,15 @@ def test_oats_library_structures_are_feasible() -> None:
     assert np.all((d.S.reshape(20, 4, 4) != 0).sum(axis=2) <= 2)
     du = oats(W, 2, 0.1, X, pattern="unstructured")
     assert np.count_nonzero(du.S) <= round(0.1 * 20 * 16)
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "unstructured", "per_row"])
+def test_oats_at_density_zero_is_the_scaled_truncated_svd(pattern) -> None:
+    """No S at density 0, whatever the pattern (N:M's budget is fixed otherwise): L is
+    the rank-r truncation of W diag(d) (d = input norms), unscaled, from numpy's SVD."""
+    W, X = _problem(seed=3)
+    d = oats(W, 3, 0.0, X, pattern=pattern, iters=5)
+    assert np.count_nonzero(d.S) == 0
+    dn = np.sqrt((X**2).sum(axis=1))
+    u, s, vt = np.linalg.svd(W * dn, full_matrices=False)
+    np.testing.assert_allclose(d.U @ d.V, ((u[:, :3] * s[:3]) @ vt[:3]) / dn, atol=1e-8)
