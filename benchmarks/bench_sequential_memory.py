@@ -20,7 +20,7 @@ the calibration tokens (what capturing all activations would hold; one float32 p
 input value).
 
 Run: ``python benchmarks/bench_sequential_memory.py`` (about 10-20 min on 2 cores);
-writes benchmarks/results/sequential_memory_cpu.{json,md} (rows of models not run are kept).
+writes benchmarks/results/sequential_memory_cpu.{json,md} (rows of cells not run are kept; ``--calibrations one-pass`` runs one of the two).
 """
 
 from __future__ import annotations
@@ -118,9 +118,10 @@ def render(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    ap.add_argument("--sequences", type=int, default=32)
+    ap.add_argument("--sequences", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--max-iter", type=int, default=40)
+    ap.add_argument("--max-iter", type=int, default=20)
+    ap.add_argument("--calibrations", nargs="+", default=["one-pass", "sequential"], choices=["one-pass", "sequential"])
     ap.add_argument("--cell", nargs=2, metavar=("MODEL", "SEQUENTIAL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.cell:
@@ -130,9 +131,10 @@ def main() -> None:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     path = OUT.with_suffix(".json")
     rows = json.loads(path.read_text())["rows"] if path.exists() else []  # other models' rows are kept
-    rows = [r for r in rows if r["model"] not in args.models]
+    runs = [(m, c == "sequential") for m in args.models for c in args.calibrations]
+    rows = [r for r in rows if (r["model"], r["sequential"]) not in runs]
     for name in args.models:
-        for seq in (False, True):
+        for seq in [s for m, s in runs if m == name]:
             cmd = [sys.executable, __file__, "--cell", name, "1" if seq else "0", "--sequences", str(args.sequences),
                    "--seq-len", str(args.seq_len), "--max-iter", str(args.max_iter)]
             res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)

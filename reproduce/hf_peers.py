@@ -125,16 +125,20 @@ def run_cell(name: str, dense: Any, calib: list[Any], test: list[Any], causal: b
 
 PREAMBLE = """# Transformers, one-shot: this library against its peers
 
-Command: `nice python reproduce/hf_peers.py --fractions 0.5` (2 threads; the machine's
-1-minute load average is in the last column: other jobs shared the 2 cores). Every
-method runs through the same `lowrank_sparse.compress` call on the same calibration
-batches with `Budget(params=0.5, scope="layers")`: half the weights of the selected
-linear layers (every linear but the first and the last), each method's per-layer sizes
-chosen by the ALDS allocator. Held-out score: mean-pooled embedding cosine to the dense
-model over 64 test sentences (MiniLM, real weights), perplexity over the test part of its
-own corpus (the small GPT-2 decoder trained here by `lowrank_sparse.models.decoder`).
-*Mean layer error*: the mean over layers of the relative output error (after the layer's
-activation) on the calibration inputs, each layer fitted to the dense model's inputs.
+Commands: `nice python reproduce/hf_peers.py --fractions 0.5` (and `--fractions 0.3`),
+`nice python reproduce/hf_peers.py --structure 2:4 --fractions 0.6` (2:4 S plus low rank
+where the method has a low-rank part), `--models Llama` / `--models MiniLM` for one model
+(2 threads; the machine's 1-minute load average is in the last column: other jobs shared
+the 2 cores). Every method runs through the same `lowrank_sparse.compress` call on the
+same calibration batches with `Budget(params=f, scope="layers")`: the fraction f of the
+weights of the selected linear layers (every linear but the first and the last), each
+method's per-layer sizes chosen by the ALDS allocator. Held-out score: mean-pooled
+embedding cosine to the dense model over 64 test sentences (MiniLM, real weights),
+perplexity over the test part of its own corpus (the small GPT-2 and Llama-style
+decoders trained here by `lowrank_sparse.models.decoder`). *Mean layer error*: the mean
+over layers of the relative output error (after the layer's activation) on the
+calibration inputs, each layer fitted to the dense model's inputs. *Kept*: the stored
+values of the compressed layers over their dense weights (biases included).
 """
 
 
@@ -154,13 +158,13 @@ def _structure(row: dict[str, Any]) -> str:
 
 def render(rows: list[dict[str, Any]], dense: dict[str, Any], discussion: str = "") -> str:
     out = [PREAMBLE,
-           "| model | kept (of the layers) | S structure | method | held-out score | mean layer error (calib.) | compress s | load |",
+           "| model | budget / kept (of the layers) | S structure | method | held-out score | mean layer error (calib.) | compress s | load |",
            "|---|---:|---|---|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["model"], _structure(r) != "unstructured", -r["fraction"],
                                          METHODS.index(r["method"]))):
         score = (f"perplexity {r['perplexity']:.2f} (dense {dense[r['model']]['perplexity']:.2f})" if "perplexity" in r
                  else f"cosine {r['cosine']['mean']:.4f} (min {r['cosine']['min']:.3f})")
-        out.append(f"| {r['model']} | {r['fraction']:.0%} | {_structure(r)} | {r['method']} | {score} | "
+        out.append(f"| {r['model']} | {r['fraction']:.0%} / {r['layers_params_ratio']:.1%} | {_structure(r)} | {r['method']} | {score} | "
                    f"{r['mean_layer_output_error']:.4f} | {r['compress_seconds']:.0f} | "
                    f"{r['load']:.1f} |")
     return "\n".join(out) + "\n" + ("\n" + discussion if discussion else "")
