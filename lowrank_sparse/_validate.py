@@ -82,7 +82,7 @@ class AdmmSpec:
 
     @property
     def has_sparse(self) -> bool:
-        """S is part of the problem (N:M included: its k is 0 at density 0, no S)."""
+        """S is part of the problem (N:M too: its budget k is 0 at density 0)."""
         return self.k > 0
 
 
@@ -360,15 +360,14 @@ def _sparse_budget(st: Structure, dens: float, rank: int, m: int, n: int) -> int
     """S's budget k in groups (0 for N:M without a sparse part); refuses a problem in
     which neither L nor S keeps anything."""
     k = st.budget(dens, m, n)
-    has_sparse = dens > 0 if st.kind == "nm" else k > 0
-    if rank == 0 and not has_sparse:
+    if rank == 0 and k == 0:
         if dens > 0:
             raise ValueError(
                 f"density={dens} rounds to 0 groups of structure {st.name!r} for a "
                 f"{m}x{n} weight and rank is 0: nothing would be kept"
             )
         raise ValueError("rank and density are both 0: nothing would be kept")
-    return 0 if (st.kind == "nm" and not has_sparse) else k
+    return k
 
 
 def _data(X: Any, gram: Any, bias: Any, m: int, n: int, cdt: torch.dtype,

@@ -89,10 +89,11 @@ class Structure:
     def budget(self, density: float, rows: int, cols: int) -> int:
         """Number of groups (entries when ungrouped) S may keep at ``density``.
 
-        Rounded to the nearest whole group; for N:M it is the pattern's fixed count.
+        Rounded to the nearest whole group; for N:M it is the pattern's fixed count at
+        any density > 0, and 0 (no S) at density 0.
         """
         if self.kind == "nm":
-            return rows * cols * self.n // self.m
+            return rows * cols * self.n // self.m if density > 0 else 0
         total = rows * cols
         g = self.group_size(rows, cols)
         k = int(math.floor(density * total / g + 0.5))

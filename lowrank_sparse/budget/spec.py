@@ -55,10 +55,8 @@ def lowrank_params(m: int, n: int, rank: int, slices: int = 1) -> int:
 
 def sparse_nnz(m: int, n: int, density: float, structure: Structure) -> int:
     """Stored values of S at ``density`` under ``structure`` (whole groups; N:M fixed)."""
-    if density <= 0.0 and structure.kind != "nm":
+    if density <= 0.0:
         return 0
-    if structure.kind == "nm":
-        return 0 if density <= 0.0 else m * n * structure.n // structure.m
     return structure.budget(density, m, n) * structure.group_size(m, n)
 
 

@@ -99,7 +99,7 @@ def oats(W: Array, rank: int, density: float, X: Optional[Array] = None, *, gram
         project, st = (lambda B: row_topk(B, k)), parse_structure("unstructured")
     else:
         st = parse_structure(pattern)
-        kk = st.budget(density, m, n) if density > 0 else 0  # N:M's budget is fixed: density 0 = no S
+        kk = st.budget(density, m, n)
         project = (lambda B: torch_ops.project(B, kk, st)) if kk > 0 else torch.zeros_like  # noqa: E731
     U, V, S, hist = oats_scaled(W0 * d, rank, project, iters, exact_svd)
     return result(W, U, V / d, S / d, st, "oats", t0, iterations=len(hist), objective=hist,
