@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from digits_fixtures import digits_split, train_adam  # tests/ is on sys.path (pytest rootdir conftest)
 from lowrank_sparse.budget import Budget
 from lowrank_sparse.compress import compress
 from lowrank_sparse.nn import LowRankSparseConv2d, LowRankSparseLinear
@@ -46,29 +47,7 @@ def _single_thread():
 
 @pytest.fixture(scope="module")
 def digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    X = torch.tensor(d.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(d.target)
-    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))
-    tr, te = perm[:1300], perm[1300:]
-    return X[tr], y[tr], X[te], y[te]
-
-
-def _train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    if True:  # single-threaded through the module fixture
-        for _ in range(epochs):
-            p = torch.randperm(len(X), generator=g)
-            for i in range(0, len(X), 100):
-                idx = p[i:i + 100]
-                loss = F.cross_entropy(model(X[idx]), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    return model.eval()
+    return digits_split()
 
 
 def _accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
@@ -81,7 +60,7 @@ def mlp(digits):
     Xtr, ytr, Xte, yte = digits
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
-    return _train(model, Xtr, ytr, epochs=15)
+    return train_adam(model, Xtr, ytr, epochs=15)
 
 
 class _CNN(nn.Module):
@@ -104,7 +83,7 @@ class _CNN(nn.Module):
 def cnn(digits):
     Xtr, ytr, _, _ = digits
     torch.manual_seed(0)
-    return _train(_CNN(), Xtr, ytr, epochs=4)
+    return train_adam(_CNN(), Xtr, ytr, epochs=4)
 
 
 def _post_act_error(W0: torch.Tensor, b0: torch.Tensor, module: nn.Module, X: torch.Tensor) -> float:

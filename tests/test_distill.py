@@ -12,10 +12,10 @@ import os
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
+from digits_fixtures import digits_split, train_adam  # tests/ is on sys.path (pytest rootdir conftest)
 from lowrank_sparse import distill as distill_mod
 from lowrank_sparse.compress import compress
 from lowrank_sparse.distill import decay_groups, distill, distill_loss
@@ -153,14 +153,7 @@ def test_distill_loss_rejects_bad_arguments(kwargs, message) -> None:
 
 @pytest.fixture(scope="module")
 def digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    X = torch.tensor(d.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(d.target)
-    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))
-    tr, te = perm[:1300], perm[1300:]
-    return X[tr], y[tr], X[te], y[te]
+    return digits_split()
 
 
 @pytest.fixture(scope="module")
@@ -169,17 +162,7 @@ def teacher(digits):
     Xtr, ytr, _, _ = digits
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(15):
-        p = torch.randperm(len(Xtr), generator=g)
-        for i in range(0, len(Xtr), 100):
-            idx = p[i:i + 100]
-            loss = F.cross_entropy(model(Xtr[idx]), ytr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+    return train_adam(model, Xtr, ytr, epochs=15)
 
 
 @pytest.fixture(scope="module")

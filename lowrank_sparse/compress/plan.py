@@ -149,12 +149,9 @@ class _SolverErrors:
     """
 
     def __init__(self, config: MethodConfig, structure: Structure, selected: list[tuple[str, nn.Module]],
-                 stats: dict[str, LayerStats], solved: Solved, executor: Any = None,
-                 reusable: Optional[set[str]] = None) -> None:
+                 stats: dict[str, LayerStats], solved: Solved, executor: Any, reusable: set[str]) -> None:
         self.config, self.structure, self.mods, self.stats = config, structure, dict(selected), stats
-        self.solved, self.executor = solved, executor
-        self.reusable = ({n for n, m in selected if m.weight.numel() <= REUSE_MAX_ENTRIES} if reusable is None
-                         else reusable)
+        self.solved, self.executor, self.reusable = solved, executor, reusable
         self.errors: dict[tuple[str, int, float], float] = {}
         self.kept: dict[str, tuple[str, int, float]] = {}
 
