@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from .io.atomic import atomic_write
 from .nn.sparse import CompactSparse
 from .train import (
     DataLike,
@@ -316,18 +317,11 @@ def _set_rng_state(state: dict[str, Any], dev: torch.device, loader: DataLoader,
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace (atomic)."""
+    """torch.save through :func:`lowrank_sparse.io.atomic.atomic_write` (temporary file,
+    fsync, rename: a crash leaves the previous checkpoint intact)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path) as f:
+        torch.save(state, f)
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
