@@ -26,10 +26,10 @@ from ..nn.geometry import conv_padding
 from .capture import layer_input_matrix, token_rows
 from .config import DEFAULT_SAMPLE_SIZE, CalibrationConfig, resolve_calibration
 from .detect import detect_activations
-from .fold import FoldedProblem, folded_problem, unfold_decomposition
+from .fold import FoldedProblem, unfold_decomposition
 from .layers import find_layers, first_last_protected, is_conv1d, weight_matrix
 from .run import calibrate
-from .stats import Calibration, LayerStats, stats_error
+from .stats import Calibration, LayerStats, folded_problem, stats_error
 
 __all__ = [
     "ActivationInfo",

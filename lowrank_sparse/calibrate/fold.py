@@ -9,8 +9,9 @@ Two views of the folded layer, both computed here:
 
 * the objective view (:func:`fold_affine` with the true ``a``): the weight
   ``diag(a) W`` and bias ``a * b + c`` whose output the activation sees; used to
-  measure output errors (:meth:`LayerStats.folded`, :func:`stats_error`);
-* the solver view (:func:`folded_problem`): the same with every exact zero of ``a``
+  measure output errors (in :mod:`lowrank_sparse.calibrate.stats`);
+* the solver view (:class:`FoldedProblem`, built from a layer's statistics in
+  :mod:`lowrank_sparse.calibrate.stats`): the same with every exact zero of ``a``
   replaced by 1 (:func:`solver_scale`).  A channel with ``a = 0`` outputs the
   constant ``c`` whatever its weight row, so any row is as good; keeping W's row
   lets :func:`unfold_decomposition` divide by the scale to return to the layer's own
@@ -23,18 +24,14 @@ A BatchNorm without running statistics cannot be folded (:func:`bn_foldable`).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 
-from .layers import weight_matrix
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .stats import LayerStats
 
 __all__ = [
-    "BN_MODULES", "FoldedProblem", "bn_affine", "bn_foldable", "fold_affine", "folded_problem",
+    "BN_MODULES", "FoldedProblem", "bn_affine", "bn_foldable", "fold_affine",
     "solver_scale", "unfold_decomposition",
 ]
 
@@ -116,16 +113,8 @@ class FoldedProblem:
     scale: Optional[torch.Tensor]
 
 
-def folded_problem(stats: "LayerStats", module: nn.Module) -> FoldedProblem:
-    """The solver view of ``module`` (see the module doc), for the allocator and the solves."""
-    scale = solver_scale(stats.bn_scale)
-    W, b = fold_affine(weight_matrix(module).contiguous().reshape(stats.weight_shape), module.bias, scale,
-                       stats.bn_shift)
-    return FoldedProblem(W, b, scale)
-
-
 def unfold_decomposition(dec: Any, scale: Optional[torch.Tensor]) -> Any:
-    """Undo the row scaling of :func:`folded_problem`: the solver fitted diag(a) W, the
+    """Undo the row scaling of the solver view: the solver fitted diag(a) W, the
     layer stores W, so U and S are divided by ``scale`` row by row (None: unchanged)."""
     if scale is None:
         return dec

@@ -22,9 +22,10 @@ import torch.nn as nn
 
 from .activation import ActivationInfo
 from .capture import layer_input_matrix
-from .fold import fold_affine
+from .fold import FoldedProblem, fold_affine, solver_scale
+from .layers import weight_matrix
 
-__all__ = ["Calibration", "GramCollector", "LayerStats", "stats_error"]
+__all__ = ["Calibration", "GramCollector", "LayerStats", "folded_problem", "stats_error"]
 
 
 @dataclass
@@ -209,3 +210,13 @@ def stats_error(
     num = energy(Wf - Nf, bf - nbf).clamp_min(0)
     den = energy(Wf, bf).clamp_min(1e-300)
     return float(torch.sqrt(num / den))
+
+
+def folded_problem(stats: LayerStats, module: nn.Module) -> FoldedProblem:
+    """The solver view of ``module`` (see :mod:`lowrank_sparse.calibrate.fold`): its
+    weight as an (m, n) matrix with the BatchNorm scale folded in, zeros of the scale
+    replaced by 1, for the allocator and the solves."""
+    scale = solver_scale(stats.bn_scale)
+    W, b = fold_affine(weight_matrix(module).contiguous().reshape(stats.weight_shape), module.bias, scale,
+                       stats.bn_shift)
+    return FoldedProblem(W, b, scale)

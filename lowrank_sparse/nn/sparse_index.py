@@ -16,11 +16,11 @@ not import the format classes, so :mod:`lowrank_sparse.nn.sparse` can use it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..codec import (
     bit_width,
@@ -35,9 +35,6 @@ from ..codec import (
     unpack_bits,
     unpack_set,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .sparse import CompactSparse
 
 __all__ = ["index_dtype", "pack_index_state", "unpack_index_state"]
 
@@ -54,17 +51,17 @@ def _np(t: Tensor) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- packing
-def _pack_row(sp: "CompactSparse") -> Packed:
+def _pack_row(sp: nn.Module) -> Packed:
     p, mt = pack_set(_np(sp.rows), sp.out_features)
     return {"rows.packed": p}, {"rows": mt}
 
 
-def _pack_column(sp: "CompactSparse") -> Packed:
+def _pack_column(sp: nn.Module) -> Packed:
     p, mt = pack_set(_np(sp.groups), sp.in_features // sp.block)
     return {"groups.packed": p}, {"groups": mt}
 
 
-def _pack_nm(sp: "CompactSparse") -> Packed:
+def _pack_nm(sp: nn.Module) -> Packed:
     p = pack_bits(_np(sp.offsets), bit_width(sp.m_window))
     return {"offsets.packed": p}, {"offsets": {"codec": "bits", "n": int(sp.offsets.numel()),
                                                "rows": int(sp.offsets.shape[0])}}
@@ -82,7 +79,7 @@ def _csr_gaps(crow: np.ndarray, col: np.ndarray) -> np.ndarray:
     return np.where(row_start, col, col - prev - 1)
 
 
-def _pack_csr(sp: "CompactSparse") -> Packed:
+def _pack_csr(sp: nn.Module) -> Packed:
     m, n = sp.shape
     crow, col = _np(sp.crow_indices), _np(sp.col_indices)
     nnz = int(col.size)
@@ -106,12 +103,12 @@ def _pack_csr(sp: "CompactSparse") -> Packed:
     return out, {"support": meta}
 
 
-_PACKERS: dict[str, Callable[["CompactSparse"], Packed]] = {
+_PACKERS: dict[str, Callable[[nn.Module], Packed]] = {
     "row": _pack_row, "column": _pack_column, "nm": _pack_nm, "csr": _pack_csr,
 }
 
 
-def pack_index_state(sp: "CompactSparse") -> tuple[dict[str, Tensor], dict[str, Any]]:
+def pack_index_state(sp: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The support of ``sp`` in its compact stored form.
 
     Returns:
