@@ -366,38 +366,43 @@ def _is_empty(data: DataLike) -> bool:
         return False
 
 
-def _distill_epoch(
-    student: nn.Module,
-    teacher: nn.Module,
-    batches: Iterable,
-    opt: torch.optim.Optimizer,
-    sched: torch.optim.lr_scheduler.LambdaLR,
-    dev: torch.device,
-    teacher_dev: torch.device,
-    temperature: float,
-    alpha: float,
-    augment: str | None,
-    aug_gen: torch.Generator,
-) -> tuple[list[float], int]:
+@dataclass
+class _Loop:
+    """What every epoch of one :func:`distill` call shares."""
+
+    student: nn.Module
+    teacher: nn.Module
+    loader: DataLoader
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    dev: torch.device
+    teacher_dev: torch.device
+    temperature: float
+    alpha: float
+    augment: str | None
+    aug_gen: torch.Generator
+
+
+def _distill_epoch(loop: _Loop, batches: Iterable) -> tuple[list[float], int]:
     """One pass, one optimizer and scheduler step per batch.  Returns the sums over the
     samples of (loss, kl, cross-entropy, correct, agreeing) and the samples seen."""
-    student.train()
+    loop.student.train()
     sums = [0.0] * 5
     seen = 0
     for x, y in batches:
-        x = _augment(x.to(dev, non_blocking=True), augment, aug_gen)
-        y = y.to(dev, non_blocking=True)
+        x = _augment(x.to(loop.dev, non_blocking=True), loop.augment, loop.aug_gen)
+        y = y.to(loop.dev, non_blocking=True)
         with torch.no_grad():
-            t_logits = teacher(x.to(teacher_dev)).to(dev)
-        s_logits = student(x)
-        _check_loss_args(s_logits, t_logits, y, temperature, alpha)
-        kl = _kl_term(s_logits, t_logits, temperature)
+            t_logits = loop.teacher(x.to(loop.teacher_dev)).to(loop.dev)
+        s_logits = loop.student(x)
+        _check_loss_args(s_logits, t_logits, y, loop.temperature, loop.alpha)
+        kl = _kl_term(s_logits, t_logits, loop.temperature)
         ce = F.cross_entropy(_upcast(s_logits), y)
-        loss = _combine(kl, ce, alpha)
-        opt.zero_grad(set_to_none=True)
+        loss = _combine(kl, ce, loop.alpha)
+        loop.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        sched.step()
+        loop.opt.step()
+        loop.sched.step()
         n = len(y)
         pred = s_logits.detach().argmax(1)
         sums[0] += float(loss.detach()) * n
@@ -407,6 +412,82 @@ def _distill_epoch(
         sums[4] += int((pred == t_logits.argmax(1)).sum())
         seen += n
     return sums, seen
+
+
+def _saved_run(
+    path: Path | None, fingerprint: dict[str, Any] | None, epochs: int,
+) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it exists and matches ``fingerprint``, else None.
+
+    Raises:
+        ValueError: the checkpoint comes from another run, or holds more than ``epochs``.
+    """
+    if path is None or not path.exists():
+        return None
+    saved = _load_checkpoint(path)
+    _check_fingerprint(saved["fingerprint"], fingerprint, path)
+    if saved["epoch"] > epochs:
+        raise ValueError(f"checkpoint {path} holds {saved['epoch']} epochs, more than epochs={epochs}; not resuming")
+    return saved
+
+
+def _restore(loop: _Loop, saved: dict[str, Any], history: DistillHistory) -> int:
+    """Load a checkpoint's weights, optimizer, schedule, RNG and history; its epoch."""
+    loop.student.load_state_dict(saved["student"])
+    loop.opt.load_state_dict(saved["optimizer"])
+    loop.sched.load_state_dict(saved["scheduler"])
+    _set_rng_state(saved["rng"], loop.dev, loop.loader, loop.aug_gen)
+    history.epochs = [DistillEpoch(**e) for e in saved["history"]]
+    history.resumed_from = int(saved["epoch"])
+    return history.resumed_from
+
+
+def _checkpoint_state(loop: _Loop, fingerprint: dict[str, Any], history: DistillHistory) -> dict[str, Any]:
+    """Everything a resumed run needs, after the last epoch of ``history``."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "fingerprint": fingerprint,
+        "epoch": len(history.epochs),
+        "student": loop.student.state_dict(),
+        "optimizer": loop.opt.state_dict(),
+        "scheduler": loop.sched.state_dict(),
+        "rng": _rng_state(loop.dev, loop.loader, loop.aug_gen),
+        "history": [asdict(e) for e in history.epochs],
+    }
+
+
+def _run_epochs(
+    loop: _Loop, epochs: int, progress: bool | None, saved: dict[str, Any] | None,
+    ckpt_path: Path | None, fingerprint: dict[str, Any] | None,
+) -> DistillHistory:
+    """Resume from ``saved`` (if any) and train up to ``epochs``, checkpointing each."""
+    history = DistillHistory()
+    start_epoch = 0 if saved is None else _restore(loop, saved, history)
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        bar = _progress(loop.loader, len(loop.loader), f"distill {epoch + 1}/{epochs}", progress)
+        sums, seen = _distill_epoch(loop, bar)
+        _check_epoch(sums[0], seen, epoch)
+        history.epochs.append(DistillEpoch(epoch + 1, *(s / seen for s in sums), time.perf_counter() - t0))
+        if ckpt_path is not None:
+            _save_checkpoint(ckpt_path, _checkpoint_state(loop, fingerprint, history))
+    return history
+
+
+def _run_args(
+    lr: float, weight_decay: float, temperature: float, alpha: float, batch_size: int, seed: int,
+    schedule: str, optimizer: str, momentum: float, augment: str | None, epochs: int,
+) -> dict[str, Any]:
+    """The arguments a checkpoint must share with the run that resumes it (``epochs``
+    only under a schedule whose shape depends on it)."""
+    args: dict[str, Any] = {
+        "lr": lr, "weight_decay": weight_decay, "temperature": temperature, "alpha": alpha,
+        "batch_size": batch_size, "seed": seed, "schedule": schedule, "optimizer": optimizer,
+        "momentum": momentum, "augment": augment,
+    }
+    if schedule != "constant":
+        args["epochs"] = epochs
+    return args
 
 
 def distill(
@@ -499,67 +580,22 @@ def distill(
     if len(loader) == 0:
         raise ValueError("data is empty")
     ckpt_path = None if checkpoint is None else Path(checkpoint)
-    args: dict[str, Any] = {
-        "lr": lr, "weight_decay": weight_decay, "temperature": temperature, "alpha": alpha,
-        "batch_size": batch_size, "seed": seed, "schedule": schedule, "optimizer": optimizer,
-        "momentum": momentum, "augment": augment,
-    }
-    if schedule != "constant":
-        args["epochs"] = epochs
-
+    args = _run_args(lr, weight_decay, temperature, alpha, batch_size, seed, schedule, optimizer, momentum,
+                     augment, epochs)
     student.to(dev)
     groups = decay_groups(student)
-    saved = None
-    if ckpt_path is not None:
-        fingerprint = _fingerprint(student, teacher, data, loader, args, groups)
-        if ckpt_path.exists():
-            saved = _load_checkpoint(ckpt_path)
-            _check_fingerprint(saved["fingerprint"], fingerprint, ckpt_path)
-            if saved["epoch"] > epochs:
-                raise ValueError(
-                    f"checkpoint {ckpt_path} holds {saved['epoch']} epochs, more than epochs={epochs}; not resuming"
-                )
-
-    steps_per_epoch = len(loader)
+    fingerprint = None if ckpt_path is None else _fingerprint(student, teacher, data, loader, args, groups)
+    saved = _saved_run(ckpt_path, fingerprint, epochs)
     opt = _make_grouped_optimizer(groups, optimizer, lr, momentum, weight_decay)
-    sched = _make_schedule(opt, schedule, epochs * steps_per_epoch)
-    aug_gen = torch.Generator().manual_seed(seed + 1)
-    history = DistillHistory()
-    start_epoch = 0
-    teacher_dev = _model_device(teacher)
+    loop = _Loop(student, teacher, loader, opt, _make_schedule(opt, schedule, epochs * len(loader)), dev,
+                 _model_device(teacher), temperature, alpha, augment, torch.Generator().manual_seed(seed + 1))
     teacher_was_training = teacher.training
     start = time.perf_counter()
-    fork_devices = [dev.index or 0] if dev.type == "cuda" else []
     try:
         teacher.eval()
-        with torch.random.fork_rng(devices=fork_devices):
+        with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
             torch.manual_seed(seed)
-            if saved is not None:
-                student.load_state_dict(saved["student"])
-                opt.load_state_dict(saved["optimizer"])
-                sched.load_state_dict(saved["scheduler"])
-                _set_rng_state(saved["rng"], dev, loader, aug_gen)
-                history.epochs = [DistillEpoch(**e) for e in saved["history"]]
-                start_epoch = history.resumed_from = int(saved["epoch"])
-            for epoch in range(start_epoch, epochs):
-                t0 = time.perf_counter()
-                bar = _progress(loader, len(loader), f"distill {epoch + 1}/{epochs}", progress)
-                sums, seen = _distill_epoch(
-                    student, teacher, bar, opt, sched, dev, teacher_dev, temperature, alpha, augment, aug_gen
-                )
-                _check_epoch(sums[0], seen, epoch)
-                history.epochs.append(DistillEpoch(epoch + 1, *(s / seen for s in sums), time.perf_counter() - t0))
-                if ckpt_path is not None:
-                    _save_checkpoint(ckpt_path, {
-                        "format": CHECKPOINT_FORMAT,
-                        "fingerprint": fingerprint,
-                        "epoch": epoch + 1,
-                        "student": student.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "rng": _rng_state(dev, loader, aug_gen),
-                        "history": [asdict(e) for e in history.epochs],
-                    })
+            history = _run_epochs(loop, epochs, progress, saved, ckpt_path, fingerprint)
     finally:
         teacher.train(teacher_was_training)
     student.eval()
