@@ -76,7 +76,10 @@ ALLOCATIONS = ("alds", "enc", "uniform")
 SMOKE_SCHEDULE_KW = dict(width=1.0, subset=None, epochs=8, lr=0.05, batch_size=32)
 SMOKE_SCHEDULE = Schedule(**SMOKE_SCHEDULE_KW)  # type: ignore[arg-type]
 KEY_FIELDS = ("model", "dataset", "schedule", "seed", "budget", "method", "allocation", "protocol", "structure",
-              "aq_setting")
+              "aq_setting", "ft_recipe")
+#: Fine-tuning after compression: "ce" (lowrank_sparse.train.fine_tune, cross-entropy on
+#: the labels) or "distill" (lowrank_sparse.distill.distill from the dense model).
+FT_RECIPES = ("ce", "distill")
 STRUCTURES = ("unstructured", "row", "column", "channel")
 DEFAULT_AQ = {"M": 2, "K": 256, "d": 8}
 
@@ -178,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ft-epochs", type=int, default=1, help="fine-tuning epochs after compression (0: none)")
     p.add_argument("--ft-subset", type=int, default=5000, help="training images (seeded subset) for fine-tuning")
     p.add_argument("--ft-lr", type=float, default=0.01)
+    p.add_argument("--ft-recipe", default="ce", choices=FT_RECIPES,
+                   help="fine-tuning of compressed models: cross-entropy on the labels, or distillation "
+                        "from the dense model (same epochs, lr and data)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the latency measurement")
     p.add_argument("--work-threads", type=int, default=1,
                    help="torch threads for training, compression, fine-tuning and evaluation (on a CPU shared "
@@ -220,6 +226,8 @@ def row_key(row: dict[str, Any]) -> tuple:
         elif k == "aq_setting":
             m = str(row.get("method", ""))
             out.append(aq_setting(row.get("aq")) if (m == "aq" or m.endswith("+aq")) else "-")
+        elif k == "ft_recipe":
+            out.append(row.get("ft_recipe", "ce"))
         else:
             out.append(row.get(k))
     return tuple(out)
@@ -279,8 +287,8 @@ def row_command(args: argparse.Namespace, model: str, budget: str, method: str, 
         parts += ["--mnv2-protocols", protocol]
     elif args.dataset != defaults.dataset:
         parts += ["--dataset", args.dataset]
-    for opt in ("calib", "sample_size", "max_iter", "test_subset", "ft_epochs", "ft_subset", "ft_lr", "threads",
-                "latency_batch", "latency_runs"):
+    for opt in ("calib", "sample_size", "max_iter", "test_subset", "ft_epochs", "ft_subset", "ft_lr", "ft_recipe",
+                "threads", "latency_batch", "latency_runs"):
         v = getattr(args, opt)
         if v != getattr(defaults, opt):
             parts += ["--" + opt.replace("_", "-"), str(v)]
@@ -436,12 +444,18 @@ def accuracy(model: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor], de
 # ----------------------------------------------------------------------------- one run
 
 
+def ft_recipe_of(args: argparse.Namespace, method: str) -> str:
+    """The fine-tuning recipe of a row: --ft-recipe for compressed models, "ce" for the
+    dense rows (not fine-tuned) and AQ rows (their codebooks are tuned on the labels)."""
+    return "ce" if method == "dense" or method == "aq" or method.endswith("+aq") else args.ft_recipe
+
+
 def base_row(args: argparse.Namespace, ctx: Context, budget: str, method: str, allocation: str,
              protocol: str, structure: str = "-") -> dict[str, Any]:
     return {
         "model": ctx.model_name, "dataset": ctx.dataset, "schedule": args.schedule if ctx.protocols is None else "pretrained",
         "seed": args.seed, "budget": budget, "method": method, "allocation": allocation, "protocol": protocol,
-        "structure": structure,
+        "structure": structure, "ft_recipe": ft_recipe_of(args, method),
         "device": str(args.device), "threads": args.threads, "work_threads": args.work_threads, "source": ctx.source, "arch": ctx.arch,
         "command": row_command(args, ctx.model_name, budget, method, allocation, protocol, structure),
         "commit": _git_commit(), "host": platform.node(), "torch": torch.__version__,
@@ -476,6 +490,8 @@ def model_file(args: argparse.Namespace, ctx: Context, budget: str, method: str,
         name += "-" + structure.replace(":", "of")
     if method == "aq" or method.endswith("+aq"):
         name += "-" + aq_setting(args.aq).replace(",", "_").replace("=", "")
+    if stage == "final" and ft_recipe_of(args, method) != "ce":
+        name += "-" + args.ft_recipe
     name += f"-{stage}"
     return args.save_dir / f"{name}.safetensors"
 
@@ -518,11 +534,25 @@ def compress_model(args: argparse.Namespace, ctx: Context, budget: str, method: 
     return new, report, seconds
 
 
+def fine_tune_row(args: argparse.Namespace, ctx: Context, new: torch.nn.Module, dev: torch.device) -> float:
+    """Fine-tune ``new`` in place by ``--ft-recipe`` on the fine-tuning split; seconds."""
+    from lowrank_sparse import train as T
+
+    if args.ft_recipe == "distill":
+        from lowrank_sparse.distill import distill
+
+        hist = distill(new, ctx.model.to(dev), ctx.ft_set, epochs=args.ft_epochs, lr=args.ft_lr, seed=args.seed, device=dev,
+                       progress=False)
+    else:
+        hist = T.fine_tune(new, ctx.ft_set, epochs=args.ft_epochs, lr=args.ft_lr, seed=args.seed, device=dev,
+                           progress=False)
+    ctx.model.cpu()
+    return float(hist.seconds)
+
+
 def run_compressed(args: argparse.Namespace, ctx: Context, budget: str, method: str, allocation: str,
                    protocol: str, dev: torch.device, dense_row: dict[str, Any],
                    structure: str = "unstructured") -> dict[str, Any]:
-    from lowrank_sparse import train as T
-
     row = base_row(args, ctx, budget, method, allocation, protocol, structure)
     row["target"] = parse_budget(budget)
     calib = ctx.calib if ctx.protocols is None else ctx.protocols[protocol][0]
@@ -547,9 +577,7 @@ def run_compressed(args: argparse.Namespace, ctx: Context, budget: str, method: 
         save_model(new.cpu(), model_file(args, ctx, budget, method, allocation, protocol, "compressed", structure), ctx.arch,
                    {"sweep_key": key, "stage": "compressed"})
         if args.ft_epochs > 0:
-            hist = T.fine_tune(new, ctx.ft_set, epochs=args.ft_epochs, lr=args.ft_lr, seed=args.seed, device=dev,
-                               progress=False)
-            row["ft_seconds"] = hist.seconds
+            row["ft_seconds"] = fine_tune_row(args, ctx, new, dev)
             row["acc_ft"] = accuracy(new, ctx.test, dev)
         else:
             row["acc_ft"] = None
@@ -693,7 +721,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         schedule = "pretrained" if model == IMAGENET_MODEL else args.schedule
         is_aq = method == "aq" or method.endswith("+aq")
         return (model, dataset, schedule, args.seed, budget, method, allocation, protocol, structure,
-                aq_setting(args.aq) if is_aq else "-")
+                aq_setting(args.aq) if is_aq else "-", ft_recipe_of(args, method))
 
     todo = [r for r in runs if key_of(*r) not in done]
     print(f"[sweep] {len(runs)} runs requested, {len(runs) - len(todo)} already done, {len(todo)} to do; "

@@ -79,8 +79,8 @@ def aq_text(r: dict[str, Any]) -> str:
 
 
 def full_key(r: dict[str, Any]) -> tuple:
-    """KEY_FIELDS + structure + AQ setting (the sweep's row identity)."""
-    return (*(r.get(f) for f in KEY_FIELDS), structure_of(r), aq_text(r))
+    """KEY_FIELDS + structure + AQ setting + fine-tuning recipe (the sweep's row identity)."""
+    return (*(r.get(f) for f in KEY_FIELDS), structure_of(r), aq_text(r), r.get("ft_recipe", "ce"))
 
 
 def latest(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -175,6 +175,13 @@ def command(r: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- tables
 
 
+def method_label(r: dict[str, Any]) -> str:
+    """The method, with its S structure and its fine-tuning recipe where not the default."""
+    st = structure_of(r)
+    out = r["method"] if st in ("-", "unstructured") else f"{r['method']} ({st} S)"
+    return out + (" + distill FT" if r.get("ft_recipe", "ce") != "ce" else "")
+
+
 def accuracy_table(rows: list[dict[str, Any]]) -> str:
     dense = next((r for r in rows if r["method"] == "dense"), None)
     acc0 = None if dense is None else dense.get("acc_before")
@@ -185,9 +192,8 @@ def accuracy_table(rows: list[dict[str, Any]]) -> str:
         if is_aq(r):
             continue
         pb, mb = r.get("params_before"), r.get("macs_before")
-        st = structure_of(r)
         body.append([
-            BUDGET_TEXT.get(r["budget"], r["budget"]), r["method"] if st in ("-", "unstructured") else f"{r['method']} ({st} S)",
+            BUDGET_TEXT.get(r["budget"], r["budget"]), method_label(r),
             r["allocation"],
             ratio(r.get("params_after"), pb), ratio(r.get("macs_after"), mb),
             pct(r.get("acc_after")), pct(r.get("acc_ft")), delta(r.get("acc_ft"), acc0),

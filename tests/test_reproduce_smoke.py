@@ -129,3 +129,66 @@ def test_tables_render(swept):
     for r, cell in zip(grid, cols[3:5]):
         assert cell.startswith(f"{100 * r['acc_after']:.2f} / ") and f"{100 * r['acc_ft']:.2f}" in cell
     png = out_dir / "small_cnn_acc_vs_params.png"
+
+
+@pytest.fixture(scope="module")
+def distilled(swept):
+    """The same sweep with --ft-recipe distill, for seed 0 (its dense row and compressed
+    models exist) and seed 1 (a new SmallCNN), appended to the same results file."""
+    tmp, out = swept["tmp"], swept["out"]
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LOWRANK_SPARSE_CACHE", str(tmp / "cache"))
+    threads = torch.get_num_threads()
+    base = ["--models", "small_cnn", "--dataset", "digits", "--schedule", "smoke", "--budgets", "p50",
+            "--methods", "rank_only,sparse_only", "--allocations", "uniform", "--calib", "128",
+            "--sample-size", "512", "--test-subset", "all", "--ft-subset", "300", "--latency-runs", "2",
+            "--latency-batch", "8", "--out", str(out), "--save-dir", str(tmp / "models"), "--ft-recipe", "distill"]
+    try:
+        rcs = [sweep.main(base + ["--seed", s]) for s in ("0", "1")]
+    finally:
+        torch.set_num_threads(threads)
+        mp.undo()
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    return {"rc": rcs, "rows": rows, "new": rows[len(swept["first"]):]}
+
+
+def test_distill_recipe_rows(distilled, swept):
+    """Distillation rows are new runs (their own key and final file); seed 0 reuses its dense
+    row; the compressed model before fine-tuning is the same as under the CE recipe."""
+    import lowrank_sparse as lrs
+    from lowrank_sparse import data
+
+    assert distilled["rc"] == [0, 0]
+    new = distilled["new"]
+    assert [(r["seed"], r["method"], r.get("ft_recipe")) for r in new] == [
+        (0, "rank_only", "distill"), (0, "sparse_only", "distill"),
+        (1, "dense", "ce"), (1, "rank_only", "distill"), (1, "sparse_only", "distill")]
+    ce = {r["method"]: r for r in (json.loads(l) for l in swept["first"])}
+    x, y = data.digits("test")
+    for r in new[:2]:
+        assert r["acc_after"] == ce[r["method"]]["acc_after"]
+        assert r["model_file"] != ce[r["method"]]["model_file"]
+        with torch.no_grad():
+            acc = float((lrs.load(r["model_file"]).eval()(x).argmax(1) == y).double().mean())
+        assert acc == pytest.approx(r["acc_ft"], abs=1e-6)
+        args = sweep.build_parser().parse_args(r["command"].split()[2:])
+        assert args.ft_recipe == "distill" and args.seed == 0
+
+
+def test_seeds_summary_of_a_real_sweep(distilled):
+    """reproduce/seeds.py over the two distillation seeds equals the statistics module's
+    mean and sample deviation of the rows' accuracies."""
+    import statistics
+
+    seeds = _load("seeds")
+    summary = seeds.summarise(distilled["rows"])
+    cell = ("small_cnn", "digits", "smoke", "p50", "uniform", "unstructured", "distill")
+    assert set(summary[cell]) == {"rank_only", "sparse_only"}
+    for method in ("rank_only", "sparse_only"):
+        vals = [r["acc_ft"] for r in distilled["new"] if r["method"] == method]
+        m, s, n = summary[cell][method]["acc_ft"]
+        assert (m, s, n) == pytest.approx((statistics.mean(vals), statistics.stdev(vals), 2))
+    ce_cell = cell[:-1] + ("ce",)
+    assert summary[ce_cell]["rank_only"]["seeds"] == [0]  # the CE rows stay a cell of their own
+    text = seeds.render(distilled["rows"])
+    assert "fine-tuning: distill" in text and "fine-tuning: ce" in text
