@@ -70,6 +70,10 @@ DEFAULT_OUT = REPO / "docs" / "results" / "results.jsonl"
 MODELS_32 = ("vgg16", "alexnet", "googlenet", "small_cnn", "mlp")
 IMAGENET_MODEL = "mobilenet_v2"
 BASE_METHODS = ("lowrank_sparse", "rank_only", "sparse_only")
+#: Method "proxy": compress with each candidate and keep the one a short distillation
+#: leaves closest to the dense model (lowrank_sparse.proxy); see proxy_model.
+PROXY_METHOD = "proxy"
+PROXY_CANDIDATES = ("lowrank_sparse", "sparse_only")
 ALLOCATIONS = ("alds", "enc", "uniform")
 #: A seconds-long recipe for the smoke test (digits, small models only): full width, all
 #: 1,347 training images, 8 epochs of batch 32.
@@ -123,9 +127,9 @@ def _method_list(text: str) -> list[str]:
     items = _csv(name="method")(text)
     for s in items:
         base = s[:-3] if s.endswith("+aq") else s
-        if s not in ("aq", "dense") and base not in BASE_METHODS:
+        if s not in ("aq", "dense", PROXY_METHOD) and base not in BASE_METHODS:
             raise argparse.ArgumentTypeError(
-                f"unknown method {s!r}; choose from {list(BASE_METHODS)}, 'aq' or '<method>+aq'")
+                f"unknown method {s!r}; choose from {list(BASE_METHODS)}, {PROXY_METHOD!r}, 'aq' or '<method>+aq'")
     return items
 
 
@@ -181,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ft-epochs", type=int, default=1, help="fine-tuning epochs after compression (0: none)")
     p.add_argument("--ft-subset", type=int, default=5000, help="training images (seeded subset) for fine-tuning")
     p.add_argument("--ft-lr", type=float, default=0.01)
+    p.add_argument("--proxy-images", type=int, default=1000,
+                   help="method proxy: fine-tuning images of the short distillation, and as many held out")
     p.add_argument("--ft-recipe", default="ce", choices=FT_RECIPES,
                    help="fine-tuning of compressed models: cross-entropy on the labels, or distillation "
                         "from the dense model (same epochs, lr and data)")
@@ -288,7 +294,7 @@ def row_command(args: argparse.Namespace, model: str, budget: str, method: str, 
     elif args.dataset != defaults.dataset:
         parts += ["--dataset", args.dataset]
     for opt in ("calib", "sample_size", "max_iter", "test_subset", "ft_epochs", "ft_subset", "ft_lr", "ft_recipe",
-                "threads", "latency_batch", "latency_runs"):
+                "proxy_images", "threads", "latency_batch", "latency_runs"):
         v = getattr(args, opt)
         if v != getattr(defaults, opt):
             parts += ["--" + opt.replace("_", "-"), str(v)]
@@ -534,6 +540,37 @@ def compress_model(args: argparse.Namespace, ctx: Context, budget: str, method: 
     return new, report, seconds
 
 
+def proxy_model(args: argparse.Namespace, ctx: Context, budget: str, allocation: str, calib: torch.Tensor,
+                dev: torch.device, structure: str) -> tuple[torch.nn.Module, Any, float, dict[str, Any]]:
+    """Compress with each of PROXY_CANDIDATES and keep the one that
+    :func:`lowrank_sparse.proxy.choose_by_proxy` ranks first: one epoch of the distillation
+    recipe on the first ``--proxy-images`` of the fine-tuning subset, scored by KL to the
+    dense model on the next ``--proxy-images`` (disjoint by construction).  Returns the
+    chosen compressed model (not fine-tuned), its report, the seconds of all compressions
+    plus the choice, and the proxy's record."""
+    from torch.utils.data import Subset
+
+    from lowrank_sparse.proxy import choose_by_proxy
+
+    if ctx.ft_set is None:
+        raise ValueError("the proxy choice needs a training split (not available for this model)")
+    n = args.proxy_images
+    if 2 * n > len(ctx.ft_set):
+        raise ValueError(f"--proxy-images {n}: the fine-tuning subset has only {len(ctx.ft_set)} images (need 2n)")
+    built, seconds = {}, 0.0
+    for inner in PROXY_CANDIDATES:
+        new, report, sec = compress_model(args, ctx, budget, inner, allocation, calib, dev, structure)
+        built[inner], seconds = (new, report), seconds + sec
+    heldout = torch.stack([ctx.ft_set[i][0] for i in range(n, 2 * n)])
+    choice = choose_by_proxy({k: m for k, (m, _) in built.items()}, ctx.model.to(dev), Subset(ctx.ft_set, range(n)),
+                             heldout, epochs=1, lr=args.ft_lr, seed=args.seed, device=dev)
+    ctx.model.cpu()
+    record = {"chosen": choice.best, "kl_before": choice.kl_before, "kl_after": choice.kl_after,
+              "images": n, "seconds": choice.seconds}
+    new, report = built[choice.best]
+    return new, report, seconds + choice.seconds, record
+
+
 def fine_tune_row(args: argparse.Namespace, ctx: Context, new: torch.nn.Module, dev: torch.device) -> float:
     """Fine-tune ``new`` in place by ``--ft-recipe`` on the fine-tuning split; seconds."""
     from lowrank_sparse import train as T
@@ -556,7 +593,10 @@ def run_compressed(args: argparse.Namespace, ctx: Context, budget: str, method: 
     row = base_row(args, ctx, budget, method, allocation, protocol, structure)
     row["target"] = parse_budget(budget)
     calib = ctx.calib if ctx.protocols is None else ctx.protocols[protocol][0]
-    new, report, seconds = compress_model(args, ctx, budget, method, allocation, calib, dev, structure)
+    if method == PROXY_METHOD:
+        new, report, seconds, row["proxy"] = proxy_model(args, ctx, budget, allocation, calib, dev, structure)
+    else:
+        new, report, seconds = compress_model(args, ctx, budget, method, allocation, calib, dev, structure)
     row["compress_seconds"] = seconds
     row["params_before"] = param_count(ctx.model)
     row["macs_before"] = mac_count(ctx.model, ctx.input_shape)

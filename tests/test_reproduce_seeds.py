@@ -82,8 +82,10 @@ def test_render_calls_each_cell():
     rows = [row("lowrank_sparse", s, 0.90 + 0.001 * s) for s in range(3)]
     rows += [row("sparse_only", s, 0.80 + 0.001 * s) for s in range(3)]
     text = seeds.render(rows)
-    line = next(l for l in text.splitlines() if "| sparse_only |" in l)
-    assert line.endswith("| L + S wins |") and "0,1,2" in line and "80.10 ± 0.10 (n=3)" in line
+    line = next(l for l in text.splitlines() if "| lowrank_sparse |" in l)
+    assert line.endswith("| tie | beats sparse-only |") and "0,1,2" in line and "90.10 ± 0.10 (n=3)" in line
+    ref = next(l for l in text.splitlines() if "| sparse_only |" in l)
+    assert ref.endswith("| - | - |") and "80.10 ± 0.10 (n=3)" in ref
 
 
 def test_missing_file_is_named(tmp_path):

@@ -192,3 +192,34 @@ def test_seeds_summary_of_a_real_sweep(distilled):
     assert summary[ce_cell]["rank_only"]["seeds"] == [0]  # the CE rows stay a cell of their own
     text = seeds.render(distilled["rows"])
     assert "fine-tuning: distill" in text and "fine-tuning: ce" in text
+
+
+def test_proxy_method_keeps_the_candidate_its_short_distillation_ranks_first(distilled, swept):
+    """Method "proxy": both candidates compressed, the one with the smaller held-out KL
+    after the short distillation kept (same model as that candidate's own compression)."""
+    tmp, out = swept["tmp"], swept["out"]
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LOWRANK_SPARSE_CACHE", str(tmp / "cache"))
+    threads = torch.get_num_threads()
+    base = ["--models", "small_cnn", "--dataset", "digits", "--schedule", "smoke", "--budgets", "p50",
+            "--allocations", "uniform", "--calib", "128", "--sample-size", "512", "--test-subset", "all",
+            "--ft-subset", "300", "--latency-runs", "2", "--latency-batch", "8", "--out", str(out),
+            "--save-dir", str(tmp / "models"), "--ft-recipe", "distill"]
+    try:
+        n0 = len(out.read_text().splitlines())
+        assert sweep.main(base + ["--methods", "lowrank_sparse,proxy", "--proxy-images", "100"]) == 0
+        assert sweep.main(base + ["--methods", "proxy", "--proxy-images", "200", "--seed", "1"]) == 1  # recorded failure
+    finally:
+        torch.set_num_threads(threads)
+        mp.undo()
+    rows = [json.loads(l) for l in out.read_text().splitlines()][n0:]
+    ls, px, bad = rows[0], rows[1], rows[-1]
+    assert (ls["method"], px["method"], ls["status"], px["status"]) == ("lowrank_sparse", "proxy", "ok", "ok")
+    rec = px["proxy"]
+    assert set(rec["kl_after"]) == {"lowrank_sparse", "sparse_only"} and rec["images"] == 100
+    assert rec["chosen"] == min(rec["kl_after"], key=rec["kl_after"].get)
+    own = ls if rec["chosen"] == "lowrank_sparse" else next(
+        r for r in distilled["new"] if r["method"] == "sparse_only" and r["seed"] == 0)
+    assert (px["params_after"], px["acc_after"]) == (own["params_after"], own["acc_after"])
+    assert px["compress_seconds"] > ls["compress_seconds"]  # both candidates + the choice
+    assert bad["status"] == "failed" and "--proxy-images 200" in bad["error"]
