@@ -540,14 +540,37 @@ def compress_model(args: argparse.Namespace, ctx: Context, budget: str, method: 
     return new, report, seconds
 
 
-def proxy_model(args: argparse.Namespace, ctx: Context, budget: str, allocation: str, calib: torch.Tensor,
-                dev: torch.device, structure: str) -> tuple[torch.nn.Module, Any, float, dict[str, Any]]:
-    """Compress with each of PROXY_CANDIDATES and keep the one that
-    :func:`lowrank_sparse.proxy.choose_by_proxy` ranks first: one epoch of the distillation
-    recipe on the first ``--proxy-images`` of the fine-tuning subset, scored by KL to the
-    dense model on the next ``--proxy-images`` (disjoint by construction).  Returns the
-    chosen compressed model (not fine-tuned), its report, the seconds of all compressions
-    plus the choice, and the proxy's record."""
+def report_fields(report: Any) -> dict[str, Any]:
+    """The compression report's fields of a row."""
+    return {"index_bytes": int(report.index_bytes), "report_params_after": int(report.params_after),
+            "report_macs_after": int(report.macs_after), "layers": layer_summary(report)}
+
+
+def proxy_candidate(args: argparse.Namespace, ctx: Context, row: dict[str, Any], inner: str, calib: torch.Tensor,
+                    dev: torch.device, prev_rows: list[dict[str, Any]]) -> tuple[torch.nn.Module, dict[str, Any], float]:
+    """(model before fine-tuning, report fields, compression seconds) of candidate ``inner``
+    at the proxy row's budget: its own run's saved model when this results file has one (a
+    compressed model does not depend on the fine-tuning recipe), else compressed here."""
+    from lowrank_sparse import io as lio
+
+    key = row_key({**row, "method": inner})[:-1]
+    path = model_file(args, ctx, row["budget"], inner, row["allocation"], row["protocol"], "compressed",
+                      row["structure"])
+    done = [r for r in prev_rows if r.get("status") == "ok" and row_key(r)[:-1] == key]
+    if done and path.is_file():
+        fields = {k: done[-1][k] for k in ("index_bytes", "report_params_after", "report_macs_after", "layers")}
+        return lio.load(path).eval(), fields, float(done[-1]["compress_seconds"])
+    new, report, sec = compress_model(args, ctx, row["budget"], inner, row["allocation"], calib, dev, row["structure"])
+    return new, report_fields(report), sec
+
+
+def proxy_model(args: argparse.Namespace, ctx: Context, row: dict[str, Any], calib: torch.Tensor,
+                dev: torch.device, prev_rows: list[dict[str, Any]]) -> tuple[torch.nn.Module, dict[str, Any], float, dict[str, Any]]:
+    """Keep the candidate of PROXY_CANDIDATES that :func:`lowrank_sparse.proxy.choose_by_proxy`
+    ranks first: one epoch of the distillation recipe on the first ``--proxy-images`` of the
+    fine-tuning subset, scored by KL to the dense model on the next ``--proxy-images``
+    (disjoint by construction).  Returns the chosen model (not fine-tuned), its report
+    fields, the seconds of both compressions plus the choice, and the proxy's record."""
     from torch.utils.data import Subset
 
     from lowrank_sparse.proxy import choose_by_proxy
@@ -557,18 +580,15 @@ def proxy_model(args: argparse.Namespace, ctx: Context, budget: str, allocation:
     n = args.proxy_images
     if 2 * n > len(ctx.ft_set):
         raise ValueError(f"--proxy-images {n}: the fine-tuning subset has only {len(ctx.ft_set)} images (need 2n)")
-    built, seconds = {}, 0.0
-    for inner in PROXY_CANDIDATES:
-        new, report, sec = compress_model(args, ctx, budget, inner, allocation, calib, dev, structure)
-        built[inner], seconds = (new, report), seconds + sec
+    built = {inner: proxy_candidate(args, ctx, row, inner, calib, dev, prev_rows) for inner in PROXY_CANDIDATES}
     heldout = torch.stack([ctx.ft_set[i][0] for i in range(n, 2 * n)])
-    choice = choose_by_proxy({k: m for k, (m, _) in built.items()}, ctx.model.to(dev), Subset(ctx.ft_set, range(n)),
+    choice = choose_by_proxy({k: b[0] for k, b in built.items()}, ctx.model.to(dev), Subset(ctx.ft_set, range(n)),
                              heldout, epochs=1, lr=args.ft_lr, seed=args.seed, device=dev)
     ctx.model.cpu()
     record = {"chosen": choice.best, "kl_before": choice.kl_before, "kl_after": choice.kl_after,
               "images": n, "seconds": choice.seconds}
-    new, report = built[choice.best]
-    return new, report, seconds + choice.seconds, record
+    new, fields, _ = built[choice.best]
+    return new, fields, sum(b[2] for b in built.values()) + choice.seconds, record
 
 
 def fine_tune_row(args: argparse.Namespace, ctx: Context, new: torch.nn.Module, dev: torch.device) -> float:
@@ -589,24 +609,22 @@ def fine_tune_row(args: argparse.Namespace, ctx: Context, new: torch.nn.Module, 
 
 def run_compressed(args: argparse.Namespace, ctx: Context, budget: str, method: str, allocation: str,
                    protocol: str, dev: torch.device, dense_row: dict[str, Any],
-                   structure: str = "unstructured") -> dict[str, Any]:
+                   structure: str = "unstructured", prev_rows: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
     row = base_row(args, ctx, budget, method, allocation, protocol, structure)
     row["target"] = parse_budget(budget)
     calib = ctx.calib if ctx.protocols is None else ctx.protocols[protocol][0]
     if method == PROXY_METHOD:
-        new, report, seconds, row["proxy"] = proxy_model(args, ctx, budget, allocation, calib, dev, structure)
+        new, fields, seconds, row["proxy"] = proxy_model(args, ctx, row, calib, dev, prev_rows or [])
     else:
         new, report, seconds = compress_model(args, ctx, budget, method, allocation, calib, dev, structure)
+        fields = report_fields(report)
     row["compress_seconds"] = seconds
     row["params_before"] = param_count(ctx.model)
     row["macs_before"] = mac_count(ctx.model, ctx.input_shape)
     new.cpu()
     row["params_after"] = param_count(new)
     row["macs_after"] = mac_count(new, ctx.input_shape)
-    row["index_bytes"] = int(report.index_bytes)
-    row["report_params_after"] = int(report.params_after)
-    row["report_macs_after"] = int(report.macs_after)
-    row["layers"] = layer_summary(report)
+    row.update(fields)
     errs = [l["error"] for l in row["layers"] if l["error"] is not None]
     row["max_layer_error"] = max(errs) if errs else None
     row["mean_layer_error"] = sum(errs) / len(errs) if errs else None
@@ -794,7 +812,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                              structure)
             else:
                 row = run_compressed(args, ctx, budget, method, allocation, protocol, dev, dense_rows[-1],
-                                     structure)
+                                     structure, prev_rows)
             row["status"] = "ok"
         except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
             failures += 1
