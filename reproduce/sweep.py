@@ -546,11 +546,13 @@ def report_fields(report: Any) -> dict[str, Any]:
             "report_macs_after": int(report.macs_after), "layers": layer_summary(report)}
 
 
-def proxy_candidate(args: argparse.Namespace, ctx: Context, row: dict[str, Any], inner: str, calib: torch.Tensor,
+def compressed_candidate(args: argparse.Namespace, ctx: Context, row: dict[str, Any], inner: str, calib: torch.Tensor,
                     dev: torch.device, prev_rows: list[dict[str, Any]]) -> tuple[torch.nn.Module, dict[str, Any], float]:
-    """(model before fine-tuning, report fields, compression seconds) of candidate ``inner``
-    at the proxy row's budget: its own run's saved model when this results file has one (a
-    compressed model does not depend on the fine-tuning recipe), else compressed here."""
+    """(model before fine-tuning, report fields, compression seconds) of method ``inner`` at
+    ``row``'s budget: the saved model of a finished run of this results file that differs
+    from ``row`` at most in the method's fine-tuning recipe (a compressed model does not
+    depend on it; its report fields and seconds come from that run's row, and the field
+    ``compressed_from`` names the file), else compressed here."""
     from lowrank_sparse import io as lio
 
     key = row_key({**row, "method": inner})[:-1]
@@ -559,7 +561,7 @@ def proxy_candidate(args: argparse.Namespace, ctx: Context, row: dict[str, Any],
     done = [r for r in prev_rows if r.get("status") == "ok" and row_key(r)[:-1] == key]
     if done and path.is_file():
         fields = {k: done[-1][k] for k in ("index_bytes", "report_params_after", "report_macs_after", "layers")}
-        return lio.load(path).eval(), fields, float(done[-1]["compress_seconds"])
+        return lio.load(path).eval(), {**fields, "compressed_from": str(path)}, float(done[-1]["compress_seconds"])
     new, report, sec = compress_model(args, ctx, row["budget"], inner, row["allocation"], calib, dev, row["structure"])
     return new, report_fields(report), sec
 
@@ -580,7 +582,7 @@ def proxy_model(args: argparse.Namespace, ctx: Context, row: dict[str, Any], cal
     n = args.proxy_images
     if 2 * n > len(ctx.ft_set):
         raise ValueError(f"--proxy-images {n}: the fine-tuning subset has only {len(ctx.ft_set)} images (need 2n)")
-    built = {inner: proxy_candidate(args, ctx, row, inner, calib, dev, prev_rows) for inner in PROXY_CANDIDATES}
+    built = {inner: compressed_candidate(args, ctx, row, inner, calib, dev, prev_rows) for inner in PROXY_CANDIDATES}
     heldout = torch.stack([ctx.ft_set[i][0] for i in range(n, 2 * n)])
     choice = choose_by_proxy({k: b[0] for k, b in built.items()}, ctx.model.to(dev), Subset(ctx.ft_set, range(n)),
                              heldout, epochs=1, lr=args.ft_lr, seed=args.seed, device=dev)
@@ -616,8 +618,7 @@ def run_compressed(args: argparse.Namespace, ctx: Context, budget: str, method: 
     if method == PROXY_METHOD:
         new, fields, seconds, row["proxy"] = proxy_model(args, ctx, row, calib, dev, prev_rows or [])
     else:
-        new, report, seconds = compress_model(args, ctx, budget, method, allocation, calib, dev, structure)
-        fields = report_fields(report)
+        new, fields, seconds = compressed_candidate(args, ctx, row, method, calib, dev, prev_rows or [])
     row["compress_seconds"] = seconds
     row["params_before"] = param_count(ctx.model)
     row["macs_before"] = mac_count(ctx.model, ctx.input_shape)

@@ -160,6 +160,7 @@ def test_distill_recipe_rows(distilled, swept):
 
     assert distilled["rc"] == [0, 0]
     new = distilled["new"]
+    assert all("compressed_from" not in r for r in new[2:])  # seed 1: nothing to reuse
     assert [(r["seed"], r["method"], r.get("ft_recipe")) for r in new] == [
         (0, "rank_only", "distill"), (0, "sparse_only", "distill"),
         (1, "dense", "ce"), (1, "rank_only", "distill"), (1, "sparse_only", "distill")]
@@ -167,6 +168,9 @@ def test_distill_recipe_rows(distilled, swept):
     x, y = data.digits("test")
     for r in new[:2]:
         assert r["acc_after"] == ce[r["method"]]["acc_after"]
+        # the CE run's compression is reused, with its seconds and report fields
+        assert r["compressed_from"].endswith("-compressed.safetensors")
+        assert (r["compress_seconds"], r["layers"]) == (ce[r["method"]]["compress_seconds"], ce[r["method"]]["layers"])
         assert r["model_file"] != ce[r["method"]]["model_file"]
         with torch.no_grad():
             acc = float((lrs.load(r["model_file"]).eval()(x).argmax(1) == y).double().mean())
