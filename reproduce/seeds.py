@@ -11,7 +11,10 @@ Win rule: a method beats sparse-only pruning (the reference every other method o
 is called against) when ``mean(method) - mean(sparse-only)`` is larger than
 ``std(method) + std(sparse-only)``; it loses when the difference is that large the other
 way; anything else is a tie.  Cells with fewer than two seeds on either side are not
-called.
+called.  Beside the call, the *paired* difference: per seed, method minus sparse-only
+(both share that seed's dense network, calibration sample and data), as mean ± sample
+standard deviation over the seeds that both have; it removes the seed-to-seed spread of
+the dense network, which dominates the unpaired deviations.
 
 Usage::
 
@@ -80,6 +83,19 @@ def summarise(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, Any
     return out
 
 
+def paired_difference(rows: list[dict[str, Any]], cell: tuple, method: str, metric: str,
+                      ref: str = REFERENCE) -> Optional[tuple[float, float, int]]:
+    """(mean, std, n) over seeds of ``metric`` of ``method`` minus that of ``ref`` in ``cell``."""
+    by: dict[str, dict[int, float]] = {method: {}, ref: {}}
+    for r in latest_ok(rows):
+        if cell_of(r) == cell and r["method"] in by and r.get(metric) is not None:
+            by[r["method"]][r["seed"]] = float(r[metric])
+    seeds = sorted(set(by[method]) & set(by[ref]))
+    if not seeds:
+        return None
+    return (*mean_std([by[method][s] - by[ref][s] for s in seeds]), len(seeds))
+
+
 def verdict(a: Optional[tuple[float, float, int]], b: Optional[tuple[float, float, int]]) -> str:
     """"win" / "loss" / "tie" of ``a`` against ``b`` by the win rule, "-" if not callable."""
     if a is None or b is None or a[2] < 2 or b[2] < 2:
@@ -108,6 +124,13 @@ def _pm(stat: Optional[tuple[float, float, int]]) -> str:
     return f"{100 * m:.2f} ± {100 * s:.2f} (n={n})" if n > 1 else f"{100 * m:.2f} (n=1)"
 
 
+def _pm_diff(stat: Optional[tuple[float, float, int]]) -> str:
+    if stat is None:
+        return "-"
+    m, s, n = stat
+    return f"{100 * m:+.2f} ± {100 * s:.2f} (n={n})" if n > 1 else f"{100 * m:+.2f} (n=1)"
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     """Markdown: one table per (model, dataset, schedule, fine-tuning recipe)."""
     summary, dense = summarise(rows), dense_accuracy(rows)
@@ -122,15 +145,16 @@ def render(rows: list[dict[str, Any]]) -> str:
         lines += [f"## {model} on {dataset} ({schedule} schedule), fine-tuning: {recipe}", "",
                   f"Dense test accuracy: {_pm(d)}.", ""]
         head = ["budget", "alloc", "structure", "method", "seeds", "acc no FT %", "acc FT %",
-                "call, no FT", "call, FT"]
+                "call, no FT", "call, FT", "paired diff. FT (pts)"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for cell in sorted(cells, key=lambda c: (c[3], c[4], c[5])):
             ms = summary[cell]
             ref = ms.get(REFERENCE)
             for method in sorted(ms, key=lambda m: (m == REFERENCE, m)):
                 e = ms[method]
-                calls = ["-", "-"] if method == REFERENCE or ref is None else [
-                    CALL_TEXT[verdict(e[k], ref[k])] for k in METRICS]
+                calls = ["-", "-", "-"] if method == REFERENCE or ref is None else [
+                    *(CALL_TEXT[verdict(e[k], ref[k])] for k in METRICS),
+                    _pm_diff(paired_difference(rows, cell, method, "acc_ft"))]
                 lines.append("| " + " | ".join([cell[3], cell[4], cell[5], method, ",".join(map(str, e["seeds"])),
                                                  _pm(e["acc_after"]), _pm(e["acc_ft"]), *calls]) + " |")
         lines.append("")

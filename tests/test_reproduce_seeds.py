@@ -83,9 +83,24 @@ def test_render_calls_each_cell():
     rows += [row("sparse_only", s, 0.80 + 0.001 * s) for s in range(3)]
     text = seeds.render(rows)
     line = next(l for l in text.splitlines() if "| lowrank_sparse |" in l)
-    assert line.endswith("| tie | beats sparse-only |") and "0,1,2" in line and "90.10 ± 0.10 (n=3)" in line
+    assert line.endswith("| tie | beats sparse-only | +10.00 ± 0.00 (n=3) |") and "0,1,2" in line
+    assert "90.10 ± 0.10 (n=3)" in line
     ref = next(l for l in text.splitlines() if "| sparse_only |" in l)
-    assert ref.endswith("| - | - |") and "80.10 ± 0.10 (n=3)" in ref
+    assert ref.endswith("| - | - | - |") and "80.10 ± 0.10 (n=3)" in ref
+
+
+def test_paired_difference_is_per_seed():
+    """Seed-to-seed spread shared by both methods cancels in the paired difference."""
+    base = [0.80, 0.86, 0.90]
+    diffs = [0.010, 0.012, 0.011]
+    rows = [row("lowrank_sparse", s, b + d) for s, (b, d) in enumerate(zip(base, diffs))]
+    rows += [row("sparse_only", s, b) for s, b in enumerate(base)] + [row("sparse_only", 3, 0.5)]
+    cell = seeds.cell_of(rows[0])
+    m, sd, n = seeds.paired_difference(rows, cell, "lowrank_sparse", "acc_ft")
+    assert (m, sd, n) == pytest.approx((statistics.mean(diffs), statistics.stdev(diffs), 3))
+    s = seeds.summarise(rows)[cell]
+    assert seeds.verdict(s["lowrank_sparse"]["acc_ft"], s["sparse_only"]["acc_ft"]) == "tie"
+    assert seeds.paired_difference(rows, cell, "rank_only", "acc_ft") is None
 
 
 def test_missing_file_is_named(tmp_path):
