@@ -93,7 +93,7 @@ def test_paired_difference_is_per_seed():
     """Seed-to-seed spread shared by both methods cancels in the paired difference."""
     base = [0.80, 0.86, 0.90]
     diffs = [0.010, 0.012, 0.011]
-    rows = [row("lowrank_sparse", s, b + d) for s, (b, d) in enumerate(zip(base, diffs))]
+    rows = [row("lowrank_sparse", s, b + d) for s, (b, d) in enumerate(zip(base, diffs, strict=True))]
     rows += [row("sparse_only", s, b) for s, b in enumerate(base)] + [row("sparse_only", 3, 0.5)]
     cell = seeds.cell_of(rows[0])
     m, sd, n = seeds.paired_difference(rows, cell, "lowrank_sparse", "acc_ft")
