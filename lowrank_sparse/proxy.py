@@ -26,11 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .distill import distill
-from .train import DataLike, resolve_device
+from .distill import _kl_term, distill
+from .train import DataLike, _model_device, resolve_device
 
 __all__ = ["ProxyChoice", "choose_by_proxy", "heldout_kl"]
 
@@ -66,22 +65,17 @@ def heldout_kl(student: nn.Module, teacher: nn.Module, inputs: Tensor, batch_siz
     modes = (student.training, teacher.training)
     student.eval()
     teacher.eval()
-    s_dev, t_dev = _device_of(student), _device_of(teacher)
+    s_dev, t_dev = _model_device(student), _model_device(teacher)
     total = 0.0
     try:
         for x in inputs.split(batch_size):
-            log_t = F.log_softmax(teacher(x.to(t_dev)).double().cpu(), dim=1)
-            log_s = F.log_softmax(student(x.to(s_dev)).double().cpu(), dim=1)
-            total += float((log_t.exp() * (log_t - log_s)).sum())
+            t_logits = teacher(x.to(t_dev)).double().cpu()
+            s_logits = student(x.to(s_dev)).double().cpu()
+            total += float(_kl_term(s_logits, t_logits, 1.0)) * len(x)  # batch mean -> sum
     finally:
         student.train(modes[0])
         teacher.train(modes[1])
     return total / len(inputs)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return torch.device("cpu") if p is None else p.device
 
 
 def _check(candidates: Mapping[str, nn.Module], heldout: Tensor) -> None:
