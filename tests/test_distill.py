@@ -15,7 +15,7 @@ import torch.nn as nn
 from hypothesis import given
 from hypothesis import strategies as st
 
-from digits_fixtures import digits_split, train_adam  # tests/ is on sys.path (pytest rootdir conftest)
+from digits_fixtures import digits_mlp_teacher, digits_split  # tests/ is on sys.path (pytest rootdir conftest)
 from lowrank_sparse import distill as distill_mod
 from lowrank_sparse.compress import compress
 from lowrank_sparse.distill import decay_groups, distill, distill_loss
@@ -159,10 +159,7 @@ def digits():
 @pytest.fixture(scope="module")
 def teacher(digits):
     """A dense MLP trained here (Adam, 15 epochs), the teacher."""
-    Xtr, ytr, _, _ = digits
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
-    return train_adam(model, Xtr, ytr, epochs=15)
+    return digits_mlp_teacher(digits[0], digits[1])
 
 
 @pytest.fixture(scope="module")

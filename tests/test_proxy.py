@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from digits_fixtures import digits_split, train_adam  # tests/ is on sys.path (pytest rootdir conftest)
+from digits_fixtures import digits_mlp_teacher, digits_split  # tests/ is on sys.path (pytest rootdir conftest)
 from lowrank_sparse.compress import compress
 from lowrank_sparse.proxy import choose_by_proxy, heldout_kl
 
@@ -34,10 +34,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def teacher(digits):
-    Xtr, ytr, _, _ = digits
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
-    return train_adam(model, Xtr, ytr, epochs=15).eval()
+    return digits_mlp_teacher(digits[0], digits[1])
 
 
 @pytest.fixture(scope="module")

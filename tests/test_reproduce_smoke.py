@@ -47,6 +47,15 @@ def test_parse_budget_rejects(token):
         sweep.parse_budget(token)
 
 
+def smoke_argv(tmp: Path, out: Path, methods: str | None = "rank_only,sparse_only") -> list[str]:
+    """The tiny sweep's arguments: SmallCNN on digits, p50, uniform allocation."""
+    argv = ["--models", "small_cnn", "--dataset", "digits", "--schedule", "smoke", "--budgets", "p50",
+            "--allocations", "uniform", "--calib", "128", "--sample-size", "512", "--test-subset", "all",
+            "--ft-subset", "300", "--latency-runs", "2", "--latency-batch", "8", "--out", str(out),
+            "--save-dir", str(tmp / "models")]
+    return argv + (["--methods", methods] if methods else [])
+
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     """Run the tiny sweep once (trains SmallCNN on digits for a few seconds)."""
@@ -55,10 +64,7 @@ def swept(tmp_path_factory):
     mp.setenv("LOWRANK_SPARSE_CACHE", str(tmp / "cache"))
     threads = torch.get_num_threads()
     out = tmp / "rows.jsonl"
-    argv = ["--models", "small_cnn", "--dataset", "digits", "--schedule", "smoke", "--budgets", "p50",
-            "--methods", "rank_only,sparse_only", "--allocations", "uniform", "--calib", "128",
-            "--sample-size", "512", "--test-subset", "all", "--ft-subset", "300", "--latency-runs", "2",
-            "--latency-batch", "8", "--out", str(out), "--save-dir", str(tmp / "models")]
+    argv = smoke_argv(tmp, out)
     try:
         rc = sweep.main(argv)
         lines_first = out.read_text().splitlines()
@@ -139,10 +145,7 @@ def distilled(swept):
     mp = pytest.MonkeyPatch()
     mp.setenv("LOWRANK_SPARSE_CACHE", str(tmp / "cache"))
     threads = torch.get_num_threads()
-    base = ["--models", "small_cnn", "--dataset", "digits", "--schedule", "smoke", "--budgets", "p50",
-            "--methods", "rank_only,sparse_only", "--allocations", "uniform", "--calib", "128",
-            "--sample-size", "512", "--test-subset", "all", "--ft-subset", "300", "--latency-runs", "2",
-            "--latency-batch", "8", "--out", str(out), "--save-dir", str(tmp / "models"), "--ft-recipe", "distill"]
+    base = smoke_argv(tmp, out) + ["--ft-recipe", "distill"]
     try:
         rcs = [sweep.main(base + ["--seed", s]) for s in ("0", "1")]
     finally:
@@ -205,10 +208,7 @@ def test_proxy_method_keeps_the_candidate_its_short_distillation_ranks_first(dis
     mp = pytest.MonkeyPatch()
     mp.setenv("LOWRANK_SPARSE_CACHE", str(tmp / "cache"))
     threads = torch.get_num_threads()
-    base = ["--models", "small_cnn", "--dataset", "digits", "--schedule", "smoke", "--budgets", "p50",
-            "--allocations", "uniform", "--calib", "128", "--sample-size", "512", "--test-subset", "all",
-            "--ft-subset", "300", "--latency-runs", "2", "--latency-batch", "8", "--out", str(out),
-            "--save-dir", str(tmp / "models"), "--ft-recipe", "distill"]
+    base = smoke_argv(tmp, out, methods=None) + ["--ft-recipe", "distill"]
     try:
         n0 = len(out.read_text().splitlines())
         assert sweep.main(base + ["--methods", "lowrank_sparse,proxy", "--proxy-images", "100"]) == 0
