@@ -546,8 +546,9 @@ def report_fields(report: Any) -> dict[str, Any]:
             "report_macs_after": int(report.macs_after), "layers": layer_summary(report)}
 
 
-def compressed_candidate(args: argparse.Namespace, ctx: Context, row: dict[str, Any], inner: str, calib: torch.Tensor,
-                    dev: torch.device, prev_rows: list[dict[str, Any]]) -> tuple[torch.nn.Module, dict[str, Any], float]:
+def compressed_candidate(args: argparse.Namespace, ctx: Context, row: dict[str, Any], inner: str,
+                         calib: torch.Tensor, dev: torch.device,
+                         prev_rows: list[dict[str, Any]]) -> tuple[torch.nn.Module, dict[str, Any], float]:
     """(model before fine-tuning, report fields, compression seconds) of method ``inner`` at
     ``row``'s budget: the saved model of a finished run of this results file that differs
     from ``row`` at most in the method's fine-tuning recipe (a compressed model does not
