@@ -18,6 +18,9 @@ charged), the rank / density per layer chosen by the ALDS allocator for each met
 * ``svd_llm``: SVD-LLM (truncation of the whitened weight);
 * ``lowrank_sparse:sequential``: L + S with sequential calibration (each layer fitted
   to the inputs the already-compressed layers before it produce);
+* ``lowrank_sparse:corrected``: L + S with sequential calibration and error-corrected
+  targets (each layer fitted to the dense model's output on the compressed model's
+  input, ``CalibrationConfig(sequential=True, error_correction=True)``);
 * ``lowrank_sparse:linear-gate`` (gated-MLP models only): L + S with the gate / up
   projections fitted as linear on their input Gram instead of on their error in the
   gated product (``CalibrationConfig(gated_mlp="linear")``), to measure that objective.
@@ -52,13 +55,14 @@ from lowrank_sparse.models import hf
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results" / "hf_peers"
-METHODS = ("lowrank_sparse", "lowrank_sparse:sequential", "lowrank_sparse:linear-gate", "oats", "wanda",
-           "sparsegpt", "svd_llm")
+METHODS = ("lowrank_sparse", "lowrank_sparse:sequential", "lowrank_sparse:corrected", "lowrank_sparse:linear-gate",
+           "oats", "wanda", "sparsegpt", "svd_llm")
 #: method label -> (compress method, CalibrationConfig fields, only for gated-MLP models)
 VARIANTS = {"lowrank_sparse:linear-gate": ("lowrank_sparse", {"gated_mlp": "linear"}, True),
-            "lowrank_sparse:sequential": ("lowrank_sparse", {"sequential": True}, False)}
+            "lowrank_sparse:sequential": ("lowrank_sparse", {"sequential": True}, False),
+            "lowrank_sparse:corrected": ("lowrank_sparse", {"sequential": True, "error_correction": True}, False)}
 #: methods with a sparse part (the ones a --structure applies to)
-SPARSE = ("lowrank_sparse", "lowrank_sparse:sequential", "lowrank_sparse:linear-gate", "oats", "wanda", "sparsegpt")
+SPARSE = ("lowrank_sparse", "lowrank_sparse:sequential", "lowrank_sparse:corrected", "lowrank_sparse:linear-gate", "oats", "wanda", "sparsegpt")
 FRACTIONS = (0.5, 0.3)
 
 

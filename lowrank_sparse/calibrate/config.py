@@ -41,6 +41,11 @@ class CalibrationConfig:
             (on the error each causes in ``act(gate x) * (up x)``, see
             :mod:`~lowrank_sparse.calibrate.gated`) or "linear" (on its own input Gram,
             as any linear layer).
+        error_correction: (needs ``sequential``) fit each layer to the dense model's
+            output on the compressed model's input (:mod:`~lowrank_sparse.calibrate.correct`)
+            instead of to its own output on that input, so that each layer also
+            corrects the error of the layers before it; costs one more pass of the
+            dense and the compressed model per layer, and a dense copy of the model.
 
     Raises:
         ValueError: ``sample_size < 0``, ``batch_size < 1`` or ``chunk_rows < 1``.
@@ -55,6 +60,7 @@ class CalibrationConfig:
     max_batches: Optional[int] = None
     chunk_rows: int = 16384
     gated_mlp: str = "product"
+    error_correction: bool = False
 
     def __post_init__(self) -> None:
         if self.sample_size < 0:
@@ -65,6 +71,9 @@ class CalibrationConfig:
             raise ValueError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
         if self.gated_mlp not in ("product", "linear"):
             raise ValueError(f"gated_mlp must be 'product' or 'linear', got {self.gated_mlp!r}")
+        if self.error_correction and not self.sequential:
+            raise ValueError("error_correction=True needs sequential=True (each layer is fitted on the "
+                             "compressed model's inputs, which exist only under sequential calibration)")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

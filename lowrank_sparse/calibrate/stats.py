@@ -49,6 +49,8 @@ class LayerStats:
         bn_scale, bn_shift: (m,) float64 BatchNorm affine folded into the objective
             (see :mod:`lowrank_sparse.calibrate.fold`), or None.
         calls: how many times the layer ran per forward pass (first batch).
+        target_weight: (m, n) the error-corrected weight the layer is fitted to
+            (:mod:`~lowrank_sparse.calibrate.correct`), or None: the layer's own weight.
     """
 
     name: str
@@ -69,6 +71,14 @@ class LayerStats:
     bn_scale: Optional[torch.Tensor] = None
     bn_shift: Optional[torch.Tensor] = None
     calls: int = 0
+    target_weight: Optional[torch.Tensor] = None
+
+    def reference_weight(self, module: nn.Module) -> torch.Tensor:
+        """The (m, n) weight the layer is fitted to: ``target_weight`` if set, else the
+        module's own weight as a matrix."""
+        if self.target_weight is not None:
+            return self.target_weight
+        return weight_matrix(module).detach().contiguous().reshape(self.weight_shape)
 
     def folded(
         self, weight: torch.Tensor, bias: Optional[torch.Tensor]
@@ -217,6 +227,6 @@ def folded_problem(stats: LayerStats, module: nn.Module) -> FoldedProblem:
     weight as an (m, n) matrix with the BatchNorm scale folded in, zeros of the scale
     replaced by 1, for the allocator and the solves."""
     scale = solver_scale(stats.bn_scale)
-    W, b = fold_affine(weight_matrix(module).contiguous().reshape(stats.weight_shape), module.bias, scale,
+    W, b = fold_affine(stats.reference_weight(module), module.bias, scale,
                        stats.bn_shift)
     return FoldedProblem(W, b, scale)

@@ -23,12 +23,16 @@ def output_error(stats: LayerStats, original: nn.Module, new: nn.Module) -> tupl
     output on the same columns (the module's own forward for linear layers; its
     dense weight times the patch matrix for convs), BatchNorm-folded the same way.
     Without a subsample (layers fitted as linear) the exact error over all N
-    calibration columns from the Gram matrix and mean (:func:`stats_error`).
+    calibration columns from the Gram matrix and mean (:func:`stats_error`).  A layer
+    fitted to an error-corrected target (``stats.target_weight``) is measured against
+    that target.
 
     Returns:
         (error, description of what it was measured on).
     """
     Wm = original.weight.detach().reshape(original.weight.shape[0], -1)
+    if stats.target_weight is not None:  # error-corrected fit: measured against its target
+        Wm = stats.target_weight.reshape(Wm.shape)
     b = None if original.bias is None else original.bias.detach()
     if isinstance(new, (nn.Linear, nn.Conv2d)):
         Wn = new.weight.detach().reshape(Wm.shape)

@@ -33,6 +33,7 @@ class LayerJob:
         device: where the solves run (None: each layer's own device).
         solved: the allocator's decompositions, reused when the plan picked them.
         samples: calibration examples seen (linear layers' MACs per sample).
+        reference: a dense copy of the model (error-corrected targets), or None.
     """
 
     model: nn.Module
@@ -41,6 +42,7 @@ class LayerJob:
     device: Optional[Union[str, torch.device]]
     solved: Solved
     samples: int
+    reference: Optional[nn.Module] = None
 
 
 def positions(stats: LayerStats, samples: int) -> int:

@@ -167,7 +167,8 @@ def compress(
     solved: Solved = {}
     with running(executor) as ex:
         plan, table = _plan(target, allocation, opts, selected, cal, totals, solved, ex)
-        job = LayerJob(new, opts.config, opts.structure, opts.calibration.device, solved, cal.samples)
+        reference = copy.deepcopy(new) if opts.calibration.error_correction else None
+        job = LayerJob(new, opts.config, opts.structure, opts.calibration.device, solved, cal.samples, reference)
         reports = _compress_layers(job, selected, plan, cal, calibration_data, opts, progress, ex,
                                    _checkpoint(checkpoint_dir, model, opts, target, allocation, selected))
     report = _report(reports, skipped, new, input_shape, opts, target, allocation, table, cal, totals)
@@ -263,5 +264,5 @@ def _report(reports: list[LayerReport], skipped: dict[str, str], new: nn.Module,
         allocation_table=table,
         calibration={"batches": cal.batches, "samples": cal.samples, "detection": cal.detection,
                      "detection_note": cal.detection_note, "sample_size": c.sample_size,
-                     "sequential": c.sequential},
+                     "sequential": c.sequential, "error_correction": c.error_correction},
     )  # fmt: skip

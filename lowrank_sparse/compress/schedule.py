@@ -24,11 +24,14 @@ allocation at most the in-flight layers' statistics are held.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch.nn as nn
 
-from ..calibrate import Calibration, CalibrationData, calibrate, iter_batches
+from ..calibrate import Calibration, CalibrationData, calibrate, iter_batches, weight_matrix
+from ..calibrate.correct import corrected_target, cross_moment
+from ..calibrate.gated import gated_blocks
 from ..report import LayerReport
 from . import methods
 from .layer import LayerJob, finish_layer, is_untouched, prepare_solve, untouched_report
@@ -78,11 +81,14 @@ class _Run:
         if opts.calibration.sequential:
             for name in self.names[1:]:
                 cal.layers.pop(name, None)
+        self.gated = ({n for b in gated_blocks(job.model) for n in (b.gate, b.up)}
+                      if opts.calibration.gated_mlp == "product" else set())
 
     def start(self, name: str) -> None:
         """Calibrate (sequential) and finish at once, or submit the layer's solve."""
         if self.opts.calibration.sequential and name != self.names[0]:
             stats = calibrate(self.job.model, self.data, layers=[name], config=self.opts.calibration).layers[name]
+            stats = self._corrected(name, stats)
             reusable = False
         else:
             stats, reusable = self.cal.layers[name], True
@@ -98,6 +104,15 @@ class _Run:
                 self.ex.submit(name, solve_task, (self.method, self.job.config, problem, scale))
             else:
                 self.finished(name, (reuse, float(reuse.info.seconds)))
+
+    def _corrected(self, name: str, stats: Any) -> Any:
+        """``stats`` with the error-corrected target weight under ``error_correction``
+        (not for a gated MLP's gate / up, whose Gram is the product objective's)."""
+        if not self.opts.calibration.error_correction or self.job.reference is None or name in self.gated:
+            return stats
+        C = cross_moment(self.job.reference, self.job.model, self.data, name, self.opts.calibration)
+        W = weight_matrix(self.orig[name]).detach().reshape(stats.weight_shape)
+        return replace(stats, target_weight=corrected_target(W, C, stats.gram))
 
     def finished(self, name: str, result: tuple[Any, float]) -> None:
         if self.ck is not None:
