@@ -398,6 +398,18 @@ class ImageDataset(Dataset):
         return to_float32x32(self.images, self.mean, self.std), self.labels
 
 
+def subset_indices(n: int, subset: int, seed: int = 0) -> torch.Tensor:
+    """The (subset,) int64 indices of :func:`load`'s seeded subset of an n-image split:
+    the first ``subset`` entries of a seeded permutation of range(n).
+
+    Raises:
+        ValueError: ``subset`` not an int in 1..n.
+    """
+    if not isinstance(subset, int) or isinstance(subset, bool) or not 0 < subset <= n:
+        raise ValueError(f"subset must be an int in 1..{n}, got {subset!r}")
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:subset]
+
+
 def load(
     name: str, split: str = "train", *, subset: int | None = None, seed: int = 0
 ) -> Dataset:
@@ -423,9 +435,7 @@ def load(
         ds = ImageDataset(images, labels, mean, std)
         n = len(labels)
     if subset is not None:
-        if not isinstance(subset, int) or not 0 < subset <= n:
-            raise ValueError(f"subset must be an int in 1..{n}, got {subset!r}")
-        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:subset]
+        idx = subset_indices(n, subset, seed)
         if isinstance(ds, ImageDataset):
             ds = ImageDataset(ds.images[idx], ds.labels[idx], ds.mean, ds.std)
         else:

@@ -235,6 +235,8 @@ class CompressionReport:
             cal = f"calibration: {c.get('samples', '?')} samples in {c.get('batches', '?')} batches, activations by {c.get('detection', '?')}"
             if c.get("detection_note"):
                 cal += f" ({c['detection_note']})"
+            if c.get("sequential"):
+                cal += "; sequential" + (", error-corrected targets" if c.get("error_correction") else "")
             lines.append(cal)
         notes = [(r.name, r.note) for r in self.layers if r.note]
         if notes:

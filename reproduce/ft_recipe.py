@@ -33,7 +33,7 @@ def validation(n_ft: int, n_val: int, seed: int) -> tuple[torch.Tensor, torch.Te
     from lowrank_sparse import data as D
 
     full = D.load("fashion_mnist", "train")
-    used = set(torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))[:n_ft].tolist())
+    used = set(D.subset_indices(len(full), n_ft, seed).tolist())
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed + 123)).tolist()
     idx = [i for i in order if i not in used][:n_val]
     return torch.stack([full[i][0] for i in idx]), torch.tensor([int(full[i][1]) for i in idx])

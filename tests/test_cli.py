@@ -118,6 +118,17 @@ def test_compress_evaluate_report_round_trip(tmp_path: Path, cache: Path, capsys
     assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
+@pytest.mark.parametrize("mode, sequential, corrected", [("sequential", True, False), ("corrected", True, True)])
+def test_compress_calibration_mode(mode: str, sequential: bool, corrected: bool, tmp_path: Path, cache: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "mlp.safetensors"
+    rc, text, err = run(["compress", "mlp", "--dataset", "digits", "--params", "0.5", "--calib", "256",
+                         "--calibration", mode, "--no-latency", "-o", str(out), "--json"], capsys)
+    assert rc == 0, err
+    cal = json.loads(text)["report"]["calibration"]
+    assert (cal["sequential"], cal["error_correction"]) == (sequential, corrected)
+
+
 def test_source_says_whether_the_model_was_trained_or_loaded(cache: Path) -> None:
     first = load_model("mlp", "digits", "cpu", 0, None, progress=False)
     again = load_model("mlp", "digits", "cpu", 0, None, progress=False)

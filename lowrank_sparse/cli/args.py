@@ -106,3 +106,16 @@ def rank_value(text: str) -> float | int:
     if not math.isfinite(v) or v < 0:
         raise argparse.ArgumentTypeError(f"expected a rank (an integer >= 1) or a fraction in [0, 1), got {text!r}")
     return int(v) if v >= 1 and v.is_integer() else v
+
+
+#: --calibration choices -> CalibrationConfig fields (sequential, error_correction)
+CALIBRATION_MODES = ("one-pass", "sequential", "corrected")
+
+
+def calibration_config(args: argparse.Namespace) -> Any:
+    """The CalibrationConfig of ``--sample-size`` and ``--calibration`` (absent: one-pass)."""
+    from ..calibrate import CalibrationConfig
+
+    mode = getattr(args, "calibration", None) or "one-pass"
+    return CalibrationConfig(sample_size=args.sample_size, sequential=mode != "one-pass",
+                             error_correction=mode == "corrected")

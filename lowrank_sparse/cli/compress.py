@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from ..compress.methods import method_names
 from . import hf, measure
-from .args import DATASETS, RenamedOnce, fraction, nonneg_int, parse_quantize, positive_int, rank_value
+from .args import CALIBRATION_MODES, DATASETS, RenamedOnce, calibration_config, fraction, nonneg_int, parse_quantize, positive_int, rank_value
 from .output import CLIError, emit, log, progress_flag
 from .sources import Loaded, calibration, evaluation_data, input_shape, load_model
 
@@ -53,6 +53,10 @@ def register(sub: Any) -> None:
                                                   "(default: built-in English prose)")
     c.add_argument("--test-text", metavar="FILE", help="model folder: held-out text for the fidelity / perplexity score")
     c.add_argument("--seq-len", type=positive_int, default=128, help="model folder: tokens per sequence (default 128)")
+    c.add_argument("--calibration", choices=CALIBRATION_MODES, default="one-pass",
+                   help="one-pass: every layer fitted on the dense model's inputs (default); sequential: each on "
+                        "the inputs of the already compressed layers before it; corrected: sequential, fitted to "
+                        "the dense model's output (error-corrected targets)")
     c.add_argument("--max-iter", type=positive_int, default=300, help="ADMM iteration cap per layer")
     c.add_argument("--sample-size", type=positive_int, default=8192,
                    help="input columns per layer kept for the activation-aware objective (default 8192)")
@@ -176,7 +180,7 @@ def _compress(args: argparse.Namespace, src: Loaded, calib: Any, progress: Optio
         max_iter=args.max_iter,
         seed=args.seed,
         progress=progress,
-        sample_size=args.sample_size,
+        calibration=calibration_config(args),
         executor=_executor(args),
         checkpoint_dir=args.checkpoint_dir,
     )

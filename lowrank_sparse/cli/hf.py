@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from .args import calibration_config
 from .output import CLIError, emit, log, progress_flag
 
 __all__ = ["is_hf_folder", "run_compress", "run_evaluate", "text_fidelity", "paired_latency_batch"]
@@ -80,7 +81,8 @@ def run_compress(args: argparse.Namespace) -> int:
         new, report = compress(model, calib, target, allocation=args.allocation, rank=args.rank, density=args.density,
                                structure=args.structure, method=args.method, exclude=args.exclude or None,
                                keep_first_last=not args.all_layers, max_iter=args.max_iter, seed=args.seed,
-                               progress=progress, sample_size=args.sample_size, checkpoint_dir=args.checkpoint_dir)
+                               progress=progress, calibration=calibration_config(args),
+                               checkpoint_dir=args.checkpoint_dir)
     except ValueError as e:
         hint = "" if args.budget_scope == "layers" else " (fractions of the whole model; --budget-scope layers counts the compressed layers only)"
         raise CLIError(f"{str(e).splitlines()[0]}{hint}") from None
