@@ -21,6 +21,9 @@ charged), the rank / density per layer chosen by the ALDS allocator for each met
 * ``lowrank_sparse:corrected``: L + S with sequential calibration and error-corrected
   targets (each layer fitted to the dense model's output on the compressed model's
   input, ``CalibrationConfig(sequential=True, error_correction=True)``);
+* ``lowrank_sparse:sensitivity``: L + S with ``Budget(weighting="sensitivity")``: the
+  allocator weighs each layer's error by how much of it reaches the model's output
+  (measured with seeded noise on each layer's output);
 * ``lowrank_sparse:linear-gate`` (gated-MLP models only): L + S with the gate / up
   projections fitted as linear on their input Gram instead of on their error in the
   gated product (``CalibrationConfig(gated_mlp="linear")``), to measure that objective.
@@ -55,14 +58,19 @@ from lowrank_sparse.models import hf
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results" / "hf_peers"
-METHODS = ("lowrank_sparse", "lowrank_sparse:sequential", "lowrank_sparse:corrected", "lowrank_sparse:linear-gate",
+METHODS = ("lowrank_sparse", "lowrank_sparse:sequential", "lowrank_sparse:corrected", "lowrank_sparse:sensitivity",
+           "lowrank_sparse:linear-gate",
            "oats", "wanda", "sparsegpt", "svd_llm")
 #: method label -> (compress method, CalibrationConfig fields, only for gated-MLP models)
 VARIANTS = {"lowrank_sparse:linear-gate": ("lowrank_sparse", {"gated_mlp": "linear"}, True),
             "lowrank_sparse:sequential": ("lowrank_sparse", {"sequential": True}, False),
-            "lowrank_sparse:corrected": ("lowrank_sparse", {"sequential": True, "error_correction": True}, False)}
+            "lowrank_sparse:corrected": ("lowrank_sparse", {"sequential": True, "error_correction": True}, False),
+            "lowrank_sparse:sensitivity": ("lowrank_sparse", {}, False)}
+#: method label -> Budget fields beyond params / scope
+BUDGET_FIELDS = {"lowrank_sparse:sensitivity": {"weighting": "sensitivity"}}
 #: methods with a sparse part (the ones a --structure applies to)
-SPARSE = ("lowrank_sparse", "lowrank_sparse:sequential", "lowrank_sparse:corrected", "lowrank_sparse:linear-gate", "oats", "wanda", "sparsegpt")
+SPARSE = ("lowrank_sparse", "lowrank_sparse:sequential", "lowrank_sparse:corrected", "lowrank_sparse:sensitivity",
+          "lowrank_sparse:linear-gate", "oats", "wanda", "sparsegpt")
 FRACTIONS = (0.5, 0.3)
 
 
@@ -113,7 +121,8 @@ def run_cell(name: str, dense: Any, calib: list[Any], test: list[Any], causal: b
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        new, report = lrs.compress(dense, calib, lrs.Budget(params=fraction, scope="layers"), method=real,
+        new, report = lrs.compress(dense, calib, lrs.Budget(params=fraction, scope="layers", **BUDGET_FIELDS.get(method, {})),
+                                   method=real,
                                    structure=structure, progress=False,
                                    calibration=lrs.CalibrationConfig(**cal_fields))
     seconds = time.perf_counter() - t0

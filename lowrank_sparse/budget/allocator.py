@@ -434,8 +434,11 @@ def _check_fixed_fit(checks: Sequence[tuple[str, Optional[float], int, int]]) ->
 def _curves_of(l: LayerSpec, mode: str, structure: Union[str, Structure], gs: tuple[int, ...],
                slice_linear: bool, shares: list[float], cache: CurveCache, seed: int) -> LayerCurves:
     lgs = gs if (l.kind == "conv" or slice_linear) else (1,)
-    return build_curves(l, mode, parse_structure(structure, block=l.block), slice_candidates=lgs,
-                        sparse_shares=shares, cache=cache, seed=seed)
+    c = build_curves(l, mode, parse_structure(structure, block=l.block), slice_candidates=lgs,
+                     sparse_shares=shares, cache=cache, seed=seed)
+    if l.sensitivity != 1.0:  # compared across layers weighted; _assemble reports them unweighted
+        c = LayerCurves(c.layer, c.sizes, c.errors * l.sensitivity, c.ranks, c.slices, c.nnz, c.densities, c.dense)
+    return c
 
 
 def _check_curves_fit(curves: list[LayerCurves], checks: Sequence[tuple[Optional[float], int, int]]) -> None:
@@ -476,7 +479,7 @@ def _assemble(layers: list[LayerSpec], fixed: dict[int, LayerAllocation], free: 
             out.append(_dense_alloc(l, "allocated"))
             continue
         r, g, nnz = int(c.ranks[i]), int(c.slices[i]), int(c.nnz[i])
-        err = float(c.errors[i])
+        err = float(c.errors[i]) / l.sensitivity
         dens = nnz / (l.m * l.n)
         if split_fn is not None and g == 1:
             cap = None if caps is None else (latency[l.name], caps[ci[li]])

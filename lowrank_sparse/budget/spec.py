@@ -41,6 +41,8 @@ LayerKind = Literal["linear", "conv"]
 
 #: what a Budget's params / macs fractions are of (see :class:`Budget`)
 SCOPES = ("model", "layers")
+#: Budget.weighting values: how the allocator compares layers' errors.
+WEIGHTINGS = ("uniform", "sensitivity")
 
 
 # ----------------------------------------------------------------------------- formulas
@@ -101,6 +103,10 @@ class Budget:
             convention of the one-shot LLM pruning papers: a transformer's embeddings,
             norms and kept head are neither counted nor charged).  ``latency`` is always
             of the whole model's forward time.
+        weighting: how the allocator compares the layers' errors: "uniform" (each
+            layer's relative output error as it is, the default) or "sensitivity"
+            (each weighted by how much of it reaches the model's output, measured by
+            compress() on the calibration data: :mod:`lowrank_sparse.budget.sensitivity`).
     At least one of params / macs / latency must be given; all that are given must hold.
     """
 
@@ -109,8 +115,12 @@ class Budget:
     latency: Optional[float] = None
     latency_model: Optional[Any] = field(default=None, compare=False, repr=False)
     scope: str = "model"
+    weighting: str = "uniform"
 
     def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"Budget.weighting must be one of {', '.join(map(repr, WEIGHTINGS))}, "
+                             f"got {self.weighting!r}")
         if self.scope not in SCOPES:
             raise ValueError(f"Budget.scope must be one of {', '.join(map(repr, SCOPES))}, got {self.scope!r}")
         if self.params is None and self.macs is None and self.latency is None:
@@ -139,6 +149,8 @@ class Budget:
             d["latency"] = self.latency
         if self.scope != "model":
             d["scope"] = self.scope
+        if self.weighting != "uniform":
+            d["weighting"] = self.weighting
         return d
 
 
@@ -160,6 +172,10 @@ class LayerSpec:
             errors; all predicted errors of the layer are multiplied by it.  1 for layers
             without a nonlinearity; :func:`lowrank_sparse.budget.curves.activation_error_scale`
             measures it on calibration inputs (compress() does).
+        sensitivity: factor (> 0) on the layer's errors when the allocator compares
+            layers: how much of its error reaches the model's output, relative to the
+            other layers (:mod:`lowrank_sparse.budget.sensitivity`; compress() measures
+            it under ``Budget(weighting="sensitivity")``).  1: all layers alike.
     """
 
     name: str
@@ -169,6 +185,7 @@ class LayerSpec:
     out_hw: Optional[tuple[int, int]] = None
     gram: Optional[torch.Tensor] = None
     error_scale: float = 1.0
+    sensitivity: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -198,6 +215,11 @@ class LayerSpec:
         if not (math.isfinite(self.error_scale) and self.error_scale > 0.0):
             raise ValueError(f"LayerSpec {self.name!r}: error_scale must be finite and > 0, got {self.error_scale}")
         self.error_scale = float(self.error_scale)
+        if isinstance(self.sensitivity, bool) or not isinstance(self.sensitivity, (int, float)):
+            raise TypeError(f"LayerSpec {self.name!r}: sensitivity must be a float, got {type(self.sensitivity).__name__}")
+        if not (math.isfinite(self.sensitivity) and self.sensitivity > 0.0):
+            raise ValueError(f"LayerSpec {self.name!r}: sensitivity must be finite and > 0, got {self.sensitivity}")
+        self.sensitivity = float(self.sensitivity)
         if not bool(torch.isfinite(self.weight).all()):
             raise ValueError(f"LayerSpec {self.name!r}: weight has non-finite entries")
 

@@ -166,7 +166,8 @@ def compress(
     totals = _model_totals(model, new, input_shape)
     solved: Solved = {}
     with running(executor) as ex:
-        plan, table = _plan(target, allocation, opts, selected, cal, totals, solved, ex)
+        plan, table = _plan(target, allocation, opts, selected, cal, totals, solved, ex,
+                            _sensitivity(target, new, calibration_data, selected, opts))
         reference = copy.deepcopy(new) if opts.calibration.error_correction else None
         job = LayerJob(new, opts.config, opts.structure, opts.calibration.device, solved, cal.samples, reference)
         reports = _compress_layers(job, selected, plan, cal, calibration_data, opts, progress, ex,
@@ -188,13 +189,25 @@ def _model_totals(model: nn.Module, new: nn.Module, input_shape: tuple[int, ...]
     return model_params(model), int(model_macs(new, input_shape))
 
 
+def _sensitivity(target: Any, model: nn.Module, data: CalibrationData, selected: list[tuple[str, nn.Module]],
+                 opts: Options) -> Optional[dict[str, float]]:
+    """Each selected layer's end-to-end sensitivity under ``Budget(weighting="sensitivity")``, else None."""
+    if target is None or getattr(target, "weighting", "uniform") != "sensitivity":
+        return None
+    from ..budget.sensitivity import layer_sensitivities
+
+    return layer_sensitivities(model, data, [n for n, _ in selected], batch_size=opts.calibration.batch_size,
+                               seed=opts.calibration.seed)
+
+
 def _plan(target: Any, allocation: str, opts: Options, selected: list[tuple[str, nn.Module]], cal: Calibration,
-          totals: tuple[int, int], solved: Solved, executor: Any) -> tuple[dict[str, LayerSize], Optional[str]]:
+          totals: tuple[int, int], solved: Solved, executor: Any,
+          sensitivity: Optional[dict[str, float]] = None) -> tuple[dict[str, LayerSize], Optional[str]]:
     """(size per selected layer, the allocator's table or None); the allocator's solver
     probes run on ``executor``."""
     if target is not None:
         plan, table = allocation_plan(target, allocation, opts.config, opts.structure, selected, cal.layers,
-                                      totals, solved, executor, opts.calibration.sequential)
+                                      totals, solved, executor, opts.calibration.sequential, sensitivity)
     else:
         plan = explicit_plan([n for n, _ in selected], cal.layers, getattr(opts.config, "rank", None),
                              getattr(opts.config, "density", None))

@@ -118,10 +118,12 @@ def check_plan(plan: dict[str, LayerSize]) -> None:
                              f"give it a rank or a density, or exclude it")
 
 
-def layer_specs(selected: list[tuple[str, nn.Module]], stats: dict[str, LayerStats]) -> list[Any]:
+def layer_specs(selected: list[tuple[str, nn.Module]], stats: dict[str, LayerStats],
+                sensitivity: Optional[dict[str, float]] = None) -> list[Any]:
     """The allocator's LayerSpecs: the weight the solver fits (BatchNorm folded by
-    :func:`~lowrank_sparse.calibrate.folded_problem`), its Gram matrix, and the scale
-    that maps predicted errors to errors after the activation."""
+    :func:`~lowrank_sparse.calibrate.folded_problem`), its Gram matrix, the scale
+    that maps predicted errors to errors after the activation, and the layer's
+    end-to-end ``sensitivity`` (1 where not given)."""
     from .. import budget as B
 
     specs = []
@@ -134,7 +136,8 @@ def layer_specs(selected: list[tuple[str, nn.Module]], stats: dict[str, LayerSta
             scale = B.activation_error_scale(prob.weight, prob.bias, st.sample,
                                              lambda u, i=info: act_fn(u, i.name, i.negative_slope))
         specs.append(B.LayerSpec(name=name, weight=prob.weight, kind=st.kind, block=st.block,
-                                 out_hw=st.out_hw, gram=st.gram, error_scale=scale))
+                                 out_hw=st.out_hw, gram=st.gram, error_scale=scale,
+                                 sensitivity=(sensitivity or {}).get(name, 1.0)))
     return specs
 
 
@@ -228,6 +231,7 @@ def allocation_plan(
     solved: Solved,
     executor: Any = None,
     sequential: bool = False,
+    sensitivity: Optional[dict[str, float]] = None,
 ) -> tuple[dict[str, LayerSize], Optional[str]]:
     """Sizes from :func:`lowrank_sparse.budget.allocate` over the selected layers, and
     its table.  ``totals`` = (model params, model MACs per sample).  Only the allocator's
@@ -235,7 +239,8 @@ def allocation_plan(
     ``sequential`` calibration re-fits on new inputs, all but the first).  The allocator's solver
     probes run on ``executor`` (a started executor; None: in this process).  A latency
     target's layer tables are measured here (:func:`latency_model`); when the target
-    carries its own LatencyModel, the prediction is left in its ``prediction``."""
+    carries its own LatencyModel, the prediction is left in its ``prediction``.
+    ``sensitivity``: each layer's end-to-end weight (``Budget(weighting="sensitivity")``)."""
     from .. import budget as B
 
     method = methods.method_of_config(config)
@@ -245,7 +250,7 @@ def allocation_plan(
     error_fn = (_SolverErrors(config, structure, selected, stats, solved, executor, reusable) if method.solver_split
                 else None)
     latency = latency_model(target, selected, stats, structure)
-    alloc = B.allocate(layer_specs(selected, stats), target, method=allocation, total_params=totals[0],
+    alloc = B.allocate(layer_specs(selected, stats, sensitivity), target, method=allocation, total_params=totals[0],
                        total_macs=totals[1], mode=method.allocation_mode, structure=structure, error_fn=error_fn,
                        keep_first_last=False, seed=config.solver.seed, latency=latency)
     if latency is not None and target.latency_model is not None:
