@@ -129,6 +129,16 @@ def test_compress_calibration_mode(mode: str, sequential: bool, corrected: bool,
     assert (cal["sequential"], cal["error_correction"]) == (sequential, corrected)
 
 
+def test_compress_weighting_is_recorded(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "mlp.safetensors"
+    rc, text, err = run(["compress", "mlp", "--dataset", "digits", "--params", "0.5", "--calib", "256",
+                         "--weighting", "sensitivity", "--no-latency", "-o", str(out), "--json"], capsys)
+    assert rc == 0, err
+    res = json.loads(text)
+    assert res["report"]["target"]["weighting"] == "sensitivity"
+    assert res["after"]["params"] <= 0.5 * res["before"]["params"] * 1.01
+
+
 def test_source_says_whether_the_model_was_trained_or_loaded(cache: Path) -> None:
     first = load_model("mlp", "digits", "cpu", 0, None, progress=False)
     again = load_model("mlp", "digits", "cpu", 0, None, progress=False)

@@ -40,6 +40,9 @@ def register(sub: Any) -> None:
                         "(batch 64, the current thread count), e.g. 0.5")
     c.add_argument("--budget-scope", choices=("model", "layers"), default="model",
                    help="what --params/--macs are fractions of: the whole model (default) or the compressed layers' weights")
+    c.add_argument("--weighting", choices=("uniform", "sensitivity"), default="uniform",
+                   help="how the allocator compares layers: each layer's own relative error (default) or each "
+                        "weighted by how much of it reaches the model's output (measured on the calibration data)")
     c.add_argument("--rank", type=rank_value, help="explicit rank for every layer: an int, or a fraction of full rank")
     c.add_argument("--density", type=float, help="explicit density of S for every layer, in [0, 1)")
     c.add_argument("--allocation", default="alds", choices=("alds", "enc", "uniform"))
@@ -165,7 +168,7 @@ def _compress(args: argparse.Namespace, src: Loaded, calib: Any, progress: Optio
     if args.params is not None or args.macs is not None or latency is not None:
         args.latency_model = _latency_model(args, src)
         target = Budget(params=args.params, macs=args.macs, latency=latency, latency_model=args.latency_model,
-                        scope=args.budget_scope)
+                        scope=args.budget_scope, weighting=getattr(args, "weighting", "uniform"))
     return compress(
         src.model,
         calib,

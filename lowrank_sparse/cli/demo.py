@@ -66,6 +66,6 @@ def _compress_args(args: argparse.Namespace, dataset: str, out: Path) -> argpars
         test_subset=args.test_subset,
         fine_tune=0, fine_tune_subset=5_000, fine_tune_lr=0.01, quantize=None, output=str(out), dtype=None,
         json=args.json, no_progress=args.no_progress, quiet=False, no_latency=False, ray=None, checkpoint_dir=None,
-        calibration="one-pass",
+        calibration="one-pass", weighting="uniform",
         budget_scope="model", text=None, test_text=None, seq_len=128,
     )

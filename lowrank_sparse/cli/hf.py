@@ -117,7 +117,8 @@ def _target(args: argparse.Namespace, model: Any, example: Any) -> Any:
         from ..budget.latency import LatencyModel
 
         lm = LatencyModel.of_model(model, example)
-    return Budget(params=args.params, macs=args.macs, latency=latency, latency_model=lm, scope=args.budget_scope)
+    return Budget(params=args.params, macs=args.macs, latency=latency, latency_model=lm, scope=args.budget_scope,
+                  weighting=getattr(args, "weighting", "uniform"))
 
 
 def _scores(dense: Any, new: Any, test: list[Any], causal: bool) -> dict[str, Any]:
