@@ -69,8 +69,7 @@ VARIANTS = {"lowrank_sparse:linear-gate": ("lowrank_sparse", {"gated_mlp": "line
 #: method label -> Budget fields beyond params / scope
 BUDGET_FIELDS = {"lowrank_sparse:sensitivity": {"weighting": "sensitivity"}}
 #: methods with a sparse part (the ones a --structure applies to)
-SPARSE = ("lowrank_sparse", "lowrank_sparse:sequential", "lowrank_sparse:corrected", "lowrank_sparse:sensitivity",
-          "lowrank_sparse:linear-gate", "oats", "wanda", "sparsegpt")
+SPARSE = tuple(m for m in METHODS if m != "svd_llm")
 FRACTIONS = (0.5, 0.3)
 
 

@@ -210,18 +210,19 @@ class LayerSpec:
             n = self.weight.shape[1]
             if not isinstance(self.gram, torch.Tensor) or tuple(self.gram.shape) != (n, n):
                 raise ValueError(f"LayerSpec {self.name!r}: gram must be a ({n}, {n}) tensor")
-        if isinstance(self.error_scale, bool) or not isinstance(self.error_scale, (int, float)):
-            raise TypeError(f"LayerSpec {self.name!r}: error_scale must be a float, got {type(self.error_scale).__name__}")
-        if not (math.isfinite(self.error_scale) and self.error_scale > 0.0):
-            raise ValueError(f"LayerSpec {self.name!r}: error_scale must be finite and > 0, got {self.error_scale}")
-        self.error_scale = float(self.error_scale)
-        if isinstance(self.sensitivity, bool) or not isinstance(self.sensitivity, (int, float)):
-            raise TypeError(f"LayerSpec {self.name!r}: sensitivity must be a float, got {type(self.sensitivity).__name__}")
-        if not (math.isfinite(self.sensitivity) and self.sensitivity > 0.0):
-            raise ValueError(f"LayerSpec {self.name!r}: sensitivity must be finite and > 0, got {self.sensitivity}")
-        self.sensitivity = float(self.sensitivity)
+        self.error_scale = self._positive("error_scale")
+        self.sensitivity = self._positive("sensitivity")
         if not bool(torch.isfinite(self.weight).all()):
             raise ValueError(f"LayerSpec {self.name!r}: weight has non-finite entries")
+
+    def _positive(self, field_name: str) -> float:
+        """The field as a float, checked finite and > 0."""
+        v = getattr(self, field_name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"LayerSpec {self.name!r}: {field_name} must be a float, got {type(v).__name__}")
+        if not (math.isfinite(v) and v > 0.0):
+            raise ValueError(f"LayerSpec {self.name!r}: {field_name} must be finite and > 0, got {v}")
+        return float(v)
 
     @property
     def m(self) -> int:

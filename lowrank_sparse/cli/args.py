@@ -113,9 +113,8 @@ CALIBRATION_MODES = ("one-pass", "sequential", "corrected")
 
 
 def calibration_config(args: argparse.Namespace) -> Any:
-    """The CalibrationConfig of ``--sample-size`` and ``--calibration`` (absent: one-pass)."""
+    """The CalibrationConfig of ``--sample-size`` and ``--calibration``."""
     from ..calibrate import CalibrationConfig
 
-    mode = getattr(args, "calibration", None) or "one-pass"
-    return CalibrationConfig(sample_size=args.sample_size, sequential=mode != "one-pass",
-                             error_correction=mode == "corrected")
+    return CalibrationConfig(sample_size=args.sample_size, sequential=args.calibration != "one-pass",
+                             error_correction=args.calibration == "corrected")

@@ -168,7 +168,7 @@ def _compress(args: argparse.Namespace, src: Loaded, calib: Any, progress: Optio
     if args.params is not None or args.macs is not None or latency is not None:
         args.latency_model = _latency_model(args, src)
         target = Budget(params=args.params, macs=args.macs, latency=latency, latency_model=args.latency_model,
-                        scope=args.budget_scope, weighting=getattr(args, "weighting", "uniform"))
+                        scope=args.budget_scope, weighting=args.weighting)
     return compress(
         src.model,
         calib,

@@ -118,7 +118,7 @@ def _target(args: argparse.Namespace, model: Any, example: Any) -> Any:
 
         lm = LatencyModel.of_model(model, example)
     return Budget(params=args.params, macs=args.macs, latency=latency, latency_model=lm, scope=args.budget_scope,
-                  weighting=getattr(args, "weighting", "uniform"))
+                  weighting=args.weighting)
 
 
 def _scores(dense: Any, new: Any, test: list[Any], causal: bool) -> dict[str, Any]:

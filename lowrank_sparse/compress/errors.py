@@ -30,9 +30,7 @@ def output_error(stats: LayerStats, original: nn.Module, new: nn.Module) -> tupl
     Returns:
         (error, description of what it was measured on).
     """
-    Wm = original.weight.detach().reshape(original.weight.shape[0], -1)
-    if stats.target_weight is not None:  # error-corrected fit: measured against its target
-        Wm = stats.target_weight.reshape(Wm.shape)
+    Wm = stats.reference_weight(original)  # an error-corrected fit is measured against its target
     b = None if original.bias is None else original.bias.detach()
     if isinstance(new, (nn.Linear, nn.Conv2d)):
         Wn = new.weight.detach().reshape(Wm.shape)

@@ -192,7 +192,7 @@ def _model_totals(model: nn.Module, new: nn.Module, input_shape: tuple[int, ...]
 def _sensitivity(target: Any, model: nn.Module, data: CalibrationData, selected: list[tuple[str, nn.Module]],
                  opts: Options) -> Optional[dict[str, float]]:
     """Each selected layer's end-to-end sensitivity under ``Budget(weighting="sensitivity")``, else None."""
-    if target is None or getattr(target, "weighting", "uniform") != "sensitivity":
+    if target is None or target.weighting != "sensitivity":
         return None
     from ..budget.sensitivity import layer_sensitivities
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from ..calibrate import Calibration, CalibrationData, calibrate, iter_batches, weight_matrix
+from ..calibrate import Calibration, CalibrationData, calibrate, iter_batches
 from ..calibrate.correct import corrected_target, cross_moment
 from ..calibrate.gated import gated_blocks
 from ..report import LayerReport
@@ -111,8 +111,7 @@ class _Run:
         if not self.opts.calibration.error_correction or self.job.reference is None or name in self.gated:
             return stats
         C = cross_moment(self.job.reference, self.job.model, self.data, name, self.opts.calibration)
-        W = weight_matrix(self.orig[name]).detach().reshape(stats.weight_shape)
-        return replace(stats, target_weight=corrected_target(W, C, stats.gram))
+        return replace(stats, target_weight=corrected_target(stats.reference_weight(self.orig[name]), C, stats.gram))
 
     def finished(self, name: str, result: tuple[Any, float]) -> None:
         if self.ck is not None:
