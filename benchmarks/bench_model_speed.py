@@ -5,7 +5,11 @@ Each cell: ``lowrank_sparse.compress`` to a budget, the execution planner
 the dense and the compressed model timed paired and interleaved in the same process
 (``--rounds`` rounds, the order alternating, 2 warm-up calls each), on ``--threads``
 threads: medians, and the median with the interquartile range of the per-round ratio
-compressed / dense.  Quality beside the time:
+compressed / dense.  Each model runs in the memory format it is fastest in at that batch
+(the planner's choice for the compressed model,
+:func:`lowrank_sparse.nn.execution.choose_memory_format` for a copy of the dense one),
+and freed activation memory stays in the heap (``lowrank_sparse._allocator``), as under
+the command line.  Quality beside the time:
 
 * **VGG-16** (``lowrank_sparse.models``, 10 classes) at 224x224: random weights with a
   decaying spectrum (singular values ~ i^-0.8, as in ``bench_export``), calibrated on 8
@@ -22,6 +26,7 @@ compressed / dense.  Quality beside the time:
 
     python benchmarks/bench_model_speed.py                   # all cells, batch 1 and 8
     python benchmarks/bench_model_speed.py --models minilm --batches 1
+    python benchmarks/bench_model_speed.py --models vgg16 --cells "macs 0.25"   # cells whose label has it
 """
 
 from __future__ import annotations
@@ -41,11 +46,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import copy  # noqa: E402
+
 import lowrank_sparse as lrs  # noqa: E402
 from lowrank_sparse import models  # noqa: E402
+from lowrank_sparse._allocator import keep_freed_memory  # noqa: E402
 from lowrank_sparse.budget import Budget, LatencyModel  # noqa: E402
 from lowrank_sparse.nn.counts import model_macs, model_params  # noqa: E402
-from lowrank_sparse.nn.execution import plan_execution  # noqa: E402
+from lowrank_sparse.nn.execution import choose_memory_format, plan_execution  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "model_speed_cpu"
 
@@ -166,12 +174,15 @@ def run_cell(key: str, spec: dict[str, Any], label: str, kw: dict[str, Any], bat
         **spec["quality"](spec["dense"], comp), "batches": {}}
     if lm is not None and lm.prediction is not None:
         row["latency_predicted_ratio"] = lm.prediction["ratio"]
+    dense_w = copy.deepcopy(dense_w)  # its layout is set per batch; the spec's model stays as it is
     for b in batches:
         x = spec["example"](b)
         plan = plan_execution(comp_w, x)
+        dense_format, _ = choose_memory_format(dense_w, x)
         forms = plan.forms()
         row["batches"][str(b)] = {**paired(dense_w, comp_w, x, rounds),
-                                  "layers_pair": sum(f == "pair" for f in forms.values()), "layers": len(forms)}
+                                  "layers_pair": sum(f == "pair" for f in forms.values()), "layers": len(forms),
+                                  "memory_format": {"dense": dense_format, "compressed": plan.memory_format}}
     return row
 
 
@@ -182,10 +193,11 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
            f"{meta['rounds']} paired rounds per cell; load average at the start and end of each model's run: "
            f"{per_model}.",
            "", "| model | budget | params | MACs | quality | batch | dense ms | compressed ms | speedup [IQR] | "
-           "layers run as L + S | compress s |", "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+           "layers run as L + S | memory format (dense / compressed) | compress s |",
+           "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         if r.get("result") == "infeasible":
-            out.append(f"| {r['model']} | {r['cell']} | - | - | infeasible: {r['error'][:80]} | | | | | | |")
+            out.append(f"| {r['model']} | {r['cell']} | - | - | infeasible: {r['error'][:80]} | | | | | | | |")
             continue
         q = ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k in ("rel_output_error", "top1_agreement",
                                                                      "cosine_mean_pooled"))
@@ -193,8 +205,13 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             lo, hi = (1 / t["ratio_iqr"][1], 1 / t["ratio_iqr"][0])
             out.append(f"| {r['model']} | {r['cell']} | {r['params_ratio']:.3f} | {r['macs_ratio']:.3f} | {q} | {b} | "
                        f"{t['ms_dense']:.1f} | {t['ms_compressed']:.1f} | {t['speedup']:.2f}x [{lo:.2f}, {hi:.2f}] | "
-                       f"{t['layers_pair']} / {t['layers']} | {r['compress_seconds']:.0f} |")
+                       f"{t['layers_pair']} / {t['layers']} | {_formats(t)} | {r['compress_seconds']:.0f} |")
     return "\n".join(out) + "\n"
+
+
+def _formats(t: dict[str, Any]) -> str:
+    f = t.get("memory_format")  # rows measured before the layout choice existed have none
+    return "contiguous / contiguous (not chosen)" if f is None else f"{f['dense']} / {f['compressed']}"
 
 
 def _load() -> str:
@@ -211,15 +228,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-iter", type=int, default=30)
+    ap.add_argument("--cells", default="", help="run only the cells whose label contains this text")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     meta = {"machine": f"{platform.processor() or platform.machine()}", "torch": torch.__version__,
             "threads": args.threads, "rounds": args.rounds, "load_start": _load()}
     rows = []
     for key in args.models:
         spec = MODELS[key]()
         for label, kw in CELLS[key]:
+            if args.cells not in label:
+                continue
             row = run_cell(key, spec, label, kw, args.batches, args.rounds, args.max_iter)
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -230,15 +251,17 @@ def main() -> None:
 
 
 def _merge(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """This run's rows added to the saved ones of the models it did not run (a run with
-    ``--models minilm`` keeps the VGG-16 rows); each model's rows carry the run's meta."""
+    """This run's rows added to the saved ones of the cells it did not run (a run with
+    ``--models minilm`` keeps the VGG-16 rows, one with ``--cells`` the model's other
+    cells); each row carries the meta of the run that measured it."""
     for r in rows:
         r["run"] = dict(meta)
     if not path.exists():
         return rows, meta
     saved = json.loads(path.read_text())
-    ran = {r["model"] for r in rows}
-    kept = [dict(r, run=r.get("run", saved.get("meta", {}))) for r in saved["rows"] if r["model"] not in ran]
+    ran = {(r["model"], r["cell"]) for r in rows}
+    kept = [dict(r, run=r.get("run", saved.get("meta", {}))) for r in saved["rows"]
+            if (r["model"], r["cell"]) not in ran]
     return kept + rows, meta
 
 

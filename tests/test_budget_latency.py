@@ -187,6 +187,36 @@ def test_tables_are_cached_per_shape() -> None:
     clear_latency_cache()
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_conv_forms_are_timed_in_the_given_layout_and_the_layer_is_left_alone(layout: str) -> None:
+    conv = torch.nn.Conv2d(8, 12, 3, padding=1)
+    before = conv.weight.detach().clone()
+    seen: list[tuple[bool, bool]] = []
+
+    def timer(mod: torch.nn.Module, x: torch.Tensor) -> float:
+        kernel = mod.weight if isinstance(mod, torch.nn.Conv2d) else mod.V
+        x_cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        if kernel is not None:  # a sparse-only candidate has no kernel of its own
+            seen.append((x_cl, kernel.is_contiguous(memory_format=torch.channels_last) and not kernel.is_contiguous()))
+        return 1e-3
+
+    measure_layer(conv, (2, 8, 6, 6), timer=timer, rounds=2, cache=False, memory_format=layout)
+    want = layout == "channels_last"
+    assert seen and all(c == (want, want) for c in seen)
+    assert conv.weight.is_contiguous() and torch.equal(conv.weight, before)
+
+
+def test_of_model_times_a_copy_and_records_the_layout() -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    lm = LatencyModel.of_model(net, torch.randn(2, 3, 10, 10))
+    assert lm.memory_format in ("contiguous", "channels_last")
+    assert lm.inputs["2"][0] == (2, 8, 10, 10)
+    assert all(v.is_contiguous() and torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    flat = LatencyModel.of_model(torch.nn.Linear(4, 3), torch.randn(5, 4))  # no layout to choose
+    assert flat.memory_format == "contiguous"
+
+
 # ----------------------------------------------------------------------------- CLI
 def _parse(argv: list[str]) -> argparse.Namespace:
     from lowrank_sparse.cli import app

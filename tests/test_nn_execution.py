@@ -13,7 +13,14 @@ from hypothesis import strategies as hs
 from torch import nn
 
 from lowrank_sparse.nn import LowRankSparseConv2d, LowRankSparseLinear
-from lowrank_sparse.nn.execution import FORMS, clear_execution, plan_execution
+from lowrank_sparse.nn.execution import (
+    FORMS,
+    MEMORY_FORMATS,
+    choose_memory_format,
+    clear_execution,
+    plan_execution,
+    set_memory_format,
+)
 from lowrank_sparse.solve.result import Decomposition, SolveInfo
 from lowrank_sparse.structure import parse_structure
 
@@ -79,15 +86,22 @@ def x(tgen) -> torch.Tensor:
     return torch.randn(3, 4, 5, 5, generator=tgen)
 
 
+def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """Equal up to float32 rounding of a differently ordered sum (scaled to the output)."""
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("layout", MEMORY_FORMATS)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("form", FORMS)
-def test_every_form_equals_the_dense_product(kind, form, x, tgen):
+def test_every_form_equals_the_dense_product(kind, form, layout, x, tgen):
     net = Net(kind, tgen).eval()
     timer, _ = _fake({"pair": 1.0, "dense": 2.0} if form == "pair" else {"pair": 2.0, "dense": 1.0})
-    plan = plan_execution(net, x, timer=timer, rounds=3, min_seconds=0.0, cache=False)
-    assert set(plan.forms().values()) == {form}
+    plan = plan_execution(net, x, timer=timer, rounds=3, min_seconds=0.0, cache=False, memory_format=layout)
+    assert set(plan.forms().values()) == {form} and plan.memory_format == layout
     with torch.no_grad():
-        torch.testing.assert_close(net(x), _reference(net, x), rtol=1e-5, atol=1e-5)
+        _close(net(x), _reference(net, x))
+        _close(net(x.contiguous(memory_format=torch.channels_last)), _reference(net, x))
 
 
 @settings(max_examples=40, deadline=None)
@@ -160,3 +174,65 @@ def test_a_dict_example_is_passed_as_keywords():
     assert [c.name for c in plan.layers] == ["inner." + n for n, m in net.inner.named_modules()
                                              if isinstance(m, (LowRankSparseConv2d, LowRankSparseLinear))]
     assert all(c.form == "pair" for c in plan.layers)
+
+
+def _format_timer(times: dict[str, float]):
+    calls = []
+
+    def timer(model, example, layout):
+        calls.append(layout)
+        return times[layout]
+
+    return timer, calls
+
+
+@pytest.mark.parametrize("faster", MEMORY_FORMATS)
+def test_memory_format_is_the_faster_one_and_keeps_the_outputs(faster, x, tgen):
+    net = Net("unstructured", tgen).eval()
+    with torch.no_grad():
+        before_out = net(x)
+    before = copy.deepcopy(net.state_dict())
+    slow = {"contiguous": 2.0, "channels_last": 2.0, faster: 1.0}
+    ftimer, calls = _format_timer(slow)
+    seen = []
+
+    def timer(mod, xin, form):
+        if isinstance(mod, LowRankSparseConv2d):
+            seen.append(mod.V.is_contiguous(memory_format=torch.channels_last) and not mod.V.is_contiguous())
+        return _fake({"pair": 2.0, "dense": 1.0})[0](mod, xin, form)
+
+    plan = plan_execution(net, x, timer=timer, format_timer=ftimer, rounds=3, min_seconds=0.0, cache=False)
+    assert plan.memory_format == faster and set(plan.format_seconds) == set(MEMORY_FORMATS)
+    assert set(calls) == set(MEMORY_FORMATS)
+    cl = faster == "channels_last"
+    assert net.conv.V.is_contiguous(memory_format=torch.channels_last) == cl
+    assert net.conv._merged_weight.is_contiguous(memory_format=torch.channels_last) == cl
+    assert seen and all(v == cl for v in seen)  # the conv pair was timed in the layout it runs in
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with torch.no_grad():
+        _close(net(x), before_out)
+    assert "memory format: " + faster in plan.table()
+
+
+def test_equal_times_keep_the_contiguous_format(x, tgen):
+    net = Net("row", tgen)
+    layout, med = choose_memory_format(net, x, timer=_format_timer({"contiguous": 1.0, "channels_last": 1.0})[0],
+                                       rounds=3, min_seconds=0.0)
+    assert layout == "contiguous" and med == {"contiguous": 1.0, "channels_last": 1.0}
+    assert not net.conv.V.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_inputs_that_are_not_images_are_not_timed(tgen):
+    lin = nn.Sequential(LowRankSparseLinear.from_decomposition(_dec(6, 8, 2, "unstructured", 1, tgen)))
+    timer, calls = _format_timer({"contiguous": 1.0, "channels_last": 0.5})
+    assert choose_memory_format(lin, torch.randn(3, 8, generator=tgen), timer=timer) == ("contiguous", {})
+    assert calls == []
+
+
+def test_unknown_memory_format_is_refused(x, tgen):
+    net = Net("row", tgen)
+    with pytest.raises(ValueError, match="memory_format"):
+        plan_execution(net, x, memory_format="nhwc")
+    with pytest.raises(ValueError, match="memory_format"):
+        set_memory_format(net, "preserve")

@@ -80,6 +80,30 @@ def test_training_is_seeded_and_leaves_global_rng_alone(digits_split) -> None:
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
+@pytest.mark.parametrize("layout", [None, True, False], ids=["auto", "channels_last", "contiguous"])
+def test_layout_used_in_training_and_weights_left_contiguous(layout, digits_split) -> None:
+    (xtr, ytr), _ = digits_split
+    xtr, ytr = xtr[:128], ytr[:128]
+    torch.manual_seed(0)
+    model = models.build("small_cnn", in_channels=1, num_classes=10, width=0.25)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    model.features[3].register_forward_pre_hook(
+        lambda m, args: seen.append(m.weight.is_contiguous(memory_format=torch.channels_last)
+                                    and not m.weight.is_contiguous()))
+    train.train(model, (xtr, ytr), epochs=1, lr=0.05, batch_size=32, seed=0, device="cpu", progress=False,
+                channels_last=layout)
+    assert seen and all(v == (layout is not False) for v in seen)
+    assert all(v.is_contiguous() for v in model.state_dict().values())
+    # the same run in the other layout ends at the same weights up to float rounding
+    other = models.build("small_cnn", in_channels=1, num_classes=10, width=0.25)
+    other.load_state_dict(start)
+    train.train(other, (xtr, ytr), epochs=1, lr=0.05, batch_size=32, seed=0, device="cpu", progress=False,
+                channels_last=layout is False)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, other.state_dict()[k], rtol=1e-3, atol=1e-4)
+
+
 def test_augment_crop_is_a_shift_and_flip_mirrors() -> None:
     x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6)
     g = torch.Generator().manual_seed(0)

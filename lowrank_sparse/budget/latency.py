@@ -23,12 +23,19 @@ input shape, dtype, threads, grid), so repeated layers (a transformer's blocks) 
 once.  Candidates with ``slices > 1`` (ALDS) are looked up at the plain rank with the same
 number of low-rank parameters (an approximation: their first factor is block-diagonal).
 
+Memory format: :meth:`LatencyModel.of_model` first finds the layout the dense model runs
+fastest in (:func:`lowrank_sparse.nn.execution.choose_memory_format`, on a copy) and
+times everything in it: the whole model, and each conv layer's forms on an input in that
+layout.  The execution planner then runs the compressed model in the layout it measures
+fastest, so the prediction and the measurement compare like with like.
+
 Tests and callers with their own measurements build tables with :meth:`LayerTimes.from_function`
 or inject a ``timer``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import time
@@ -181,31 +188,40 @@ def _geometry(mod: nn.Module) -> tuple:
 
 def measure_layer(mod: nn.Module, input_shape: Sequence[int], structure: Structure | str = "unstructured", *,
                   dtype: torch.dtype = torch.float32, timer: Optional[Timer] = None, rounds: int = 5,
-                  min_seconds: float = 0.0, cache: Optional[bool] = None, seed: int = 0) -> LayerTimes:
+                  min_seconds: float = 0.0, cache: Optional[bool] = None, seed: int = 0,
+                  memory_format: str = "contiguous") -> LayerTimes:
     """Time ``mod`` (an nn.Linear / nn.Conv2d with groups == 1) and its pair forms on a
     random input of ``input_shape``: the grid of :func:`_grid`, interleaved rounds.
 
-    ``cache`` (default: only with the wall-clock timer) reuses an identical layer's table."""
+    ``cache`` (default: only with the wall-clock timer) reuses an identical layer's table.
+    ``memory_format`` ("contiguous" or "channels_last"): the layout of a 4-D input and of
+    every candidate's kernels (``mod`` itself is timed as a copy and left as it is)."""
+    from ..nn.execution import set_memory_format
     w = mod.weight
     m, n = int(w.shape[0]), int(w[0].numel())
     st = parse_structure(structure, block=n // int(w.shape[1]))
     ranks, dens = _grid(m, n, st)
     use_cache = (timer is None) if cache is None else cache
     key = (_geometry(mod), st.name, st.block, tuple(int(s) for s in input_shape), dtype, torch.get_num_threads(),
-           tuple(ranks.tolist()), tuple(dens.tolist()), rounds)
+           tuple(ranks.tolist()), tuple(dens.tolist()), rounds, memory_format)
     if use_cache and key in _CACHE:
         return _CACHE[key]
     timer = timer or _wall_timer
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(tuple(int(s) for s in input_shape), generator=gen).to(dtype)
-    cands: list[tuple[tuple[int, float], nn.Module]] = [((-1, 0.0), mod)]
+    if x.dim() == 4 and memory_format == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    dense = mod if memory_format == "contiguous" else set_memory_format(copy.deepcopy(mod), memory_format)
+    cands: list[tuple[tuple[int, float], nn.Module]] = [((-1, 0.0), dense)]
     for r in ranks:
         for d in dens:
             cands.append(((int(r), float(d)), _random_pair(mod, int(r), float(d), st, gen)))
     for d in dens[1:]:
         cands.append(((0, float(d)), _random_pair(mod, 0, float(d), st, gen)))
-    was = mod.training
-    mod.eval()
+    for _, c in cands[1:]:
+        set_memory_format(c, memory_format)
+    was = dense.training
+    dense.eval()
     times: dict[tuple[int, float], list[float]] = {k: [] for k, _ in cands}
     try:
         with torch.inference_mode():
@@ -218,7 +234,7 @@ def measure_layer(mod: nn.Module, input_shape: Sequence[int], structure: Structu
                     times[k].append(float(timer(c, x)))
                 r += 1
     finally:
-        mod.train(was)
+        dense.train(was)
     med = {k: statistics.median(v) for k, v in times.items()}
     pair = np.array([[med[(int(r), float(d))] for d in dens] for r in ranks])
     pair = np.maximum.accumulate(np.maximum.accumulate(pair, axis=0), axis=1)  # monotone in rank and density
@@ -295,8 +311,10 @@ class LatencyModel:
     def __init__(self, layers: Optional[Mapping[str, LayerTimes]] = None, *, rest_seconds: float = 0.0,
                  inputs: Optional[Mapping[str, tuple[tuple[int, ...], torch.dtype]]] = None,
                  model_seconds: Optional[float] = None, timer: Optional[Timer] = None, rounds: int = 5,
-                 min_seconds: float = 0.0) -> None:
+                 min_seconds: float = 0.0, memory_format: str = "contiguous") -> None:
         self.layers: dict[str, LayerTimes] = dict(layers or {})
+        #: the layout every timing is taken in (see the module's docstring)
+        self.memory_format = memory_format
         if not (math.isfinite(rest_seconds) and rest_seconds >= 0.0):
             raise ValueError(f"rest_seconds must be finite and >= 0, got {rest_seconds}")
         self.rest_seconds = float(rest_seconds)
@@ -309,9 +327,16 @@ class LatencyModel:
 
     @classmethod
     def of_model(cls, model: nn.Module, example: Any, **kw: Any) -> "LatencyModel":
-        """Input shapes of every layer on ``example`` and the dense model's seconds."""
-        inputs = layer_inputs(model, example)
-        return cls(inputs=inputs, model_seconds=model_seconds(model, example), **kw)
+        """Input shapes of every layer on ``example`` and the dense model's seconds, in
+        the memory format the dense model runs fastest in (timed on a copy; ``model``
+        is left as it is)."""
+        from ..nn.execution import choose_memory_format
+
+        images = isinstance(example, Tensor) and example.dim() == 4  # the only inputs with a layout choice
+        probe = copy.deepcopy(model) if images else model
+        fmt, _ = choose_memory_format(probe, example)
+        inputs = layer_inputs(probe, example)
+        return cls(inputs=inputs, model_seconds=model_seconds(probe, example), memory_format=fmt, **kw)
 
     def __contains__(self, name: str) -> bool:
         return name in self.layers
@@ -333,7 +358,7 @@ class LatencyModel:
         model was timed (clipped at 0), else the given value."""
         out = LatencyModel(self.layers, rest_seconds=self.rest_seconds, inputs=self.inputs,
                            model_seconds=self.model_seconds, timer=self.timer, rounds=self.rounds,
-                           min_seconds=self.min_seconds)
+                           min_seconds=self.min_seconds, memory_format=self.memory_format)
         fallback = []
         for name, mod in selected:
             if name in out.layers:
@@ -344,7 +369,8 @@ class LatencyModel:
                 shape, dtype = _fallback_shape(mod, None if stats is None else stats.get(name)), mod.weight.dtype
                 fallback.append(name)
             out.layers[name] = measure_layer(mod, shape, structure, dtype=dtype, timer=self.timer,
-                                             rounds=self.rounds, min_seconds=self.min_seconds)
+                                             rounds=self.rounds, min_seconds=self.min_seconds,
+                                             memory_format=self.memory_format)
         if fallback:
             out.notes.append(f"{len(fallback)} layer(s) timed at a fallback input shape (no example input given)")
         if self.model_seconds is not None:

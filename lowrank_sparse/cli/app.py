@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from .._allocator import keep_freed_memory
 from . import compress, demo, evaluate, export, report
 from .args import Parser
 from .output import CLIError
@@ -28,6 +29,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     (argparse itself exits with 2 on malformed arguments, 0 after ``--help``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()  # steady timings: freed activation buffers stay in the heap
     try:
         return int(args.func(args))
     except CLIError as e:

@@ -125,15 +125,24 @@ def run(args: argparse.Namespace) -> int:
 def _latency(result: dict[str, Any], dense: Any, new: Any, shape: tuple[int, ...], batch: int = LATENCY_BATCH) -> None:
     """Plan ``new``'s execution on this machine (each layer in its faster exact form,
     :func:`lowrank_sparse.nn.execution.plan_execution`), then time it against ``dense``,
-    paired; adds latency_* and execution to ``result``."""
-    from ..nn.execution import plan_execution
+    paired, with a copy of ``dense`` in its own fastest memory format (so the layout
+    alone is not counted as a speed-up); adds latency_*, execution and memory_format
+    ({"dense": ..., "compressed": ...}) to ``result``."""
+    import copy
 
-    plan = plan_execution(new, measure.seeded_batch(shape, batch))
-    lat = measure.paired_latency(dense, new, shape, batch)
-    forms = plan.forms()
+    from .._allocator import keep_freed_memory
+    from ..nn.execution import choose_memory_format, plan_execution
+
+    example = measure.seeded_batch(shape, batch)
+    plan = plan_execution(new, example)
+    reference = copy.deepcopy(dense)
+    dense_format, _ = choose_memory_format(reference, example)
+    lat = measure.paired_latency(reference, new, shape, batch)
     result.update(latency_ms_before=lat["ms_a"], latency_ms_after=lat["ms_b"], latency_ratio=lat["ratio"],
                   latency_ratio_iqr=[lat["ratio_q1"], lat["ratio_q3"]], latency_runs=lat["runs"],
-                  latency_batch=batch, execution=forms)
+                  latency_batch=batch, execution=plan.forms(),
+                  memory_format={"dense": dense_format, "compressed": plan.memory_format},
+                  steady_allocator=keep_freed_memory())
 
 
 def _predicted_latency(result: dict[str, Any], model: Any) -> None:
@@ -259,6 +268,13 @@ def _save(args: argparse.Namespace, model: Any, src: Loaded, report: Any, result
     return out
 
 
+def _formats(formats: dict[str, str]) -> str:
+    """'channels_last for both' / 'dense channels_last, compressed contiguous'."""
+    if formats["dense"] == formats["compressed"]:
+        return f"{formats['dense']} memory format for both"
+    return f"memory format: dense {formats['dense']}, compressed {formats['compressed']}"
+
+
 def _text(args: argparse.Namespace, result: dict[str, Any], report: Any, out: Path, seconds: float) -> str:
     """The human-readable summary: the report's table, sizes, latency, accuracies, file."""
     lines = [report.table(), ""]
@@ -271,7 +287,8 @@ def _text(args: argparse.Namespace, result: dict[str, Any], report: Any, out: Pa
         lines.append(f"CPU latency {result['latency_ms_before']:>10.2f} ms -> {result['latency_ms_after']:>10.2f} ms"
                      f"  ({result['latency_ratio']:.2f}x dense [{q1:.2f}, {q3:.2f}]; batch {result['latency_batch']}, "
                      f"medians of {result['latency_runs']} paired rounds; execution plan: "
-                     f"{merged} of {len(result['execution'])} layers run merged, the others as L + S)")
+                     f"{merged} of {len(result['execution'])} layers run merged, the others as L + S; "
+                     f"{_formats(result['memory_format'])})")
     if "latency_ratio_predicted" in result:
         meas = result.get("latency_ratio")
         lines.append(f"latency budget {result['latency_target']:.2f}: predicted {result['latency_ratio_predicted']:.3f}x "

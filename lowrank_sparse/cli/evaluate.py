@@ -54,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
     result.update(measure.summary(model, shape))
     from ..nn.execution import plan_execution
 
-    forms = plan_execution(model, measure.seeded_batch(shape, args.batch)).forms()
-    result["execution"] = forms
+    plan = plan_execution(model, measure.seeded_batch(shape, args.batch))
+    result["execution"] = plan.forms()
+    result["memory_format"] = plan.memory_format
     result["latency_ms"] = measure.latency_ms(model, shape, args.batch)
     result["latency_batch"] = args.batch
     emit(args, result, _text(path, dataset, result, n_images=len(y), batch=args.batch))
@@ -73,5 +74,6 @@ def _text(path: Path, dataset: str, result: dict[str, Any], n_images: int, batch
     lines.append(f"MACs/sample  {result['macs']:,d}")
     merged = sum(f == "dense" for f in result["execution"].values())
     lines.append(f"CPU latency  {result['latency_ms']:.2f} ms per batch of {batch} (median of 30; execution plan: "
-                 f"{merged} of {len(result['execution'])} compressed layers run merged)")
+                 f"{merged} of {len(result['execution'])} compressed layers run merged; "
+                 f"{result['memory_format']} memory format)")
     return "\n".join(lines)

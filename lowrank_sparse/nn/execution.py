@@ -16,6 +16,13 @@ so the planned model is never slower than the dense model beyond timing noise.  
 choice is cached per (layer shapes, structure, stored values, input shape, dtype,
 device, threads) for the process.  The dense form is used in eval mode only; call
 :func:`clear_execution` (or plan again) after changing the weights.
+
+Before the layers are planned, a model fed 4-D images gets the memory format its whole
+forward runs fastest in (:func:`choose_memory_format`): "channels_last" (NHWC) or
+"contiguous" (NCHW).  On CPU, oneDNN's convolutions and torch's max pooling run several
+times faster in channels_last at small channel counts, so the layers are timed in the
+layout the model will run in.  Compare a planned model with a dense model given its own
+fastest layout (``choose_memory_format(dense, x)``), or the layout alone is measured.
 """
 
 from __future__ import annotations
@@ -30,10 +37,13 @@ from torch import Tensor, nn
 
 from ._parts import PairBase
 
-__all__ = ["FORMS", "ExecutionPlan", "LayerChoice", "clear_execution", "plan_execution", "time_forms"]
+__all__ = ["FORMS", "MEMORY_FORMATS", "ExecutionPlan", "LayerChoice", "choose_memory_format", "clear_execution",
+           "plan_execution", "set_memory_format", "time_forms"]
 
 #: the forms a pair may run in
 FORMS = ("pair", "dense")
+#: the memory formats a model fed 4-D images may run in (names of torch.memory_format)
+MEMORY_FORMATS = ("contiguous", "channels_last")
 
 #: timer(module, x, form) -> seconds of one forward of ``module`` on ``x`` in ``form``
 Timer = Callable[[PairBase, Tensor, str], float]
@@ -60,13 +70,20 @@ class ExecutionPlan:
     """Per-layer choices of :func:`plan_execution`, in module order."""
 
     layers: list[LayerChoice] = field(default_factory=list)
+    #: the memory format the model runs in (one of MEMORY_FORMATS)
+    memory_format: str = "contiguous"
+    #: median seconds of the whole forward in each memory format timed (empty: not timed)
+    format_seconds: dict[str, float] = field(default_factory=dict)
 
     def forms(self) -> dict[str, str]:
         return {c.name: c.form for c in self.layers}
 
     def table(self) -> str:
-        """One line per layer: form, ms per forward of each form, speedup over dense."""
-        rows = [f"{'layer':<28} {'form':<6} {'pair ms':>9} {'dense ms':>9} {'vs dense':>8}"]
+        """One line per layer: form, ms per forward of each form, speedup over dense;
+        the memory format first."""
+        timed = ", ".join(f"{k} {1e3 * v:.3f} ms" for k, v in self.format_seconds.items())
+        rows = [f"memory format: {self.memory_format}" + (f" (whole model: {timed})" if timed else "")]
+        rows.append(f"{'layer':<28} {'form':<6} {'pair ms':>9} {'dense ms':>9} {'vs dense':>8}")
         for c in self.layers:
             rows.append(f"{c.name:<28} {c.form:<6} {1e3 * c.seconds['pair']:>9.3f} "
                         f"{1e3 * c.seconds['dense']:>9.3f} {c.speedup:>7.2f}x")
@@ -76,7 +93,16 @@ class ExecutionPlan:
 def _set_form(mod: PairBase, form: str) -> None:
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-    mod._merged_weight = mod.to_dense_weight().detach().contiguous() if form == "dense" else None
+    mod._merged_weight = None if form == "pair" else _merged(mod, mod.to_dense_weight().detach())
+
+
+def _merged(mod: PairBase, weight: Tensor) -> Tensor:
+    """The merged (m, n) weight as the "dense" form holds it: a conv pair's as its
+    kernel, in the memory format :func:`set_memory_format` gave the module."""
+    if not hasattr(mod, "kernel_size"):
+        return weight.contiguous()
+    fmt = torch.channels_last if getattr(mod, "_memory_format", "contiguous") == "channels_last" else torch.contiguous_format
+    return weight.reshape(mod.out_channels, mod.in_channels, *mod.kernel_size).contiguous(memory_format=fmt)
 
 
 def clear_execution(model: nn.Module) -> None:
@@ -94,6 +120,78 @@ def time_forms(mod: PairBase, x: Tensor, form: str) -> float:
     return time.perf_counter() - t0
 
 
+def _forward(model: nn.Module, example: Any) -> Any:
+    """``model`` on one example: a tensor, a tuple of positional inputs or a dict of
+    keyword inputs (as a tokenizer's output is passed)."""
+    if isinstance(example, dict):
+        return model(**example)
+    if isinstance(example, tuple):
+        return model(*example)
+    return model(example)
+
+
+def _model_timer(model: nn.Module, example: Any, memory_format: str) -> float:
+    """Seconds of one forward of ``model`` (already in ``memory_format``) on ``example``."""
+    t0 = time.perf_counter()
+    _forward(model, example)
+    return time.perf_counter() - t0
+
+
+def set_memory_format(model: nn.Module, memory_format: str) -> nn.Module:
+    """Convert ``model``'s 4-D parameters and buffers to ``memory_format`` ("contiguous"
+    or "channels_last") in place and return it; values are unchanged, and an input in
+    either layout gives the same outputs."""
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
+    fmt = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+    model.to(memory_format=fmt)
+    for mod in model.modules():  # merged conv kernels are held outside the parameters
+        if isinstance(mod, PairBase):
+            mod._memory_format = memory_format
+            if getattr(mod, "_merged_weight", None) is not None:
+                mod._merged_weight = _merged(mod, mod._merged_weight)
+    return model
+
+
+def _is_image_batch(example: Any) -> bool:
+    return isinstance(example, Tensor) and example.dim() == 4
+
+
+def choose_memory_format(model: nn.Module, example: Any, *, timer: Optional[Callable[..., float]] = None,
+                         rounds: int = 7, min_seconds: float = 0.05) -> tuple[str, dict[str, float]]:
+    """Put ``model`` in the memory format its whole forward on ``example`` runs fastest
+    in (in place: parameters keep their values) and return (format, {format: median
+    seconds}).
+
+    Only a 4-D image batch has a choice: anything else leaves the model "contiguous"
+    and untimed ({}).  The formats are timed in interleaved rounds (order alternated),
+    after a warm-up call each, at least ``rounds`` rounds and ``min_seconds`` long;
+    ``timer(model, example, format)`` -> seconds replaces the wall clock in tests.
+    "channels_last" is kept only when its median is strictly smaller."""
+    if not _is_image_batch(example):
+        return "contiguous", {}
+    timer = timer or _model_timer
+    times: dict[str, list[float]] = {f: [] for f in MEMORY_FORMATS}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for f in MEMORY_FORMATS:
+                timer(set_memory_format(model, f), example, f)
+            t_end = time.perf_counter() + min_seconds
+            r = 0
+            while (r < rounds or time.perf_counter() < t_end) and r < 10 * rounds:
+                for f in (MEMORY_FORMATS if r % 2 == 0 else MEMORY_FORMATS[::-1]):
+                    times[f].append(float(timer(set_memory_format(model, f), example, f)))
+                r += 1
+    finally:
+        model.train(was_training)
+    med = {f: statistics.median(v) for f, v in times.items()}
+    best = "channels_last" if med["channels_last"] < med["contiguous"] else "contiguous"
+    set_memory_format(model, best)
+    return best, med
+
+
 def _inputs(model: nn.Module, example: Any) -> dict[str, Tensor]:
     """The input of every pair module on one forward of ``example``."""
     seen: dict[str, Tensor] = {}
@@ -106,12 +204,7 @@ def _inputs(model: nn.Module, example: Any) -> dict[str, Tensor]:
     hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, PairBase)]
     try:
         with torch.inference_mode():
-            if isinstance(example, dict):  # keyword inputs, as a tokenizer's output is passed
-                model(**example)
-            elif isinstance(example, tuple):
-                model(*example)
-            else:
-                model(example)
+            _forward(model, example)
     finally:
         for h in hooks:
             h.remove()
@@ -121,8 +214,9 @@ def _inputs(model: nn.Module, example: Any) -> dict[str, Tensor]:
 def _key(mod: PairBase, x: Tensor) -> tuple:
     parts = tuple(tuple(t.shape) for t in (mod.U, mod.V) if t is not None)
     nnz = 0 if mod.sparse is None else int(mod.sparse.to_dense().count_nonzero())
+    layout = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
     return (type(mod).__name__, mod.matrix_shape, parts, mod.structure, nnz, tuple(x.shape), x.dtype,
-            str(x.device), torch.get_num_threads())
+            str(x.device), torch.get_num_threads(), layout)
 
 
 def _measure(mod: PairBase, x: Tensor, timer: Timer, rounds: int, min_seconds: float) -> dict[str, float]:
@@ -144,7 +238,8 @@ def _measure(mod: PairBase, x: Tensor, timer: Timer, rounds: int, min_seconds: f
 
 
 def plan_execution(model: nn.Module, example: Any, *, timer: Optional[Timer] = None, rounds: int = 7,
-                   min_seconds: float = 0.05, cache: bool = True) -> ExecutionPlan:
+                   min_seconds: float = 0.05, cache: bool = True, memory_format: str = "auto",
+                   format_timer: Optional[Callable[..., float]] = None) -> ExecutionPlan:
     """Choose and set each pair module's form in place (``model`` is the compressed
     model; its parameters are not changed); returns the plan.
 
@@ -159,15 +254,28 @@ def plan_execution(model: nn.Module, example: Any, *, timer: Optional[Timer] = N
         min_seconds: and at least this long per layer.
         cache: reuse the choice (and timings) of an identical layer at the same input
             shape, dtype, device and thread count, measured earlier in this process.
+        memory_format: "auto" (time the whole model in each format, with every pair in
+            its "pair" form, and keep the faster: :func:`choose_memory_format`), or one
+            of MEMORY_FORMATS to set it without timing.
+        format_timer: the timer of :func:`choose_memory_format` (tests pass a fake one).
 
     A layer gets the "dense" form unless the "pair" form's median is strictly smaller.
     """
+    if memory_format != "auto" and memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format must be 'auto' or one of {MEMORY_FORMATS}, got {memory_format!r}")
     timer = timer or time_forms
     was_training = model.training
     model.eval()
     clear_execution(model)
-    inputs = _inputs(model, example)
     plan = ExecutionPlan()
+    if memory_format == "auto":
+        plan.memory_format, plan.format_seconds = choose_memory_format(
+            model, example, timer=format_timer, rounds=rounds, min_seconds=min_seconds)
+    else:
+        set_memory_format(model, memory_format)
+        plan.memory_format = memory_format
+    model.eval()
+    inputs = _inputs(model, example)
     try:
         for name, mod in model.named_modules():
             if not isinstance(mod, PairBase) or name not in inputs:
