@@ -70,6 +70,31 @@ def test_demo_sets_every_compress_argument(tmp_path: Path) -> None:
     assert wanted <= set(vars(demo_args))
 
 
+def test_demo_speed_first_run_is_a_rank_only_latency_budget(tmp_path: Path) -> None:
+    ns = argparse.Namespace(calib=1, params=0.25, latency=0.6, max_iter=1, sample_size=1, test_subset=1, json=True,
+                            no_progress=True)
+    fast = demo._fast_args(ns, "mnist", tmp_path / "f.safetensors")
+    assert (fast.params, fast.latency, fast.method, fast.output) == (None, 0.6, "rank_only", str(tmp_path / "f.safetensors"))
+    assert demo._compress_args(ns, "mnist", tmp_path / "a.safetensors").params == 0.25  # the first run is unchanged
+
+
+def test_demo_summary_reports_speed_as_dense_over_compressed_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lowrank_sparse import io as lrs_io
+
+    def cli(acc: float, params: int, ms: float, ratio: float, iqr: list[float]) -> dict:
+        return {"user": {"cli": {"accuracy_before": 0.88, "accuracy_after": acc,
+                                 "before": {"params": 1000, "macs": 5000}, "after": {"params": params, "macs": 900},
+                                 "latency_ms_before": 10.0, "latency_ms_after": ms, "latency_ratio": ratio,
+                                 "latency_ratio_iqr": iqr}}}
+
+    meta = {"a": cli(0.879, 250, 10.2, 1.02, [1.0, 1.05]), "b": cli(0.866, 200, 5.0, 0.5, [0.48, 0.52])}
+    monkeypatch.setattr(lrs_io, "read_metadata", lambda p: meta[str(p)])
+    lines = demo._summary({"accuracy first": Path("a"), "speed first": Path("b")}).splitlines()
+    assert lines[2].split()[:3] == ["dense", "88.00%", "1,000"]
+    assert "0.98x [0.95, 1.00]" in lines[3] and "87.90%" in lines[3]
+    assert "2.00x [1.92, 2.08]" in lines[4] and "200" in lines[4]
+
+
 def test_read_saved_turns_missing_files_and_refusals_into_one_line_errors(tmp_path: Path) -> None:
     missing = tmp_path / "none.safetensors"
     with pytest.raises(CLIError, match=f"^{missing}: no such file$"):
