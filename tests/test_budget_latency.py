@@ -103,6 +103,18 @@ def test_infeasible_latency_target_names_the_fastest_possible() -> None:
         allocate(layers, Budget(latency=0.5), "alds", latency=lm, keep_first_last=False)
 
 
+def test_infeasible_with_slow_sparse_parts_points_to_rank_only() -> None:
+    layers = _layers(2)
+    # any S costs the dense time; low rank alone is cheap (as at small CNN layers on a CPU)
+    slow_s = LayerTimes.from_function(1.0, lambda r, d, s: 1.0 if d > 0 else 0.05 + 0.01 * r)
+    lm = LatencyModel({l.name: slow_s for l in layers}, rest_seconds=0.0)
+    with pytest.raises(ValueError, match="infeasible latency target 0.0100.*rank-only method") as err:
+        allocate(layers, Budget(latency=0.01), "alds", latency=lm, keep_first_last=False)
+    with pytest.raises(ValueError, match="infeasible latency target") as err:  # rank-only already: no hint
+        allocate(layers, Budget(latency=0.01), "alds", latency=lm, keep_first_last=False, mode="rank_only")
+    assert "rank-only method" not in str(err.value)
+
+
 def test_allocate_needs_tables_for_a_latency_target() -> None:
     layers = _layers(2)
     with pytest.raises(ValueError, match="latency target needs per-layer latency tables"):

@@ -130,7 +130,7 @@ def allocate(
     curves, lat_cols = _free_curves(layers, free, method, mode, structure, slice_candidates, slice_linear, shares,
                                     cache, seed, latency, lim)
     t2 = time.perf_counter()
-    idx, info = _search(method, curves, lat_cols, lim, total_params, total_macs)
+    idx, info = _search(method, curves, lat_cols, lim, total_params, total_macs, sparse=mode != "rank_only")
     t3 = time.perf_counter()
 
     caps = None if lat_cols is None else [float(col[i]) for col, i in zip(lat_cols, idx)]
@@ -211,16 +211,16 @@ def _free_curves(layers: list[LayerSpec], free: list[int], method: str, mode: st
 
 
 def _search(method: str, curves: list[LayerCurves], lat_cols: Optional[list[np.ndarray]], lim: _Limits,
-            total_params: int, total_macs: int) -> tuple[Sequence[int], dict[str, Any]]:
+            total_params: int, total_macs: int, sparse: bool = False) -> tuple[Sequence[int], dict[str, Any]]:
     """Run the method's search on what the fixed parts leave of each budget:
     (chosen entry of every curve, the method's info).  Raises when even the smallest
-    entries do not fit."""
+    entries do not fit (``sparse``: the candidates may hold S, which the message names)."""
     avail_p = None if lim.bp is None else lim.bp - lim.fixed_p
     avail_m = None if lim.bm is None else lim.bm - lim.fixed_m
     avail_l = None if lim.bl is None else lim.bl - lim.fixed_s
     _check_curves_fit(curves, ((avail_p, lim.fixed_p, total_params), (avail_m, lim.fixed_m, total_macs)))
     if lat_cols is not None:
-        _check_curves_latency(lat_cols, avail_l, lim.fixed_s, lim.dense_s)
+        _check_curves_latency(lat_cols, avail_l, lim.fixed_s, lim.dense_s, sparse)
     return METHODS[method](curves, avail_p, avail_m, avail_l, lat_cols)
 
 
@@ -305,13 +305,18 @@ def _check_fixed_latency(bl: float, fixed_s: float, dense_s: float) -> None:
         )
 
 
-def _check_curves_latency(cols: list[np.ndarray], avail: float, fixed_s: float, dense_s: float) -> None:
+def _check_curves_latency(cols: list[np.ndarray], avail: float, fixed_s: float, dense_s: float,
+                          sparse: bool = False) -> None:
     need = sum(float(col.min()) for col in cols)
     if need > avail:
+        # each size keeps its most accurate split; with S in it that split can be the slow one
+        hint = ("; each size's candidate is its most accurate split, and a sparse part can run slower than the "
+                "dense product at these sizes: a rank-only method (method='rank_only', --method rank_only) or a "
+                "milder target may be feasible" if sparse else "")
         raise ValueError(
             f"infeasible latency target {(avail + fixed_s) / dense_s:.4f}: even the fastest configuration of every "
             f"allocated layer gives {(need + fixed_s) / dense_s:.4f} of the dense model's predicted time "
-            f"({1e3 * (need + fixed_s):.3f} ms of {1e3 * dense_s:.3f} ms)"
+            f"({1e3 * (need + fixed_s):.3f} ms of {1e3 * dense_s:.3f} ms){hint}"
         )
 
 

@@ -77,8 +77,8 @@ def _summary(files: dict[str, Path]) -> str:
     widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*row).rstrip() for row in [head, tuple("-" * w for w in widths), *rows]]
-    return "\n".join(lines + [f"(batch 64, medians of paired interleaved rounds; each model in its fastest memory "
-                                 f"format; speed = dense time / compressed time, above 1 is faster)"])
+    return "\n".join(lines + ["(batch 64, medians of paired interleaved rounds; each model in its fastest memory "
+                                "format; speed = dense time / compressed time, above 1 is faster)"])
 
 
 def _fast_args(args: argparse.Namespace, dataset: str, out: Path) -> argparse.Namespace:
