@@ -196,7 +196,7 @@ def measure_layer(mod: nn.Module, input_shape: Sequence[int], structure: Structu
     ``cache`` (default: only with the wall-clock timer) reuses an identical layer's table.
     ``memory_format`` ("contiguous" or "channels_last"): the layout of a 4-D input and of
     every candidate's kernels (``mod`` itself is timed as a copy and left as it is)."""
-    from ..nn.execution import set_memory_format
+    from ..nn.execution import interleaved, set_memory_format
     w = mod.weight
     m, n = int(w.shape[0]), int(w[0].numel())
     st = parse_structure(structure, block=n // int(w.shape[1]))
@@ -222,17 +222,11 @@ def measure_layer(mod: nn.Module, input_shape: Sequence[int], structure: Structu
         set_memory_format(c, memory_format)
     was = dense.training
     dense.eval()
-    times: dict[tuple[int, float], list[float]] = {k: [] for k, _ in cands}
     try:
         with torch.inference_mode():
             for _, c in cands:
                 c(x)
-            t_end = time.perf_counter() + min_seconds
-            r = 0
-            while r < rounds or (time.perf_counter() < t_end and r < 10 * rounds):
-                for k, c in (cands if r % 2 == 0 else cands[::-1]):
-                    times[k].append(float(timer(c, x)))
-                r += 1
+            times = interleaved({k: (lambda c=c: timer(c, x)) for k, c in cands}, rounds, min_seconds)
     finally:
         dense.train(was)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -267,15 +261,13 @@ def layer_inputs(model: nn.Module, example: Any) -> dict[str, tuple[tuple[int, .
 
 
 def _run(model: nn.Module, example: Any) -> Any:
+    from ..nn.execution import forward
+
     was = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            if isinstance(example, Mapping):
-                return model(**example)
-            if isinstance(example, tuple):
-                return model(*example)
-            return model(example)
+            return forward(model, example)
     finally:
         model.train(was)
 
@@ -330,10 +322,9 @@ class LatencyModel:
         """Input shapes of every layer on ``example`` and the dense model's seconds, in
         the memory format the dense model runs fastest in (timed on a copy; ``model``
         is left as it is)."""
-        from ..nn.execution import choose_memory_format
+        from ..nn.execution import choose_memory_format, is_image_batch
 
-        images = isinstance(example, Tensor) and example.dim() == 4  # the only inputs with a layout choice
-        probe = copy.deepcopy(model) if images else model
+        probe = copy.deepcopy(model) if is_image_batch(example) else model
         fmt, _ = choose_memory_format(probe, example)
         inputs = layer_inputs(probe, example)
         return cls(inputs=inputs, model_seconds=model_seconds(probe, example), memory_format=fmt, **kw)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -120,10 +120,25 @@ def time_forms(mod: PairBase, x: Tensor, form: str) -> float:
     return time.perf_counter() - t0
 
 
-def _forward(model: nn.Module, example: Any) -> Any:
-    """``model`` on one example: a tensor, a tuple of positional inputs or a dict of
+def interleaved(calls: Mapping[Any, Callable[[], float]], rounds: int, min_seconds: float) -> dict[Any, list[float]]:
+    """Seconds of each zero-argument call (each returns its own seconds) over at least
+    ``rounds`` interleaved rounds and at least ``min_seconds`` (at most ``10 * rounds``
+    rounds), the order reversed every other round; warm-up calls are the caller's."""
+    order = list(calls)
+    times: dict[Any, list[float]] = {k: [] for k in order}
+    t_end = time.perf_counter() + min_seconds
+    r = 0
+    while r < rounds or (time.perf_counter() < t_end and r < 10 * rounds):
+        for k in (order if r % 2 == 0 else order[::-1]):
+            times[k].append(float(calls[k]()))
+        r += 1
+    return times
+
+
+def forward(model: nn.Module, example: Any) -> Any:
+    """``model`` on one example: a tensor, a tuple of positional inputs or a mapping of
     keyword inputs (as a tokenizer's output is passed)."""
-    if isinstance(example, dict):
+    if isinstance(example, Mapping):
         return model(**example)
     if isinstance(example, tuple):
         return model(*example)
@@ -133,7 +148,7 @@ def _forward(model: nn.Module, example: Any) -> Any:
 def _model_timer(model: nn.Module, example: Any, memory_format: str) -> float:
     """Seconds of one forward of ``model`` (already in ``memory_format``) on ``example``."""
     t0 = time.perf_counter()
-    _forward(model, example)
+    forward(model, example)
     return time.perf_counter() - t0
 
 
@@ -153,7 +168,8 @@ def set_memory_format(model: nn.Module, memory_format: str) -> nn.Module:
     return model
 
 
-def _is_image_batch(example: Any) -> bool:
+def is_image_batch(example: Any) -> bool:
+    """A 4-D tensor: the only kind of input whose model has a memory-format choice."""
     return isinstance(example, Tensor) and example.dim() == 4
 
 
@@ -168,22 +184,17 @@ def choose_memory_format(model: nn.Module, example: Any, *, timer: Optional[Call
     after a warm-up call each, at least ``rounds`` rounds and ``min_seconds`` long;
     ``timer(model, example, format)`` -> seconds replaces the wall clock in tests.
     "channels_last" is kept only when its median is strictly smaller."""
-    if not _is_image_batch(example):
+    if not is_image_batch(example):
         return "contiguous", {}
     timer = timer or _model_timer
-    times: dict[str, list[float]] = {f: [] for f in MEMORY_FORMATS}
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             for f in MEMORY_FORMATS:
                 timer(set_memory_format(model, f), example, f)
-            t_end = time.perf_counter() + min_seconds
-            r = 0
-            while (r < rounds or time.perf_counter() < t_end) and r < 10 * rounds:
-                for f in (MEMORY_FORMATS if r % 2 == 0 else MEMORY_FORMATS[::-1]):
-                    times[f].append(float(timer(set_memory_format(model, f), example, f)))
-                r += 1
+            times = interleaved({f: (lambda f=f: timer(set_memory_format(model, f), example, f))
+                                 for f in MEMORY_FORMATS}, rounds, min_seconds)
     finally:
         model.train(was_training)
     med = {f: statistics.median(v) for f, v in times.items()}
@@ -204,7 +215,7 @@ def _inputs(model: nn.Module, example: Any) -> dict[str, Tensor]:
     hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, PairBase)]
     try:
         with torch.inference_mode():
-            _forward(model, example)
+            forward(model, example)
     finally:
         for h in hooks:
             h.remove()
@@ -222,18 +233,10 @@ def _key(mod: PairBase, x: Tensor) -> tuple:
 def _measure(mod: PairBase, x: Tensor, timer: Timer, rounds: int, min_seconds: float) -> dict[str, float]:
     """Median seconds of each form over interleaved rounds (order alternated), after a
     warm-up call of each."""
-    times: dict[str, list[float]] = {f: [] for f in FORMS}
     with torch.inference_mode():
         for f in FORMS:
             timer(mod, x, f)
-        t_end = time.perf_counter() + min_seconds
-        r = 0
-        while r < rounds or time.perf_counter() < t_end:
-            for f in (FORMS if r % 2 == 0 else FORMS[::-1]):
-                times[f].append(timer(mod, x, f))
-            r += 1
-            if r >= 10 * rounds:
-                break
+        times = interleaved({f: (lambda f=f: timer(mod, x, f)) for f in FORMS}, rounds, min_seconds)
     return {f: statistics.median(v) for f, v in times.items()}
 
 
@@ -274,7 +277,6 @@ def plan_execution(model: nn.Module, example: Any, *, timer: Optional[Timer] = N
     else:
         set_memory_format(model, memory_format)
         plan.memory_format = memory_format
-    model.eval()
     inputs = _inputs(model, example)
     try:
         for name, mod in model.named_modules():
