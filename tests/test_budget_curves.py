@@ -252,3 +252,48 @@ def test_curves_restore_thread_counts(tgen):
     build_curves(LayerSpec("l", torch.randn(30, 40, generator=tgen)), "lowrank_sparse", parse_structure("unstructured"))
     assert torch.get_num_threads() == before
     assert [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"] == blas_before
+
+
+def _dominated_by_frontier(cur, cost_of, cfg_cost, cfg_err, tol=1e-12) -> bool:
+    """Every candidate has a frontier entry at most as costly and at most as wrong."""
+    fc = np.array([cost_of(k) for k in range(len(cur))])
+    return all(np.any((fc <= c + tol) & (cur.errors <= e + tol)) for c, e in zip(cfg_cost, cfg_err))
+
+
+@pytest.mark.parametrize("mode", ["rank_only", "lowrank_sparse"])
+def test_candidates_hold_the_size_frontier_and_a_frontier_by_any_cost(mode, tgen):
+    from lowrank_sparse.budget.curves import candidate_configs, frontier
+    m, n = 24, 40
+    layer = LayerSpec("l", (torch.randn(m, n, generator=tgen) * torch.linspace(1.0, 0.05, n)).float())
+    st = parse_structure("unstructured")
+    cfg = candidate_configs(layer, mode, st)
+    by_size = build_curves(layer, mode, st)
+    assert np.array_equal(frontier(layer, cfg).sizes, by_size.sizes)
+    # every frontier entry is one of the candidates (or dense), with the candidate's error
+    pairs = {(int(s), int(r), int(z)): float(e) for s, e, r, z in zip(cfg.sizes, cfg.errors, cfg.ranks, cfg.nnz)}
+    for k in range(len(by_size) - 1):
+        key = (int(by_size.sizes[k]), int(by_size.ranks[k]), int(by_size.nnz[k]))
+        assert by_size.errors[k] == pytest.approx(pairs[key])
+    # another cost: a made-up "seconds" where S costs five times a low-rank value
+    cost = cfg.ranks * (m + n) * 1.0 + 5.0 * cfg.nnz
+    cur = frontier(layer, cfg, cost, dense_cost=float(m * n))
+    key = np.where(cur.dense, m * n, cur.ranks * (m + n) + 5.0 * cur.nnz)
+    assert np.all(np.diff(key) >= 0) and np.all(np.diff(cur.errors) < 0)
+    assert _dominated_by_frontier(cur, lambda k: key[k], cost, cfg.errors)
+    if mode == "lowrank_sparse":  # the size frontier holds S; under this cost some size is served by rank only
+        assert (by_size.nnz[:-1] > 0).any() and (cur.nnz[:-1] == 0).sum() > (by_size.nnz[:-1] == 0).sum()
+    # index_for_size on a frontier whose sizes do not ascend: the most accurate entry within the cap
+    for cap in np.quantile(cur.sizes, [0.1, 0.5, 0.9]):
+        i = cur.index_for_size(float(cap))
+        fit = np.nonzero(cur.sizes <= cap)[0]
+        assert i == (fit[-1] if len(fit) else 0)
+
+
+def test_frontier_needs_its_cost_and_dense_cost_together(tgen):
+    from lowrank_sparse.budget.curves import candidate_configs, frontier
+    layer = LayerSpec("l", torch.randn(8, 12, generator=tgen))
+    cfg = candidate_configs(layer, "rank_only", parse_structure("unstructured"))
+    with pytest.raises(ValueError, match="dense_cost"):
+        frontier(layer, cfg, np.ones(len(cfg.sizes)))
+    with pytest.raises(ValueError, match="one entry per configuration"):
+        frontier(layer, cfg, np.ones(len(cfg.sizes) + 1), 1.0)

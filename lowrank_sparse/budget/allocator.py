@@ -20,7 +20,8 @@ from .._renamed import warn_renamed
 from ..calibrate.layers import first_last_protected
 from ..structure import Structure, parse_structure
 from .alds import alds_search
-from .curves import ErrorFn, LayerCurves, _config_error, build_curves, config_error
+from . import tradeoff
+from .curves import Configs, ErrorFn, LayerCurves, _config_error, build_curves, candidate_configs, config_error
 from .spectra import CurveCache
 from .enc import enc_search
 from .latency import LatencyModel
@@ -127,10 +128,17 @@ def allocate(
     lim = _fixed_limits(target, layers, fixed, latency, totals)
 
     t1 = time.perf_counter()
-    curves, lat_cols = _free_curves(layers, free, method, mode, structure, slice_candidates, slice_linear, shares,
-                                    cache, seed, latency, lim)
-    t2 = time.perf_counter()
-    idx, info = _search(method, curves, lat_cols, lim, total_params, total_macs, sparse=mode != "rank_only")
+    gs = tuple(slice_candidates) if method == "alds" else (1,)
+    if lim.bl is None:
+        curves = _free_curves(layers, free, mode, structure, gs, slice_linear, shares, cache, seed)
+        t2 = time.perf_counter()
+        idx, info = _search(method, curves, lim, total_params, total_macs)
+        lat_cols = None
+    else:
+        cfgs = _free_configs(layers, free, mode, structure, gs, slice_linear, shares, cache, seed)
+        t2 = time.perf_counter()
+        curves, lat_cols, idx, info = _latency_search(method, layers, free, cfgs, mode, latency, lim,
+                                                      total_params, total_macs)
     t3 = time.perf_counter()
 
     caps = None if lat_cols is None else [float(col[i]) for col, i in zip(lat_cols, idx)]
@@ -194,34 +202,61 @@ def _fixed_seconds(target: Budget, layers: list[LayerSpec], fixed: dict[int, Lay
     return dense_s, fixed_s, bl
 
 
-def _free_curves(layers: list[LayerSpec], free: list[int], method: str, mode: str,
-                 structure: Union[str, Structure], slice_candidates: Sequence[int], slice_linear: bool,
-                 shares: list[float], cache: CurveCache, seed: int, latency: Optional[LatencyModel],
-                 lim: _Limits) -> tuple[list[LayerCurves], Optional[list[np.ndarray]]]:
-    """The free layers' error curves (in ``free`` order; slice counts > 1 for "alds"
-    only) and, with a latency budget, each curve entry's predicted seconds (else None)."""
-    gs = tuple(slice_candidates) if method == "alds" else (1,)
+def _free_curves(layers: list[LayerSpec], free: list[int], mode: str, structure: Union[str, Structure],
+                 gs: tuple[int, ...], slice_linear: bool, shares: list[float], cache: CurveCache,
+                 seed: int) -> list[LayerCurves]:
+    """The free layers' error curves, in ``free`` order (slice counts ``gs``)."""
     curves = []
     for li in free:
         curves.append(_curves_of(layers[li], mode, structure, gs, slice_linear, shares, cache, seed))
         cache.release(layers[li])  # one layer's work arrays at a time
-    if lim.bl is None:
-        return curves, None
-    return _latency_columns(curves, latency, prune=lim.bp is None and lim.bm is None)
+    return curves
 
 
-def _search(method: str, curves: list[LayerCurves], lat_cols: Optional[list[np.ndarray]], lim: _Limits,
-            total_params: int, total_macs: int, sparse: bool = False) -> tuple[Sequence[int], dict[str, Any]]:
+def _free_configs(layers: list[LayerSpec], free: list[int], mode: str, structure: Union[str, Structure],
+                  gs: tuple[int, ...], slice_linear: bool, shares: list[float], cache: CurveCache,
+                  seed: int) -> list[Configs]:
+    """The free layers' candidate configurations (all of them, before any frontier)."""
+    out = []
+    for li in free:
+        l = layers[li]
+        lgs = gs if (l.kind == "conv" or slice_linear) else (1,)
+        out.append(candidate_configs(l, mode, parse_structure(structure, block=l.block), slice_candidates=lgs,
+                                     sparse_shares=shares, cache=cache, seed=seed))
+        cache.release(l)
+    return out
+
+
+def _search(method: str, curves: list[LayerCurves], lim: _Limits, total_params: int,
+            total_macs: int) -> tuple[Sequence[int], dict[str, Any]]:
     """Run the method's search on what the fixed parts leave of each budget:
     (chosen entry of every curve, the method's info).  Raises when even the smallest
-    entries do not fit (``sparse``: the candidates may hold S, which the message names)."""
+    entries do not fit."""
     avail_p = None if lim.bp is None else lim.bp - lim.fixed_p
     avail_m = None if lim.bm is None else lim.bm - lim.fixed_m
-    avail_l = None if lim.bl is None else lim.bl - lim.fixed_s
     _check_curves_fit(curves, ((avail_p, lim.fixed_p, total_params), (avail_m, lim.fixed_m, total_macs)))
-    if lat_cols is not None:
-        _check_curves_latency(lat_cols, avail_l, lim.fixed_s, lim.dense_s, sparse)
-    return METHODS[method](curves, avail_p, avail_m, avail_l, lat_cols)
+    return METHODS[method](curves, avail_p, avail_m)
+
+
+def _latency_search(method: str, layers: list[LayerSpec], free: list[int], cfgs: list[Configs], mode: str,
+                    latency: LatencyModel, lim: _Limits, total_params: int, total_macs: int
+                    ) -> tuple[list[LayerCurves], list[np.ndarray], list[int], dict[str, Any]]:
+    """With a latency budget: the method's search over every size/latency trade-off
+    family of frontiers (:mod:`.tradeoff`); (the winning family's curves and seconds
+    columns, its chosen entries, info).  Raises when even the smallest or the fastest
+    entries do not fit, or no family meets all budgets."""
+    budgets = tradeoff.Budgets(None if lim.bp is None else lim.bp - lim.fixed_p,
+                               None if lim.bm is None else lim.bm - lim.fixed_m, lim.bl - lim.fixed_s)
+    free_layers = [layers[li] for li in free]
+    times = [latency[l.name] for l in free_layers]
+    fams = tradeoff.families(free_layers, cfgs, times, mode, budgets, [l.sensitivity for l in free_layers])
+    # the first family: all candidates, by size when a size budget is set
+    _check_curves_fit(fams[0].curves, ((budgets.params, lim.fixed_p, total_params),
+                                       (budgets.macs, lim.fixed_m, total_macs)))
+    fastest = [min(float(col.min()) for col in cols) for cols in zip(*(f.seconds for f in fams))]
+    _check_curves_latency(fastest, budgets.seconds, lim.fixed_s, lim.dense_s)
+    fam, idx, info = tradeoff.best_family(method, METHODS[method], fams, budgets)
+    return fam.curves, fam.seconds, idx, info
 
 
 def _seconds_after(out: list[LayerAllocation], latency: Optional[LatencyModel], info: dict[str, Any]) -> Optional[float]:
@@ -266,36 +301,6 @@ def _set_seconds(a: LayerAllocation, latency: LatencyModel) -> None:
         a.seconds, a.form = t.seconds(a.rank, a.density, a.slices), t.form(a.rank, a.density, a.slices)
 
 
-def _latency_columns(curves: list[LayerCurves], latency: LatencyModel,
-                     prune: bool) -> tuple[list[LayerCurves], list[np.ndarray]]:
-    """Each frontier entry's predicted seconds (faster exact form; dense entry: the
-    original).  With ``prune`` (no params / MACs budget) entries that a larger entry
-    beats in both error and seconds are dropped; the column is then made
-    non-decreasing by a running max (an upper bound of the real cost, so the budget
-    still holds), which keeps the searches' bisections and one-step upgrades sound."""
-    out_c, out_l = [], []
-    for c in curves:
-        t = latency[c.layer.name]
-        lat = np.array([t.dense if bool(c.dense[i]) else
-                        t.seconds(int(c.ranks[i]), float(c.nnz[i]) / (c.layer.m * c.layer.n), int(c.slices[i]))
-                        for i in range(len(c))])
-        if prune:
-            keep = np.ones(len(c), dtype=bool)
-            best = math.inf
-            for i in range(len(c) - 1, -1, -1):  # from the largest (lowest error) entry down
-                if lat[i] >= best:
-                    keep[i] = False
-                else:
-                    best = lat[i]
-            k = np.nonzero(keep)[0]
-            c = LayerCurves(c.layer, c.sizes[k], c.errors[k], c.ranks[k], c.slices[k], c.nnz[k], c.densities[k],
-                            c.dense[k])
-            lat = lat[k]
-        out_c.append(c)
-        out_l.append(np.maximum.accumulate(lat))
-    return out_c, out_l
-
-
 def _check_fixed_latency(bl: float, fixed_s: float, dense_s: float) -> None:
     if fixed_s > bl:
         raise ValueError(
@@ -305,18 +310,15 @@ def _check_fixed_latency(bl: float, fixed_s: float, dense_s: float) -> None:
         )
 
 
-def _check_curves_latency(cols: list[np.ndarray], avail: float, fixed_s: float, dense_s: float,
-                          sparse: bool = False) -> None:
-    need = sum(float(col.min()) for col in cols)
+def _check_curves_latency(fastest: list[float], avail: float, fixed_s: float, dense_s: float) -> None:
+    """Raise when even the fastest candidate of every allocated layer (``fastest``, seconds)
+    exceeds what the fixed parts leave of the latency budget."""
+    need = sum(fastest)
     if need > avail:
-        # each size keeps its most accurate split; with S in it that split can be the slow one
-        hint = ("; each size's candidate is its most accurate split, and a sparse part can run slower than the "
-                "dense product at these sizes: a rank-only method (method='rank_only', --method rank_only) or a "
-                "milder target may be feasible" if sparse else "")
         raise ValueError(
             f"infeasible latency target {(avail + fixed_s) / dense_s:.4f}: even the fastest configuration of every "
             f"allocated layer gives {(need + fixed_s) / dense_s:.4f} of the dense model's predicted time "
-            f"({1e3 * (need + fixed_s):.3f} ms of {1e3 * dense_s:.3f} ms){hint}"
+            f"({1e3 * (need + fixed_s):.3f} ms of {1e3 * dense_s:.3f} ms)"
         )
 
 
@@ -449,7 +451,7 @@ def _curves_of(l: LayerSpec, mode: str, structure: Union[str, Structure], gs: tu
 def _check_curves_fit(curves: list[LayerCurves], checks: Sequence[tuple[Optional[float], int, int]]) -> None:
     """Raise if even the smallest configuration of every free layer exceeds a target;
     ``checks`` = ((available params, fixed params, total params), (same for MACs))."""
-    costs = (("params", lambda c: int(c.sizes[0])), ("macs", lambda c: int(c.sizes[0]) * c.spatial))
+    costs = (("params", lambda c: int(c.sizes.min())), ("macs", lambda c: int(c.sizes.min()) * c.spatial))
     for (what, costf), (b, fx, tot) in zip(costs, checks):
         if b is None:
             continue

@@ -41,14 +41,16 @@ A :class:`LayerCurves` holds the Pareto frontier of a layer: candidate configura
 sorted by size with strictly decreasing error, ending with "keep dense" (size m*n,
 error 0) unless a smaller configuration is already exact (error below the numerical
 resolution of the spectrum, reported as 0).  ``size`` is the stored-value count (:func:`spec.layer_params`); the layer's
-MACs are ``spatial * size``.
+MACs are ``spatial * size``.  :func:`candidate_configs` gives every candidate before
+that choice, and :func:`frontier` the Pareto frontier under another cost (for example
+predicted seconds, where the most accurate split of a size need not be the fastest).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -69,11 +71,13 @@ LS_SAMPLE_ENTRIES = 1 << 16
 # ----------------------------------------------------------------------------- frontier
 @dataclass
 class LayerCurves:
-    """Pareto frontier of one layer's configurations (ascending size, strictly descending error).
+    """Pareto frontier of one layer's configurations (ascending cost, strictly descending
+    error; the cost is the size unless built by :func:`frontier` with another one, and
+    then the sizes need not ascend).
 
     Arrays (all of the same length F): sizes (stored values, int64), errors (float64),
     ranks, slices, nnz (int64), densities (float64), dense (bool: keep the original layer).
-    The last entry is always "keep dense" (size m*n, error 0).
+    The size frontier's last entry is always "keep dense" (size m*n, error 0).
     """
 
     layer: LayerSpec
@@ -99,26 +103,53 @@ class LayerCurves:
         return min(i, len(self.sizes) - 1)
 
     def index_for_size(self, cap: float) -> int:
-        """Largest index with size <= cap (0 if even the smallest is larger)."""
-        i = int(np.searchsorted(self.sizes, cap, side="right")) - 1
-        return max(i, 0)
+        """Largest index (lowest error) with size <= cap (0 if none is that small)."""
+        if len(self.sizes) < 2 or bool(np.all(self.sizes[1:] >= self.sizes[:-1])):
+            return max(int(np.searchsorted(self.sizes, cap, side="right")) - 1, 0)
+        fit = np.nonzero(self.sizes <= cap)[0]  # a frontier by another cost
+        return int(fit[-1]) if len(fit) else 0
 
 
-def _frontier(layer: LayerSpec, sizes, errors, ranks, slices, nnz, dens) -> LayerCurves:
+class Configs(NamedTuple):
+    """Candidate configurations of a layer (aligned arrays, any order, without "keep
+    dense"): stored values, relative error (before ``error_scale``), rank, slice count,
+    S nonzeros, S density."""
+
+    sizes: np.ndarray
+    errors: np.ndarray
+    ranks: np.ndarray
+    slices: np.ndarray
+    nnz: np.ndarray
+    densities: np.ndarray
+
+    def subset(self, mask: np.ndarray) -> "Configs":
+        return Configs(*(a[mask] for a in self))
+
+
+def frontier(layer: LayerSpec, cfg: Configs, cost: Optional[np.ndarray] = None,
+             dense_cost: Optional[float] = None) -> LayerCurves:
+    """Pareto frontier of ``cfg`` plus "keep dense": ascending ``cost`` (default: the
+    sizes; the dense entry then costs m*n) with strictly decreasing error.  ``cost``
+    (aligned with ``cfg``) and ``dense_cost`` are given together."""
     dense_size = layer.m * layer.n
-    sizes = np.concatenate([np.asarray(sizes, dtype=np.int64).reshape(-1), [dense_size]])
-    errors = np.concatenate([np.asarray(errors, dtype=np.float64).reshape(-1), [0.0]])
-    ranks = np.concatenate([np.asarray(ranks, dtype=np.int64).reshape(-1), [0]])
-    slices = np.concatenate([np.asarray(slices, dtype=np.int64).reshape(-1), [1]])
-    nnz = np.concatenate([np.asarray(nnz, dtype=np.int64).reshape(-1), [0]])
-    dens = np.concatenate([np.asarray(dens, dtype=np.float64).reshape(-1), [0.0]])
+    if cost is None:
+        cost, dense_cost = cfg.sizes, dense_size
+    elif dense_cost is None or len(cost) != len(cfg.sizes):
+        raise ValueError("frontier: cost needs one entry per configuration and a dense_cost")
+    sizes = np.concatenate([np.asarray(cfg.sizes, dtype=np.int64).reshape(-1), [dense_size]])
+    errors = np.concatenate([np.asarray(cfg.errors, dtype=np.float64).reshape(-1), [0.0]])
+    ranks = np.concatenate([np.asarray(cfg.ranks, dtype=np.int64).reshape(-1), [0]])
+    slices = np.concatenate([np.asarray(cfg.slices, dtype=np.int64).reshape(-1), [1]])
+    nnz = np.concatenate([np.asarray(cfg.nnz, dtype=np.int64).reshape(-1), [0]])
+    dens = np.concatenate([np.asarray(cfg.densities, dtype=np.float64).reshape(-1), [0.0]])
+    key = np.concatenate([np.asarray(cost, dtype=np.float64).reshape(-1), [float(dense_cost)]])
     dense = np.zeros(len(sizes), dtype=bool)
     dense[-1] = True
     ok = (sizes < dense_size) | dense
-    ok &= np.isfinite(errors)
+    ok &= np.isfinite(errors) & np.isfinite(key)
     idx = np.nonzero(ok)[0]
-    # sort by size, ties: lower error first, then prefer fewer slices / less sparse
-    order = idx[np.lexsort((nnz[idx], slices[idx], errors[idx], sizes[idx]))]
+    # sort by cost, ties: lower error first, then smaller, then fewer slices / less sparse
+    order = idx[np.lexsort((nnz[idx], slices[idx], sizes[idx], errors[idx], key[idx]))]
     keep = []
     best = math.inf
     for i in order:
@@ -295,13 +326,22 @@ def build_curves(layer: LayerSpec, mode: str, structure: Structure, *, slice_can
     sparse_shares: fractions of the layer's budget given to S in "lowrank_sparse" mode
         (0 = pure low rank, which also uses the slice candidates; >0 uses slices=1).
     """
+    return frontier(layer, candidate_configs(layer, mode, structure, slice_candidates=slice_candidates,
+                                             sparse_shares=sparse_shares, cache=cache, seed=seed))
+
+
+def candidate_configs(layer: LayerSpec, mode: str, structure: Structure, *, slice_candidates: Sequence[int] = (1,),
+                      sparse_shares: Sequence[float] = (0.0, 0.1, 0.25, 0.5), cache: Optional[CurveCache] = None,
+                      seed: int = 0) -> Configs:
+    """Every candidate configuration of :func:`build_curves` before the frontier is taken
+    (rank only, each L + S share, S alone; same arguments)."""
     cache = cache if cache is not None else CurveCache()
     with serial_linalg():
-        return _build_curves(layer, mode, structure, slice_candidates, sparse_shares, cache, seed)
+        return _candidate_configs(layer, mode, structure, slice_candidates, sparse_shares, cache, seed)
 
 
-def _build_curves(layer: LayerSpec, mode: str, structure: Structure, slice_candidates: Sequence[int],
-                  sparse_shares: Sequence[float], cache: CurveCache, seed: int) -> LayerCurves:
+def _candidate_configs(layer: LayerSpec, mode: str, structure: Structure, slice_candidates: Sequence[int],
+                       sparse_shares: Sequence[float], cache: CurveCache, seed: int) -> Configs:
     parts = []
     if (mode == "lowrank_sparse" and any(s > 0.0 for s in sparse_shares) and not _is_large(layer.m, layer.n)
             and layer.m * layer.n // (layer.m + layer.n) >= 1):
@@ -321,9 +361,11 @@ def _build_curves(layer: LayerSpec, mode: str, structure: Structure, slice_candi
         parts.append(_sparse_part(layer, structure, cache, seed))
     else:
         raise ValueError(f"mode must be 'lowrank_sparse', 'rank_only' or 'sparse_only', got {mode!r}")
-    cols = list(zip(*parts)) if parts else [[np.zeros(0)]] * 6
-    arrs = [np.concatenate([np.asarray(x) for x in c]) for c in cols]
-    return _frontier(layer, *arrs)
+    dtypes = (np.int64, np.float64, np.int64, np.int64, np.int64, np.float64)
+    if not parts:
+        return Configs(*(np.zeros(0, dt) for dt in dtypes))
+    return Configs(*(np.concatenate([np.asarray(x, dtype=dt).reshape(-1) for x in col])
+                     for col, dt in zip(zip(*parts), dtypes)))
 
 
 def _sparse_part(layer: LayerSpec, structure: Structure, cache: CurveCache, seed: int):

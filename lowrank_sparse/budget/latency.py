@@ -88,6 +88,30 @@ def _interp(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
     return float(ys[-1] + slope * (x - xs[-1]))
 
 
+def _interp_many(x: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """:func:`_interp` at every entry of ``x``."""
+    xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    if len(xs) == 1:
+        return np.where(x <= xs[0], ys[0], ys[0] * x / max(xs[0], 1e-12))
+    slope = max(0.0, (ys[-1] - ys[-2]) / max(xs[-1] - xs[-2], 1e-12))
+    return np.where(x <= xs[-1], np.interp(x, xs, ys), ys[-1] + slope * (x - xs[-1]))
+
+
+def _interp_rows(x: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Row k of ``ys`` ((k, len(xs))) interpolated at ``x[k]`` as :func:`_interp` does."""
+    if len(xs) == 1:
+        return np.where(x <= xs[0], ys[:, 0], ys[:, 0] * x / max(xs[0], 1e-12))
+    j = np.clip(np.searchsorted(xs, x, side="right") - 1, 0, len(xs) - 2)
+    rows = np.arange(len(x))
+    x0, x1 = xs[j], xs[j + 1]
+    y0, y1 = ys[rows, j], ys[rows, j + 1]
+    w = (x - x0) / np.maximum(x1 - x0, 1e-12)
+    inner = y0 + np.clip(w, 0.0, 1.0) * (y1 - y0)  # held below xs[0], as np.interp
+    slope = np.maximum(0.0, (ys[:, -1] - ys[:, -2]) / max(xs[-1] - xs[-2], 1e-12))
+    return np.where(x <= xs[-1], inner, ys[:, -1] + slope * (x - xs[-1]))
+
+
 @dataclass
 class LayerTimes:
     """Latency table of one layer (seconds per forward on its input).
@@ -136,6 +160,26 @@ class LayerTimes:
     def seconds(self, rank: int, density: float, slices: int = 1) -> float:
         """Cost of a candidate: its faster exact form (never more than ``dense``)."""
         return min(self.dense, self.pair_seconds(rank, density, slices))
+
+    def seconds_many(self, ranks: np.ndarray, densities: np.ndarray, slices: np.ndarray) -> np.ndarray:
+        """:meth:`seconds` of many candidates at once ((k,) arrays -> (k,) seconds)."""
+        ranks = np.asarray(ranks, dtype=np.float64).reshape(-1)
+        dens = np.asarray(densities, dtype=np.float64).reshape(-1)
+        slices = np.asarray(slices, dtype=np.float64).reshape(-1)
+        if self.fn is not None:
+            pair = np.array([self.pair_seconds(int(r), float(d), int(g)) for r, d, g in zip(ranks, dens, slices)])
+            return np.minimum(self.dense, pair) if len(pair) else np.zeros(0)
+        ds = self.densities
+        r = np.where(slices > 1, ranks * (slices * self.m + self.n) / max(self.m + self.n, 1), ranks)
+        out = np.full(len(ranks), float(self.dense))
+        sparse = r <= 0.0
+        if len(ds) > 1 and sparse.any():
+            out[sparse] = _interp_many(dens[sparse], ds[1:], self.sparse[1:])
+        if (~sparse).any():
+            rs = self.ranks.astype(np.float64)
+            cols = np.stack([_interp_many(r[~sparse], rs, self.pair[:, j]) for j in range(len(ds))], axis=1)
+            out[~sparse] = _interp_rows(dens[~sparse], ds, cols)
+        return np.minimum(self.dense, out)
 
     def form(self, rank: int, density: float, slices: int = 1) -> str:
         """"pair" when the pair form is predicted strictly faster, else "dense" (merged)."""
