@@ -131,3 +131,29 @@ def test_without_a_latency_budget_the_size_frontier_is_unchanged(layers) -> None
     assert [(x.rank, x.nnz) for x in a.layers] == [(x.rank, x.nnz) for x in b.layers]
     assert "tradeoff" not in b.info and b.seconds == pytest.approx(_seconds(b, lm))
     assert np.isfinite(b.latency_ratio)
+
+
+def test_split_refinement_keeps_the_allocated_entry_when_other_splits_are_slower(layers) -> None:
+    # the allocated entry (rank 6 + S) sits exactly at its latency cap; the share-grid splits of
+    # the same size are slower, rank only at that size is fast but far less accurate: the
+    # refinement must not trade the allocated entry for the only other split that fits
+    from lowrank_sparse.budget.allocator import _best_split
+    from lowrank_sparse.budget.spectra import CurveCache
+    from lowrank_sparse.structure import parse_structure
+    l, st = layers[0], parse_structure("unstructured")
+    own = (6, 0.05)
+    size = own[0] * (M + N) + int(round(own[1] * M * N))
+    secs = lambda r, d, s: 0.3 if d == 0.0 else (0.5 if (r, d) == own else 0.6)  # noqa: E731
+    times = LayerTimes.from_function(1.0, secs)
+    asked = []
+
+    def error_fn(layer, r, d):
+        asked.append((r, d))
+        return 0.1 if (r, d) == own else 0.01
+
+    r, d, err = _best_split(l, size, st, (0.0, 0.1, 0.25, 0.5), error_fn, CurveCache(), (times, 0.5), own)
+    assert (r, d, err) == (own[0], own[1], 0.1)
+    assert asked == [own]  # every other split with an S was over the cap, so never solved
+    # rank only at this size (the one other split within the cap) is worse by the exact spectrum
+    s = torch.linalg.svdvals(l.weight.double())
+    assert float((s[size // (M + N):] ** 2).sum().sqrt() / s.norm()) > 0.1

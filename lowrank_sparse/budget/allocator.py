@@ -490,7 +490,8 @@ def _assemble(layers: list[LayerSpec], fixed: dict[int, LayerAllocation], free: 
         dens = nnz / (l.m * l.n)
         if split_fn is not None and g == 1:
             cap = None if caps is None else (latency[l.name], caps[ci[li]])
-            best = _best_split(l, int(c.sizes[i]), st, shares, split_fn, cache, cap)
+            own = None if caps is None else (r, dens)
+            best = _best_split(l, int(c.sizes[i]), st, shares, split_fn, cache, cap, own)
             if best is not None:
                 r, dens, err = best
         out.append(_alloc(l, r, dens, g, st, err, "allocated"))
@@ -539,16 +540,20 @@ def _sparse_only_candidate(l: LayerSpec, size: int, st: Structure) -> Optional[t
 
 
 def _split_candidates(l: LayerSpec, size: int, st: Structure, shares: Sequence[float],
-                      cap: Optional[tuple[Any, float]] = None) -> list[tuple[float, int, float]]:
+                      cap: Optional[tuple[Any, float]] = None,
+                      own: Optional[tuple[int, float]] = None) -> list[tuple[float, int, float]]:
     """(share, rank, density) of every candidate split of ``size`` stored values that
     fits (and, with ``cap`` = (layer times, seconds), is predicted no slower than that):
-    rank only (share 0), each L + S share, and S alone (share ``inf``, rank 0)."""
-    out = []
+    rank only (share 0), each L + S share, and S alone (share ``inf``, rank 0); ``own``,
+    the allocated entry's (rank, density), comes first (share nan) and always counts."""
+    out = [] if own is None else [(math.nan, int(own[0]), float(own[1]))]
     for sh in ([0.0] + [s for s in shares if s > 0.0] if st.kind != "nm" else [0.0, 1.0]) + [math.inf]:
         rd = _sparse_only_candidate(l, size, st) if sh == math.inf else _split_candidate(l, sh, size, st)
         if rd is None:
             continue
         if cap is not None and cap[0].seconds(int(rd[0]), float(rd[1])) > cap[1] * (1 + 1e-12):
+            continue
+        if own is not None and (int(rd[0]), float(rd[1])) == (int(own[0]), float(own[1])):
             continue
         out.append((sh, int(rd[0]), float(rd[1])))
     return out
@@ -570,19 +575,23 @@ def _prefetch_splits(layers: list[LayerSpec], free: list[int], curves: list[Laye
         if bool(c.dense[i]) or int(c.slices[i]) != 1:
             continue
         st = parse_structure(structure, block=l.block)
-        cap = None if caps is None else (latency[l.name], caps[k])
-        requests += [(l, r, d) for sh, r, d in _split_candidates(l, int(c.sizes[i]), st, shares, cap) if sh > 0.0]
+        cap = own = None
+        if caps is not None:
+            cap, own = (latency[l.name], caps[k]), (int(c.ranks[i]), int(c.nnz[i]) / (l.m * l.n))
+        requests += [(l, r, d) for _, r, d in _split_candidates(l, int(c.sizes[i]), st, shares, cap, own) if d > 0.0]
     prefetch(requests)
 
 
 def _best_split(l: LayerSpec, size: int, st: Structure, shares: Sequence[float], error_fn: ErrorFn,
-                cache: CurveCache, cap: Optional[tuple[Any, float]] = None) -> Optional[tuple[int, float, float]]:
+                cache: CurveCache, cap: Optional[tuple[Any, float]] = None,
+                own: Optional[tuple[int, float]] = None) -> Optional[tuple[int, float, float]]:
     """Among the candidate sparse shares, the (rank, density) of size <= ``size`` with the
-    lowest error (error_fn for shares > 0, exact spectrum for share 0); ties -> smaller share.
-    With a latency ``cap`` only the splits within it; None when none is."""
+    lowest error (error_fn with an S, exact spectrum for rank only); ties -> the allocated
+    entry ``own`` if given, then the smaller share.  With a latency ``cap`` only the splits
+    within it (``own`` always); None when none is."""
     best: Optional[tuple[float, int, float]] = None
-    for sh, r, d in _split_candidates(l, size, st, shares, cap):
-        if sh == 0.0:
+    for _, r, d in _split_candidates(l, size, st, shares, cap, own):
+        if d == 0.0:
             err = _config_error(l, r, 0.0, 1, st, cache, None)  # exact rank-only error, scaled
         else:
             err = float(error_fn(l, int(r), float(d)))
