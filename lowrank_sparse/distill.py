@@ -39,6 +39,7 @@ from .train import (
     _check_train_args,
     _model_device,
     _progress,
+    has_conv_weights,
     _warmup_cosine,
     resolve_device,
 )
@@ -381,6 +382,7 @@ class _Loop:
     alpha: float
     augment: str | None
     aug_gen: torch.Generator
+    channels_last: bool = False
 
 
 def _distill_epoch(loop: _Loop, batches: Iterable) -> tuple[list[float], int]:
@@ -391,6 +393,8 @@ def _distill_epoch(loop: _Loop, batches: Iterable) -> tuple[list[float], int]:
     seen = 0
     for x, y in batches:
         x = _augment(x.to(loop.dev, non_blocking=True), loop.augment, loop.aug_gen)
+        if loop.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = y.to(loop.dev, non_blocking=True)
         with torch.no_grad():
             t_logits = loop.teacher(x.to(loop.teacher_dev)).to(loop.dev)
@@ -509,6 +513,7 @@ def distill(
     optimizer: str = "sgd",
     momentum: float = 0.9,
     augment: str | None = None,
+    channels_last: bool | None = None,
 ) -> DistillHistory:
     """Fine-tune ``student`` in place by knowledge distillation from ``teacher``.
 
@@ -563,6 +568,10 @@ def distill(
         momentum: SGD momentum.
         augment: None, "crop", "flip" or "crop_flip" (see :func:`lowrank_sparse.train.train`);
             the teacher sees the same augmented batch.
+        channels_last: train the student in the channels-last (NHWC) layout and feed
+            both models channels-last image batches (the teacher's weights keep their
+            layout); None = when the student has convolutions, as
+            :func:`lowrank_sparse.train.train` does.  The student ends contiguous.
 
     Returns:
         DistillHistory with one DistillEpoch per epoch.
@@ -590,14 +599,20 @@ def distill(
     loop = _Loop(student, teacher, loader, opt, _make_schedule(opt, schedule, epochs * len(loader)), dev,
                  _model_device(teacher), temperature, alpha, augment, torch.Generator().manual_seed(seed + 1))
     teacher_was_training = teacher.training
+    if channels_last is None:
+        channels_last = has_conv_weights(student)
+    loop.channels_last = bool(channels_last)
     start = time.perf_counter()
     try:
         teacher.eval()
+        if loop.channels_last:
+            student.to(memory_format=torch.channels_last)
         with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
             torch.manual_seed(seed)
             history = _run_epochs(loop, epochs, progress, saved, ckpt_path, fingerprint)
     finally:
         teacher.train(teacher_was_training)
+        student.to(memory_format=torch.contiguous_format)  # what state dicts and safetensors expect
     student.eval()
     history.seconds = time.perf_counter() - start
     return history

@@ -423,3 +423,31 @@ def test_checkpoint_holds_the_two_decay_groups(compressed, teacher, digits, tmp_
     assert sum(isinstance(m, CompactSparse) for m in student.modules()) == 3
     assert sum(n.endswith("sparse.values") for n, _ in no_decay) == 3
     assert ckpt["epoch"] == 1 and len(ckpt["history"]) == 1
+
+
+@pytest.mark.parametrize("layout", [None, True, False], ids=["auto", "channels_last", "contiguous"])
+def test_conv_student_trains_in_the_chosen_layout_and_ends_contiguous(layout) -> None:
+    from lowrank_sparse import models
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 1, 28, 28, generator=g), torch.randint(0, 10, (96,), generator=g)
+    torch.manual_seed(0)
+    teacher = models.build("small_cnn", in_channels=1, num_classes=10, width=0.5).eval()
+    t_state = _state(teacher)
+    student, _ = compress(teacher, x[:64], rank=0.5, density=0.05, keep_first_last=False, progress=False, max_iter=10)
+    other = copy.deepcopy(student)
+    convs = [m for m in student.modules() if isinstance(getattr(m, "V", None), torch.Tensor) and m.V.dim() == 4]
+    assert convs and convs[-1].V.shape[1] > 1  # compressed convs; the last has several input channels
+    seen = []
+    convs[-1].register_forward_pre_hook(
+        lambda m, args: seen.append(m.V.is_contiguous(memory_format=torch.channels_last) and not m.V.is_contiguous()
+                                    and args[0].is_contiguous(memory_format=torch.channels_last)))
+    distill(student, teacher, (x, y), epochs=1, lr=0.02, batch_size=32, seed=0, progress=False, channels_last=layout)
+    assert seen and all(v == (layout is not False) for v in seen)
+    assert all(v.is_contiguous() for v in student.state_dict().values())
+    _assert_same_state(teacher, t_state)
+    assert all(v.is_contiguous() for v in teacher.state_dict().values())
+    # the other layout reaches the same weights up to float rounding
+    distill(other, teacher, (x, y), epochs=1, lr=0.02, batch_size=32, seed=0, progress=False,
+            channels_last=layout is False)
+    for k, v in student.state_dict().items():
+        torch.testing.assert_close(v, other.state_dict()[k], rtol=1e-3, atol=1e-4)
