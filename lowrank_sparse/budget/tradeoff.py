@@ -84,19 +84,18 @@ def families(layers: Sequence[LayerSpec], configs: Sequence[Configs], times: Seq
     weights = WEIGHTS if sized else (1.0,)
     per_layer = []
     for l, cfg, t, sens in zip(layers, configs, times, sensitivity):
-        secs = t.seconds_many(cfg.ranks, cfg.densities, cfg.slices)
+        secs = t.seconds_many(cfg.ranks, cfg.densities, cfg.slices) / budgets.seconds
         size = budgets.size_cost(l, cfg.sizes.astype(np.float64))
-        dsize = float(budgets.size_cost(l, np.array([float(l.m * l.n)]))[0])
-        per_layer.append((l, cfg, t, sens, secs, size, dsize))
+        dense = (float(budgets.size_cost(l, np.array([float(l.m * l.n)]))[0]), t.dense / budgets.seconds)
+        per_layer.append((l, cfg, t, sens, secs, size, dense, _subsets(mode, cfg)))
     out = []
-    names = list(_subsets(mode, configs[0]) if configs else ["all"])
-    for name in names:
+    for name in _subsets(mode, configs[0]) if configs else ("all",):
         for w in weights:
             curves, cols = [], []
-            for l, cfg, t, sens, secs, size, dsize in per_layer:
-                mask = _subsets(mode, cfg)[name]
-                cost = (1.0 - w) * size[mask] + w * secs[mask] / budgets.seconds
-                c = frontier(l, cfg.subset(mask), cost, (1.0 - w) * dsize + w * t.dense / budgets.seconds)
+            for l, cfg, t, sens, secs, size, dense, sets in per_layer:
+                mask = sets[name]
+                c = frontier(l, cfg.subset(mask), (1.0 - w) * size[mask] + w * secs[mask],
+                             (1.0 - w) * dense[0] + w * dense[1])
                 if sens != 1.0:
                     c = LayerCurves(c.layer, c.sizes, c.errors * sens, c.ranks, c.slices, c.nnz, c.densities, c.dense)
                 curves.append(c)
