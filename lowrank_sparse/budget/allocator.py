@@ -101,8 +101,12 @@ def allocate(
             ``target.latency_model``); each candidate then also costs its predicted
             seconds (the faster exact form), and the listed layers' predicted seconds plus
             ``latency.rest_seconds`` must stay within ``target.latency`` times the same sum
-            for the dense model.  Given without a latency target, the result only reports
-            predicted seconds.
+            for the dense model.  With a latency target every candidate of a layer is
+            searched, not only each size's most accurate one (:mod:`.tradeoff`:
+            frontiers by size and seconds weighted together, over all candidates, rank
+            only and S only; the best result by the method's objective that meets every
+            budget is kept, recorded in ``info["tradeoff"]``).  Given without a latency
+            target, the result only reports predicted seconds.
 
     The result never exceeds the budget; it undershoots by at most a few rank steps.
 
