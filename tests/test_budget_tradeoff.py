@@ -157,3 +157,14 @@ def test_split_refinement_keeps_the_allocated_entry_when_other_splits_are_slower
     # rank only at this size (the one other split within the cap) is worse by the exact spectrum
     s = torch.linalg.svdvals(l.weight.double())
     assert float((s[size // (M + N):] ** 2).sum().sqrt() / s.norm()) > 0.1
+
+
+def test_the_table_names_the_trade_off_that_won(layers) -> None:
+    lm = _table(layers, 8.0)
+    a = allocate(layers, Budget(params=0.25, latency=0.4), "alds", latency=lm, keep_first_last=False)
+    tr = a.info["tradeoff"]
+    ok = sum(t["objective"] is not None for t in tr["tried"])
+    line = a.table().splitlines()[-1]
+    assert line == (f"size/latency trade-off: candidates {tr['subset']}, weight of the seconds {tr['weight']:g} "
+                    f"(best of {ok} feasible among {3 * len(WEIGHTS)} searched)")
+    assert "trade-off" not in allocate(layers, Budget(params=0.25), "alds", keep_first_last=False).table()

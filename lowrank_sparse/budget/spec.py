@@ -404,6 +404,11 @@ class Allocation:
             out.append(f"predicted latency: {1e3 * self.seconds:.3f} ms / {1e3 * self.dense_seconds:.3f} ms dense = "
                        f"{self.latency_ratio:.4f} (layers in their faster exact form; rest of the model "
                        f"{1e3 * float(self.info.get('rest_seconds', 0.0)):.3f} ms)")
+        tr = self.info.get("tradeoff")
+        if tr:
+            ok = sum(t["objective"] is not None for t in tr["tried"])
+            out.append(f"size/latency trade-off: candidates {tr['subset']}, weight of the seconds {tr['weight']:g} "
+                       f"(best of {ok} feasible among {len(tr['tried'])} searched)")
         return "\n".join(out)
 
     def to_dict(self) -> dict[str, Any]:
