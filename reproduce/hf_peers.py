@@ -24,6 +24,10 @@ charged), the rank / density per layer chosen by the ALDS allocator for each met
 * ``lowrank_sparse:sensitivity``: L + S with ``Budget(weighting="sensitivity")``: the
   allocator weighs each layer's error by how much of it reaches the model's output
   (measured with seeded noise on each layer's output);
+* ``lowrank_sparse:enc-sensitivity``: the same weighting with the ENC allocator
+  (``allocation="enc"``: the largest product of the layers' kept (1 - e^2), i.e. about the
+  smallest sum of squared weighted errors, where ALDS equalises the largest weighted
+  error);
 * ``lowrank_sparse:linear-gate`` (gated-MLP models only): L + S with the gate / up
   projections fitted as linear on their input Gram instead of on their error in the
   gated product (``CalibrationConfig(gated_mlp="linear")``), to measure that objective.
@@ -59,15 +63,19 @@ from lowrank_sparse.models import hf
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results" / "hf_peers"
 METHODS = ("lowrank_sparse", "lowrank_sparse:sequential", "lowrank_sparse:corrected", "lowrank_sparse:sensitivity",
-           "lowrank_sparse:linear-gate",
+           "lowrank_sparse:enc-sensitivity", "lowrank_sparse:linear-gate",
            "oats", "wanda", "sparsegpt", "svd_llm")
 #: method label -> (compress method, CalibrationConfig fields, only for gated-MLP models)
 VARIANTS = {"lowrank_sparse:linear-gate": ("lowrank_sparse", {"gated_mlp": "linear"}, True),
             "lowrank_sparse:sequential": ("lowrank_sparse", {"sequential": True}, False),
             "lowrank_sparse:corrected": ("lowrank_sparse", {"sequential": True, "error_correction": True}, False),
-            "lowrank_sparse:sensitivity": ("lowrank_sparse", {}, False)}
+            "lowrank_sparse:sensitivity": ("lowrank_sparse", {}, False),
+            "lowrank_sparse:enc-sensitivity": ("lowrank_sparse", {}, False)}
 #: method label -> Budget fields beyond params / scope
-BUDGET_FIELDS = {"lowrank_sparse:sensitivity": {"weighting": "sensitivity"}}
+BUDGET_FIELDS = {"lowrank_sparse:sensitivity": {"weighting": "sensitivity"},
+                 "lowrank_sparse:enc-sensitivity": {"weighting": "sensitivity"}}
+#: method label -> allocator (default "alds")
+ALLOCATIONS = {"lowrank_sparse:enc-sensitivity": "enc"}
 #: methods with a sparse part (the ones a --structure applies to)
 SPARSE = tuple(m for m in METHODS if m != "svd_llm")
 FRACTIONS = (0.5, 0.3)
@@ -121,7 +129,7 @@ def run_cell(name: str, dense: Any, calib: list[Any], test: list[Any], causal: b
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         new, report = lrs.compress(dense, calib, lrs.Budget(params=fraction, scope="layers", **BUDGET_FIELDS.get(method, {})),
-                                   method=real,
+                                   method=real, allocation=ALLOCATIONS.get(method, "alds"),
                                    structure=structure, progress=False,
                                    calibration=lrs.CalibrationConfig(**cal_fields))
     seconds = time.perf_counter() - t0
@@ -144,7 +152,7 @@ where the method has a low-rank part), `--models Llama` / `--models MiniLM` for 
 the 2 cores). Every method runs through the same `lowrank_sparse.compress` call on the
 same calibration batches with `Budget(params=f, scope="layers")`: the fraction f of the
 weights of the selected linear layers (every linear but the first and the last), each
-method's per-layer sizes chosen by the ALDS allocator. Held-out score: mean-pooled
+method's per-layer sizes chosen by the ALDS allocator (ENC for `enc-sensitivity`). Held-out score: mean-pooled
 embedding cosine to the dense model over 64 test sentences (MiniLM, real weights),
 perplexity over the test part of its own corpus (the small GPT-2 and Llama-style
 decoders trained here by `lowrank_sparse.models.decoder`). *Mean layer error*: the mean
