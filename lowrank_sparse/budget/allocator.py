@@ -447,9 +447,7 @@ def _curves_of(l: LayerSpec, mode: str, structure: Union[str, Structure], gs: tu
     lgs = gs if (l.kind == "conv" or slice_linear) else (1,)
     c = build_curves(l, mode, parse_structure(structure, block=l.block), slice_candidates=lgs,
                      sparse_shares=shares, cache=cache, seed=seed)
-    if l.sensitivity != 1.0:  # compared across layers weighted; _assemble reports them unweighted
-        c = LayerCurves(c.layer, c.sizes, c.errors * l.sensitivity, c.ranks, c.slices, c.nnz, c.densities, c.dense)
-    return c
+    return c.weighted(l.sensitivity)  # compared across layers weighted; _assemble reports them unweighted
 
 
 def _check_curves_fit(curves: list[LayerCurves], checks: Sequence[tuple[Optional[float], int, int]]) -> None:

@@ -96,6 +96,13 @@ class LayerCurves:
     def __len__(self) -> int:
         return len(self.sizes)
 
+    def weighted(self, weight: float) -> "LayerCurves":
+        """The same frontier with its errors times ``weight`` (itself when 1)."""
+        if weight == 1.0:
+            return self
+        return LayerCurves(self.layer, self.sizes, self.errors * weight, self.ranks, self.slices, self.nnz,
+                           self.densities, self.dense)
+
     def index_for_error(self, eps: float) -> int:
         """Smallest frontier index whose error is <= eps."""
         # errors strictly decreasing -> searchsorted on the negated array

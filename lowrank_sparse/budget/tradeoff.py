@@ -95,9 +95,7 @@ def families(layers: Sequence[LayerSpec], configs: Sequence[Configs], times: Seq
             for l, cfg, t, sens, secs, size, dense, sets in per_layer:
                 mask = sets[name]
                 c = frontier(l, cfg.subset(mask), (1.0 - w) * size[mask] + w * secs[mask],
-                             (1.0 - w) * dense[0] + w * dense[1])
-                if sens != 1.0:
-                    c = LayerCurves(c.layer, c.sizes, c.errors * sens, c.ranks, c.slices, c.nnz, c.densities, c.dense)
+                             (1.0 - w) * dense[0] + w * dense[1]).weighted(sens)
                 curves.append(c)
                 cols.append(_entry_seconds(c, t))
             out.append(Family(name, w, curves, cols))
