@@ -6,7 +6,9 @@ translation): argument mistakes stay ValueError / TypeError naming the argument.
 
 from __future__ import annotations
 
-__all__ = ["LapackError", "LayoutError", "ConvergenceWarning"]
+__all__ = ["LapackError", "LayoutError", "InfeasibleBudget", "ConvergenceWarning"]
+
+from typing import Optional
 
 
 class LapackError(RuntimeError):
@@ -20,6 +22,24 @@ class LayoutError(TypeError, ValueError):
     memory without copying, so it needs row-major contiguous data
     (``numpy.ascontiguousarray`` / ``tensor.contiguous()``).  Both a TypeError (wrong
     kind of array) and a ValueError, so either ``except`` clause catches it."""
+
+
+class InfeasibleBudget(ValueError):
+    """No configuration of the allocated layers meets a budget target.
+
+    Attributes:
+        budget: which target, ``"params"``, ``"macs"`` or ``"latency"`` (``"together"``
+            when each target alone can be met but not all of them at once).
+        target: the requested fraction of the whole model (of its parameters, MACs or
+            predicted dense time); None for ``"together"``.
+        reachable: the smallest fraction any configuration reaches (the fixed parts plus
+            the smallest / fastest configuration of every allocated layer); None for
+            ``"together"``.
+    """
+
+    def __init__(self, message: str, budget: str, target: Optional[float], reachable: Optional[float]) -> None:
+        super().__init__(message)
+        self.budget, self.target, self.reachable = budget, target, reachable
 
 
 class ConvergenceWarning(UserWarning):

@@ -16,6 +16,7 @@ import torch
 import lowrank_sparse as lrs
 from lowrank_sparse.budget import Budget, LatencyModel, LayerSpec, LayerTimes, allocate
 from lowrank_sparse.budget.latency import _interp, clear_latency_cache, measure_layer
+from lowrank_sparse.errors import InfeasibleBudget
 
 M, N = 64, 48
 
@@ -99,8 +100,10 @@ def test_layer_whose_compressed_forms_are_slower_stays_dense() -> None:
 def test_infeasible_latency_target_names_the_fastest_possible() -> None:
     layers = _layers(2)
     lm = _model(layers, rest=5.0)  # the rest alone is 5 / 7 of the dense time
-    with pytest.raises(ValueError, match="infeasible latency target 0.5000: the parts that are not allocated"):
+    with pytest.raises(ValueError, match="infeasible latency target 0.5000: the parts that are not allocated") as e:
         allocate(layers, Budget(latency=0.5), "alds", latency=lm, keep_first_last=False)
+    assert isinstance(e.value, InfeasibleBudget)
+    assert (e.value.budget, e.value.target, e.value.reachable) == ("latency", pytest.approx(0.5), pytest.approx(5 / 7))
 
 
 def test_infeasible_latency_names_the_fastest_candidate_of_any_split() -> None:
@@ -111,8 +114,10 @@ def test_infeasible_latency_names_the_fastest_candidate_of_any_split() -> None:
     lm = LatencyModel({l.name: slow_s for l in layers}, rest_seconds=0.0)
     for mode in ("lowrank_sparse", "rank_only"):
         with pytest.raises(ValueError, match="infeasible latency target 0.0100: even the fastest configuration "
-                                             "of every allocated layer gives 0.0600"):
+                                             "of every allocated layer gives 0.0600") as e:
             allocate(layers, Budget(latency=0.01), "alds", latency=lm, keep_first_last=False, mode=mode)
+        assert isinstance(e.value, InfeasibleBudget) and e.value.budget == "latency"
+        assert e.value.reachable == pytest.approx(0.06 * 2 / 2.0) and e.value.target == pytest.approx(0.01)
 
 
 def test_seconds_many_equals_seconds_one_at_a_time() -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from lowrank_sparse.cli import app, demo
+from lowrank_sparse.errors import InfeasibleBudget
 from lowrank_sparse.cli.args import fraction, int_at_least
 from lowrank_sparse.cli.output import CLIError, emit, read_saved
 from lowrank_sparse.cli.report import layer_table
@@ -76,6 +77,41 @@ def test_demo_speed_first_run_is_a_rank_only_latency_budget(tmp_path: Path) -> N
     fast = demo._fast_args(ns, "mnist", tmp_path / "f.safetensors")
     assert (fast.params, fast.latency, fast.method, fast.output) == (None, 0.6, "rank_only", str(tmp_path / "f.safetensors"))
     assert demo._compress_args(ns, "mnist", tmp_path / "a.safetensors").params == 0.25  # the first run is unchanged
+
+
+@pytest.mark.parametrize("reachable, expected", [(0.6028, 0.66), (0.7, 0.75)], ids=["just-above", "well-above"])
+def test_demo_speed_first_asks_for_the_reachable_time_when_its_target_is_out_of_reach(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path,
+        reachable: float, expected: float) -> None:
+    asked = []
+
+    def run(a: argparse.Namespace) -> int:
+        asked.append(a.latency)
+        if a.latency < reachable:
+            raise InfeasibleBudget("infeasible latency target", "latency", a.latency, reachable)
+        return 0
+
+    monkeypatch.setattr(demo.compress, "run", run)
+    ns = argparse.Namespace(calib=1, params=0.25, latency=0.6, max_iter=1, sample_size=1, test_subset=1, json=False,
+                            no_progress=True)
+    assert demo._run_fast(ns, "mnist", tmp_path / "f.safetensors") == 0
+    assert asked == [0.6, pytest.approx(expected)]
+    assert f"compressing to {expected:.0%} instead" in capsys.readouterr().err
+    assert ns.latency == 0.6  # the caller's arguments are not changed
+
+
+@pytest.mark.parametrize("err", [InfeasibleBudget("x", "params", 0.1, 0.2), InfeasibleBudget("x", "latency", 0.6, 0.97),
+                                 InfeasibleBudget("x", "together", None, None)], ids=["params", "no-speedup", "together"])
+def test_demo_speed_first_reraises_what_a_looser_latency_cannot_mend(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, err: InfeasibleBudget) -> None:
+    def run(a: argparse.Namespace) -> int:
+        raise err
+
+    monkeypatch.setattr(demo.compress, "run", run)
+    ns = argparse.Namespace(calib=1, params=0.25, latency=0.6, max_iter=1, sample_size=1, test_subset=1, json=False,
+                            no_progress=True)
+    with pytest.raises(InfeasibleBudget):
+        demo._run_fast(ns, "mnist", tmp_path / "f.safetensors")
 
 
 def test_demo_summary_reports_speed_as_dense_over_compressed_time(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
 import numpy as np
 
 from .._renamed import warn_renamed
+from ..errors import InfeasibleBudget
 from ..calibrate.layers import first_last_protected
 from ..structure import Structure, parse_structure
 from .alds import alds_search
@@ -307,10 +308,11 @@ def _set_seconds(a: LayerAllocation, latency: LatencyModel) -> None:
 
 def _check_fixed_latency(bl: float, fixed_s: float, dense_s: float) -> None:
     if fixed_s > bl:
-        raise ValueError(
+        raise InfeasibleBudget(
             f"infeasible latency target {bl / dense_s:.4f}: the parts that are not allocated (the rest of the "
             f"model and the excluded/overridden/first-last layers) alone take {1e3 * fixed_s:.3f} ms = "
-            f"{fixed_s / dense_s:.4f} of the dense model's predicted {1e3 * dense_s:.3f} ms"
+            f"{fixed_s / dense_s:.4f} of the dense model's predicted {1e3 * dense_s:.3f} ms",
+            "latency", bl / dense_s, fixed_s / dense_s,
         )
 
 
@@ -319,10 +321,11 @@ def _check_curves_latency(fastest: list[float], avail: float, fixed_s: float, de
     exceeds what the fixed parts leave of the latency budget."""
     need = sum(fastest)
     if need > avail:
-        raise ValueError(
+        raise InfeasibleBudget(
             f"infeasible latency target {(avail + fixed_s) / dense_s:.4f}: even the fastest configuration of every "
             f"allocated layer gives {(need + fixed_s) / dense_s:.4f} of the dense model's predicted time "
-            f"({1e3 * (need + fixed_s):.3f} ms of {1e3 * dense_s:.3f} ms)"
+            f"({1e3 * (need + fixed_s):.3f} ms of {1e3 * dense_s:.3f} ms)",
+            "latency", (avail + fixed_s) / dense_s, (need + fixed_s) / dense_s,
         )
 
 
@@ -435,10 +438,11 @@ def _check_fixed_fit(checks: Sequence[tuple[str, Optional[float], int, int]]) ->
     """Raise if the parts that are not allocated alone exceed a target (what, budget, fixed, total)."""
     for what, b, fx, tot in checks:
         if b is not None and fx > b:
-            raise ValueError(
+            raise InfeasibleBudget(
                 f"infeasible {what} target {b / tot:.4f}: the parts that are not allocated (excluded/overridden/"
                 f"first-last layers and everything outside the listed layers) alone need {fx:,} = "
-                f"{fx / tot:.4f} of the model, exceeding the target by {fx - b:,.0f} ({(fx - b) / tot:.4f} of the model)"
+                f"{fx / tot:.4f} of the model, exceeding the target by {fx - b:,.0f} ({(fx - b) / tot:.4f} of the model)",
+                what, b / tot, fx / tot,
             )
 
 
@@ -459,10 +463,11 @@ def _check_curves_fit(curves: list[LayerCurves], checks: Sequence[tuple[Optional
             continue
         need = sum(costf(c) for c in curves)
         if need > b:
-            raise ValueError(
+            raise InfeasibleBudget(
                 f"infeasible {what} target {(b + fx) / tot:.4f}: even the smallest configuration of every allocated "
                 f"layer gives {(need + fx) / tot:.4f} of the model, exceeding the target by {need - b:,.0f} "
-                f"({(need - b) / tot:.4f} of the model)"
+                f"({(need - b) / tot:.4f} of the model)",
+                what, (b + fx) / tot, (need + fx) / tot,
             )
 
 

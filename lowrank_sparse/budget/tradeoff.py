@@ -27,6 +27,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from ..errors import InfeasibleBudget
 from .curves import Configs, LayerCurves, frontier
 from .enc import network_metric
 from .latency import LayerTimes
@@ -139,9 +140,9 @@ def best_family(method: str, search: Search, fams: Sequence[Family], budgets: Bu
         if best is None or score < best[0] - 1e-12 * max(1.0, abs(best[0])):
             best = (score, f, list(idx), dict(info))
     if best is None:
-        raise ValueError("infeasible targets together: each budget alone can be met by some configuration of "
-                         f"every layer, but none of the {len(fams)} size/latency trade-offs searched meets all "
-                         "of them at once; loosen one of them")
+        raise InfeasibleBudget("infeasible targets together: each budget alone can be met by some configuration "
+                               f"of every layer, but none of the {len(fams)} size/latency trade-offs searched meets "
+                               "all of them at once; loosen one of them", "together", None, None)
     score, f, idx, info = best
     info["tradeoff"] = {"subset": f.subset, "weight": f.weight, "objective": score,
                         "tried": [{"subset": s, "weight": w, "objective": o} for s, w, o in tried]}

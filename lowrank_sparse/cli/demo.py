@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import InfeasibleBudget
 from . import compress, evaluate
 from .args import fraction, positive_int
 from .output import log
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     rc = compress.run(_compress_args(args, dataset, out))
     if rc == 0:
         log(args, f"\nspeed first: the same network to {args.latency:.0%} of its CPU time (rank-only factors):")
-        rc = compress.run(_fast_args(args, dataset, fast))
+        rc = _run_fast(args, dataset, fast)
     for path in (out, fast) if rc == 0 else ():
         log(args, f"\nevaluating the saved file {path.name}:")
         ev = argparse.Namespace(path=str(path), dataset=dataset, test_subset=args.test_subset, batch=64, json=args.json)
@@ -88,6 +90,22 @@ def _fast_args(args: argparse.Namespace, dataset: str, out: Path) -> argparse.Na
     fast = _compress_args(args, dataset, out)
     fast.params, fast.latency, fast.method = None, args.latency, "rank_only"
     return fast
+
+
+def _run_fast(args: argparse.Namespace, dataset: str, out: Path) -> int:
+    """The speed-first run.  The latency target is a fraction of times measured on this
+    machine, so a target that one machine reaches can lie just below another's floor
+    (the layers kept dense and the fastest factors of the others): then say so and ask
+    for the reachable time plus 5 points of margin instead of ending the demo."""
+    try:
+        return compress.run(_fast_args(args, dataset, out))
+    except InfeasibleBudget as e:
+        if e.budget != "latency" or e.reachable is None or e.reachable + 0.05 >= 1.0:
+            raise
+        loose = math.ceil(100 * (e.reachable + 0.05)) / 100
+        log(args, f"on this machine the fastest rank-only model is predicted at {e.reachable:.1%} of the dense "
+                  f"time, above the {args.latency:.0%} asked for: compressing to {loose:.0%} instead")
+        return compress.run(_fast_args(argparse.Namespace(**{**vars(args), "latency": loose}), dataset, out))
 
 
 def _dataset(args: argparse.Namespace) -> str:
