@@ -2,17 +2,24 @@
 with calibration inputs X; docs/method.md, "Activation-aware refinement").
 
 1. Split the calibration columns: the last 1/8 (contiguous, so that tokens or patches
-   of one sequence / image stay together) are held out for early stopping; the rest
-   fit.  Fewer than :data:`MIN_HELDOUT` * 8 columns: no split.
-2. Two data-aware starts on all calibration columns, both solving the identity-activation
-   problem: the library's Gram-mode decompose (exactly what ``decompose`` returns for
-   ``gram=X X^T / N`` with the same settings: the data-aware answer) and an OATS-style
-   alternation on the input-norm-scaled weight (same structure and budget; slices = 1
-   only).  The one with the lower post-activation error on all columns is the start.
-3. :func:`lowrank_sparse.solve.refine.refine`: L-BFGS on the post-activation objective
-   with S's support fixed, the held-out iterate kept.  The result is never worse than
-   the start on the calibration objective (all columns used); checked at the end, the
-   start is returned otherwise.
+   of one sequence / image stay together) are held out; the rest fit.  Fewer than
+   :data:`MIN_HELDOUT` * 8 columns: no split, and every step below uses all columns.
+2. Two data-aware starts on the fitting columns, both solving the identity-activation
+   problem: the library's Gram-mode decompose (what ``decompose`` returns for
+   ``gram=Xf Xf^T / Nf`` with the same settings: the data-aware answer) and an
+   OATS-style alternation on the input-norm-scaled weight (same structure and budget;
+   slices = 1 only).
+3. :func:`lowrank_sparse.solve.refine.refine` from each start: L-BFGS on the
+   post-activation objective with S's support fixed, the best held-out iterate kept;
+   each result is never worse than its start on the calibration objective (all
+   columns; checked at the end, the start is returned otherwise).
+4. The refined candidate with the lower held-out error is returned.  Neither start has
+   seen the held-out columns, so the choice is made on data that no candidate was fitted
+   to.  Chosen on the calibration columns instead, the Gram start wins where it only
+   fits those columns' input correlations: on a real all-MiniLM-L6-v2 FFN (layer 5,
+   50 % of its parameters, 2,048 calibration tokens) it reaches calibration error 0.093
+   against 0.100 from the OATS start, and held-out-text error 0.194 against 0.165.
+   Without a split the start with the lower calibration error is refined alone.
 
 This is decompose's default for a nonlinear activation (``refine=None`` / True);
 ``refine=False`` runs the nonlinear ADMM instead.  Reaching ``max_iter`` is not an
@@ -94,16 +101,53 @@ def oats_start(W0: torch.Tensor, Xf: torch.Tensor, pr: Prepared) -> Factors:
     return U, V / dn, S / dn
 
 
-def _starts(W0: torch.Tensor, X: torch.Tensor, pr: Prepared,
-            gram_solve: GramSolve) -> tuple[str, Factors, dict[str, float]]:
-    spec = pr.spec
+def _starts(W0: torch.Tensor, X: torch.Tensor, pr: Prepared, gram_solve: GramSolve) -> dict[str, Factors]:
+    """The starts, fitted on the columns ``X``: "gram" always, "oats" for slices = 1."""
     cands = {"gram": gram_start(W0, X, gram_solve)}
-    if spec.slices == 1:
+    if pr.spec.slices == 1:
         cands["oats"] = oats_start(W0, X, pr)
-    errs = {k: post_activation_error(U @ V + S, W0, X, pr.bias, spec.activation, spec.negative_slope)
-            for k, (U, V, S) in cands.items()}
-    name = min(errs, key=lambda k: (errs[k], k != "gram"))
-    return name, cands[name], errs
+    return {k: tuple(t.to(W0.dtype) for t in f) for k, f in cands.items()}
+
+
+def _refined(W0: torch.Tensor, start: Factors, X: torch.Tensor, Xf: torch.Tensor, Xh: Optional[torch.Tensor],
+             pr: Prepared, cfg: SolverConfig) -> tuple[RefineResult, float, float]:
+    """(refinement of ``start``, its error on all columns X, the start's): the start
+    itself when the refinement did not lower the error on X (only rounding can)."""
+    spec = pr.spec
+    U, V, S = start
+    res = refine(W0, U, V, S, Xf, Xh, pr.bias, spec.activation, spec.negative_slope,
+                 slices=spec.slices, max_iter=cfg.max_iter, patience=PATIENCE,
+                 improve_tol=IMPROVE_TOL, ridge=RIDGE)
+    err = lambda M: post_activation_error(M, W0, X, pr.bias, spec.activation, spec.negative_slope)  # noqa: E731
+    e_start, e_ref = err(U @ V + S), err(res.U @ res.V + res.S)
+    if not e_ref <= e_start:
+        res = RefineResult(U, V, S, res.iterations, res.converged, res.fit, res.held, 0, res.evaluations, res.stop)
+        e_ref = e_start
+    return res, e_ref, e_start
+
+
+def _choose(W0: torch.Tensor, X: torch.Tensor, Xf: torch.Tensor, Xh: Optional[torch.Tensor], pr: Prepared,
+            cfg: SolverConfig, gram_solve: GramSolve) -> tuple[str, RefineResult, float, float, dict[str, Any]]:
+    """Steps 2-4 of the module docstring: (chosen start, its refinement, error on X of
+    the result and of its start, the record of every candidate for ``info.extra``)."""
+    spec = pr.spec
+    err = lambda M, Z: post_activation_error(M, W0, Z, pr.bias, spec.activation, spec.negative_slope)  # noqa: E731
+    starts = _starts(W0, X if Xh is None else Xf, pr, gram_solve)
+    start_errors = {k: err(U @ V + S, X) for k, (U, V, S) in starts.items()}
+    if Xh is None:  # nothing held out: refine the start that fits the calibration columns best
+        name = min(start_errors, key=lambda k: (start_errors[k], k != "gram"))
+        res, e_ref, e_start = _refined(W0, starts[name], X, Xf, Xh, pr, cfg)
+        return name, res, e_ref, e_start, {"start_errors": start_errors, "selection": "calibration"}
+    out, held = {}, {}
+    for k, f in starts.items():
+        out[k] = _refined(W0, f, X, Xf, Xh, pr, cfg)
+        held[k] = err(out[k][0].U @ out[k][0].V + out[k][0].S, Xh)
+    name = min(held, key=lambda k: (held[k], k != "gram"))
+    res, e_ref, e_start = out[name]
+    record = {"start_errors": start_errors, "selection": "held-out", "heldout_errors": held,
+              "refined_errors": {k: v[1] for k, v in out.items()},
+              "refine_iterations": {k: v[0].iterations for k, v in out.items()}}
+    return name, res, e_ref, e_start, record
 
 
 def refine_threads(threads: Optional[int], m: int, n: int, N: int) -> Optional[int]:
@@ -132,10 +176,14 @@ def decompose_activation(W: Array, pr: Prepared, cfg: SolverConfig, gram_solve: 
     """decompose() for a nonlinear activation (``pr.spec.mode == "nonlinear"``, not
     relaxed); see the module docstring.  ``info``: iterations and converged of the
     refinement (L-BFGS), path "refine", objective = its post-activation relative error
-    on the fitting columns per iteration (entry 0: the start), extra: start,
-    start_errors (all calibration columns), heldout history, best_iteration, stop (the rule that ended the loop, "max_iter" when it ran out),
-    error (all calibration columns), error_start, samples, heldout_samples, ridge,
-    threads (torch threads used, None: the caller's)."""
+    on the fitting columns per iteration (entry 0: the start).  extra: start (the
+    chosen one), selection ("held-out" or "calibration": what chose it), start_errors
+    (each start's error on all calibration columns), with a held-out part also
+    heldout_errors / refined_errors / refine_iterations (each refined candidate's error
+    on the held-out / all columns, its iterations); the chosen refinement's heldout
+    history, best_iteration and stop (the rule that ended its loop, "max_iter" when it
+    ran out); error (all calibration columns), error_start, samples, heldout_samples,
+    ridge, threads (torch threads used, None: the caller's)."""
     spec = pr.spec
     t0 = time.perf_counter()
     nthreads = (refine_threads(cfg.threads, spec.m, spec.n, int(pr.X.shape[1]))
@@ -144,20 +192,9 @@ def decompose_activation(W: Array, pr: Prepared, cfg: SolverConfig, gram_solve: 
         W0 = pr.W.detach().to(compute_dtype(pr.W)).contiguous()
         X = pr.X.contiguous()
         Xf, Xh = split_columns(X)
-        name, (U, V, S), errs = _starts(W0, X, pr, gram_solve)
-        U, V, S = U.to(W0.dtype), V.to(W0.dtype), S.to(W0.dtype)
-        res = refine(W0, U, V, S, Xf, Xh, pr.bias, spec.activation, spec.negative_slope,
-                     slices=spec.slices, max_iter=cfg.max_iter, patience=PATIENCE,
-                     improve_tol=IMPROVE_TOL, ridge=RIDGE)
-        e_start = post_activation_error(U @ V + S, W0, X, pr.bias, spec.activation, spec.negative_slope)
-        e_ref = post_activation_error(res.U @ res.V + res.S, W0, X, pr.bias, spec.activation,
-                                      spec.negative_slope)
-        if not e_ref <= e_start:  # by construction only rounding can do this (nothing improved)
-            res = RefineResult(U, V, S, res.iterations, res.converged, res.fit, res.held, 0,
-                               res.evaluations, res.stop)
-            e_ref = e_start
+        name, res, e_ref, e_start, record = _choose(W0, X, Xf, Xh, pr, cfg, gram_solve)
     extra: dict[str, Any] = {
-        "method": "activation-aware refinement", "start": name, "start_errors": errs,
+        "method": "activation-aware refinement", "start": name, **record,
         "heldout": res.held, "best_iteration": res.best,
         "stop": res.stop, "error": e_ref, "error_start": e_start, "ridge": RIDGE,
         "threads": nthreads,

@@ -29,7 +29,9 @@ Rank / density of the L + S methods: the low-rank part gets a share s in {25, 50
 of B: r = floor(s B / (m + n)), nnz = B - r (m + n) (unstructured S), density =
 nnz / (m n); so r (m + n) + nnz = B exactly.  "best of 3" rows pick, per method, the
 split with the lowest post-activation error on the CALIBRATION columns (never the
-held-out ones) and report that split's held-out error.
+held-out ones) and report that split's held-out error; for ``library`` that error is
+the one on the calibration columns its solver held out of fitting (the last 1/8,
+``info.extra["heldout_errors"]``), since its other calibration columns were fitted.
 
 Layers: all-MiniLM-L6-v2 FFN up-projections (encoder.layer.i.intermediate.dense,
 1536 x 384, exact GELU; all six at the first budget, layers 0 and 3 at the others), inputs captured on the library's English text
@@ -66,7 +68,6 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 SHARES = (0.25, 0.5, 0.75)  # share of the budget given to the low-rank part
-START_NOTE = "the plain Gram-mode answer on all columns with the same iteration cap"
 TIE = 5e-4  # relative difference below which two held-out errors are called equal
 
 ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -270,6 +271,9 @@ def run_layer(layer: Layer, fraction: float, threads: int) -> list[dict[str, Any
             row.update(start=ex.get("start"), stop=ex.get("stop"), error_start=ex.get("error_start"))
             if "start_errors" in ex:
                 row["start_errors"] = ex["start_errors"]
+            if "heldout_errors" in ex:  # the solver's own held-out calibration columns
+                row["heldout_errors"] = ex["heldout_errors"]
+                row["fold_error"] = ex["heldout_errors"][ex["start"]]
         assert row["params"] <= budget, row
         rows.append(row)
         print(f"  {method:13s} {split:10s} r={r:4d} nnz={nnz:7d} cal={row['cal_error']:.4f} "
@@ -293,9 +297,12 @@ def run_layer(layer: Layer, fraction: float, threads: int) -> list[dict[str, Any
         record("oats-row", tag, lambda r=r, k_row=k_row: oats(layer.W, r, k_row / n, layer.Xc, pattern="per_row"))
     for method in ("library", "library-gram", "gram+refine", "oats", "oats-row"):
         cand = [x for x in rows if x["method"] == method]
-        best = min(cand, key=lambda x: x["cal_error"])
+        on = "fold_error" if all("fold_error" in x for x in cand) else "cal_error"
+        best = min(cand, key=lambda x: x[on])
         rows.append({**best, "method": method, "split": f"best of 3 ({best['split']})",
-                     "seconds": sum(x["seconds"] for x in cand), "chosen_on": "calibration error"})
+                     "seconds": sum(x["seconds"] for x in cand),
+                     "chosen_on": "the solver's held-out calibration columns" if on == "fold_error"
+                     else "calibration error"})
     k = int(math.floor(budget / m)) / n  # per-row fraction within the budget
     record("wanda", f"S only {100 * k:.0f}%", lambda: wanda(layer.W, k, layer.Xc))
     record("whitened-svd", "L only", lambda: whitened_svd(layer.W, budget // (m + n), layer.Xc))
@@ -377,6 +384,9 @@ def summarise(rows: list[dict[str, Any]]) -> list[str]:
                  f"held-out error in {len(beat)} of {len(keys)} cells{margin}" + (
                      f"; it loses in {len(keys) - len(beat)}, worst {worst[1]} at {100 * worst[2]:.0f} % "
                      f"(+{100 * worst[0]:.1f} %)." if worst[0] >= 0 else "."))
+    target = [v for v in vs_oats if v[0] <= -0.05]
+    lines.append(f"- At most 0.95x OATS's held-out error (the target): {len(target)} of {len(keys)} cells; the "
+                 f"ratio ranges {1 + min(vs_oats)[0]:.3f}x to {1 + worst[0]:.3f}x.")
     # why: compare library and Gram-mode decompose on the calibration columns too
     over = weak = 0
     diag = []
@@ -392,20 +402,19 @@ def summarise(rows: list[dict[str, Any]]) -> list[str]:
         if gr is not None:
             diag.append(gr["test_error"] / gram["test_error"] - 1)
     if over + weak == 0:
-        lines.append(f"- Against the Gram-mode decompose (activation ignored, up to 300 ADMM iterations on all columns, "
-                     f"the default's own start) the default is never worse by more than {100 * TIE:.2f} %: the "
-                     f"refinement keeps its start unless it improves the calibration objective.")
+        lines.append(f"- Against the Gram-mode decompose (activation ignored, up to 300 ADMM iterations on all "
+                     f"columns) the default is never worse on held-out columns by more than {100 * TIE:.2f} %.")
     else:
         lines.append(f"- Against the Gram-mode decompose (activation ignored, up to 300 ADMM iterations on all columns) the "
                  f"default loses in {over + weak} cells: in {over} of them it has the LOWER calibration error "
                  f"(it fits the calibration columns better and generalises worse: overfitting), in {weak} the "
-                 f"higher calibration error too (its own start, {START_NOTE}, is weaker and the refinement stops "
-                 f"before it catches up).")
+                 f"higher calibration error too (its starts are fitted on 7/8 of the columns and the held-out "
+                 f"choice or the refinement's early stop did not make up for it).")
     if diag:
         lines.append(f"- Diagnostic `gram+refine` (the library's refinement started from the Gram-mode "
                      f"solution; internal API, not a public path): held-out error vs the Gram solution itself "
                      f"{100 * min(diag):+.1f} % to {100 * max(diag):+.1f} % over the cells.")
-    lines.insert(0, f"The library's default (best of 3 splits, chosen on calibration error) has the lowest held-out "
+    lines.insert(0, f"The library's default (best of 3 splits, chosen on its solver's held-out calibration columns) has the lowest held-out "
                     f"error in {wins} of {len(keys)} (layer, budget) cells, ties (within {100 * TIE:.2f} %) in {ties} "
                     f"and loses in {losses}:")
     return lines
@@ -424,8 +433,8 @@ def render(rows: list[dict[str, Any]], layers: list[dict[str, Any]], command: st
            "||act(W X + b) - act(What X + b)||_F / ||act(W X + b)||_F on held-out columns (tokens / patches "
            "NOT used for calibration). Budget B = fraction x m n stored values; L + S splits give the low-rank "
            "part 25 / 50 / 75 % of B (r = floor(share B / (m+n)), nnz = B - r (m+n), unstructured S). "
-           "`best of 3` picks the split with the lowest error on the calibration columns (seconds: the three "
-           "solves together). `library` = `decompose(W, r, d, X, bias, activation)` (default path, `path` "
+           "`best of 3` picks the split with the lowest error on the calibration columns (for `library`: on the "
+           "calibration columns its solver held out of fitting; seconds: the three solves together). `library` = `decompose(W, r, d, X, bias, activation)` (default path, `path` "
            "column), `library-gram` = the same without activation (Gram mode), `oats` = OATS with the same "
            "unstructured budget, `oats-row` = OATS with per-row top-k (its paper's pattern), `wanda` = sparse "
            "only, `whitened-svd` = SVD-LLM rank only.", "",

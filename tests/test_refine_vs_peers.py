@@ -94,24 +94,22 @@ def test_budget_and_path(layer):
     assert layer["r"] * (m + n) + nnz <= layer["budget"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured: with 512 calibration tokens the default decompose (gram_shrinkage=0) overfits their "
-    "input correlations: held-out post-GELU error 0.2839 vs OATS 0.2281, calibration error 0.054 vs "
-    "0.229; with gram_shrinkage 0.1 / 0.2 it is 0.2273 / 0.2246 (test below); the library wins "
-    "unshrunk from 2048 tokens (0.2116 vs 0.2291)"))
-def test_heldout_not_worse_than_oats(layer):
+def test_heldout_at_most_095_of_oats(layer):
+    """512 calibration tokens, and the Gram start fits their input correlations (before
+    the starts were chosen on held-out columns: held-out 0.2839 against OATS 0.2281, at
+    calibration error 0.054 against 0.229); measured now 0.209 against 0.228."""
     W, b, Xc, Xt = layer["W"], layer["b"], layer["Xc"], layer["Xt"]
     m, n = W.shape
     peer = oats(W, layer["r"], layer["nnz"] / (m * n), Xc, pattern="unstructured")
     assert int((torch.as_tensor(peer.S) != 0).sum()) <= layer["nnz"]
     e_lib = post_gelu_error(W, b, dense(layer["lib"]), Xt)
     e_oats = post_gelu_error(W, b, dense(peer), Xt)
-    assert e_lib <= e_oats, (e_lib, e_oats)
+    assert e_lib <= 0.95 * e_oats, (e_lib, e_oats)
 
 
 def test_shrunk_gram_heldout_not_worse_than_oats(layer):
-    """With the Gram matrix shrunk towards its diagonal (gram_shrinkage=0.2) the default
-    decompose is not worse than OATS on held-out tokens at 512 calibration tokens."""
+    """With the Gram matrix shrunk towards its diagonal (gram_shrinkage=0.2: the Gram
+    start's objective) the default is not worse than OATS on held-out tokens either."""
     W, b, Xc, Xt = layer["W"], layer["b"], layer["Xc"], layer["Xt"]
     m, n = W.shape
     lib = lrs.decompose(W, layer["r"], layer["nnz"] / (m * n), X=Xc, bias=b, activation="gelu",
@@ -119,18 +117,21 @@ def test_shrunk_gram_heldout_not_worse_than_oats(layer):
     peer = oats(W, layer["r"], layer["nnz"] / (m * n), Xc, pattern="unstructured")
     e_lib, e_oats = post_gelu_error(W, b, dense(lib), Xt), post_gelu_error(W, b, dense(peer), Xt)
     assert e_lib <= e_oats, (e_lib, e_oats)
-    # and shrinking helped: the unshrunk answer is worse on the same held-out tokens
-    assert e_lib < post_gelu_error(W, b, dense(layer["lib"]), Xt)
 
 
-def test_refinement_not_worse_than_its_gram_start(layer):
-    """The Gram-mode start rebuilt through the public API (decompose in Gram mode on all
-    calibration columns with the same settings: docs/method.md section 6):
-    the refined result's post-GELU error on all calibration columns is not above it."""
+def test_refinement_not_worse_than_its_start(layer):
+    """The chosen start rebuilt through the public API on the fitting columns (the first
+    7/8 of the calibration tokens; docs/method.md section 6): Gram-mode decompose, or
+    OATS with 25 warm-started alternations.  The refined result's post-GELU error on all
+    calibration columns is not above it."""
     W, b, Xc, lib = layer["W"], layer["b"], layer["Xc"], layer["lib"]
     m, n = W.shape
-    assert lib.info.extra["start"] == "gram"
-    start = lrs.decompose(W, layer["r"], layer["nnz"] / (m * n), gram=Xc @ Xc.T / Xc.shape[1])
+    dens = layer["nnz"] / (m * n)
+    Xf = Xc[:, : Xc.shape[1] - Xc.shape[1] // 8]
+    if lib.info.extra["start"] == "gram":
+        start = lrs.decompose(W, layer["r"], dens, gram=Xf @ Xf.T / Xf.shape[1])
+    else:
+        start = oats(W, layer["r"], dens, Xf, pattern="unstructured", iters=25, exact_svd=False)
     e_start = post_gelu_error(W, b, dense(start), Xc)
     e_lib = post_gelu_error(W, b, dense(lib), Xc)
     # it is the start the solver used (its own record, float32 arithmetic)

@@ -38,9 +38,10 @@ class SolverConfig:
         progress: print a one-line summary per solve to stderr.
         refine: which solver a nonlinear activation (relu, leaky_relu, gelu, silu,
             tanh, with calibration inputs X) gets.  None (default) or True: the
-            activation-aware refinement (the better of a Gram-mode and an OATS-style
-            start, then L-BFGS on the post-activation objective with S's support fixed
-            and held-out early stopping; docs/method.md, section 6); False: the
+            activation-aware refinement (a Gram-mode and an OATS-style start on the
+            fitting columns, each refined by L-BFGS on the post-activation objective
+            with S's support fixed and held-out early stopping, the one better on the
+            held-out columns kept; docs/method.md, section 6); False: the
             nonlinear ADMM.  The relaxed problem always runs the ADMM (None), and
             True with ``relaxed`` is an error.  No effect on the identity activation.
         refit: least-squares refit of S's values on its support after the ADMM
