@@ -109,21 +109,20 @@ def _starts(W0: torch.Tensor, X: torch.Tensor, pr: Prepared, gram_solve: GramSol
     return {k: tuple(t.to(W0.dtype) for t in f) for k, f in cands.items()}
 
 
-def _refined(W0: torch.Tensor, start: Factors, X: torch.Tensor, Xf: torch.Tensor, Xh: Optional[torch.Tensor],
-             pr: Prepared, cfg: SolverConfig) -> tuple[RefineResult, float, float]:
-    """(refinement of ``start``, its error on all columns X, the start's): the start
-    itself when the refinement did not lower the error on X (only rounding can)."""
+def _refined(W0: torch.Tensor, start: Factors, e_start: float, X: torch.Tensor, Xf: torch.Tensor,
+             Xh: Optional[torch.Tensor], pr: Prepared, cfg: SolverConfig) -> tuple[RefineResult, float]:
+    """(refinement of ``start``, its error on all columns X): the start itself, at its
+    error ``e_start`` on X, when the refinement did not lower it (only rounding can)."""
     spec = pr.spec
     U, V, S = start
     res = refine(W0, U, V, S, Xf, Xh, pr.bias, spec.activation, spec.negative_slope,
                  slices=spec.slices, max_iter=cfg.max_iter, patience=PATIENCE,
                  improve_tol=IMPROVE_TOL, ridge=RIDGE)
-    err = lambda M: post_activation_error(M, W0, X, pr.bias, spec.activation, spec.negative_slope)  # noqa: E731
-    e_start, e_ref = err(U @ V + S), err(res.U @ res.V + res.S)
+    e_ref = post_activation_error(res.U @ res.V + res.S, W0, X, pr.bias, spec.activation, spec.negative_slope)
     if not e_ref <= e_start:
         res = RefineResult(U, V, S, res.iterations, res.converged, res.fit, res.held, 0, res.evaluations, res.stop)
         e_ref = e_start
-    return res, e_ref, e_start
+    return res, e_ref
 
 
 def _choose(W0: torch.Tensor, X: torch.Tensor, Xf: torch.Tensor, Xh: Optional[torch.Tensor], pr: Prepared,
@@ -136,18 +135,18 @@ def _choose(W0: torch.Tensor, X: torch.Tensor, Xf: torch.Tensor, Xh: Optional[to
     start_errors = {k: err(U @ V + S, X) for k, (U, V, S) in starts.items()}
     if Xh is None:  # nothing held out: refine the start that fits the calibration columns best
         name = min(start_errors, key=lambda k: (start_errors[k], k != "gram"))
-        res, e_ref, e_start = _refined(W0, starts[name], X, Xf, Xh, pr, cfg)
-        return name, res, e_ref, e_start, {"start_errors": start_errors, "selection": "calibration"}
+        res, e_ref = _refined(W0, starts[name], start_errors[name], X, Xf, Xh, pr, cfg)
+        return name, res, e_ref, start_errors[name], {"start_errors": start_errors, "selection": "calibration"}
     out, held = {}, {}
     for k, f in starts.items():
-        out[k] = _refined(W0, f, X, Xf, Xh, pr, cfg)
+        out[k] = _refined(W0, f, start_errors[k], X, Xf, Xh, pr, cfg)
         held[k] = err(out[k][0].U @ out[k][0].V + out[k][0].S, Xh)
     name = min(held, key=lambda k: (held[k], k != "gram"))
-    res, e_ref, e_start = out[name]
+    res, e_ref = out[name]
     record = {"start_errors": start_errors, "selection": "held-out", "heldout_errors": held,
               "refined_errors": {k: v[1] for k, v in out.items()},
               "refine_iterations": {k: v[0].iterations for k, v in out.items()}}
-    return name, res, e_ref, e_start, record
+    return name, res, e_ref, start_errors[name], record
 
 
 def refine_threads(threads: Optional[int], m: int, n: int, N: int) -> Optional[int]:

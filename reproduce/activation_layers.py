@@ -414,8 +414,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(f"- Diagnostic `gram+refine` (the library's refinement started from the Gram-mode "
                      f"solution; internal API, not a public path): held-out error vs the Gram solution itself "
                      f"{100 * min(diag):+.1f} % to {100 * max(diag):+.1f} % over the cells.")
-    lines.insert(0, f"The library's default (best of 3 splits, chosen on its solver's held-out calibration columns) has the lowest held-out "
-                    f"error in {wins} of {len(keys)} (layer, budget) cells, ties (within {100 * TIE:.2f} %) in {ties} "
+    lines.insert(0, f"The library's default (best of 3 splits, chosen on its solver's held-out calibration "
+                    f"columns) has the lowest held-out error in {wins} of {len(keys)} (layer, budget) cells, ties (within {100 * TIE:.2f} %) in {ties} "
                     f"and loses in {losses}:")
     return lines
 
@@ -434,8 +434,8 @@ def render(rows: list[dict[str, Any]], layers: list[dict[str, Any]], command: st
            "NOT used for calibration). Budget B = fraction x m n stored values; L + S splits give the low-rank "
            "part 25 / 50 / 75 % of B (r = floor(share B / (m+n)), nnz = B - r (m+n), unstructured S). "
            "`best of 3` picks the split with the lowest error on the calibration columns (for `library`: on the "
-           "calibration columns its solver held out of fitting; seconds: the three solves together). `library` = `decompose(W, r, d, X, bias, activation)` (default path, `path` "
-           "column), `library-gram` = the same without activation (Gram mode), `oats` = OATS with the same "
+           "calibration columns its solver held out of fitting; seconds: the three solves together). "
+           "`library` = `decompose(W, r, d, X, bias, activation)` (default path, `path` column), `library-gram` = the same without activation (Gram mode), `oats` = OATS with the same "
            "unstructured budget, `oats-row` = OATS with per-row top-k (its paper's pattern), `wanda` = sparse "
            "only, `whitened-svd` = SVD-LLM rank only.", "",
            f"Command: `{command}`  ", f"Machine: {state['cpus']} CPUs (shared), torch threads {threads}, "
