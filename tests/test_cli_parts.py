@@ -100,6 +100,24 @@ def test_demo_speed_first_asks_for_the_reachable_time_when_its_target_is_out_of_
     assert ns.latency == 0.6  # the caller's arguments are not changed
 
 
+def test_demo_speed_first_follows_a_floor_that_moves_up_between_runs_and_then_gives_up(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    floors = iter([0.7, 0.8, 0.9, 0.95])  # a busy machine: every run times the model slower
+    asked = []
+
+    def run(a: argparse.Namespace) -> int:
+        asked.append(a.latency)
+        raise InfeasibleBudget("infeasible latency target", "latency", a.latency, next(floors))
+
+    monkeypatch.setattr(demo.compress, "run", run)
+    ns = argparse.Namespace(calib=1, params=0.25, latency=0.6, max_iter=1, sample_size=1, test_subset=1, json=True,
+                            no_progress=True)
+    with pytest.raises(InfeasibleBudget):
+        demo._run_fast(ns, "mnist", tmp_path / "f.safetensors")
+    assert asked == [0.6, pytest.approx(0.75), pytest.approx(0.85)]
+    assert len(asked) == demo.FAST_TRIES
+
+
 @pytest.mark.parametrize("err", [InfeasibleBudget("x", "params", 0.1, 0.2), InfeasibleBudget("x", "latency", 0.6, 0.97),
                                  InfeasibleBudget("x", "together", None, None)], ids=["params", "no-speedup", "together"])
 def test_demo_speed_first_reraises_what_a_looser_latency_cannot_mend(

@@ -92,20 +92,30 @@ def _fast_args(args: argparse.Namespace, dataset: str, out: Path) -> argparse.Na
     return fast
 
 
+#: speed-first runs at most (the first included) when the machine's timings put the target out of reach
+FAST_TRIES = 3
+
+
 def _run_fast(args: argparse.Namespace, dataset: str, out: Path) -> int:
     """The speed-first run.  The latency target is a fraction of times measured on this
     machine, so a target that one machine reaches can lie just below another's floor
     (the layers kept dense and the fastest factors of the others): then say so and ask
-    for the reachable time plus 5 points of margin instead of ending the demo."""
-    try:
-        return compress.run(_fast_args(args, dataset, out))
-    except InfeasibleBudget as e:
-        if e.budget != "latency" or e.reachable is None or e.reachable + 0.05 >= 1.0:
-            raise
-        loose = math.ceil(100 * (e.reachable + 0.05)) / 100
-        log(args, f"on this machine the fastest rank-only model is predicted at {e.reachable:.1%} of the dense "
-                  f"time, above the {args.latency:.0%} asked for: compressing to {loose:.0%} instead")
-        return compress.run(_fast_args(argparse.Namespace(**{**vars(args), "latency": loose}), dataset, out))
+    for the reachable time plus 5 points of margin instead of ending the demo.  Each run
+    times the model afresh, so on a busy machine the floor can move up between runs:
+    up to :data:`FAST_TRIES` runs in all."""
+    run = lambda lat: compress.run(_fast_args(argparse.Namespace(**{**vars(args), "latency": lat}), dataset, out))  # noqa: E731
+    latency = args.latency
+    for _ in range(FAST_TRIES - 1):
+        try:
+            return run(latency)
+        except InfeasibleBudget as e:
+            if e.budget != "latency" or e.reachable is None or e.reachable + 0.05 >= 1.0:
+                raise
+            loose = math.ceil(round(100 * (e.reachable + 0.05), 9)) / 100  # round: 0.80 + 0.05 is 85.00000000000001 %
+            log(args, f"on this machine the fastest rank-only model is predicted at {e.reachable:.1%} of the dense "
+                      f"time, above the {latency:.0%} asked for: compressing to {loose:.0%} instead")
+            latency = loose
+    return run(latency)
 
 
 def _dataset(args: argparse.Namespace) -> str:
