@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as Fn
 
-from lowrank_sparse.solve.activations import act_derivs, act_fn, zstep
+from lowrank_sparse.solve.activations import act_derivs, act_fn, act_residual, zstep
 
 SMOOTH = ["gelu", "silu", "tanh"]
 ALL = ["identity", "relu", "leaky_relu", "gelu", "silu", "tanh"]
@@ -17,8 +17,8 @@ _REF = {
     "identity": lambda u: u,
     "relu": Fn.relu,
     "leaky_relu": lambda u: Fn.leaky_relu(u, 0.1),
-    "gelu": Fn.gelu,
-    "silu": Fn.silu,
+    "gelu": lambda u: 0.5 * u * (1.0 + torch.erf(u / 2.0 ** 0.5)),  # the definitions, not torch's kernels
+    "silu": lambda u: u / (1.0 + torch.exp(-u)),
     "tanh": torch.tanh,
 }
 
@@ -39,6 +39,20 @@ def test_derivatives_match_autograd(name: str) -> None:
     torch.testing.assert_close(a, f.detach())
     torch.testing.assert_close(b, d1.detach())
     torch.testing.assert_close(c, d2)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_act_residual_is_the_residual_times_the_autograd_slope(name: str) -> None:
+    g = torch.Generator().manual_seed(2)
+    z = (torch.randn(7, 300, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    y = torch.randn(7, 300, generator=g, dtype=torch.float64)
+    a = _REF[name](z)
+    (slope,) = torch.autograd.grad(a.sum(), z)
+    z0 = z.detach().clone()
+    r, rd = act_residual(z.detach(), y, name, 0.1)
+    torch.testing.assert_close(r, a.detach() - y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rd, (a.detach() - y) * slope, rtol=1e-12, atol=1e-12)
+    assert torch.equal(z.detach(), z0)  # z is not modified
 
 
 def _np_act(name: str, u: np.ndarray, slope: float) -> np.ndarray:

@@ -56,7 +56,7 @@ from typing import Optional
 
 import torch
 
-from .activations import act_and_slope, act_fn
+from .activations import act_fn, act_residual
 
 __all__ = ["RefineResult", "balance", "post_activation_error", "refine"]
 
@@ -91,6 +91,7 @@ class _Problem:
     nyh: float
     inv: torch.Tensor  # (n,) 1 / d
     damp: float  # c of phi_k (0: plain L-BFGS)
+    cw: Optional[torch.Tensor] = None  # (q,) D of W_hat = U' D V' + S (None: D = I)
 
 
 @dataclass
@@ -116,37 +117,40 @@ class RefineResult:
     stop: str = ""
 
 
-def _what(x: Params) -> torch.Tensor:
-    """Scaled W_hat = U V_s + S_s (m, n)."""
+def _what(P: _Problem, x: Params) -> torch.Tensor:
+    """Scaled W_hat = U D V_s + S_s (m, n)."""
     U, Vs, Ss = x
-    return torch.addmm(Ss, U, Vs) if U.shape[1] > 0 else Ss.clone()
+    if U.shape[1] == 0:
+        return Ss.clone()
+    return torch.addmm(Ss, U if P.cw is None else U * P.cw, Vs)
 
 
 def _value(P: _Problem, x: Params, X: torch.Tensor, Y: torch.Tensor, ny: float) -> float:
     """f (relative squared error) on the columns X."""
-    R = act_fn(torch.addmm(P.b, _what(x), X), P.name, P.slope).sub_(Y)
+    R = act_fn(torch.addmm(P.b, _what(P, x), X), P.name, P.slope).sub_(Y)
     return float(torch.linalg.vector_norm(R)) ** 2 / ny
 
 
 def _chain(P: _Problem, x: Params, gW: torch.Tensor) -> Params:
     """Gradient wrt (U, V_s, S_s) from the gradient wrt the scaled W_hat."""
     U, Vs, _ = x
-    gV = U.mT @ gW
+    Ud = U if P.cw is None else U * P.cw
+    gV = Ud.mT @ gW
     if P.vmask is not None:
         gV = gV * P.vmask
-    return [gW @ Vs.mT, gV, gW * P.mask]
+    gU = gW @ Vs.mT
+    return [gU if P.cw is None else gU.mul_(P.cw), gV, gW * P.mask]
 
 
 def _eval(P: _Problem, x: Params, center: Optional[torch.Tensor]
           ) -> tuple[float, float, torch.Tensor, Params, Optional[Params]]:
     """(phi, f, scaled W_hat, grad f, grad phi) on the fitting columns; ``center`` is
     the scaled W_hat of the damping's centre (None: no damping term, grad phi None)."""
-    Ws = _what(x)
+    Ws = _what(P, x)
     Z = torch.addmm(P.b, Ws, P.Xf)
-    A, D = act_and_slope(Z, P.name, P.slope)
-    R = A.sub_(P.Yf)
+    R, Gz = act_residual(Z, P.Yf, P.name, P.slope)
     f = float(torch.linalg.vector_norm(R)) ** 2 / P.nyf
-    gW = R.mul_(D).mul_(2.0 / P.nyf) @ P.Xf.mT  # (m, n), wrt the scaled W_hat
+    gW = Gz.mul_(2.0 / P.nyf) @ P.Xf.mT  # (m, n), wrt the scaled W_hat
     g = _chain(P, x, gW)
     if center is None or P.damp == 0:
         return f, f, Ws, g, None
@@ -264,6 +268,7 @@ def refine(
     X_fit: torch.Tensor, X_held: Optional[torch.Tensor], bias: Optional[torch.Tensor],
     activation: str, slope: float = 0.01, *, slices: int = 1, max_iter: int = 300,
     patience: int = 5, improve_tol: float = 2e-3, memory: int = 8, ridge: float = 1e-3,
+    precondition: bool = True,
 ) -> RefineResult:
     """Minimise the post-activation objective from (U, V, S), S's support fixed.
 
@@ -283,6 +288,12 @@ def refine(
     """
     P, d = _setup(W0, S, V, X_fit, X_held, bias, activation, slope, slices, ridge)
     x = [U.clone(), V * d, S * d]
+    if precondition and U.shape[1] > 0:
+        Ub0, Vb0 = balance(U, V * d, slices)
+        sv = torch.linalg.vector_norm(Ub0, dim=0) ** 2
+        sv = torch.clamp(sv, min=max(float(sv.max()) * 1e-6, 1e-30))
+        P.cw = 1.0 / sv
+        x = [Ub0 * sv.sqrt(), Vb0 * sv.sqrt().reshape(-1, 1), S * d]
     f, _, Wc, g, _ = _eval(P, x, None)
     held = (lambda z: _value(P, z, P.Xh, P.Yh, P.nyh)) if P.Xh is not None else None
     h = held(x) if held else f
@@ -325,6 +336,8 @@ def refine(
             converged, stop = True, "improvement"
             break
     Ub, Vb, Sb = best
+    if P.cw is not None:
+        Ub = Ub * P.cw
     inv = 1.0 / d
     Ub, Vb = balance(Ub, Vb * inv, slices)
     return RefineResult(U=Ub, V=Vb, S=Sb * inv, iterations=it, converged=converged,
