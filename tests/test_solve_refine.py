@@ -88,16 +88,16 @@ def test_gradient_matches_autograd(problem, act: str, precondition: bool) -> Non
     P, d = rf._setup(W0, S, V, X, None, b, act, 0.01, 1, 1e-3)
     if precondition:
         P.cw = torch.rand(5, generator=g, dtype=torch.float64) + 0.5
-    x = [U, V * d, S * d]
+    x = rf._pack(U, V * d, S * d)
     f, _, _, grad, _ = rf._eval(P, x, None)
-    xs = [t.clone().requires_grad_(True) for t in x]
+    xs = [t.clone().requires_grad_(True) for t in (U, V * d, S * d)]
     Uc = xs[0] if P.cw is None else xs[0] * P.cw
     Wh = Uc @ xs[1] + xs[2] * P.mask
     ref = rf.act_fn(Wh @ P.Xf + P.b, act, 0.01) - P.Yf
     loss = (ref ** 2).sum() / P.nyf
     loss.backward()
     assert f == pytest.approx(float(loss.detach()), rel=1e-10)
-    for mine, auto in zip(grad, xs):
+    for mine, auto in zip(rf._parts(P, grad), xs):
         torch.testing.assert_close(mine, auto.grad, rtol=1e-8, atol=1e-12)
 
 

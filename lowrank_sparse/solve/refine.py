@@ -60,7 +60,7 @@ from .activations import act_fn, act_residual
 
 __all__ = ["RefineResult", "balance", "post_activation_error", "refine"]
 
-Params = list[torch.Tensor]
+Params = torch.Tensor  # flat (m q + q n + m n,): U, V_s, S_s back to back (views: _parts)
 
 
 def post_activation_error(What: torch.Tensor, W0: torch.Tensor, X: torch.Tensor,
@@ -92,6 +92,7 @@ class _Problem:
     inv: torch.Tensor  # (n,) 1 / d
     damp: float  # c of phi_k (0: plain L-BFGS)
     cw: Optional[torch.Tensor] = None  # (q,) D of W_hat = U' D V' + S (None: D = I)
+    dims: tuple[int, int, int] = (0, 0, 0)  # (m, q, n)
 
 
 @dataclass
@@ -117,9 +118,21 @@ class RefineResult:
     stop: str = ""
 
 
+def _parts(P: _Problem, x: Params) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Views (U (m, q), V_s (q, n), S_s (m, n)) of the flat vector x."""
+    m, q, n = P.dims
+    U, Vs, Ss = torch.split(x, [m * q, q * n, m * n])
+    return U.view(m, q), Vs.view(q, n), Ss.view(m, n)
+
+
+def _pack(*parts: torch.Tensor) -> Params:
+    """The flat vector of (U, V_s, S_s)."""
+    return torch.cat([t.reshape(-1) for t in parts])
+
+
 def _what(P: _Problem, x: Params) -> torch.Tensor:
     """Scaled W_hat = U D V_s + S_s (m, n)."""
-    U, Vs, Ss = x
+    U, Vs, Ss = _parts(P, x)
     if U.shape[1] == 0:
         return Ss.clone()
     return torch.addmm(Ss, U if P.cw is None else U * P.cw, Vs)
@@ -132,14 +145,18 @@ def _value(P: _Problem, x: Params, X: torch.Tensor, Y: torch.Tensor, ny: float) 
 
 
 def _chain(P: _Problem, x: Params, gW: torch.Tensor) -> Params:
-    """Gradient wrt (U, V_s, S_s) from the gradient wrt the scaled W_hat."""
-    U, Vs, _ = x
-    Ud = U if P.cw is None else U * P.cw
-    gV = Ud.mT @ gW
+    """Gradient wrt (U, V_s, S_s) (flat) from the gradient wrt the scaled W_hat."""
+    U, Vs, _ = _parts(P, x)
+    out = torch.empty_like(x)
+    gU, gV, gS = _parts(P, out)
+    torch.matmul(gW, Vs.mT, out=gU)
+    torch.matmul((U if P.cw is None else U * P.cw).mT, gW, out=gV)
+    if P.cw is not None:
+        gU.mul_(P.cw)
     if P.vmask is not None:
-        gV = gV * P.vmask
-    gU = gW @ Vs.mT
-    return [gU if P.cw is None else gU.mul_(P.cw), gV, gW * P.mask]
+        gV.mul_(P.vmask)
+    torch.mul(gW, P.mask, out=gS)
+    return out
 
 
 def _eval(P: _Problem, x: Params, center: Optional[torch.Tensor]
@@ -161,31 +178,28 @@ def _eval(P: _Problem, x: Params, center: Optional[torch.Tensor]
 
 
 def _dot(a: Params, b: Params) -> float:
-    return sum(float(torch.dot(p.reshape(-1), q.reshape(-1))) for p, q in zip(a, b))
+    return float(torch.dot(a, b))
 
 
 def _direction(g: Params, mem: list[tuple[Params, Params, float]], x: Params, f: float) -> Params:
     """L-BFGS two-loop recursion: approximately -H^{-1} g."""
-    q = [t.clone() for t in g]
+    q = g.clone()
     alphas = []
     for s, y, rho in reversed(mem):
         a = rho * _dot(s, q)
         alphas.append(a)
-        for qi, yi in zip(q, y):
-            qi.sub_(yi, alpha=a)
+        q.sub_(y, alpha=a)
     if mem:
         s, y, _ = mem[-1]
         gamma = _dot(s, y) / max(_dot(y, y), 1e-300)
     else:  # first step: Polyak's step for a minimum of 0 (f / ||g||^2), at most 1e-2 ||x||
         gg = max(_dot(g, g), 1e-300)
         gamma = min(f / gg, 1e-2 * math.sqrt(max(_dot(x, x), 1e-30) / gg))
-    for qi in q:
-        qi.mul_(gamma)
+    q.mul_(gamma)
     for (s, y, rho), a in zip(mem, reversed(alphas)):
         bta = rho * _dot(y, q)
-        for qi, si in zip(q, s):
-            qi.add_(si, alpha=a - bta)
-    return [qi.neg_() for qi in q]
+        q.add_(s, alpha=a - bta)
+    return q.neg_()
 
 
 def _line_search(P: _Problem, x: Params, f: float, g: Params, p: Params, center: torch.Tensor,
@@ -197,7 +211,7 @@ def _line_search(P: _Problem, x: Params, f: float, g: Params, p: Params, center:
         return None
     t = 1.0
     for _ in range(tries):
-        xn = [a + t * c for a, c in zip(x, p)]
+        xn = torch.add(x, p, alpha=t)
         phi, fn, Wn, gn, gphi = _eval(P, xn, center)
         if math.isfinite(phi) and phi <= f + 1e-4 * t * gp:
             return xn, fn, Wn, gn, gn if gphi is None else gphi
@@ -228,7 +242,7 @@ def _setup(W0: torch.Tensor, S: torch.Tensor, V: torch.Tensor, Xf: torch.Tensor,
         name=name, slope=slope, nyf=nyf,
         nyh=max(float(torch.linalg.vector_norm(Yh, dtype=torch.float64)) ** 2, 1e-300)
         if Yh is not None else 1.0,
-        inv=inv, damp=float(ridge) * mean_d2 * Nf / nyf,
+        inv=inv, damp=float(ridge) * mean_d2 * Nf / nyf, dims=(m, V.shape[0], V.shape[1]),
     )
     return P, d
 
@@ -287,18 +301,18 @@ def refine(
         RefineResult with the best iterate (same dtype/device as W0), factors balanced.
     """
     P, d = _setup(W0, S, V, X_fit, X_held, bias, activation, slope, slices, ridge)
-    x = [U.clone(), V * d, S * d]
+    x = _pack(U, V * d, S * d)
     if precondition and U.shape[1] > 0:
         Ub0, Vb0 = balance(U, V * d, slices)
         sv = torch.linalg.vector_norm(Ub0, dim=0) ** 2
         sv = torch.clamp(sv, min=max(float(sv.max()) * 1e-6, 1e-30))
         P.cw = 1.0 / sv
-        x = [Ub0 * sv.sqrt(), Vb0 * sv.sqrt().reshape(-1, 1), S * d]
+        x = _pack(Ub0 * sv.sqrt(), Vb0 * sv.sqrt().reshape(-1, 1), S * d)
     f, _, Wc, g, _ = _eval(P, x, None)
     held = (lambda z: _value(P, z, P.Xh, P.Yh, P.nyh)) if P.Xh is not None else None
     h = held(x) if held else f
     fit_hist, held_hist = [math.sqrt(f)], [math.sqrt(h)]
-    best, best_h, best_it = [t.clone() for t in x], h, 0
+    best, best_h, best_it = x.clone(), h, 0
     best_hist = [h]  # the best held-out value after each iteration
     mem: list[tuple[Params, Params, float]] = []
     converged, it, evals, stop = False, 0, 1, "max_iter"
@@ -313,8 +327,8 @@ def refine(
             break
         xn, fn, Wc, gn, gphi = step
         evals += 1
-        s = [a - c for a, c in zip(xn, x)]
-        y = [a - c for a, c in zip(gphi, g)]  # curvature of phi_k (damping included)
+        s = xn - x
+        y = gphi - g  # curvature of phi_k (damping included)
         sy = _dot(s, y)
         if sy > 1e-12 * math.sqrt(_dot(s, s) * _dot(y, y)):
             mem.append((s, y, 1.0 / sy))
@@ -324,7 +338,7 @@ def refine(
         fit_hist.append(math.sqrt(f))
         held_hist.append(math.sqrt(h))
         if h < best_h:
-            best, best_h, best_it = [t.clone() for t in x], h, it
+            best, best_h, best_it = x.clone(), h, it
         best_hist.append(best_h)
         if best_h <= tiny:  # exact up to rounding
             converged, stop = True, "exact"
@@ -335,7 +349,7 @@ def refine(
         if it > 3 * patience and best_h > (1 - improve_tol) * best_hist[-1 - patience]:
             converged, stop = True, "improvement"
             break
-    Ub, Vb, Sb = best
+    Ub, Vb, Sb = _parts(P, best)
     if P.cw is not None:
         Ub = Ub * P.cw
     inv = 1.0 / d
