@@ -32,6 +32,11 @@ Gz = 2 R act'(Z) / ||Y||^2, grad_W = Gz X^T (+ 2 c (W_hat - W_hat(x_k)) in phi_k
 grad_U = grad_W V^T, grad_V = U^T grad_W, grad_S = grad_W on the support.  One
 evaluation costs one (m, n, N) GEMM for Z, one for grad_W and one (m, q, n).
 
+With ``precondition`` (the default) the low-rank part is U' D V' in the balanced
+basis of the start (U V_s = P diag(s) Q^T: U' = P diag(s), V' = diag(s) Q^T, D =
+diag(1/s) fixed), so that both factors start with unit curvature instead of the
+singular values' spread (docs/method.md section 6); the variables are one flat vector.
+
 Early stopping: the columns are split into a fitting part and a held-out part; the
 iterate with the lowest held-out error is returned (the start is a candidate).  As
 ``f`` decreases on the fitting part, the result is never worse than the start on
@@ -296,6 +301,7 @@ def refine(
         memory: L-BFGS pairs kept; ridge: the damping weight relative to the mean
             input energy, also the floor of the Jacobi scaling (module doc; 0: plain
             L-BFGS with the input-norm scaling).
+        precondition: the scaled factor variables U' D V' (module doc); False: U, V_s.
 
     Returns:
         RefineResult with the best iterate (same dtype/device as W0), factors balanced.
