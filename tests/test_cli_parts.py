@@ -92,6 +92,7 @@ def test_demo_speed_first_asks_for_the_reachable_time_when_its_target_is_out_of_
         return 0
 
     monkeypatch.setattr(demo.compress, "run", run)
+    monkeypatch.setattr(demo, "_accuracy_drop", lambda p: 0.0)
     ns = argparse.Namespace(calib=1, params=0.25, latency=0.6, max_iter=1, sample_size=1, test_subset=1, json=False,
                             no_progress=True)
     assert demo._run_fast(ns, "mnist", tmp_path / "f.safetensors") == 0
@@ -206,3 +207,32 @@ def test_report_reads_files_saved_with_flops_keys(tmp_path: Path, capsys: pytest
     assert out["result"]["before"] == {"params": 8, "macs": 6} and out["result"]["after"] == {"params": 5, "macs": 4}
     assert app.main(["report", str(f)]) == 0
     assert "accuracy 50.00% -> 25.00%" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("accuracies, expected", [
+    ([0.249, 0.864], [0.6, 0.7]),  # collapsed once, then within the floor
+    ([0.30, 0.40, 0.50], [0.6, 0.7, 0.8]),  # never recovers: the last run is kept
+    ([0.85], [0.6]),  # 2.35 points below dense: kept
+], ids=["recovers", "gives-up", "within-floor"])
+def test_demo_speed_first_loosens_the_target_when_the_model_loses_too_much_accuracy(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path,
+        accuracies: list[float], expected: list[float]) -> None:
+    from lowrank_sparse import io as lrs_io
+
+    asked: list[float] = []
+    saved: dict[str, float] = {}
+
+    def run(a: argparse.Namespace) -> int:
+        asked.append(a.latency)
+        saved["after"] = accuracies[len(asked) - 1]
+        return 0
+
+    monkeypatch.setattr(demo.compress, "run", run)
+    monkeypatch.setattr(lrs_io, "read_metadata",
+                        lambda p: {"user": {"cli": {"accuracy_before": 0.8735, "accuracy_after": saved["after"]}}})
+    ns = argparse.Namespace(calib=1, params=0.25, latency=0.6, max_iter=1, sample_size=1, test_subset=1, json=False,
+                            no_progress=True)
+    assert demo._run_fast(ns, "mnist", tmp_path / "f.safetensors") == 0
+    assert asked == [pytest.approx(x) for x in expected]
+    err = capsys.readouterr().err
+    assert err.count(" lost ") == len(expected) - 1
