@@ -39,6 +39,7 @@ mean-pooled embedding cosine to the dense model per sentence (MiniLM), perplexit
     nice python reproduce/hf_peers.py                      # -> docs/results/hf_peers.{json,md}
     python reproduce/hf_peers.py --render                  # re-render the .md from the .json
     python reproduce/hf_peers.py --methods wanda --fractions 0.5   # one cell (appended; done cells skipped)
+    python reproduce/hf_peers.py --methods wanda --fractions 0.5 --redo   # rerun it (the saved row replaced)
     python reproduce/hf_peers.py --structure 2:4 --fractions 0.6    # 2:4 S (+ low rank where the method has it)
 """
 
@@ -198,6 +199,7 @@ def main() -> None:
     ap.add_argument("--structure", default="unstructured", help="S structure, e.g. 2:4 (methods without S skipped)")
     ap.add_argument("--models", nargs="+", default=None, help="model names to run (default: all available)")
     ap.add_argument("--render", action="store_true")
+    ap.add_argument("--redo", action="store_true", help="rerun the selected cells that are already saved (replaced)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -213,13 +215,14 @@ def main() -> None:
                 for m in args.methods:
                     if args.structure != "unstructured" and m not in SPARSE:
                         continue
-                    if not _applies(m, dense) or any(
-                            r["model"] == name and r["method"] == m and r["fraction"] == f
-                            and _structure(r) == args.structure for r in saved["rows"]):
+                    same = lambda r, name=name, m=m, f=f: (  # noqa: E731
+                        r["model"] == name and r["method"] == m and r["fraction"] == f
+                        and _structure(r) == args.structure)
+                    if not _applies(m, dense) or (not args.redo and any(same(r) for r in saved["rows"])):
                         continue
                     row = run_cell(name, dense, calib, test, causal, m, f, args.structure)
                     print(json.dumps(row), flush=True, file=sys.stderr)
-                    saved["rows"].append(row)
+                    saved["rows"] = [r for r in saved["rows"] if not same(r)] + [row]
                     path.write_text(json.dumps(saved, indent=1) + "\n")
     md = Path(args.out + ".md")
     text = render(saved["rows"], saved["dense"], _discussion(md))
