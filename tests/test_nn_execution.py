@@ -236,3 +236,28 @@ def test_unknown_memory_format_is_refused(x, tgen):
         plan_execution(net, x, memory_format="nhwc")
     with pytest.raises(ValueError, match="memory_format"):
         set_memory_format(net, "preserve")
+
+
+def test_wall_clock_timing_warms_each_form_and_merges_once_per_switch(x, tgen):
+    """Each timed call of a form follows an untimed one in that form, and the merged weight
+    is formed only when the form switches to dense (not on every timed call)."""
+    from lowrank_sparse.nn import execution as ex
+
+    net = Net("channel", tgen).eval()
+    mod = net.conv
+    calls: list[str] = []
+    h = mod.register_forward_pre_hook(lambda m, a: calls.append("pair" if getattr(m, "_merged_weight", None) is None else "dense"))
+    merges = []
+    real = ex._merged
+    ex._merged, restore = (lambda m, w: merges.append(1) or real(m, w)), real
+    try:
+        ex._measure(mod, torch.randn(2, *x.shape[1:], generator=tgen), ex.time_forms, rounds=3, min_seconds=0.0)
+    finally:
+        ex._merged = restore
+        h.remove()
+    rounds = 3
+    assert len(calls) == len(FORMS) * (1 + 2 * rounds)
+    timed = calls[len(FORMS):]
+    assert all(timed[i] == timed[i + 1] for i in range(0, len(timed), 2))  # warm call, then the timed one
+    switches_to_dense = sum(1 for a, b in zip(["pair"] + calls, calls) if b == "dense" and a != "dense")
+    assert len(merges) == switches_to_dense

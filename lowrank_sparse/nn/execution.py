@@ -113,8 +113,13 @@ def clear_execution(model: nn.Module) -> None:
 
 
 def time_forms(mod: PairBase, x: Tensor, form: str) -> float:
-    """Seconds of one forward of ``mod`` on ``x`` in ``form`` (a wall-clock timer)."""
-    _set_form(mod, form)
+    """Seconds of one forward of ``mod`` on ``x`` in ``form`` (a wall-clock timer).  The
+    merged weight is formed only when the module is not already in ``form``: re-forming
+    it on every call would time a freshly allocated, cache-cold weight."""
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    if (form == "pair") == (getattr(mod, "_merged_weight", None) is not None):
+        _set_form(mod, form)
     t0 = time.perf_counter()
     mod(x)
     return time.perf_counter() - t0
@@ -232,11 +237,20 @@ def _key(mod: PairBase, x: Tensor) -> tuple:
 
 def _measure(mod: PairBase, x: Tensor, timer: Timer, rounds: int, min_seconds: float) -> dict[str, float]:
     """Median seconds of each form over interleaved rounds (order alternated), after a
-    warm-up call of each."""
+    warm-up call of each.  With the wall clock (:func:`time_forms`) every timed call
+    follows an untimed one in the same form: interleaving leaves each form cold at its
+    turn, while a layer inside a model's forward runs warm (as budget.latency's tables)."""
+    warm = timer is time_forms
+
+    def once(f: str) -> float:
+        if warm:
+            timer(mod, x, f)
+        return timer(mod, x, f)
+
     with torch.inference_mode():
         for f in FORMS:
             timer(mod, x, f)
-        times = interleaved({f: (lambda f=f: timer(mod, x, f)) for f in FORMS}, rounds, min_seconds)
+        times = interleaved({f: (lambda f=f: once(f)) for f in FORMS}, rounds, min_seconds)
     return {f: statistics.median(v) for f, v in times.items()}
 
 
