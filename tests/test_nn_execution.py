@@ -238,24 +238,23 @@ def test_unknown_memory_format_is_refused(x, tgen):
         set_memory_format(net, "preserve")
 
 
-def test_wall_clock_timing_warms_each_form_and_merges_once_per_switch(x, tgen):
+def test_wall_clock_timing_warms_each_form_and_merges_once_per_switch(x, tgen, monkeypatch):
     """Each timed call of a form follows an untimed one in that form, and the merged weight
     is formed only when the form switches to dense (not on every timed call)."""
     from lowrank_sparse.nn import execution as ex
 
-    net = Net("channel", tgen).eval()
-    mod = net.conv
+    mod = Net("channel", tgen).eval().conv
     calls: list[str] = []
-    h = mod.register_forward_pre_hook(lambda m, a: calls.append("pair" if getattr(m, "_merged_weight", None) is None else "dense"))
+    h = mod.register_forward_pre_hook(
+        lambda m, a: calls.append("pair" if getattr(m, "_merged_weight", None) is None else "dense"))
     merges = []
     real = ex._merged
-    ex._merged, restore = (lambda m, w: merges.append(1) or real(m, w)), real
-    try:
-        ex._measure(mod, torch.randn(2, *x.shape[1:], generator=tgen), ex.time_forms, rounds=3, min_seconds=0.0)
-    finally:
-        ex._merged = restore
-        h.remove()
+    monkeypatch.setattr(ex, "_merged", lambda m, w: merges.append(1) or real(m, w))
     rounds = 3
+    try:
+        ex._measure(mod, torch.randn(2, *x.shape[1:], generator=tgen), ex.time_forms, rounds=rounds, min_seconds=0.0)
+    finally:
+        h.remove()
     assert len(calls) == len(FORMS) * (1 + 2 * rounds)
     timed = calls[len(FORMS):]
     assert all(timed[i] == timed[i + 1] for i in range(0, len(timed), 2))  # warm call, then the timed one

@@ -75,17 +75,6 @@ def _wall_timer(mod: nn.Module, x: Tensor) -> float:
     return time.perf_counter() - t0
 
 
-def _warm_then_time(timer: Timer, mod: nn.Module, x: Tensor, warm: bool) -> float:
-    """``timer(mod, x)``, after one untimed call when ``warm``.  Interleaving candidates
-    (for paired noise) leaves each one's weights and kernels cold at its turn; a layer
-    inside a forward runs at its warm speed (tabled cold, rank-only factors of a 64->128
-    3x3 conv read about 0.5 ms slower than their 0.6 ms), so tables timed cold
-    over-predicted compressed layers and put reachable latency targets out of reach."""
-    if warm:
-        mod(x)
-    return timer(mod, x)
-
-
 # ----------------------------------------------------------------------------- tables
 def _interp(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
     """Piecewise-linear through (xs, ys) (ascending xs); held below xs[0]; beyond xs[-1]
@@ -251,7 +240,7 @@ def measure_layer(mod: nn.Module, input_shape: Sequence[int], structure: Structu
     ``cache`` (default: only with the wall-clock timer) reuses an identical layer's table.
     ``memory_format`` ("contiguous" or "channels_last"): the layout of a 4-D input and of
     every candidate's kernels (``mod`` itself is timed as a copy and left as it is)."""
-    from ..nn.execution import interleaved, set_memory_format
+    from ..nn.execution import interleaved, set_memory_format, warm_then_time
     w = mod.weight
     m, n = int(w.shape[0]), int(w[0].numel())
     st = parse_structure(structure, block=n // int(w.shape[1]))
@@ -282,7 +271,7 @@ def measure_layer(mod: nn.Module, input_shape: Sequence[int], structure: Structu
         with torch.inference_mode():
             for _, c in cands:
                 c(x)
-            times = interleaved({k: (lambda c=c: _warm_then_time(timer, c, x, warm)) for k, c in cands},
+            times = interleaved({k: (lambda c=c: warm_then_time(lambda: timer(c, x), warm)) for k, c in cands},
                                 rounds, min_seconds)
     finally:
         dense.train(was)

@@ -307,13 +307,14 @@ def refine(
         RefineResult with the best iterate (same dtype/device as W0), factors balanced.
     """
     P, d = _setup(W0, S, V, X_fit, X_held, bias, activation, slope, slices, ridge)
-    x = _pack(U, V * d, S * d)
+    Us, Vs = U, V * d
     if precondition and U.shape[1] > 0:
-        Ub0, Vb0 = balance(U, V * d, slices)
+        Ub0, Vb0 = balance(Us, Vs, slices)
         sv = torch.linalg.vector_norm(Ub0, dim=0) ** 2
         sv = torch.clamp(sv, min=max(float(sv.max()) * 1e-6, 1e-30))
         P.cw = 1.0 / sv
-        x = _pack(Ub0 * sv.sqrt(), Vb0 * sv.sqrt().reshape(-1, 1), S * d)
+        Us, Vs = Ub0 * sv.sqrt(), Vb0 * sv.sqrt().reshape(-1, 1)
+    x = _pack(Us, Vs, S * d)
     f, _, Wc, g, _ = _eval(P, x, None)
     held = (lambda z: _value(P, z, P.Xh, P.Yh, P.nyh)) if P.Xh is not None else None
     h = held(x) if held else f
